@@ -1,0 +1,51 @@
+"""Exceptions raised by airflow_mlops. Each message names the thing that is wrong."""
+
+from __future__ import annotations
+
+
+class MlopsError(Exception):
+    """Base class of every error raised on purpose by airflow_mlops."""
+
+
+class ConfigError(MlopsError, ValueError):
+    """A parameter or configuration value is invalid; the message names the field."""
+
+
+class DataError(MlopsError):
+    """Input data cannot be used (missing, unreadable, wrong shape)."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The data URI points at nothing."""
+
+
+class UnsupportedFormatError(DataError, ValueError):
+    """The data URI has an extension we cannot read or write."""
+
+
+class UnreadableDataError(DataError):
+    """The file exists but cannot be parsed as the format its name claims."""
+
+
+class DataValidationFailed(MlopsError):
+    """Data broke its expectation suite. ``summary`` is the JSON-safe validation summary."""
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}
+
+
+class MlflowConnectionError(MlopsError, ConnectionError):
+    """The MLflow tracking server cannot be reached or refused our credentials."""
+
+
+class ModelUriError(MlopsError, ValueError):
+    """A model URI was refused: only ``models:/`` URIs of the configured registry load."""
+
+
+class PromotionError(MlopsError):
+    """Registration or promotion could not complete; the registry was left unchanged."""
+
+
+class SchemaDriftError(DataError):
+    """Reference and current data do not share the same columns or types."""

@@ -1,0 +1,223 @@
+"""Read and write tabular data and report files by URI: local paths and ``s3://bucket/key``.
+
+Every table read also yields the sha256 of the exact bytes read, so each model can be
+traced back to its data. The S3 client is injected (``s3_client_factory``) so this module
+needs no Airflow: the Airflow side builds the client from an AWS connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from airflow_mlops.core.errors import (
+    DataNotFoundError,
+    UnreadableDataError,
+    UnsupportedFormatError,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv"}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an ``s3://`` URI."""
+    cleaned = [p.strip("/") for p in parts if p]
+    if is_s3_uri(base):
+        return "/".join([base.rstrip("/"), *cleaned])
+    return str(Path(base).joinpath(*cleaned))
+
+
+def table_format(uri: str) -> str:
+    """``parquet`` or ``csv`` from the URI's extension; anything else is refused."""
+    lowered = uri.lower()
+    for suffix, fmt in sorted(TABLE_FORMATS.items(), key=lambda kv: -len(kv[0])):
+        if lowered.endswith(suffix):
+            return fmt
+    raise UnsupportedFormatError(
+        f"Cannot tell the table format of {uri!r}: expected one of "
+        f"{', '.join(sorted(TABLE_FORMATS))}."
+    )
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key:
+        raise UnsupportedFormatError(f"Malformed S3 URI {uri!r}: expected s3://bucket/key.")
+    return bucket, key
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        uri = urlparse(uri).path
+    if "://" in uri:
+        raise UnsupportedFormatError(
+            f"Unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key."
+        )
+    return Path(uri)
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """A table read from storage together with its lineage facts."""
+
+    frame: pd.DataFrame
+    uri: str
+    sha256: str
+    rows: int
+    columns: list[str]
+    format: str
+
+    def lineage(self) -> dict[str, Any]:
+        """JSON-safe lineage facts (no data)."""
+        return {"uri": self.uri, "sha256": self.sha256, "rows": self.rows, "format": self.format}
+
+
+class Storage:
+    """Byte, text, JSON and table I/O on local paths and S3 URIs."""
+
+    def __init__(self, s3_client_factory: Callable[[], Any] | None = None) -> None:
+        self._s3_client_factory = s3_client_factory
+        self._s3_client: Any = None
+
+    # -- bytes -----------------------------------------------------------------------------
+    def _s3(self) -> Any:
+        if self._s3_client is None:
+            if self._s3_client_factory is None:
+                raise UnsupportedFormatError(
+                    "An s3:// URI was given but no S3 connection is configured (set aws_conn_id)."
+                )
+            self._s3_client = self._s3_client_factory()
+        return self._s3_client
+
+    def read_bytes(self, uri: str) -> bytes:
+        if is_s3_uri(uri):
+            bucket, key = _split_s3(uri)
+            client = self._s3()
+            try:
+                return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except client.exceptions.NoSuchKey as err:
+                raise DataNotFoundError(f"No object at {uri}.") from err
+            except client.exceptions.NoSuchBucket as err:
+                raise DataNotFoundError(f"Bucket of {uri} does not exist.") from err
+        path = _local_path(uri)
+        if not path.is_file():
+            raise DataNotFoundError(f"No file at {uri}.")
+        return path.read_bytes()
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write atomically: readers never see a half-written file."""
+        if is_s3_uri(uri):
+            bucket, key = _split_s3(uri)
+            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        path = _local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def exists(self, uri: str) -> bool:
+        if is_s3_uri(uri):
+            bucket, key = _split_s3(uri)
+            client = self._s3()
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+                return True
+            except client.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                    return False
+                raise
+        return _local_path(uri).is_file()
+
+    # -- text and JSON ----------------------------------------------------------------------
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+    def read_json(self, uri: str) -> Any:
+        text = self.read_text(uri)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UnreadableDataError(f"{uri} is not valid JSON: {err}") from err
+
+    # -- tables -----------------------------------------------------------------------------
+    def read_table(self, uri: str, columns: list[str] | None = None) -> TableRead:
+        """Read a parquet or csv table; the hash covers the exact bytes stored."""
+        fmt = table_format(uri)
+        data = self.read_bytes(uri)
+        if not data:
+            raise UnreadableDataError(f"{uri} is empty (0 bytes).")
+        frame = parse_table(data, fmt, uri, columns)
+        return TableRead(
+            frame=frame,
+            uri=uri,
+            sha256=sha256_bytes(data),
+            rows=len(frame),
+            columns=[str(c) for c in frame.columns],
+            format=fmt,
+        )
+
+    def write_table(self, frame: pd.DataFrame, uri: str) -> str:
+        """Write ``frame`` in the format the URI's extension names; returns the sha256."""
+        data = serialize_table(frame, table_format(uri), uri)
+        self.write_bytes(uri, data)
+        return sha256_bytes(data)
+
+    def sha256(self, uri: str) -> str:
+        return sha256_bytes(self.read_bytes(uri))
+
+
+def parse_table(data: bytes, fmt: str, uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(io.BytesIO(data), columns=columns)
+        compression = "gzip" if uri.lower().endswith(".gz") else None
+        return pd.read_csv(io.BytesIO(data), usecols=columns, compression=compression)
+    except pd.errors.EmptyDataError as err:
+        raise UnreadableDataError(f"{uri} has no columns (empty csv).") from err
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        # pyarrow raises ArrowInvalid (a ValueError) for garbage bytes.
+        raise UnreadableDataError(f"{uri} cannot be read as {fmt}: {err}") from err
+
+
+def serialize_table(frame: pd.DataFrame, fmt: str, uri: str) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "parquet":
+        frame.to_parquet(buffer, index=False)
+    else:
+        compression = "gzip" if uri.lower().endswith(".gz") else None
+        frame.to_csv(buffer, index=False, compression=compression)
+    return buffer.getvalue()

@@ -1,0 +1,179 @@
+"""MLflow hook: connection type ``mlflow``, a configured client, and a safe session."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.mlflow_settings import (
+    MlflowSettings,
+    embedded_settings,
+    settings_from_connection,
+)
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_CONN_ID = "mlflow_default"
+
+
+class MlflowHook(BaseHook):
+    """Talk to an MLflow tracking server and model registry through an Airflow connection.
+
+    Use ``with hook.session() as client:``; inside the block ``mlflow.*`` fluent calls and the
+    yielded ``MlflowClient`` use this connection. Credentials are applied as environment
+    variables only for the block and are masked in task logs.
+
+    With no ``mlflow_default`` connection defined, the hook uses the embedded default: a
+    SQLite tracking store and artifact folder under ``$AIRFLOW_HOME/mlflow/``.
+
+    :param mlflow_conn_id: Airflow connection id of type ``mlflow``.
+    """
+
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = "mlflow"
+    hook_name = "MLflow"
+
+    def __init__(self, mlflow_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlflow_conn_id = mlflow_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        from airflow_mlops.get_provider_info import get_provider_info
+
+        (conn_type,) = get_provider_info()["connection-types"]
+        behaviour = conn_type["ui-field-behaviour"]
+        return {
+            "hidden_fields": behaviour["hidden-fields"],
+            "relabeling": behaviour["relabeling"],
+            "placeholders": behaviour["placeholders"],
+        }
+
+    @cached_property
+    def settings(self) -> MlflowSettings:
+        """Resolved once per hook; secrets are registered with the log masker."""
+        settings = self._resolve_settings()
+        for secret in settings.secrets:
+            _mask(secret)
+        return settings
+
+    def _resolve_settings(self) -> MlflowSettings:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = self.get_connection(self.mlflow_conn_id)
+        except AirflowNotFoundException:
+            if self.mlflow_conn_id != DEFAULT_CONN_ID:
+                raise ConfigError(
+                    f"Airflow connection {self.mlflow_conn_id!r} is not defined; define it or use "
+                    f"{DEFAULT_CONN_ID!r} (which falls back to the embedded local store)."
+                ) from None
+            self.log.info("No %r connection: using the embedded local MLflow store.", DEFAULT_CONN_ID)
+            return embedded_settings()
+        return settings_from_connection(
+            conn_id=self.mlflow_conn_id,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=_extra_dict(conn.extra, self.mlflow_conn_id),
+        )
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.tracking_uri
+
+    def get_conn(self) -> MlflowClient:
+        """A client bound to this connection's URIs (credentials apply inside ``session()``)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(
+            tracking_uri=self.settings.tracking_uri,
+            registry_uri=self.settings.registry_uri or self.settings.tracking_uri,
+        )
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[MlflowClient]:
+        """Configure MLflow for this connection for the block; restore everything after.
+
+        Transport and authentication failures are re-raised as ``MlflowConnectionError``
+        naming the tracking URI.
+        """
+        from airflow_mlops.core.mlflow_settings import (
+            ensure_embedded_store,
+            mlflow_environment,
+            translate_mlflow_error,
+        )
+
+        settings = self.settings
+        with mlflow_environment(settings):
+            try:
+                if settings.embedded or settings.tracking_uri.startswith("sqlite:"):
+                    ensure_embedded_store(settings)
+                yield self.get_conn()
+            except Exception as err:
+                clearer = translate_mlflow_error(err, settings)
+                if clearer is None:
+                    raise
+                raise clearer from err
+
+    def get_or_create_experiment(self, name: str) -> str:
+        """Experiment id for ``name``, creating it if needed. Call inside ``session()``."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.get_conn()
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        artifact_location = None
+        if self.settings.artifact_root:
+            artifact_location = f"{self.settings.artifact_root.rstrip('/')}/{_safe_dir(name)}"
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            # Another task created it between our read and our create.
+            existing = client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return existing.experiment_id
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Answer the Test button of the connection form."""
+        try:
+            with self.session() as client:
+                client.search_experiments(max_results=1)
+        except Exception as err:
+            return False, str(err)
+        return True, f"Connected to MLflow at {self.tracking_uri}."
+
+
+def _extra_dict(extra: Any, conn_id: str) -> dict[str, Any]:
+    if not extra:
+        return {}
+    if isinstance(extra, dict):
+        return extra
+    try:
+        parsed = json.loads(extra)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"Extra of connection {conn_id!r} is not valid JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"Extra of connection {conn_id!r} must be a JSON object.")
+    return parsed
+
+
+def _safe_dir(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _mask(secret: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)

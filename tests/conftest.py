@@ -1,0 +1,173 @@
+"""Shared fixtures: a private AIRFLOW_HOME with a migrated DB, and real MLflow and S3 servers.
+
+Nothing here is mocked: the MLflow tracking servers are ``mlflow server`` subprocesses and
+S3 is moto's standalone server, all on 127.0.0.1 with free ports, stopped at session end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Airflow reads its configuration at first import: set the environment before any test
+# module imports airflow.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="airflow-mlops-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_SESSION_DIR / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_CONN_"))]:
+    del os.environ[_var]
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _servers import ServerProcess, start_mlflow_server, start_moto_server  # noqa: E402
+
+MLFLOW_ADMIN_PASSWORD = "test-admin-password-1234"
+_SERVER_FIXTURES = {"mlflow_server", "mlflow_conn", "mlflow_auth_server", "s3_server", "s3_bucket"}
+_started: dict[str, ServerProcess] = {}
+
+
+def _migrate_airflow_db() -> None:
+    """Migrate the metadata DB once per Airflow version, then copy the template."""
+    from airflow import __version__ as airflow_version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airflow-mlops"
+    template = cache / f"airflow-{airflow_version}.db"
+    target = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if template.exists():
+        shutil.copyfile(template, target)
+        return
+    from airflow.utils.db import initdb
+
+    initdb()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = template.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    shutil.copyfile(target, tmp)
+    os.replace(tmp, template)
+
+
+def _server(name: str) -> ServerProcess:
+    if name not in _started:
+        workdir = _SESSION_DIR / name
+        if name == "mlflow":
+            _started[name] = start_mlflow_server(workdir)
+        elif name == "mlflow-auth":
+            _started[name] = start_mlflow_server(workdir, basic_auth_password=MLFLOW_ADMIN_PASSWORD)
+        else:
+            _started[name] = start_moto_server(workdir)
+    return _started[name]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the servers the collected tests need right away, so their start-up overlaps."""
+    wanted = set()
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"mlflow_server", "mlflow_conn"}:
+            wanted.add("mlflow")
+        if "mlflow_auth_server" in names:
+            wanted.add("mlflow-auth")
+        if names & {"s3_server", "s3_bucket"}:
+            wanted.add("moto")
+    for name in sorted(wanted):
+        _server(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server in _started.values():
+        server.stop()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_home() -> Path:
+    """A private AIRFLOW_HOME whose metadata DB is migrated (needed by ``dag.test()``)."""
+    _migrate_airflow_db()
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    """Tracking URI of a real ``mlflow server`` (SQLite backend, local artifacts)."""
+    server = _server("mlflow")
+    server.wait_ready()
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server() -> tuple[str, str]:
+    """(tracking URI, admin password) of a real ``mlflow server --app-name basic-auth``."""
+    server = _server("mlflow-auth")
+    server.wait_ready()
+    return server.url, MLFLOW_ADMIN_PASSWORD
+
+
+def mlflow_connection_env(uri: str, **fields: object) -> str:
+    extra = {"timeout": 10, "max_retries": 1, **fields.pop("extra", {})}  # type: ignore[arg-type]
+    return json.dumps({"conn_type": "mlflow", "host": uri, "extra": extra, **fields})
+
+
+@pytest.fixture
+def mlflow_conn(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Defines Airflow connection ``mlflow_default`` pointing at the MLflow server fixture."""
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", mlflow_connection_env(mlflow_server))
+    return "mlflow_default"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """Endpoint URL of a real moto S3 server."""
+    server = _server("moto")
+    server.wait_ready()
+    return server.url
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; Airflow connection ``aws_default`` points at the moto server."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    return name
+
+
+@pytest.fixture
+def run_dag() -> Callable[..., object]:
+    """Run a DAG with ``dag.test()`` (real Airflow task runner) and return the DagRun."""
+
+    def _run(dag: object, **conf: object) -> object:
+        return dag.test(run_conf=conf or None)  # type: ignore[attr-defined]
+
+    return _run
+
+
+@pytest.fixture
+def tmp_data(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    path.mkdir()
+    yield path
