@@ -156,11 +156,54 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
+def serialize_dag(dag: object) -> None:
+    """Write a DAG built in a test to the metadata DB, as the DAG processor would.
+
+    Airflow 3.3's ``dag.test()`` only runs DAGs it finds serialized (it walks the DAG bundles);
+    DAGs built inside a test function are not in any bundle.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+        session.commit()
+        update_dag_parsing_results_in_db(
+            "dags-folder",
+            None,
+            [LazyDeserializedDAG.from_dag(dag)],
+            {},
+            None,
+            set(),
+            session=session,
+        )
+
+
+def task_states(dag_run: object) -> dict[tuple[str, int], str]:
+    """{(task_id, map_index): state} of a finished DagRun, read from the metadata DB."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter_by(
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,  # type: ignore[attr-defined]
+        )
+        return {(ti.task_id, ti.map_index): str(ti.state) for ti in rows}
+
+
 @pytest.fixture
 def run_dag() -> Callable[..., object]:
-    """Run a DAG with ``dag.test()`` (real Airflow task runner) and return the DagRun."""
+    """Run a DAG with ``dag.test()`` (real Airflow task runner) and return the DagRun.
+
+    ``run_dag(dag, **conf)``; the returned DagRun has ``.state``; use ``task_states(dag_run)``
+    for per-task states.
+    """
 
     def _run(dag: object, **conf: object) -> object:
+        serialize_dag(dag)
         return dag.test(run_conf=conf or None)  # type: ignore[attr-defined]
 
     return _run

@@ -86,9 +86,14 @@ class MlopsBaseOperator(BaseOperator):
 
     def default_report_uri(self, context: Context, name: str) -> str:
         """``<artifacts root>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<name>``."""
+        return self.default_report_uri_for(context, name)
+
+    @classmethod
+    def default_report_uri_for(cls, context: Context, name: str) -> str:
+        """Same as :meth:`default_report_uri`, for ``@task`` functions that have a context."""
         from airflow_mlops.core.storage import join_uri
 
-        run = self.run_context(context)
+        run = cls.run_context(context)
         parts = [_path_safe(run.dag_id), _path_safe(run.run_id), _path_safe(run.task_id)]
         if run.map_index >= 0:
             parts.append(str(run.map_index))

@@ -1,0 +1,183 @@
+"""DAG factories: typed config, DAG shapes, and per-file import errors for broken YAML."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.factories.config import load_config, parse_config
+from airflow_mlops.factories.loader import sync_dag_files
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = ROOT / "include" / "pipelines"
+
+
+def minimal(**overrides):
+    raw = {"name": "m", "data": {"train_uri": "/d/train.parquet", "target": "y"}}
+    raw.update(overrides)
+    return raw
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipelines_are_valid(path):
+    config = load_config(path)
+    assert Path(config.data.train_uri).is_file(), "relative data paths resolve against the YAML"
+    if isinstance(config.validation.suite, str):
+        assert Path(config.validation.suite).is_file()
+
+
+def test_errors_name_source_and_field():
+    raw = minimal(training={"holdout_fraction": 1.5, "estimatr": "x"}, data={"train_uri": "a.csv"})
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, source="pipelines/m.yaml")
+    text = str(err.value)
+    assert "pipelines/m.yaml" in text
+    assert "data.target: Field required" in text
+    assert "training.holdout_fraction: Input should be less than 1" in text
+    assert "training.estimatr: Extra inputs are not permitted" in text
+
+
+def test_bad_name_and_not_a_mapping():
+    with pytest.raises(ConfigError, match="name: String should match pattern"):
+        parse_config(minimal(name="has space"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config(["a"])
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad} is not valid YAML"):
+        load_config(bad)
+
+
+def test_default_policy_follows_task():
+    assert list(parse_config(minimal()).promotion_policy.change_thresholds) == ["f1"]
+    regression = parse_config(minimal(training={"estimator": "xgboost.XGBRegressor"}))
+    assert regression.task == "regression"
+    assert list(regression.promotion_policy.change_thresholds) == ["rmse"]
+
+
+def test_fingerprint_changes_with_config_only():
+    a, b = parse_config(minimal()), parse_config(minimal())
+    assert a.fingerprint() == b.fingerprint()
+    c = parse_config(minimal(training={"params": {"max_depth": 3}}))
+    assert c.fingerprint() != a.fingerprint()
+
+
+def test_ct_dag_shape_and_triggers():
+    from airflow_mlops.factories import continuous_training_dag
+
+    dag = continuous_training_dag(PIPELINES / "breast_cancer.yaml")
+    assert dag.dag_id == "ct__breast_cancer"
+    order = ["detect_changes", "validate", "train", "evaluate", "register", "promote", "predict"]
+    for upstream, downstream in zip(order, order[1:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert dag.get_task("summary").trigger_rule == "all_done"
+    uris = (
+        {a.uri for a in dag.timetable.asset_condition.iter_assets().values()}
+        if hasattr(dag.timetable, "asset_condition")
+        else set()
+    )
+    assert "mlops://models/breast_cancer/retrain" in uris
+    assert dag.params["train_uri"].endswith("include/data/breast_cancer/reference.parquet")
+
+
+def test_manual_approval_adds_an_approval_step():
+    from airflow_mlops.factories import continuous_training_dag
+
+    dag = continuous_training_dag(PIPELINES / "breast_cancer_reviewed.yaml")
+    assert "approve" in dag.get_task("register").downstream_task_ids
+    assert "promote" in dag.get_task("approve").downstream_task_ids
+
+
+def test_segments_build_a_mapped_group():
+    from airflow_mlops.factories import continuous_training_dag
+
+    dag = continuous_training_dag(PIPELINES / "diabetes_by_sex.yaml")
+    assert "split_segments" in dag.task_ids
+    assert {"segment.train", "segment.promote", "segment.summary"} <= set(dag.task_ids)
+
+
+def test_monitoring_dag_only_when_there_is_data_to_monitor(tmp_path):
+    from airflow_mlops.factories import dags_from_yaml
+
+    namespace: dict = {}
+    dags_from_yaml(
+        str(ROOT / "dags" / "x.py"), "../include/pipelines/breast_cancer.yaml", namespace
+    )
+    assert set(namespace) == {"ct__breast_cancer", "monitor__breast_cancer"}
+    namespace = {}
+    dags_from_yaml(
+        str(ROOT / "dags" / "x.py"), "../include/pipelines/diabetes_by_sex.yaml", namespace
+    )
+    assert set(namespace) == {"ct__diabetes_by_sex"}
+
+
+def test_sync_dag_files_writes_and_prunes(tmp_path):
+    pipelines, dags = tmp_path / "pipelines", tmp_path / "dags"
+    pipelines.mkdir()
+    (pipelines / "a.yaml").write_text("name: a\n")
+    assert sync_dag_files(pipelines, dags) == {"written": ["mlops_pipeline__a.py"], "removed": []}
+    assert sync_dag_files(pipelines, dags) == {"written": [], "removed": []}
+    (pipelines / "a.yaml").unlink()
+    assert sync_dag_files(pipelines, dags) == {"written": [], "removed": ["mlops_pipeline__a.py"]}
+
+
+def test_shipped_dag_files_are_in_sync(tmp_path):
+    """dags/ holds exactly the generated files for include/pipelines/*.yaml."""
+    copy = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", copy)
+    result = sync_dag_files(PIPELINES, ROOT / "dags")
+    assert result == {"written": [], "removed": []}, "run: airflow-mlops sync-dags"
+
+
+def _import_errors_via_cli(dags_folder: Path) -> list[dict]:
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder)}
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "airflow"),
+            "dags",
+            "list-import-errors",
+            "--local",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    out = result.stdout.strip()
+    assert result.returncode == 0 or out.startswith("["), result.stderr[-2000:]
+    start = out.find("[")
+    return json.loads(out[start:]) if start >= 0 else []
+
+
+@pytest.mark.slow
+def test_import_errors_isolated_per_broken_yaml(tmp_path):
+    """Shipped templates have no import errors; one broken YAML gives exactly one, naming it."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "include", project / "include")
+    shutil.copytree(ROOT / "dags", project / "dags")
+    assert _import_errors_via_cli(project / "dags") == []
+
+    broken = yaml.safe_load((PIPELINES / "diabetes.yaml").read_text())
+    broken["name"] = "broken"
+    broken["training"]["holdout_fraction"] = 3
+    (project / "include" / "pipelines" / "broken.yaml").write_text(yaml.safe_dump(broken))
+    sync_dag_files(project / "include" / "pipelines", project / "dags")
+    errors = _import_errors_via_cli(project / "dags")
+    assert len(errors) == 1, errors
+    (error,) = errors
+    assert error["filepath"].endswith("mlops_pipeline__broken.py")
+    assert "broken.yaml" in error["error"] and "training.holdout_fraction" in error["error"]
