@@ -77,6 +77,31 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
-        "extra-links": [],
+        "operators": [
+            {
+                "integration-name": "MLflow",
+                "python-modules": [
+                    "airflow_mlops.operators.changes",
+                    "airflow_mlops.operators.prediction",
+                ],
+            }
+        ],
+        "sensors": [
+            {"integration-name": "MLflow", "python-modules": ["airflow_mlops.sensors.registry"]}
+        ],
+        "triggers": [
+            {"integration-name": "MLflow", "python-modules": ["airflow_mlops.triggers.registry"]}
+        ],
+        "hooks": [
+            {
+                "integration-name": "MLflow",
+                "python-modules": ["airflow_mlops.hooks.mlflow", "airflow_mlops.hooks.storage"],
+            }
+        ],
+        "extra-links": [
+            "airflow_mlops.links.mlflow.MlflowExperimentLink",
+            "airflow_mlops.links.mlflow.MlflowRunLink",
+            "airflow_mlops.links.mlflow.MlflowModelVersionLink",
+        ],
         "plugins": [],
     }

@@ -34,6 +34,7 @@ _MANAGED_ENV = (
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
 )
 
 
@@ -75,6 +76,8 @@ class MlflowSettings:
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.max_retries),
             # MLflow's default backoff (factor 2, 7 retries) can wait minutes on a dead server.
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            # tqdm bars would fill task logs on every model download.
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
 
 
