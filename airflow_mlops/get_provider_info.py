@@ -24,7 +24,12 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "MLflow",
                 "external-doc-url": "https://mlflow.org/docs/latest/",
                 "tags": ["software"],
-            }
+            },
+            {
+                "integration-name": "Great Expectations",
+                "external-doc-url": "https://docs.greatexpectations.io/docs/core/introduction/",
+                "tags": ["software"],
+            },
         ],
         "connection-types": [
             {
@@ -84,7 +89,11 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_mlops.operators.changes",
                     "airflow_mlops.operators.prediction",
                 ],
-            }
+            },
+            {
+                "integration-name": "Great Expectations",
+                "python-modules": ["airflow_mlops.operators.validation"],
+            },
         ],
         "sensors": [
             {"integration-name": "MLflow", "python-modules": ["airflow_mlops.sensors.registry"]}

@@ -6,9 +6,11 @@ S3 is moto's standalone server, all on 127.0.0.1 with free ports, stopped at ses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import uuid
@@ -47,7 +49,7 @@ def _migrate_airflow_db() -> None:
     template = cache / f"airflow-{airflow_version}.db"
     target = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
     target.parent.mkdir(parents=True, exist_ok=True)
-    if template.exists():
+    if template.exists() and _has_airflow_tables(template):
         shutil.copyfile(template, target)
         return
     from airflow.utils.db import initdb
@@ -55,8 +57,22 @@ def _migrate_airflow_db() -> None:
     initdb()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = template.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    shutil.copyfile(target, tmp)
+    # Airflow opens SQLite in WAL mode: right after initdb() the tables may still sit in
+    # airflow.db-wal, so copying airflow.db alone can give an empty database.
+    with (
+        contextlib.closing(sqlite3.connect(target)) as src,
+        contextlib.closing(sqlite3.connect(tmp)) as dst,
+    ):
+        src.backup(dst)
     os.replace(tmp, template)
+
+
+def _has_airflow_tables(path: Path) -> bool:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='task_instance'"
+        ).fetchone()
+    return row is not None
 
 
 def _server(name: str) -> ServerProcess:

@@ -49,3 +49,7 @@ class PromotionError(MlopsError):
 
 class SchemaDriftError(DataError):
     """Reference and current data do not share the same columns or types."""
+
+
+class EmptyBatchError(DataError):
+    """The current batch has no rows: there is nothing to compare."""

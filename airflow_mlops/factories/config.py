@@ -108,7 +108,7 @@ class MonitoringConfig(_Section):
     column_methods: dict[str, str] = Field(default_factory=dict)
     column_thresholds: dict[str, float] = Field(default_factory=dict)
     debounce_hours: float = Field(6.0, ge=0.0)
-    sample_rows: int = Field(50_000, ge=100)
+    sample_rows: int = Field(50_000, ge=1000)
     decay: DecayConfig | None = None
 
 

@@ -1,0 +1,179 @@
+"""``airflow-mlops`` command line. One ``add_<name>_command`` function per subcommand.
+
+To add a subcommand (``lint``, ``schema``, ...): write ``add_<name>_command(subparsers)``
+that adds its parser and sets ``handler=<function(args) -> exit code>``, then append it to
+:data:`SUBCOMMANDS`. Handlers import heavy modules inside themselves, so ``--help`` is fast.
+Errors raised on purpose (:class:`~airflow_mlops.core.errors.MlopsError`) print one
+``error: ...`` line and exit 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops import __version__
+from airflow_mlops.core.errors import ConfigError, MlopsError
+
+if TYPE_CHECKING:
+    from airflow_mlops.core.storage import Storage
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``airflow-mlops`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except MlopsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-mlops",
+        description="Tools for airflow-mlops pipelines (continuous training on Airflow).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in SUBCOMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+def storage_for(uri: str, aws_conn_id: str | None) -> Storage:
+    """Local paths need nothing. ``s3://`` uses the Airflow AWS connection when one is named,
+    else boto3's default credential chain (env vars, profile; ``AWS_ENDPOINT_URL`` honoured)."""
+    from airflow_mlops.core.storage import Storage, is_s3_uri
+
+    if not is_s3_uri(uri):
+        return Storage()
+    if aws_conn_id:
+        from airflow_mlops.hooks.storage import StorageHook
+
+        return StorageHook(aws_conn_id=aws_conn_id).get_storage()
+
+    def boto3_client() -> Any:
+        import boto3
+
+        return boto3.client("s3")
+
+    return Storage(s3_client_factory=boto3_client)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+# -- infer-suite ------------------------------------------------------------------------------
+def add_infer_suite_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "infer-suite",
+        help="bootstrap a Great Expectations 1.x suite from reference data",
+        description=(
+            "Write a GX 1.x expectation suite inferred from reference data: column set and "
+            "types, not-null for complete columns, numeric/datetime ranges widened by a "
+            "margin, value sets for low-cardinality columns, a row-count range. Review and "
+            "edit it before relying on it."
+        ),
+    )
+    parser.add_argument(
+        "data_uri",
+        metavar="DATA_URI",
+        help="reference table: path or s3:// URI (.parquet, .csv, .csv.gz)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="SUITE.json",
+        help="suite file to write (path or s3:// URI; '-' for stdout)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=_non_negative_float,
+        default=0.1,
+        help="widen numeric/datetime ranges by this share of the observed range on each side (default 0.1)",
+    )
+    parser.add_argument(
+        "--max-categories",
+        type=_non_negative_int,
+        default=20,
+        help="value sets for string/boolean columns with at most this many distinct values (default 20)",
+    )
+    parser.add_argument(
+        "--row-count-margin",
+        type=_non_negative_float,
+        default=0.5,
+        help="accept row counts within +/- this share of the reference's (default 0.5)",
+    )
+    parser.add_argument("--name", help="suite name (default: the output file's name)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing suite file")
+    parser.add_argument(
+        "--aws-conn-id",
+        help="Airflow AWS connection for s3:// URIs (default: boto3's credential chain)",
+    )
+    parser.set_defaults(handler=run_infer_suite)
+
+
+def run_infer_suite(args: argparse.Namespace) -> int:
+    from pathlib import PurePosixPath
+
+    from airflow_mlops.core.validation import infer_suite, suite_to_json
+
+    to_stdout = args.output == "-"
+    output_storage = None if to_stdout else storage_for(args.output, args.aws_conn_id)
+    if output_storage is not None and not args.force and output_storage.exists(args.output):
+        raise ConfigError(
+            f"{args.output} already exists (suites are edited by hand): pass --force to overwrite."
+        )
+    table = storage_for(args.data_uri, args.aws_conn_id).read_table(args.data_uri)
+    name = args.name or (
+        "inferred_suite" if to_stdout else PurePosixPath(args.output).name.removesuffix(".json")
+    )
+    suite = infer_suite(
+        table.frame,
+        name=name,
+        margin=args.margin,
+        max_categories=args.max_categories,
+        row_count_margin=args.row_count_margin,
+    )
+    suite["meta"]["airflow_mlops"]["reference"] = table.lineage()
+    text = suite_to_json(suite)
+    if output_storage is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    output_storage.write_text(args.output, text)
+    print(
+        f"Wrote {len(suite['expectations'])} expectations for {table.frame.shape[1]} columns "
+        f"({table.rows} reference rows) to {args.output}. Review the bounds before use.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+#: Every subcommand, in ``--help`` order. Add ``add_lint_command``, ``add_schema_command`` here.
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_infer_suite_command,)

@@ -1,0 +1,201 @@
+"""Performance decay: the champion's metrics on newly labelled rows vs its metrics at promotion.
+
+When labels arrive for recent predictions, :func:`score_labelled_batch` scores the current
+champion on those rows with the same functions training used
+(:func:`airflow_mlops.core.metrics.predict_for_metrics` and
+:func:`~airflow_mlops.core.metrics.compute_metrics`), and :func:`check_decay` compares one
+metric with the value recorded when the champion was trained and promoted (the
+``holdout_<metric>`` metrics of its training run).
+
+Decay is direction-aware: for metrics where higher is better (``f1``, ``accuracy``,
+``roc_auc``, ``r2``, ...) the *degradation* is ``baseline - current``; for the others
+(``rmse``, ``mae``, ``log_loss``) it is ``current - baseline``. The model has decayed when
+the degradation exceeds the tolerance: in metric units (``absolute``) or as a share of
+``|baseline|`` (``relative``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
+from airflow_mlops.core.metrics import (
+    HIGHER_IS_BETTER,
+    compute_metrics,
+    predict_for_metrics,
+    validate_task,
+)
+
+BASELINE_METRIC_PREFIX = "holdout_"  # training logs holdout metrics with this prefix
+DEFAULT_METRIC = {"classification": "f1", "regression": "rmse"}
+DEFAULT_MIN_LABELLED_ROWS = 100
+# Comparisons at the boundary are inclusive up to this, so that a tolerance of 0.05
+# accepts a drop from 0.90 to 0.85 despite binary floating-point rounding.
+FLOAT_TOLERANCE = 1e-9
+
+ToleranceMode = Literal["absolute", "relative"]
+TOLERANCE_MODES: tuple[str, ...] = ("absolute", "relative")
+
+
+@dataclass(frozen=True)
+class DecaySettings:
+    """How to judge decay.
+
+    :param metric: the metric to watch; default ``f1`` (classification) / ``rmse`` (regression).
+    :param tolerance: the largest accepted degradation (>= 0).
+    :param tolerance_mode: ``absolute`` (metric units) or ``relative`` (share of the baseline).
+    :param min_labelled_rows: fewer labelled rows than this is not enough evidence: no verdict.
+    """
+
+    metric: str | None = None
+    tolerance: float = 0.05
+    tolerance_mode: ToleranceMode = "absolute"
+    min_labelled_rows: int = DEFAULT_MIN_LABELLED_ROWS
+
+    def __post_init__(self) -> None:
+        tol = self.tolerance
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, (int, float))
+            or not math.isfinite(tol)
+            or tol < 0
+        ):
+            raise ConfigError(f"tolerance must be a finite number >= 0, got {tol!r}")
+        if self.tolerance_mode not in TOLERANCE_MODES:
+            raise ConfigError(
+                f"tolerance_mode must be one of {list(TOLERANCE_MODES)}, got {self.tolerance_mode!r}"
+            )
+        rows = self.min_labelled_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError(f"min_labelled_rows must be an integer >= 1, got {rows!r}")
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise ConfigError(f"metric must be a metric name, got {self.metric!r}")
+
+    def metric_for(self, task: str) -> str:
+        return self.metric or DEFAULT_METRIC[validate_task(task)]
+
+
+@dataclass(frozen=True)
+class LabelledScore:
+    """The champion's metrics on the labelled rows (``metrics`` is None below ``min_rows``)."""
+
+    rows: int
+    labelled_rows: int
+    metrics: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class DecayCheck:
+    """The verdict on one metric, with every number that led to it."""
+
+    metric: str
+    higher_is_better: bool
+    baseline: float
+    current: float
+    degradation: float
+    tolerance: float
+    tolerance_mode: str
+    decayed: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def baseline_metrics_from_run(
+    run_metrics: Mapping[str, float], prefix: str = BASELINE_METRIC_PREFIX
+) -> dict[str, float]:
+    """``{metric: value}`` from a training run's ``holdout_<metric>`` entries."""
+    return {
+        key[len(prefix) :]: float(value)
+        for key, value in run_metrics.items()
+        if key.startswith(prefix)
+    }
+
+
+def labelled_rows(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Rows whose label has arrived (non-missing target); the others are not scored yet."""
+    if target not in frame.columns:
+        raise DataError(
+            f"The labelled data has no target column {target!r} (columns: {list(frame.columns)})."
+        )
+    return frame[frame[target].notna()]
+
+
+def score_labelled_batch(
+    model: Any,
+    frame: pd.DataFrame,
+    features: Sequence[str] | None,
+    target: str,
+    task: str,
+    min_rows: int = DEFAULT_MIN_LABELLED_ROWS,
+) -> LabelledScore:
+    """Predict the labelled rows with ``model`` and compute the metrics training computes."""
+    validate_task(task)
+    labelled = labelled_rows(frame, target)
+    if len(labelled) < min_rows:
+        return LabelledScore(rows=len(frame), labelled_rows=len(labelled), metrics=None)
+    if features is None:
+        X = labelled.drop(columns=[target])
+    else:
+        missing = [c for c in features if c not in labelled.columns]
+        if missing:
+            raise DataError(
+                f"The labelled data lacks feature columns {missing} that the champion needs."
+            )
+        X = labelled[list(features)]
+    y_pred, y_score = predict_for_metrics(model, X, task)
+    metrics = compute_metrics(task, labelled[target].to_numpy(), y_pred, y_score)
+    return LabelledScore(rows=len(frame), labelled_rows=len(labelled), metrics=metrics)
+
+
+def check_decay(
+    baseline: Mapping[str, float],
+    current: Mapping[str, float],
+    metric: str,
+    tolerance: float,
+    tolerance_mode: str = "absolute",
+) -> DecayCheck:
+    """Compare ``current[metric]`` with ``baseline[metric]``; fail closed on a missing value."""
+    if metric not in baseline or not math.isfinite(float(baseline[metric])):
+        raise MlopsError(
+            f"The champion has no recorded {metric!r} at promotion (recorded: "
+            f"{sorted(baseline)}); choose one of those or retrain to record it."
+        )
+    if metric not in current or not math.isfinite(float(current[metric])):
+        raise DataError(
+            f"{metric!r} cannot be computed on the labelled rows (computed: {sorted(current)}); "
+            "e.g. roc_auc needs both classes and class probabilities."
+        )
+    base, now = float(baseline[metric]), float(current[metric])
+    higher = metric in HIGHER_IS_BETTER
+    degradation = base - now if higher else now - base
+    mode = tolerance_mode
+    if mode == "relative" and base == 0:
+        # A share of zero is meaningless: judge the drop in metric units instead.
+        mode = "absolute"
+    allowed = tolerance * abs(base) if mode == "relative" else tolerance
+    decayed = degradation > allowed + FLOAT_TOLERANCE
+    direction = "higher is better" if higher else "lower is better"
+    limit = f"{tolerance:.4g}" + (" of the baseline" if mode == "relative" else "")
+    verdict = "performance decay" if decayed else "no performance decay"
+    reason = (
+        f"{verdict}: {metric} {now:.4f} vs {base:.4f} at promotion ({direction}; "
+        f"degradation {degradation:.4f}, tolerance {limit})"
+    )
+    return DecayCheck(
+        metric=metric,
+        higher_is_better=higher,
+        baseline=base,
+        current=now,
+        degradation=degradation,
+        tolerance=float(tolerance),
+        tolerance_mode=mode,
+        decayed=decayed,
+        reason=reason,
+    )

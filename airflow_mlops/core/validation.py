@@ -1,0 +1,936 @@
+"""Data validation with Great Expectations Core 1.x: suites, runs, summaries, suite bootstrap.
+
+Everything here works on an in-memory pandas DataFrame and plain JSON-like suites, with an
+ephemeral GX context (nothing written to disk by GX, analytics and progress bars off). The
+Airflow operator (``airflow_mlops.operators.validation``) only reads the data, calls
+:func:`validate_frame`, writes the report and applies the failure policy.
+
+Three kinds of output, from small to large:
+
+* the **summary** (:func:`summarize`): bounded JSON for XCom, never any data beyond a few
+  sample values per failed expectation;
+* the **failure message** (:func:`failure_message`): one readable line per failed
+  expectation, for the task log and :class:`~airflow_mlops.core.errors.DataValidationFailed`;
+* the **full result**: the GX validation result JSON, written to a report URI by the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Older GX 1.x releases read this at context creation; 1.24 has no analytics at all. Set it
+# before the import so no version of GX 1.x phones home.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx
+import numpy as np
+import pandas as pd
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from great_expectations.expectations.expectation_configuration import (
+    ExpectationConfiguration,
+)
+
+from airflow_mlops.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMATS = ("BOOLEAN_ONLY", "BASIC", "SUMMARY", "COMPLETE")
+ON_FAILURE_POLICIES = ("fail", "skip", "warn")
+SUMMARY_SCHEMA_VERSION = 1
+
+#: Bounds that keep the XCom summary small whatever the data or the suite look like.
+MAX_FAILURES_IN_SUMMARY = 20
+MAX_SAMPLE_VALUES = 5
+MAX_TEXT_CHARS = 200
+MAX_LIST_ITEMS = 10
+SUMMARY_BUDGET_BYTES = 32_000
+
+#: Names of the two checks airflow_mlops adds to every suite (see :func:`builtin_failures`).
+BUILTIN_TABLE_NOT_EMPTY = "airflow_mlops.table_not_empty"
+BUILTIN_COLUMN_NOT_ALL_NULL = "airflow_mlops.column_not_all_null"
+
+# kwargs that describe how GX runs rather than what is expected: left out of summaries.
+_RUNTIME_KWARGS = frozenset(
+    {"batch_id", "column", "result_format", "catch_exceptions", "include_config", "row_condition"}
+)
+# Keys an expectation entry of a GX 1.x suite file may carry.
+_EXPECTATION_KEYS = frozenset(
+    {"type", "kwargs", "meta", "id", "notes", "severity", "description", "rendered_content"}
+)
+_SUITE_KEYS = frozenset({"name", "id", "expectations", "suite_parameters", "meta", "notes"})
+
+_DATASOURCE = "airflow_mlops"
+_ASSET = "frame"
+_BATCH = "whole_frame"
+
+
+# --------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------
+def check_result_format(value: str) -> str:
+    """Upper-cased GX result format, or :class:`ConfigError` naming ``result_format``."""
+    normalised = str(value).strip().upper()
+    if normalised not in RESULT_FORMATS:
+        raise ConfigError(f"result_format={value!r} is not one of {', '.join(RESULT_FORMATS)}.")
+    return normalised
+
+
+def check_on_failure(value: str) -> str:
+    """Lower-cased failure policy, or :class:`ConfigError` naming ``on_failure``."""
+    normalised = str(value).strip().lower()
+    if normalised not in ON_FAILURE_POLICIES:
+        raise ConfigError(f"on_failure={value!r} is not one of {', '.join(ON_FAILURE_POLICIES)}.")
+    return normalised
+
+
+# --------------------------------------------------------------------------------------
+# Suites: load, check, build
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuiteDefinition:
+    """A checked GX 1.x suite as plain JSON: every expectation is known and well-formed."""
+
+    name: str
+    expectations: list[dict[str, Any]]
+    meta: dict[str, Any]
+    source: str
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "expectations": self.expectations, "meta": self.meta}
+
+    def referenced_columns(self) -> list[str]:
+        """Columns named by a ``column`` kwarg, in suite order, without repeats."""
+        seen: dict[str, None] = {}
+        for expectation in self.expectations:
+            column = expectation.get("kwargs", {}).get("column")
+            if isinstance(column, str):
+                seen.setdefault(column, None)
+        return list(seen)
+
+
+def _one_line(text: str) -> str:
+    """Pydantic and GX messages span lines; a failure list wants one line per problem."""
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def expectation_problem(entry: Any) -> str | None:
+    """Why ``entry`` is not a valid GX 1.x expectation configuration, or None if it is."""
+    if not isinstance(entry, Mapping):
+        return f"must be an object with 'type' and 'kwargs', got {type(entry).__name__}"
+    if "expectation_type" in entry:
+        return (
+            "uses the GX 0.x key 'expectation_type'; GX 1.x suites name it 'type' (rename the key)"
+        )
+    unknown = sorted(set(entry) - _EXPECTATION_KEYS)
+    if unknown:
+        return f"has unknown keys {unknown}; allowed: {sorted(_EXPECTATION_KEYS)}"
+    etype = entry.get("type")
+    if not isinstance(etype, str) or not etype:
+        return "has no 'type' (for example 'expect_column_values_to_not_be_null')"
+    kwargs = entry.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        return f"'kwargs' must be an object, got {type(kwargs).__name__}"
+    try:
+        config = ExpectationConfiguration(
+            type=etype, kwargs=dict(kwargs), meta=dict(entry.get("meta") or {})
+        )
+        config.to_domain_obj()
+    except gx.exceptions.ExpectationNotFoundError:
+        return f"unknown expectation type {etype!r}"
+    except Exception as err:  # pydantic / GX configuration errors of every flavour
+        return f"invalid kwargs for {etype}: {_one_line(err)}"
+    return None
+
+
+def suite_problems(suite: Any) -> list[str]:
+    """Every problem of a suite object (dict or list of expectations); empty when valid.
+
+    Used both to refuse a bad suite before any data is read and by a future ``lint`` CLI.
+    """
+    if isinstance(suite, Mapping):
+        problems = []
+        unknown = sorted(set(suite) - _SUITE_KEYS)
+        if "expectation_suite_name" in suite:
+            problems.append(
+                "uses the GX 0.x key 'expectation_suite_name'; GX 1.x suites use 'name'"
+            )
+        elif unknown:
+            problems.append(f"suite has unknown keys {unknown}; allowed: {sorted(_SUITE_KEYS)}")
+        name = suite.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            problems.append("'name' must be a non-empty string")
+        expectations = suite.get("expectations")
+        if not isinstance(expectations, list):
+            problems.append("suite has no 'expectations' list")
+            return problems
+    elif isinstance(suite, list):
+        problems, expectations = [], suite
+    else:
+        return [f"a suite must be an object or a list of expectations, got {type(suite).__name__}"]
+    if not expectations:
+        problems.append("suite has no expectations: an empty suite would pass any data")
+    for index, entry in enumerate(expectations):
+        problem = expectation_problem(entry)
+        if problem:
+            label = entry.get("type") if isinstance(entry, Mapping) else None
+            where = f"expectations[{index}]" + (f" ({label})" if isinstance(label, str) else "")
+            problems.append(f"{where} {problem}")
+    return problems
+
+
+def parse_suite(
+    suite: Any, *, source: str = "suite", default_name: str = "suite"
+) -> SuiteDefinition:
+    """Check a suite object and return it as a :class:`SuiteDefinition`.
+
+    :param suite: a GX 1.x suite dict (``{"name", "expectations", ...}``) or a list of
+        expectation configs (``[{"type": ..., "kwargs": {...}}, ...]``).
+    :param source: where it came from, for error messages (a file path, "suite parameter").
+    :raises ConfigError: listing every problem found, one per line.
+    """
+    problems = suite_problems(suite)
+    if problems:
+        raise ConfigError(
+            f"Invalid expectation suite ({source}):\n" + "\n".join(f"- {p}" for p in problems)
+        )
+    if isinstance(suite, Mapping):
+        name = suite.get("name") or default_name
+        entries = suite["expectations"]
+        meta = dict(suite.get("meta") or {})
+    else:
+        name, entries, meta = default_name, suite, {}
+    expectations = [
+        {
+            "type": entry["type"],
+            "kwargs": dict(entry.get("kwargs") or {}),
+            "meta": dict(entry.get("meta") or {}),
+        }
+        for entry in entries
+    ]
+    return SuiteDefinition(name=str(name), expectations=expectations, meta=meta, source=source)
+
+
+def parse_suite_text(text: str | bytes, *, source: str) -> SuiteDefinition:
+    """Parse a suite file's content; :class:`ConfigError` names the file and the JSON error."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Suite file {source} is not valid JSON: {err}") from err
+    return parse_suite(obj, source=source, default_name=_suite_name_from_path(source))
+
+
+def read_suite_file(path: str | os.PathLike[str]) -> SuiteDefinition:
+    """Load and check a GX 1.x suite JSON file from a local path."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Suite file {str(file)!r} does not exist.")
+    return parse_suite_text(file.read_bytes(), source=str(file))
+
+
+def _suite_name_from_path(source: str) -> str:
+    stem = Path(source.rstrip("/")).name
+    for suffix in (".json", ".suite"):
+        stem = stem.removesuffix(suffix)
+    return stem or "suite"
+
+
+def _build_gx_suite(suite: SuiteDefinition) -> gx.ExpectationSuite:
+    expectations = [
+        ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e["meta"]).to_domain_obj()
+        for e in suite.expectations
+    ]
+    gx_suite = gx.ExpectationSuite(name=suite.name, expectations=expectations)
+    # GX logs and drops expectations it cannot add; a smaller suite would fail open.
+    if len(gx_suite.expectations) != len(expectations):
+        raise ConfigError(
+            f"Suite {suite.name!r}: GX accepted {len(gx_suite.expectations)} of "
+            f"{len(expectations)} expectations."
+        )
+    return gx_suite
+
+
+# --------------------------------------------------------------------------------------
+# Running GX
+# --------------------------------------------------------------------------------------
+def quiet_great_expectations() -> None:
+    """GX logs every registered function at INFO; keep task logs readable."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+def _ephemeral_context() -> Any:
+    config = DataContextConfig(
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def run_suite(
+    frame: pd.DataFrame, suite: SuiteDefinition, *, result_format: str = "SUMMARY"
+) -> dict[str, Any]:
+    """Run ``suite`` on ``frame`` with an ephemeral GX context; returns the GX result JSON.
+
+    Results are put back in suite order (GX groups them by metric). The frame is passed as a
+    batch parameter: GX does not copy it.
+    """
+    quiet_great_expectations()
+    result_format = check_result_format(result_format)
+    context = _ephemeral_context()
+    batch_definition = (
+        context.data_sources.add_pandas(_DATASOURCE)
+        .add_dataframe_asset(_ASSET)
+        .add_batch_definition_whole_dataframe(_BATCH)
+    )
+    gx_suite = context.suites.add(_build_gx_suite(suite))
+    order = {expectation.id: index for index, expectation in enumerate(gx_suite.expectations)}
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(
+            name=f"{suite.name}-validation", data=batch_definition, suite=gx_suite
+        )
+    )
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    payload = result.to_json_dict()
+    payload["results"] = sorted(
+        payload["results"],
+        key=lambda r: order.get(r.get("expectation_config", {}).get("id"), len(order)),
+    )
+    return payload
+
+
+def builtin_failures(frame: pd.DataFrame, suite: SuiteDefinition) -> list[dict[str, Any]]:
+    """Checks GX passes vacuously, so a suite cannot silently accept useless data.
+
+    * an empty table (a header-only csv): every column expectation passes on zero rows;
+    * a column the suite names that is entirely null, when the suite does not already check
+      it with ``expect_column_values_to_not_be_null`` (range and set checks ignore nulls).
+
+    A column that the suite expects to be null (``expect_column_values_to_be_null``) is left
+    alone. Returns failure entries in the summary's format.
+    """
+    failures: list[dict[str, Any]] = []
+    rows = len(frame)
+    if rows == 0:
+        failures.append(
+            _builtin_failure(
+                BUILTIN_TABLE_NOT_EMPTY,
+                column=None,
+                observed=0,
+                expected={"min_rows": 1},
+                error="the data has a header but no rows",
+            )
+        )
+        return failures
+    checked_elsewhere = {
+        e["kwargs"].get("column")
+        for e in suite.expectations
+        if e["type"] in ("expect_column_values_to_not_be_null", "expect_column_values_to_be_null")
+    }
+    for column in suite.referenced_columns():
+        if column in checked_elsewhere or column not in frame.columns:
+            continue  # missing columns are reported by GX itself
+        data = frame[column]
+        if isinstance(data, pd.DataFrame):  # duplicate column names
+            continue
+        if data.isna().all():
+            failures.append(
+                _builtin_failure(
+                    BUILTIN_COLUMN_NOT_ALL_NULL,
+                    column=column,
+                    observed=f"{rows} of {rows} values are null",
+                    expected={"non_null_values": ">= 1"},
+                    unexpected_count=rows,
+                    error=None,
+                )
+            )
+    return failures
+
+
+def _builtin_failure(
+    expectation: str,
+    *,
+    column: str | None,
+    observed: Any,
+    expected: dict[str, Any],
+    error: str | None,
+    unexpected_count: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "expectation": expectation,
+        "column": column,
+        "expected": expected,
+        "observed": observed,
+        "unexpected_count": unexpected_count,
+        "unexpected_percent": 100.0 if unexpected_count else None,
+        "sample_values": [],
+        "details": None,
+        "error": error,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Summary and failure message
+# --------------------------------------------------------------------------------------
+def _truncate_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_safe(value: Any, *, bounded: bool = False, _depth: int = 0) -> Any:
+    """A JSON-serialisable copy of ``value`` (numpy, pandas, datetimes, NaN handled).
+
+    With ``bounded=True`` strings are cut to MAX_TEXT_CHARS, lists to MAX_LIST_ITEMS and
+    nesting to a few levels, so one huge value (a 10,000-item value set, a long text cell)
+    cannot blow up an XCom.
+    """
+    if bounded and _depth > 4:
+        return _truncate_text(str(value))
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # "nan", "inf": visible, valid JSON
+    if isinstance(value, str):
+        return _truncate_text(value) if bounded else value
+    if isinstance(value, np.generic):
+        return json_safe(value.item(), bounded=bounded, _depth=_depth)
+    if isinstance(value, dt.datetime | dt.date | dt.time | pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return json_safe(float(value), bounded=bounded, _depth=_depth)
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {
+            _truncate_text(str(k)) if bounded else str(k): json_safe(
+                v, bounded=bounded, _depth=_depth + 1
+            )
+            for k, v in (items[: MAX_LIST_ITEMS * 5] if bounded else items)
+        }
+        if bounded and len(items) > MAX_LIST_ITEMS * 5:
+            out["…"] = f"{len(items) - MAX_LIST_ITEMS * 5} more keys"
+        return out
+    if isinstance(value, list | tuple | set | frozenset | np.ndarray | pd.Index):
+        seq = list(value)
+        if bounded and len(seq) > MAX_LIST_ITEMS:
+            kept = [json_safe(v, bounded=True, _depth=_depth + 1) for v in seq[:MAX_LIST_ITEMS]]
+            return [*kept, f"… ({len(seq) - MAX_LIST_ITEMS} more)"]
+        return [json_safe(v, bounded=bounded, _depth=_depth + 1) for v in seq]
+    if isinstance(value, bytes):
+        return _truncate_text(repr(value))
+    text = str(value)
+    return _truncate_text(text) if bounded else text
+
+
+def _exception_messages(exception_info: Any) -> list[str]:
+    """GX puts one ``exception_info`` per metric (keyed by metric id) or one flat dict."""
+    if not isinstance(exception_info, Mapping):
+        return []
+    if "raised_exception" in exception_info:
+        infos: Iterable[Any] = [exception_info]
+    else:
+        infos = exception_info.values()
+    messages = []
+    for info in infos:
+        if isinstance(info, Mapping) and info.get("raised_exception"):
+            message = _one_line(info.get("exception_message") or "GX raised an exception")
+            message = message.removeprefix("Error: ")  # GX's own prefix; we say "error:"
+            if message not in messages:
+                messages.append(message)
+    return messages
+
+
+def _distinct_samples(details: Mapping[str, Any]) -> list[Any]:
+    """A few distinct unexpected values, most frequent first when GX counted them."""
+    counted = details.get("partial_unexpected_counts")
+    if counted:
+        values = [item.get("value") for item in counted if isinstance(item, Mapping)]
+    else:
+        values = list(
+            details.get("partial_unexpected_list") or details.get("unexpected_list") or []
+        )
+    distinct: list[Any] = []
+    for value in values:
+        if value not in distinct:
+            distinct.append(value)
+        if len(distinct) == MAX_SAMPLE_VALUES:
+            break
+    return distinct
+
+
+def _failure_column(kwargs: Mapping[str, Any]) -> Any:
+    if "column" in kwargs:
+        return kwargs["column"]
+    if "column_list" in kwargs:
+        return list(kwargs["column_list"])
+    pair = [kwargs[k] for k in ("column_A", "column_B") if k in kwargs]
+    return pair or None
+
+
+def _failure_entry(result: Mapping[str, Any]) -> dict[str, Any]:
+    config = result.get("expectation_config") or {}
+    kwargs = config.get("kwargs") or {}
+    details = result.get("result") or {}
+    errors = _exception_messages(result.get("exception_info"))
+    samples = _distinct_samples(details)
+    return {
+        "expectation": config.get("type"),
+        "column": json_safe(_failure_column(kwargs), bounded=True),
+        "expected": json_safe(
+            {k: v for k, v in kwargs.items() if k not in _RUNTIME_KWARGS}, bounded=True
+        ),
+        "observed": json_safe(details.get("observed_value"), bounded=True),
+        "unexpected_count": json_safe(details.get("unexpected_count")),
+        "unexpected_percent": json_safe(details.get("unexpected_percent")),
+        "sample_values": json_safe(samples, bounded=True),
+        "details": json_safe(details.get("details"), bounded=True),
+        "error": _truncate_text("; ".join(errors), 500) if errors else None,
+    }
+
+
+def summarize(
+    result: Mapping[str, Any],
+    *,
+    row_count: int,
+    column_count: int,
+    data_uri: str | None = None,
+    data_sha256: str | None = None,
+    report_uri: str | None = None,
+    extra_failures: Sequence[Mapping[str, Any]] = (),
+    data_columns: Collection[Any] | None = None,
+    max_failures: int = MAX_FAILURES_IN_SUMMARY,
+    budget_bytes: int = SUMMARY_BUDGET_BYTES,
+) -> dict[str, Any]:
+    """The small JSON summary of a GX result (for XCom): counts, failures, never the data.
+
+    At most ``max_failures`` failures are listed (the rest are counted in
+    ``failures_not_listed``), each with at most MAX_SAMPLE_VALUES sample values; if the JSON
+    still exceeds ``budget_bytes``, failures are dropped from the end until it fits. With
+    ``data_columns``, an expectation on a column the data lacks says so plainly (GX's own
+    errors for that case range from clear to "list index out of range").
+    """
+    gx_failures = [_failure_entry(r) for r in result.get("results", []) if not r.get("success")]
+    if data_columns is not None:
+        present = set(data_columns)
+        for failure in gx_failures:
+            column = failure["column"]
+            if isinstance(column, str) and column not in present:
+                failure["error"] = f"column {_quote(column)} is not in the data"
+    failures = [*[dict(f) for f in extra_failures], *gx_failures]
+    statistics = result.get("statistics") or {}
+    evaluated = int(statistics.get("evaluated_expectations") or 0) + len(extra_failures)
+    listed = failures[:max_failures]
+    summary: dict[str, Any] = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "success": bool(result.get("success")) and not extra_failures,
+        "suite_name": json_safe(result.get("suite_name"), bounded=True),
+        "data_uri": data_uri,
+        "data_sha256": data_sha256,
+        "row_count": int(row_count),
+        "column_count": int(column_count),
+        "evaluated_expectations": evaluated,
+        "successful_expectations": evaluated - len(failures),
+        "failed_expectations": len(failures),
+        "failures": listed,
+        "failures_not_listed": len(failures) - len(listed),
+        "report_uri": report_uri,
+        "great_expectations_version": gx.__version__,
+    }
+    while len(summary_json(summary).encode()) > budget_bytes and summary["failures"]:
+        summary["failures"].pop()
+        summary["failures_not_listed"] += 1
+    return summary
+
+
+def summary_json(summary: Mapping[str, Any]) -> str:
+    return json.dumps(summary, sort_keys=True, allow_nan=False)
+
+
+def _quote(value: Any) -> str:
+    """Column names may hold spaces, quotes, newlines or markup: JSON-quote them."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _describe_expected(expected: Any) -> str:
+    if isinstance(expected, Mapping):
+        return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in expected.items())
+    return json.dumps(expected, ensure_ascii=False)
+
+
+def _describe_observed(failure: Mapping[str, Any]) -> str:
+    if failure.get("error"):
+        return f"error: {failure['error']}"
+    count = failure.get("unexpected_count")
+    if count is not None and failure.get("observed") is None:
+        percent = failure.get("unexpected_percent")
+        share = f" ({percent:.4g}%)" if isinstance(percent, int | float) else ""
+        samples = failure.get("sample_values") or []
+        example = f", e.g. {json.dumps(samples, ensure_ascii=False)}" if samples else ""
+        return f"{count} unexpected values{share}{example}"
+    observed = json.dumps(failure.get("observed"), ensure_ascii=False)
+    details = failure.get("details")
+    if isinstance(details, Mapping) and isinstance(details.get("mismatched"), Mapping):
+        observed += f" (mismatched: {json.dumps(details['mismatched'], ensure_ascii=False)})"
+    return observed
+
+
+def failure_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One readable line per listed failure: where, which expectation, expected vs observed."""
+    lines = []
+    for failure in summary.get("failures", []):
+        column = failure.get("column")
+        where = "table" if column is None else f"column {_quote(column)}"
+        expected = failure.get("expected")
+        expected_text = f" expected {_describe_expected(expected)}" if expected else ""
+        lines.append(
+            f"{where}: {failure.get('expectation')}{expected_text}; "
+            f"observed {_describe_observed(failure)}"
+        )
+    return lines
+
+
+def failure_message(summary: Mapping[str, Any]) -> str:
+    """The message of :class:`DataValidationFailed`: a headline, then one line per failure."""
+    failed = summary.get("failed_expectations", 0)
+    headline = (
+        f"Data validation failed for {summary.get('data_uri') or 'the data'}: {failed} of "
+        f"{summary.get('evaluated_expectations', 0)} expectations failed "
+        f"(suite {_quote(summary.get('suite_name'))}, {summary.get('row_count')} rows)."
+    )
+    lines = [headline, *(f"- {line}" for line in failure_lines(summary))]
+    hidden = summary.get("failures_not_listed", 0)
+    if hidden:
+        lines.append(f"- … and {hidden} more failed expectations")
+    if summary.get("report_uri"):
+        lines.append(f"Full result: {summary['report_uri']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The one call operators make
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What a validation produced: the XCom summary and the full GX result (for the report)."""
+
+    summary: dict[str, Any]
+    result: dict[str, Any]
+
+    @property
+    def success(self) -> bool:
+        return bool(self.summary["success"])
+
+    def report_json(self) -> str:
+        """The full result as strict JSON text (NaN and numpy values made JSON-safe)."""
+        return json.dumps(json_safe(self.result), indent=2, ensure_ascii=False, allow_nan=False)
+
+    def failure_message(self) -> str:
+        return failure_message(self.summary)
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    suite: SuiteDefinition,
+    *,
+    result_format: str = "SUMMARY",
+    data_uri: str | None = None,
+    data_sha256: str | None = None,
+    report_uri: str | None = None,
+    builtin_checks: bool = True,
+) -> ValidationOutcome:
+    """Validate ``frame`` against ``suite``; never raises for bad data, only reports it.
+
+    :param builtin_checks: also fail an empty table and all-null columns the suite names
+        (see :func:`builtin_failures`); GX alone passes both.
+    """
+    result = run_suite(frame, suite, result_format=result_format)
+    extra = builtin_failures(frame, suite) if builtin_checks else []
+    result.setdefault("meta", {})["airflow_mlops"] = {
+        "data_uri": data_uri,
+        "data_sha256": data_sha256,
+        "row_count": len(frame),
+        "builtin_failures": extra,
+    }
+    if extra:
+        # The report's verdict must match the summary's: GX alone passed what we failed.
+        result["success"] = False
+    summary = summarize(
+        result,
+        row_count=len(frame),
+        column_count=frame.shape[1],
+        data_uri=data_uri,
+        data_sha256=data_sha256,
+        report_uri=report_uri,
+        extra_failures=extra,
+        data_columns=frame.columns,
+    )
+    return ValidationOutcome(summary=summary, result=result)
+
+
+# --------------------------------------------------------------------------------------
+# Suite bootstrap
+# --------------------------------------------------------------------------------------
+_INT_TYPES = [
+    *("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"),
+    *("Int8Dtype", "Int16Dtype", "Int32Dtype", "Int64Dtype"),
+    *("UInt8Dtype", "UInt16Dtype", "UInt32Dtype", "UInt64Dtype"),
+]
+_FLOAT_TYPES = ["float16", "float32", "float64", "Float32Dtype", "Float64Dtype"]
+_BOOL_TYPES = ["bool", "BooleanDtype"]
+_DATETIME_TYPES = ["datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"]
+_STRING_TYPES = ["str", "StringDtype"]
+
+
+def gx_type_list(series: pd.Series) -> list[str] | None:
+    """Type names that GX's ``expect_column_values_to_be_in_type_list`` accepts for this
+    column's family (any int width, any float width, ...), or None when GX cannot check it
+    by name (timezone-aware datetimes, categoricals, pyarrow strings, mixed objects)."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return list(_BOOL_TYPES)
+    if pd.api.types.is_integer_dtype(dtype):
+        return list(_INT_TYPES)
+    if pd.api.types.is_float_dtype(dtype):
+        return list(_FLOAT_TYPES)
+    if isinstance(dtype, np.dtype) and dtype.kind == "M":
+        return list(_DATETIME_TYPES)
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "python":
+        return list(_STRING_TYPES)
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        values = series.dropna()
+        if len(values) and values.map(type).eq(str).all():
+            return list(_STRING_TYPES)
+    return None
+
+
+def _padded_range(low: float, high: float, margin: float) -> tuple[float, float]:
+    span = high - low
+    pad = margin * span if span > 0 else margin * max(abs(low), 1.0)
+    return low - pad, high + pad
+
+
+def _round_outward(value: float, *, down: bool, digits: int = 6) -> float:
+    """Round to ``digits`` significant digits away from the data, for a readable suite file."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    scale = 10 ** (digits - 1 - math.floor(math.log10(abs(value))))
+    rounded = (math.floor if down else math.ceil)(value * scale) / scale
+    # Division can land a hair inside the bound; step out by one unit if it did.
+    if (down and rounded > value) or (not down and rounded < value):
+        rounded += (-1 if down else 1) / scale
+    return rounded
+
+
+def _numeric_range(series: pd.Series, margin: float) -> dict[str, Any] | None:
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return _integer_range(series, margin)
+    values = series.dropna().to_numpy(dtype="float64", na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    low, high = _padded_range(float(finite.min()), float(finite.max()), margin)
+    bounds: dict[str, Any] = {
+        "min_value": _round_outward(low, down=True),
+        "max_value": _round_outward(high, down=False),
+    }
+    # Infinite reference values would fail a finite bound: leave that side open.
+    if np.isneginf(values).any():
+        bounds["min_value"] = None
+    if np.isposinf(values).any():
+        bounds["max_value"] = None
+    if bounds["min_value"] is None and bounds["max_value"] is None:
+        return None
+    return bounds
+
+
+def _integer_range(series: pd.Series, margin: float) -> dict[str, Any]:
+    """Python-int arithmetic: float64 would round int64 values beyond 2**53 inwards."""
+    values = series.dropna()
+    low, high = int(values.min()), int(values.max())
+    span = high - low
+    pad = math.ceil(margin * (span if span > 0 else max(abs(low), 1)))
+    return {"min_value": low - pad, "max_value": high + pad}
+
+
+def _datetime_range(series: pd.Series, margin: float) -> dict[str, Any]:
+    values = series.dropna()
+    low, high = values.min(), values.max()
+    pad = (high - low) * margin if high > low else pd.Timedelta(days=1) * margin
+    # Whole seconds, rounded outwards: GX parses the bounds with microsecond precision.
+    return {
+        "min_value": (low - pad).floor("s").isoformat(),
+        "max_value": (high + pad).ceil("s").isoformat(),
+    }
+
+
+def _value_set(series: pd.Series, max_categories: int) -> list[Any] | None:
+    values = series.dropna().unique()
+    if len(values) == 0 or len(values) > max_categories:
+        return None
+    python_values = [v.item() if isinstance(v, np.generic) else v for v in values]
+    if all(isinstance(v, bool) for v in python_values) or all(
+        isinstance(v, str) for v in python_values
+    ):
+        return sorted(python_values)
+    return None
+
+
+def _expectation(etype: str, **kwargs: Any) -> dict[str, Any]:
+    return {"type": etype, "kwargs": kwargs, "meta": {}}
+
+
+def _check_bootstrap_options(margin: float, max_categories: int, row_count_margin: float) -> None:
+    if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"margin={margin!r} must be a finite number >= 0.")
+    if not isinstance(max_categories, int) or max_categories < 0:
+        raise ConfigError(f"max_categories={max_categories!r} must be an integer >= 0.")
+    if not (isinstance(row_count_margin, int | float) and row_count_margin >= 0):
+        raise ConfigError(f"row_count_margin={row_count_margin!r} must be a number >= 0.")
+
+
+def infer_suite(
+    reference_df: pd.DataFrame,
+    *,
+    name: str = "inferred_suite",
+    margin: float = 0.1,
+    max_categories: int = 20,
+    row_count_margin: float = 0.5,
+) -> dict[str, Any]:
+    """Bootstrap a GX 1.x suite (plain JSON dict) from reference data, for a human to edit.
+
+    Open-source GX 1.x no longer profiles data, so this writes the usual first draft:
+
+    * the exact column set, and each column's type family (any int width, any float width);
+    * ``not null`` for every column that is complete in the reference;
+    * numeric and datetime ranges, widened by ``margin`` * the observed range on each side;
+    * value sets for string and boolean columns with at most ``max_categories`` values;
+    * a row-count range of ± ``row_count_margin`` * the reference row count.
+
+    The suite validates its own reference data (checked before returning).
+
+    :raises ConfigError: on bad options or a reference without rows or columns.
+    """
+    _check_bootstrap_options(margin, max_categories, row_count_margin)
+    rows, columns = reference_df.shape
+    if rows == 0 or columns == 0:
+        raise ConfigError(
+            f"Cannot infer a suite from reference data with {rows} rows and {columns} columns."
+        )
+    names = [str(c) for c in reference_df.columns]
+    if len(set(names)) != len(names):
+        raise ConfigError("Cannot infer a suite: the reference data has duplicate column names.")
+    if names != list(reference_df.columns):
+        reference_df = reference_df.rename(columns=str)
+
+    expectations = [
+        _expectation("expect_table_columns_to_match_set", column_set=names, exact_match=True),
+        _expectation(
+            "expect_table_row_count_to_be_between",
+            min_value=max(0, math.floor(rows * (1 - row_count_margin))),
+            max_value=math.ceil(rows * (1 + row_count_margin)),
+        ),
+    ]
+    notes: dict[str, str] = {}
+    for column in names:
+        expectations.extend(
+            _column_expectations(reference_df[column], column, margin, max_categories, notes)
+        )
+
+    suite = {
+        "name": name,
+        "expectations": expectations,
+        "meta": {
+            "great_expectations_version": gx.__version__,
+            "airflow_mlops": {
+                "generated_by": "airflow_mlops.core.validation.infer_suite",
+                "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "reference_rows": rows,
+                "margin": margin,
+                "max_categories": max_categories,
+                "row_count_margin": row_count_margin,
+                "column_notes": notes,
+            },
+        },
+        "notes": "Bootstrapped from reference data: review every bound before relying on it.",
+    }
+    _check_inferred_suite(reference_df, suite)
+    return suite
+
+
+def _column_expectations(
+    series: pd.Series, column: str, margin: float, max_categories: int, notes: dict[str, str]
+) -> list[dict[str, Any]]:
+    nulls = int(series.isna().sum())
+    if nulls == len(series):
+        # Its dtype is an accident of the file format and there is no range to learn.
+        notes[column] = "entirely null in the reference: only its presence is checked"
+        return []
+    found: list[dict[str, Any]] = []
+    types = gx_type_list(series)
+    if types is not None:
+        found.append(
+            _expectation("expect_column_values_to_be_in_type_list", column=column, type_list=types)
+        )
+    else:
+        notes[column] = f"dtype {series.dtype} has no GX type name: type not checked"
+    if nulls == 0:
+        found.append(_expectation("expect_column_values_to_not_be_null", column=column))
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        values = _value_set(series, max_categories=2)
+        if values is not None:
+            found.append(
+                _expectation("expect_column_values_to_be_in_set", column=column, value_set=values)
+            )
+    elif pd.api.types.is_numeric_dtype(dtype):
+        bounds = _numeric_range(series, margin)
+        if bounds is not None:
+            found.append(
+                _expectation("expect_column_values_to_be_between", column=column, **bounds)
+            )
+    elif (isinstance(dtype, np.dtype) and dtype.kind == "M") or isinstance(
+        dtype, pd.DatetimeTZDtype
+    ):
+        found.append(
+            _expectation(
+                "expect_column_values_to_be_between",
+                column=column,
+                **_datetime_range(series, margin),
+            )
+        )
+    else:
+        values = _value_set(series, max_categories)
+        if values is not None:
+            found.append(
+                _expectation("expect_column_values_to_be_in_set", column=column, value_set=values)
+            )
+    return found
+
+
+def _check_inferred_suite(reference_df: pd.DataFrame, suite: dict[str, Any]) -> None:
+    """The draft must be loadable and must pass on its own reference, or it is a bug."""
+    definition = parse_suite(suite, source="inferred suite")
+    outcome = validate_frame(reference_df, definition, result_format="BASIC")
+    if not outcome.success:
+        raise ConfigError(
+            "The inferred suite does not validate its own reference data (please report this):\n"
+            + "\n".join(failure_lines(outcome.summary))
+        )
+
+
+def suite_to_json(suite: Mapping[str, Any]) -> str:
+    """Pretty, stable JSON text for a suite file (unicode column names kept readable)."""
+    return json.dumps(json_safe(suite), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -1,0 +1,517 @@
+"""airflow_mlops.core.validation: suites, GX runs, summaries, messages, suite bootstrap.
+
+Pure pandas DataFrames and a real (ephemeral) Great Expectations context; no Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_mlops.core import validation as v
+from airflow_mlops.core.errors import ConfigError
+
+EXAMPLE_SUITE = Path(__file__).parents[1] / "include" / "suites" / "example_churn.json"
+XCOM_LIMIT = 64 * 1024
+
+
+def churn_frame(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "customer_id": [f"c{i:05d}" for i in range(rows)],
+            "tenure_months": rng.integers(0, 72, rows),
+            "monthly_charges": rng.uniform(20, 120, rows).round(2),
+            "contract": rng.choice(["month-to-month", "one-year", "two-year"], rows),
+            "churned": (rng.random(rows) < 0.25).astype(int),
+        }
+    )
+
+
+def expectation(etype: str, **kwargs) -> dict:
+    return {"type": etype, "kwargs": kwargs}
+
+
+def failures_by_type(summary: dict) -> dict[str, dict]:
+    return {f["expectation"]: f for f in summary["failures"]}
+
+
+# -- suites ---------------------------------------------------------------------------------
+def test_example_suite_file_is_valid_and_passes_good_data():
+    suite = v.read_suite_file(EXAMPLE_SUITE)
+    assert suite.name == "example_churn"
+    assert len(suite.expectations) == 11
+    outcome = v.validate_frame(churn_frame(), suite, data_uri="mem://churn")
+    assert outcome.success, outcome.failure_message()
+    assert outcome.summary["failed_expectations"] == 0
+    assert outcome.summary["evaluated_expectations"] == 11
+
+
+def test_suite_as_list_of_expectation_configs():
+    suite = v.parse_suite(
+        [expectation("expect_column_values_to_not_be_null", column="a")], default_name="inline"
+    )
+    assert suite.name == "inline"
+    assert suite.expectations == [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}, "meta": {}}
+    ]
+
+
+def test_suite_file_that_is_not_json_names_the_file(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"name": "x", "expectations": [')
+    with pytest.raises(ConfigError, match=r"broken\.json is not valid JSON"):
+        v.read_suite_file(bad)
+
+
+def test_missing_suite_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        v.read_suite_file(tmp_path / "nope.json")
+
+
+def test_unknown_expectation_is_named_with_its_position():
+    suite = {
+        "name": "s",
+        "expectations": [
+            expectation("expect_column_values_to_not_be_null", column="a"),
+            expectation("expect_column_to_be_awesome", column="a"),
+        ],
+    }
+    with pytest.raises(ConfigError) as err:
+        v.parse_suite(suite, source="include/suites/s.json")
+    message = str(err.value)
+    assert "include/suites/s.json" in message
+    assert "expectations[1] (expect_column_to_be_awesome) unknown expectation type" in message
+    assert "expectations[0]" not in message
+
+
+def test_every_problem_is_listed_not_only_the_first():
+    problems = v.suite_problems(
+        {
+            "name": "s",
+            "expectations": [
+                expectation("expect_column_values_to_be_between", column="a"),
+                expectation("expect_column_values_to_not_be_null", column="a", bogus=1),
+                {"expectation_type": "expect_column_values_to_not_be_null", "kwargs": {}},
+                "not an object",
+            ],
+        }
+    )
+    assert len(problems) == 4
+    assert "min_value and max_value cannot both be None" in problems[0]
+    assert "bogus" in problems[1]
+    assert "GX 0.x key 'expectation_type'" in problems[2]
+    assert "must be an object" in problems[3]
+
+
+def test_empty_suite_and_gx_0x_suite_are_refused():
+    assert "no expectations" in v.suite_problems({"name": "s", "expectations": []})[0]
+    assert "GX 0.x" in v.suite_problems({"expectation_suite_name": "s", "expectations": []})[0]
+    assert "must be an object or a list" in v.suite_problems("expect_everything")[0]
+
+
+def test_options_are_checked_and_named():
+    assert v.check_result_format("summary") == "SUMMARY"
+    assert v.check_on_failure(" Warn ") == "warn"
+    with pytest.raises(ConfigError, match="result_format='FULL'"):
+        v.check_result_format("FULL")
+    with pytest.raises(ConfigError, match="on_failure='ignore'"):
+        v.check_on_failure("ignore")
+
+
+# -- validation results, summaries, messages -------------------------------------------------
+def test_failing_data_gives_one_readable_line_per_failure():
+    frame = churn_frame()
+    frame.loc[:9, "monthly_charges"] = 999.0
+    frame.loc[:4, "contract"] = "lifetime"
+    outcome = v.validate_frame(
+        frame,
+        v.read_suite_file(EXAMPLE_SUITE),
+        data_uri="s3://b/churn.parquet",
+        report_uri="r.json",
+    )
+    assert not outcome.success
+    summary = outcome.summary
+    assert summary["failed_expectations"] == 2
+    assert summary["successful_expectations"] == 9
+    by_type = failures_by_type(summary)
+    between = by_type["expect_column_values_to_be_between"]
+    assert between["column"] == "monthly_charges"
+    assert between["unexpected_count"] == 10
+    assert between["sample_values"] == [999.0]  # distinct values only
+    assert between["expected"] == {"min_value": 0.0, "max_value": 500.0}
+
+    message = outcome.failure_message()
+    lines = message.splitlines()
+    assert lines[0].startswith("Data validation failed for s3://b/churn.parquet: 2 of 11")
+    assert (
+        '- column "monthly_charges": expect_column_values_to_be_between expected '
+        "min_value=0.0, max_value=500.0; observed 10 unexpected values (3.333%), e.g. [999.0]"
+    ) in lines
+    assert any('column "contract"' in line and '"lifetime"' in line for line in lines)
+    assert lines[-1] == "Full result: r.json"
+
+
+def test_aggregate_failure_shows_observed_value():
+    frame = churn_frame()
+    frame["churned"] = 1
+    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    failure = failures_by_type(outcome.summary)["expect_column_mean_to_be_between"]
+    assert failure["observed"] == 1.0
+    assert (
+        "expect_column_mean_to_be_between expected min_value=0.01, max_value=0.6; observed 1.0"
+        in (outcome.failure_message())
+    )
+
+
+def test_missing_required_column_is_a_data_failure_that_says_so():
+    frame = churn_frame().drop(columns=["monthly_charges"])
+    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    assert not outcome.success
+    columns = {f["column"] for f in outcome.summary["failures"]}
+    assert "monthly_charges" in columns
+    missing = [f for f in outcome.summary["failures"] if f["column"] == "monthly_charges"]
+    assert all(f["error"] == 'column "monthly_charges" is not in the data' for f in missing)
+    # GX's own wording stays in the full report.
+    assert "in BatchData does not exist" in outcome.report_json()
+    match_set = failures_by_type(outcome.summary)["expect_table_columns_to_match_set"]
+    assert match_set["details"]["mismatched"]["missing"] == ["monthly_charges"]
+    assert "mismatched" in outcome.failure_message()
+
+
+def test_wrong_dtypes_fail_with_the_reason():
+    frame = churn_frame()
+    frame["tenure_months"] = frame["tenure_months"].astype(str) + " months"
+    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    failures = [f for f in outcome.summary["failures"] if f["column"] == "tenure_months"]
+    types = {f["expectation"] for f in failures}
+    assert types == {
+        "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_be_between",
+    }
+    between = failures_by_type({"failures": failures})["expect_column_values_to_be_between"]
+    # GX cannot compare strings with numbers: the metric error is surfaced, not hidden.
+    assert "must either be None or of the same type" in between["error"]
+
+
+def test_all_null_column_fails_even_if_the_suite_only_checks_its_range():
+    frame = pd.DataFrame({"x": [np.nan] * 5, "y": [1, 2, 3, 4, 5]})
+    suite = v.parse_suite(
+        [expectation("expect_column_values_to_be_between", column="x", min_value=0, max_value=1)]
+    )
+    gx_only = v.validate_frame(frame, suite, builtin_checks=False)
+    assert gx_only.success  # GX alone ignores nulls in range checks
+    outcome = v.validate_frame(frame, suite)
+    assert not outcome.success
+    failure = failures_by_type(outcome.summary)[v.BUILTIN_COLUMN_NOT_ALL_NULL]
+    assert failure["column"] == "x"
+    assert failure["unexpected_count"] == 5
+    assert '- column "x": airflow_mlops.column_not_all_null' in outcome.failure_message()
+    assert outcome.result["meta"]["airflow_mlops"]["builtin_failures"][0]["column"] == "x"
+    assert outcome.result["success"] is False  # the report agrees with the summary
+
+
+def test_all_null_column_is_not_reported_twice_or_when_nulls_are_expected():
+    frame = pd.DataFrame({"x": [None] * 3, "y": [None] * 3})
+    suite = v.parse_suite(
+        [
+            expectation("expect_column_values_to_not_be_null", column="x"),
+            expectation("expect_column_values_to_be_null", column="y"),
+        ]
+    )
+    outcome = v.validate_frame(frame, suite)
+    assert [f["expectation"] for f in outcome.summary["failures"]] == [
+        "expect_column_values_to_not_be_null"
+    ]
+
+
+def test_header_only_data_is_not_a_vacuous_pass():
+    frame = churn_frame().iloc[0:0]
+    suite = v.parse_suite(
+        [expectation("expect_column_values_to_not_be_null", column="customer_id")]
+    )
+    assert v.validate_frame(frame, suite, builtin_checks=False).success
+    outcome = v.validate_frame(frame, suite)
+    assert not outcome.success
+    assert outcome.summary["row_count"] == 0
+    assert outcome.summary["failures"][0]["expectation"] == v.BUILTIN_TABLE_NOT_EMPTY
+    assert "header but no rows" in outcome.failure_message()
+
+
+@pytest.mark.parametrize(
+    "column", ["my column", "prix €/kg", "列名", "</script>", 'quote"d', "two\nlines"]
+)
+def test_odd_column_names_pass_and_fail_cleanly(column):
+    frame = pd.DataFrame({column: [1.0, 2.0, 50.0]})
+    suite = v.parse_suite(
+        [
+            expectation("expect_column_values_to_not_be_null", column=column),
+            expectation(
+                "expect_column_values_to_be_between", column=column, min_value=0, max_value=10
+            ),
+        ]
+    )
+    outcome = v.validate_frame(frame, suite)
+    assert outcome.summary["failed_expectations"] == 1
+    assert outcome.summary["failures"][0]["column"] == column
+    lines = outcome.failure_message().splitlines()
+    assert len(lines) == 2  # headline + one line: a newline in a name cannot split it
+    assert json.dumps(column, ensure_ascii=False) in lines[1]
+    assert json.loads(v.summary_json(outcome.summary))["failures"][0]["column"] == column
+    assert json.loads(outcome.report_json())["success"] is False
+    assert v.validate_frame(frame.iloc[:2], suite).success
+
+
+def test_summary_and_report_never_carry_the_data():
+    marker = "SECRET-ROW-VALUE"
+    frame = pd.DataFrame({"id": range(1000), "note": [f"{marker}-{i}" for i in range(1000)]})
+    suite = v.parse_suite(
+        [
+            expectation("expect_column_values_to_not_be_null", column="note"),
+            expectation(
+                "expect_column_values_to_be_between", column="id", min_value=0, max_value=997
+            ),
+        ]
+    )
+    outcome = v.validate_frame(frame, suite, data_uri="x", data_sha256="0" * 64)
+    assert marker not in v.summary_json(outcome.summary)
+    assert marker not in outcome.report_json()
+    assert outcome.summary["failures"][0]["sample_values"] == [998, 999]
+    assert outcome.summary["data_sha256"] == "0" * 64
+
+
+def test_no_network_traffic_during_validation(monkeypatch):
+    attempts = []
+
+    def refuse(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    outcome = v.validate_frame(churn_frame(), v.read_suite_file(EXAMPLE_SUITE))
+    assert outcome.success
+    assert attempts == []
+
+
+def test_summary_of_a_1000_column_frame_stays_small():
+    rng = np.random.default_rng(1)
+    long_names = [f"colonne_très_longue_{i:04d}_" + "x" * 100 for i in range(1000)]
+    frame = pd.DataFrame(rng.random((20, 1000)), columns=long_names)
+    text_columns = long_names[:150]
+    for name in text_columns:
+        frame[name] = ["y" * 5000 + str(i) for i in range(20)]
+    suite = v.parse_suite(
+        [
+            expectation("expect_table_columns_to_match_set", column_set=[*long_names, "absent"]),
+            expectation("expect_table_row_count_to_be_between", min_value=100),
+            *(
+                expectation(
+                    "expect_column_values_to_be_in_set",
+                    column=name,
+                    value_set=["a"] * 1 + [f"v{i}" for i in range(500)],
+                )
+                for name in text_columns
+            ),
+        ]
+    )
+    outcome = v.validate_frame(frame, suite, data_uri="wide.parquet")
+    summary = outcome.summary
+    size = len(v.summary_json(summary).encode())
+    assert size < XCOM_LIMIT, size
+    assert summary["failed_expectations"] == 152
+    assert len(summary["failures"]) == v.MAX_FAILURES_IN_SUMMARY
+    assert summary["failures_not_listed"] == 152 - v.MAX_FAILURES_IN_SUMMARY
+    first_set = failures_by_type(summary)["expect_column_values_to_be_in_set"]
+    assert len(first_set["sample_values"]) == v.MAX_SAMPLE_VALUES
+    assert all(len(s) <= v.MAX_TEXT_CHARS for s in first_set["sample_values"])
+    assert len(first_set["expected"]["value_set"]) == v.MAX_LIST_ITEMS + 1  # + "… (N more)"
+    assert "… and 132 more failed expectations" in outcome.failure_message()
+
+
+def test_summary_budget_drops_failures_until_it_fits():
+    result = {
+        "success": False,
+        "suite_name": "s",
+        "statistics": {"evaluated_expectations": 1000},
+        "results": [
+            {
+                "success": False,
+                "expectation_config": {
+                    "type": "expect_x",
+                    "kwargs": {"column": f"c{i}" + "z" * 150},
+                },
+                "result": {"observed_value": "o" * 150},
+            }
+            for i in range(1000)
+        ],
+    }
+    summary = v.summarize(
+        result, row_count=1, column_count=1000, max_failures=1000, budget_bytes=8000
+    )
+    assert len(v.summary_json(summary).encode()) <= 8000
+    assert summary["failed_expectations"] == 1000
+    assert len(summary["failures"]) + summary["failures_not_listed"] == 1000
+
+
+def test_json_safe_handles_numpy_pandas_and_non_finite_numbers():
+    value = {
+        1: np.int64(3),
+        "f": np.float32(1.5),
+        "nan": float("nan"),
+        "inf": np.inf,
+        "ts": pd.Timestamp("2024-01-02T03:04:05Z"),
+        "na": pd.NA,
+        "arr": np.array([1, 2]),
+    }
+    safe = v.json_safe(value)
+    assert json.loads(json.dumps(safe, allow_nan=False)) == {
+        "1": 3,
+        "f": 1.5,
+        "nan": "nan",
+        "inf": "inf",
+        "ts": "2024-01-02T03:04:05+00:00",
+        "na": None,
+        "arr": [1, 2],
+    }
+
+
+# -- suite bootstrap -------------------------------------------------------------------------
+def reference_frame(rows: int = 400, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, rows),
+            "income": rng.normal(50_000, 10_000, rows),
+            "city": rng.choice(["Paris", "Oslo", "Rome"], rows),
+            "active": rng.random(rows) > 0.3,
+            "signup": pd.date_range("2024-01-01", periods=rows, freq="h"),
+            "signup_utc": pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC"),
+            "segment": pd.Categorical(rng.choice(["a", "b"], rows)),
+            "free_text": [f"note {i}" for i in range(rows)],
+            "optional": [None if i % 3 else 1.5 for i in range(rows)],
+            "always_empty": [None] * rows,
+            "score with space": rng.random(rows),
+            "nullable_int": pd.array(
+                [None if i % 5 == 0 else i for i in range(rows)], dtype="Int64"
+            ),
+        }
+    )
+
+
+def test_inferred_suite_describes_the_reference():
+    reference = reference_frame()
+    suite = v.infer_suite(reference, name="customers", margin=0.1, max_categories=5)
+    kinds = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in suite["expectations"]}
+    assert kinds[("expect_table_columns_to_match_set", None)]["column_set"] == list(
+        reference.columns
+    )
+    assert kinds[("expect_table_row_count_to_be_between", None)] == {
+        "min_value": 200,
+        "max_value": 600,
+    }
+    assert ("expect_column_values_to_not_be_null", "age") in kinds
+    assert ("expect_column_values_to_not_be_null", "optional") not in kinds
+    age = kinds[("expect_column_values_to_be_between", "age")]
+    span = reference["age"].max() - reference["age"].min()
+    assert age["min_value"] <= reference["age"].min() - 0.1 * span
+    assert age["max_value"] >= reference["age"].max() + 0.1 * span
+    assert isinstance(age["min_value"], int)
+    assert kinds[("expect_column_values_to_be_in_set", "city")]["value_set"] == [
+        "Oslo",
+        "Paris",
+        "Rome",
+    ]
+    assert kinds[("expect_column_values_to_be_in_set", "segment")]["value_set"] == ["a", "b"]
+    assert kinds[("expect_column_values_to_be_in_set", "active")]["value_set"] == [False, True]
+    assert ("expect_column_values_to_be_in_set", "free_text") not in kinds  # 400 values > 5
+    assert "int64" in kinds[("expect_column_values_to_be_in_type_list", "age")]["type_list"]
+    assert not any(column == "always_empty" for _, column in kinds)
+    notes = suite["meta"]["airflow_mlops"]["column_notes"]
+    assert "entirely null" in notes["always_empty"]
+    assert "type not checked" in notes["signup_utc"]
+
+
+def test_inferred_suite_file_round_trips_and_loads_in_plain_gx():
+    import great_expectations as gx
+
+    reference = reference_frame()
+    text = v.suite_to_json(v.infer_suite(reference, name="customers"))
+    definition = v.parse_suite_text(text, source="customers.json")
+    assert v.validate_frame(reference, definition).success
+    plain = json.loads(text)
+    assert len(gx.ExpectationSuite(**plain).expectations) == len(plain["expectations"])
+
+
+def test_inferred_suite_rejects_a_shifted_copy():
+    reference = reference_frame()
+    definition = v.parse_suite(v.infer_suite(reference, margin=0.1))
+    shifted = reference.copy()
+    shifted["income"] = shifted["income"] + 3 * (shifted["income"].max() - shifted["income"].min())
+    shifted.loc[:20, "city"] = "Berlin"
+    outcome = v.validate_frame(shifted, definition)
+    assert not outcome.success
+    failing = {(f["expectation"], f["column"]) for f in outcome.summary["failures"]}
+    assert failing == {
+        ("expect_column_values_to_be_between", "income"),
+        ("expect_column_values_to_be_in_set", "city"),
+    }
+
+
+def test_infer_suite_handles_infinite_values_and_constant_columns():
+    reference = pd.DataFrame({"x": [1.0, 2.0, np.inf], "k": [5, 5, 5], "z": [0.0, 0.0, 0.0]})
+    suite = v.infer_suite(reference, margin=0.1)
+    bounds = {
+        e["kwargs"]["column"]: e["kwargs"]
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_between"
+    }
+    assert bounds["x"]["max_value"] is None and bounds["x"]["min_value"] < 1.0
+    assert bounds["k"]["min_value"] < 5 < bounds["k"]["max_value"]
+    assert bounds["z"]["min_value"] < 0 < bounds["z"]["max_value"]
+    json.loads(v.suite_to_json(suite))  # strict JSON: no Infinity
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"margin": -1}, "margin"),
+        ({"max_categories": -2}, "max_categories"),
+        ({"row_count_margin": -0.1}, "row_count_margin"),
+    ],
+)
+def test_infer_suite_options_are_checked(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        v.infer_suite(reference_frame(20), **kwargs)
+
+
+def test_infer_suite_refuses_an_empty_reference():
+    with pytest.raises(ConfigError, match="0 rows"):
+        v.infer_suite(reference_frame().iloc[0:0])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(
+        st.tuples(
+            st.integers(-(10**9), 10**9),
+            st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=True, width=32)),
+            st.sampled_from(["a", "b", "ü", "</script>"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    margin=st.sampled_from([0.0, 0.05, 0.5]),
+)
+def test_any_inferred_suite_validates_its_own_reference(data, margin):
+    frame = pd.DataFrame(data, columns=["i", "f", "s", "b"])
+    suite = v.infer_suite(frame, margin=margin)  # raises if it does not validate the reference
+    assert v.validate_frame(frame, v.parse_suite(suite)).success
