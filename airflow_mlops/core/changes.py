@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_mlops.core.lineage import TAG_CONFIG_HASH
-
-TAG_DATA_SHA256 = "mlops.data.sha256"
+from airflow_mlops.core.lineage import TAG_PIPELINE_CONFIG_HASH
+from airflow_mlops.core.training import TAG_DATA_SHA256
 
 # Airflow run types for which the trigger itself is the reason to train.
 ALWAYS_TRAIN_RUN_TYPES = frozenset({"manual", "asset_triggered", "backfill"})
@@ -48,7 +47,7 @@ def decide_retrain(
     if run_type in ALWAYS_TRAIN_RUN_TYPES:
         return decision(True, f"{run_type.replace('_', '-')} run")
     reasons = []
-    if champion_tags.get(TAG_CONFIG_HASH) != config_hash:
+    if champion_tags.get(TAG_PIPELINE_CONFIG_HASH) != config_hash:
         reasons.append("pipeline config changed since the champion was trained")
     if champion_tags.get(TAG_DATA_SHA256) != data_sha256:
         reasons.append("training data changed since the champion was trained")

@@ -21,6 +21,9 @@ TAG_MAP_INDEX = f"{TAG_PREFIX}airflow.map_index"
 TAG_PROVIDER_VERSION = f"{TAG_PREFIX}provider_version"
 TAG_GIT_COMMIT = f"{TAG_PREFIX}git_commit"
 TAG_CONFIG_HASH = f"{TAG_PREFIX}config_hash"
+# Hash of the whole pipeline config (validation, training, policy, ...) and provider version.
+TAG_PIPELINE_CONFIG_HASH = f"{TAG_PREFIX}pipeline.config_hash"
+TAG_PIPELINE = f"{TAG_PREFIX}pipeline"
 
 
 @dataclass(frozen=True)

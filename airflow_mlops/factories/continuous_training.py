@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, TaskGroup, task
 
 from airflow_mlops.assets import champion_asset, retrain_asset
+from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH
 from airflow_mlops.factories.config import PipelineConfig, load_config
 
 CT_STEPS = ("detect_changes", "validate", "train", "evaluate", "register", "approve", "promote")
@@ -147,13 +148,13 @@ def _single_model_chain(
         features=config.data.features,
         exclude=config.data.exclude or None,
         estimator=training.estimator,
-        params=training.params,
+        estimator_params=training.params,
         task=training.task,
         holdout_fraction=training.holdout_fraction,
         seed=training.seed,
         time_column=training.time_column,
         search=training.search.model_dump() if training.search else None,
-        extra_tags={"mlops.config_hash": fingerprint, "mlops.pipeline": config.name},
+        extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
         **conns,
     )
     evaluate = EvaluateModelOperator(

@@ -1,0 +1,1321 @@
+"""Train a candidate model and record it in MLflow with everything needed to trust it.
+
+One call, :func:`train_model`, goes from a table URI to a finished MLflow run that holds:
+
+- params and holdout metrics, logged in batches (``MlflowClient.log_batch``), never one
+  request per value;
+- the fitted scikit-learn ``Pipeline`` (preprocessing + estimator; XGBoost estimators too)
+  logged with the sklearn flavour, a signature, an input example and explicit pinned pip
+  requirements, so MLflow never spends seconds inferring them in a subprocess;
+- lineage tags (the ``TAG_*`` constants below, plus :meth:`RunContext.as_tags`): which data,
+  with which hash, which rows were held out (written to storage, hashed) so that evaluation
+  scores the champion on exactly the same rows, and which reference data drift monitoring
+  compares against.
+
+Retry safety: every run carries the task's idempotency key. Before training we look for a
+run with the same key: a FINISHED one is returned as is (no retraining, no second run); a
+RUNNING one is the leftover of a killed try and is marked FAILED. All inputs are validated
+before any run starts, and any error inside the run marks it FAILED before re-raising, so
+no run is ever left RUNNING by a failure we can observe.
+
+No Airflow import here: the orchestrator is described by :class:`RunContext`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import inspect
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import (
+    GridSearchCV,
+    KFold,
+    RandomizedSearchCV,
+    StratifiedKFold,
+    TimeSeriesSplit,
+    train_test_split,
+)
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
+from airflow_mlops.core.lineage import (
+    TAG_CONFIG_HASH,
+    TAG_GIT_COMMIT,
+    TAG_IDEMPOTENCY_KEY,
+    RunContext,
+    config_hash,
+)
+from airflow_mlops.core.metrics import (
+    compute_metrics,
+    infer_task,
+    predict_for_metrics,
+    validate_task,
+)
+from airflow_mlops.core.storage import Storage, is_s3_uri, join_uri
+
+log = logging.getLogger(__name__)
+
+# -- Tag keys written on the training run (read by evaluation and drift monitoring) ----------
+TAG_STAGE = "mlops.stage"  # "training" on the run, "training.trial" on search trials
+TAG_DATA_URI = "mlops.data.uri"
+TAG_DATA_SHA256 = "mlops.data.sha256"
+TAG_DATA_ROWS = "mlops.data.rows"
+TAG_HOLDOUT_URI = "mlops.holdout.uri"
+TAG_HOLDOUT_SHA256 = "mlops.holdout.sha256"
+TAG_HOLDOUT_ROWS = "mlops.holdout.rows"
+TAG_REFERENCE_URI = "mlops.reference.uri"
+TAG_REFERENCE_SHA256 = "mlops.reference.sha256"
+TAG_TARGET = "mlops.target"
+TAG_TASK = "mlops.task"
+TAG_FEATURES = "mlops.features"  # JSON list, in the model's input order
+TAG_FEATURES_URI = "mlops.features.uri"  # set instead when the JSON list exceeds a tag's size
+TAG_MODEL_NAME = "mlops.model_name"
+TAG_MODEL_URI = "mlops.model_uri"
+TAG_ESTIMATOR = "mlops.estimator"
+TAG_SPLIT = "mlops.split"  # JSON of the split policy
+TAG_SPLIT_TIME_CUTOFF = "mlops.split.time_cutoff"
+TAG_SEARCH_BEST_PARAMS = "mlops.search.best_params"  # JSON object
+TAG_TRIAL_INDEX = "mlops.search.trial_index"
+TAG_ERROR = "mlops.error"
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+
+STAGE_TRAINING = "training"
+STAGE_TRIAL = "training.trial"
+HOLDOUT_METRIC_PREFIX = "holdout_"
+MODEL_ARTIFACT_NAME = "model"
+DEFAULT_ESTIMATORS = {
+    "classification": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
+}
+SERIALIZATION_FORMATS = ("cloudpickle", "skops", "pickle")
+# Below these a split is refused: metrics such as r2 and roc_auc need two holdout rows, and a
+# model fitted on fewer rows than this is not worth logging.
+MIN_TRAIN_ROWS = 4
+MIN_HOLDOUT_ROWS = 2
+# Libraries the loaded model always needs; the estimator's own package is added on top.
+_BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy")
+_MODULE_TO_DISTRIBUTION = {"sklearn": "scikit-learn", "xgboost": "xgboost", "lightgbm": "lightgbm"}
+_GIT_COMMIT_ENV_VARS = ("MLOPS_GIT_COMMIT", "GIT_COMMIT", "GITHUB_SHA")
+
+
+class TrainingInterrupted(MlopsError):
+    """The task was killed while training; the run was marked FAILED, not finished."""
+
+
+# -- Configuration --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitPolicy:
+    """How the holdout is cut from the training data.
+
+    Random split: ``holdout_fraction`` of the rows, drawn with ``seed``, stratified by the
+    target for classification (unless ``stratify=False``). Out-of-time split: with
+    ``time_column``, the latest ``holdout_fraction`` of rows by time are held out and every
+    training row is strictly earlier than every holdout row; the time column is not a
+    feature unless listed in ``features``.
+    """
+
+    holdout_fraction: float = 0.2
+    seed: int = 42
+    stratify: bool = True
+    time_column: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.holdout_fraction, (int, float)) or not (
+            0.0 < float(self.holdout_fraction) < 1.0
+        ):
+            raise ConfigError(
+                f"split.holdout_fraction must be a number strictly between 0 and 1, "
+                f"got {self.holdout_fraction!r}"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"split.seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_value(cls, value: SplitPolicy | Mapping[str, Any] | None) -> SplitPolicy:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"split must be a mapping or SplitPolicy, got {type(value).__name__}")
+        return cls(**_known_fields(cls, value, "split"))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Optional hyperparameter search, cross-validated; each trial becomes a nested run.
+
+    ``space`` maps parameter names to candidates. Names without ``__`` are parameters of
+    the estimator (``max_depth``); names starting with ``model__`` or ``preprocess__``
+    address the pipeline directly. For ``grid`` every value is a list. For ``random`` a
+    value is a list (sampled uniformly), a scipy distribution, or a JSON-friendly dict
+    ``{"distribution": "uniform" | "loguniform" | "randint", "low": a, "high": b}``
+    (``randint`` includes ``high``).
+    """
+
+    method: str = "random"
+    space: Mapping[str, Any] = field(default_factory=dict)
+    n_iter: int = 10
+    cv: int = 3
+    scoring: str | None = None
+    n_jobs: int = 1
+
+    def validate(self) -> None:
+        if self.method not in ("random", "grid"):
+            raise ConfigError(f"search.method must be 'random' or 'grid', got {self.method!r}")
+        if not isinstance(self.space, Mapping) or not self.space:
+            raise ConfigError("search.space must be a non-empty mapping of parameter -> candidates")
+        for name, value in (("search.n_iter", self.n_iter), ("search.cv", self.cv)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.cv < 2:
+            raise ConfigError(f"search.cv must be at least 2 folds, got {self.cv}")
+
+    @classmethod
+    def from_value(cls, value: SearchSpec | Mapping[str, Any] | None) -> SearchSpec | None:
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"search must be a mapping or SearchSpec, got {type(value).__name__}")
+        return cls(**_known_fields(cls, value, "search"))
+
+
+EstimatorSpec = str | Callable[..., Any] | None
+PreprocessingSpec = str | Callable[..., Any] | None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything :func:`train_model` needs; every field is checked by :meth:`validate`.
+
+    ``estimator``: dotted path to a class or factory (``xgboost.XGBClassifier``,
+    ``my_pkg.models.build``), or the class/callable itself; ``None`` picks a
+    HistGradientBoosting model for the task. Classes get ``params`` as constructor
+    arguments; factories are called without arguments and ``params`` are applied with
+    ``set_params``. ``preprocessing``: ``"default"`` (median impute numerics, most-frequent
+    impute + one-hot categoricals), ``None``/``"none"`` (the estimator gets the raw columns),
+    or a dotted path / callable ``f(X: DataFrame) -> transformer``.
+    """
+
+    train_uri: str
+    target: str
+    experiment_name: str
+    model_name: str | None = None
+    features: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+    estimator: EstimatorSpec = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    preprocessing: PreprocessingSpec = "default"
+    split: SplitPolicy = field(default_factory=SplitPolicy)
+    search: SearchSpec | None = None
+    artifacts_uri: str | None = None
+    reference_max_rows: int = 100_000
+    max_one_hot_categories: int = 50
+    serialization_format: str = "cloudpickle"
+    input_example_rows: int = 5
+    extra_tags: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in ("train_uri", "target", "experiment_name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if self.task is not None:
+            validate_task(self.task)
+        if self.features is not None and (
+            isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features)
+        ):
+            raise ConfigError(f"features must be a list of column names, got {self.features!r}")
+        if isinstance(self.exclude, str) or not all(isinstance(c, str) for c in self.exclude):
+            raise ConfigError(f"exclude must be a list of column names, got {self.exclude!r}")
+        if self.features is not None and self.target in self.features:
+            raise ConfigError(f"features must not contain the target column {self.target!r}")
+        if not isinstance(self.params, Mapping):
+            raise ConfigError(f"params must be a mapping, got {type(self.params).__name__}")
+        if self.serialization_format not in SERIALIZATION_FORMATS:
+            raise ConfigError(
+                f"serialization_format must be one of {list(SERIALIZATION_FORMATS)}, "
+                f"got {self.serialization_format!r}"
+            )
+        for name in ("reference_max_rows", "max_one_hot_categories", "input_example_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.split.validate()
+        if self.search is not None:
+            self.search.validate()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-safe description of the configuration (for ``mlops.config_hash``)."""
+        data = asdict(self)
+        data.pop("extra_tags")  # labels of the run, not part of what is trained
+        data["estimator"] = describe_callable(self.estimator)
+        data["preprocessing"] = describe_callable(self.preprocessing)
+        return json.loads(json.dumps(data, default=str))
+
+
+# -- Results --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a training task returns (small JSON, fit for XCom)."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    holdout_uri: str
+    holdout_sha256: str
+    reference_uri: str
+    task: str
+    metrics: dict[str, float]
+    best_params: dict[str, Any] | None
+    idempotency_key: str
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PreparedData:
+    """Validated, split data: everything is checked before an MLflow run starts."""
+
+    task: str
+    features: list[str]
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_holdout: pd.DataFrame
+    y_holdout: pd.Series
+    data_sha256: str
+    data_rows: int
+    time_cutoff: str | None = None
+
+
+# -- Public entry point ---------------------------------------------------------------------
+def train_model(
+    config: TrainingConfig,
+    context: RunContext,
+    storage: Storage,
+    client: MlflowClient,
+    *,
+    experiment_id: str | None = None,
+    source_dir: str | None = None,
+    on_run_started: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainingResult:
+    """Train, evaluate on the holdout and log to MLflow; idempotent per ``context``.
+
+    The MLflow tracking URI must already point where ``client`` points (the MLflow hook's
+    ``session()`` does both): ``mlflow.sklearn.log_model`` uses the process-wide URI.
+    ``on_run_started(run_id)`` lets the caller remember the run to fail it when killed;
+    ``should_stop()`` is polled between stages and before finishing, so a run whose task
+    was killed is never marked FINISHED afterwards.
+    """
+    config.validate()
+    experiment_id = experiment_id or get_or_create_experiment(client, config.experiment_name)
+    key = context.idempotency_key
+
+    earlier = runs_for_key(client, experiment_id, key)
+    previous = latest_finished(earlier)
+    if previous is not None:
+        log.info("Run %s already finished for key %s: reusing it.", previous.info.run_id, key)
+        return result_from_run(previous, key)
+    fail_leftover_runs(client, experiment_id, earlier)
+
+    # Everything that can be wrong with the inputs is found here, before any run exists.
+    table = storage.read_table(config.train_uri)
+    prepared = prepare_data(config, table.frame, table.sha256, table.rows)
+    pipeline = build_pipeline(config, prepared.task, prepared.X_train)
+    check_estimator_accepts_target(pipeline, prepared)
+    search = build_search(config, pipeline, prepared) if config.search else None
+    artifacts_uri = config.artifacts_uri or default_artifacts_uri(config.train_uri, key)
+
+    tags = {
+        **{str(k): str(v) for k, v in config.extra_tags.items()},
+        **context.as_tags(),
+        **lineage_tags(config, prepared, artifacts_uri),
+        TAG_CONFIG_HASH: config_hash(config.fingerprint()),
+    }
+    commit = detect_git_commit(source_dir)
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    run = client.create_run(experiment_id, tags=tags, run_name=_run_name(config, context))
+    run_id = run.info.run_id
+    if on_run_started is not None:
+        on_run_started(run_id)
+    stop = should_stop or (lambda: False)
+    try:
+        result = _train_in_run(
+            config,
+            prepared,
+            pipeline,
+            search,
+            storage,
+            client,
+            experiment_id,
+            run_id,
+            artifacts_uri,
+            stop,
+        )
+        result = TrainingResult(
+            **{**result, "experiment_id": experiment_id, "idempotency_key": key}
+        )
+        _raise_if_stopped(stop)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        return result
+    except BaseException as err:
+        # BaseException: SIGTERM-driven interrupts and SystemExit must fail the run too.
+        mark_run_failed(client, run_id, f"{type(err).__name__}: {err}")
+        raise
+
+
+def _train_in_run(
+    config: TrainingConfig,
+    prepared: PreparedData,
+    pipeline: Pipeline,
+    search: Any,
+    storage: Storage,
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    artifacts_uri: str,
+    stop: Callable[[], bool],
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    best_params: dict[str, Any] | None = None
+    if search is not None:
+        search.fit(prepared.X_train, prepared.y_train)
+        _raise_if_stopped(stop)
+        log_search_trials(client, experiment_id, run_id, search)
+        fitted = search.best_estimator_
+        # Report the best params under the names the user wrote in search.space.
+        user_names = {pipeline_param_name(name): name for name in config.search.space}
+        best_params = json_safe({user_names.get(k, k): v for k, v in search.best_params_.items()})
+    else:
+        fitted = pipeline.fit(prepared.X_train, prepared.y_train)
+    fit_seconds = time.perf_counter() - started
+    _raise_if_stopped(stop)
+
+    y_pred, y_score = predict_for_metrics(fitted, prepared.X_holdout, prepared.task)
+    metrics = compute_metrics(prepared.task, prepared.y_holdout, y_pred, y_score)
+
+    holdout_uri = join_uri(artifacts_uri, "holdout.parquet")
+    reference_uri = join_uri(artifacts_uri, "reference.parquet")
+    holdout_sha = storage.write_table(holdout_frame(prepared, config.target), holdout_uri)
+    reference = reference_frame(prepared.X_train, config.reference_max_rows, config.split.seed)
+    reference_sha = storage.write_table(reference, reference_uri)
+    _raise_if_stopped(stop)
+
+    run_tags = {TAG_HOLDOUT_SHA256: holdout_sha, TAG_REFERENCE_SHA256: reference_sha}
+    if best_params is not None:
+        run_tags[TAG_SEARCH_BEST_PARAMS] = json.dumps(best_params, sort_keys=True)
+    # Params go in before the model: log_model copies the run's params onto the model.
+    client.log_batch(
+        run_id,
+        params=_as_params(run_params(config, prepared, fitted)),
+        tags=_as_tags(run_tags),
+    )
+    model_info = log_fitted_model(fitted, prepared, config, run_id)
+    # Metrics go in after the model, attached to it: log_model would otherwise fetch the
+    # history of every metric already on the run (one request per metric).
+    now = _now_ms()
+    metric_values = {f"{HOLDOUT_METRIC_PREFIX}{k}": v for k, v in metrics.items()}
+    metric_values["fit_seconds"] = fit_seconds
+    if best_params is not None:
+        metric_values["cv_best_score"] = float(search.best_score_)
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, 0, model_id=model_info.model_id)
+            for k, v in metric_values.items()
+        ],
+        tags=[RunTag(TAG_MODEL_URI, model_info.model_uri)],
+    )
+    return {
+        "run_id": run_id,
+        "model_uri": model_info.model_uri,
+        "holdout_uri": holdout_uri,
+        "holdout_sha256": holdout_sha,
+        "reference_uri": reference_uri,
+        "task": prepared.task,
+        "metrics": metrics,
+        "best_params": best_params,
+    }
+
+
+def _raise_if_stopped(stop: Callable[[], bool]) -> None:
+    if stop():
+        raise TrainingInterrupted("training was interrupted (task killed); run marked FAILED")
+
+
+# -- Idempotency ----------------------------------------------------------------------------
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """Experiment id for ``name``, created when missing (safe if two tasks race)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"experiment_name {name!r} names a deleted MLflow experiment: restore it or "
+                "choose another name"
+            )
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any]:
+    """Training runs (any status) carrying the idempotency ``key``, newest first; one request."""
+    return client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_IDEMPOTENCY_KEY}` = '{key}' AND tags.`{TAG_STAGE}` = '{STAGE_TRAINING}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+
+
+def latest_finished(runs: Sequence[Any]) -> Any:
+    """The newest FINISHED run among ``runs`` (newest first), or ``None``."""
+    return next((r for r in runs if r.info.status == "FINISHED"), None)
+
+
+def fail_leftover_runs(client: MlflowClient, experiment_id: str, runs: Sequence[Any]) -> list[str]:
+    """Mark FAILED the RUNNING runs (and their trials) a killed earlier try left behind."""
+    failed = []
+    for run in (r for r in runs if r.info.status == "RUNNING"):
+        trials = client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}' "
+                "AND attributes.status = 'RUNNING'"
+            ),
+        )
+        for trial in trials:
+            client.set_terminated(trial.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        mark_run_failed(client, run.info.run_id, "left RUNNING by an earlier try that was killed")
+        failed.append(run.info.run_id)
+    if failed:
+        log.warning("Marked leftover RUNNING run(s) %s FAILED before retraining.", failed)
+    return failed
+
+
+def mark_run_failed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """Record why and set FAILED; a failure to do so is logged, never hides the cause."""
+    try:
+        client.log_batch(run_id, tags=[RunTag(TAG_ERROR, reason[:MAX_TAG_VAL_LENGTH])])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except Exception:  # the caller re-raises the original error; this one is only logged
+        log.exception("Could not mark MLflow run %s FAILED", run_id)
+
+
+def result_from_run(run: Any, key: str) -> TrainingResult:
+    """Rebuild the recorded result of a finished training run from its tags and metrics."""
+    tags = run.data.tags
+    missing = [t for t in (TAG_MODEL_URI, TAG_HOLDOUT_URI, TAG_HOLDOUT_SHA256) if t not in tags]
+    if missing:
+        raise MlopsError(
+            f"MLflow run {run.info.run_id} is FINISHED for this task but lacks tags {missing}: "
+            "it was not written by TrainModelOperator; delete it or change the experiment"
+        )
+    metrics = {
+        k.removeprefix(HOLDOUT_METRIC_PREFIX): float(v)
+        for k, v in run.data.metrics.items()
+        if k.startswith(HOLDOUT_METRIC_PREFIX)
+    }
+    best = tags.get(TAG_SEARCH_BEST_PARAMS)
+    return TrainingResult(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        model_uri=tags[TAG_MODEL_URI],
+        holdout_uri=tags[TAG_HOLDOUT_URI],
+        holdout_sha256=tags[TAG_HOLDOUT_SHA256],
+        reference_uri=tags.get(TAG_REFERENCE_URI, ""),
+        task=tags.get(TAG_TASK, ""),
+        metrics=metrics,
+        best_params=json.loads(best) if best else None,
+        idempotency_key=key,
+        reused=True,
+    )
+
+
+# -- Data preparation -----------------------------------------------------------------------
+def prepare_data(
+    config: TrainingConfig, frame: pd.DataFrame, sha256: str, rows: int
+) -> PreparedData:
+    """Select columns, check the target, infer the task and split. Raises before any run."""
+    columns = [str(c) for c in frame.columns]
+    if config.target not in columns:
+        raise DataError(
+            f"target column {config.target!r} is not in {config.train_uri} "
+            f"(columns: {columns[:50]})"
+        )
+    features = select_features(config, columns)
+    target = frame[config.target]
+    null_targets = int(target.isna().sum())
+    if null_targets:
+        raise DataError(
+            f"target column {config.target!r} has {null_targets} missing value(s) in "
+            f"{config.train_uri}: drop or fill them before training"
+        )
+    task = config.task or infer_task(target)
+    check_target(task, target, config.target)
+    if config.preprocessing == "default":
+        _check_default_preprocessing_supports(frame[features])
+    X_train, y_train, X_holdout, y_holdout, cutoff = split_data(
+        frame, features, config.target, task, config.split, config.search
+    )
+    return PreparedData(
+        task=task,
+        features=features,
+        X_train=X_train,
+        y_train=y_train,
+        X_holdout=X_holdout,
+        y_holdout=y_holdout,
+        data_sha256=sha256,
+        data_rows=rows,
+        time_cutoff=cutoff,
+    )
+
+
+def select_features(config: TrainingConfig, columns: list[str]) -> list[str]:
+    """``features`` if given, else every column but target, ``exclude`` and the time column."""
+    time_column = config.split.time_column
+    if time_column is not None and time_column not in columns:
+        raise DataError(
+            f"split.time_column {time_column!r} is not in {config.train_uri} (columns: {columns[:50]})"
+        )
+    if config.features is not None:
+        missing = [f for f in config.features if f not in columns]
+        if missing:
+            raise DataError(
+                f"features {missing} are not in {config.train_uri} (columns: {columns[:50]})"
+            )
+        features = list(dict.fromkeys(config.features))
+    else:
+        dropped = {config.target, *config.exclude}
+        if time_column is not None:
+            dropped.add(time_column)
+        features = [c for c in columns if c not in dropped]
+    features = [f for f in features if f not in set(config.exclude)]
+    if not features:
+        raise ConfigError(
+            f"no feature columns left in {config.train_uri} after removing target and exclude"
+        )
+    return features
+
+
+def check_target(task: str, target: pd.Series, name: str) -> None:
+    """A classifier needs two classes or more; a regressor needs a numeric target."""
+    if task == "classification":
+        classes = target.unique()
+        if len(classes) < 2:
+            raise DataError(
+                f"target column {name!r} holds a single class ({classes[0]!r}): a classifier "
+                "needs at least two classes"
+            )
+        return
+    if pd.api.types.is_bool_dtype(target) or not pd.api.types.is_numeric_dtype(target):
+        raise DataError(
+            f"target column {name!r} has non-numeric dtype {target.dtype} but task is "
+            "'regression': use a numeric target or task='classification'"
+        )
+
+
+def _check_default_preprocessing_supports(X: pd.DataFrame) -> None:
+    unsupported = [
+        c
+        for c in X.columns
+        if pd.api.types.is_datetime64_any_dtype(X[c]) or pd.api.types.is_timedelta64_dtype(X[c])
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"feature columns {unsupported} are datetimes, which the default preprocessing "
+            "cannot encode: exclude them, derive numeric features, or pass preprocessing"
+        )
+
+
+def split_data(
+    frame: pd.DataFrame,
+    features: list[str],
+    target: str,
+    task: str,
+    policy: SplitPolicy,
+    search: SearchSpec | None,
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series, str | None]:
+    """Cut the holdout; fail with the numbers when the data is too small to split."""
+    n = len(frame)
+    n_holdout = math.ceil(n * policy.holdout_fraction)
+    min_train = max(MIN_TRAIN_ROWS, search.cv if search else 0)
+    if n_holdout < MIN_HOLDOUT_ROWS or n - n_holdout < min_train:
+        raise DataError(
+            f"dataset too small to split: {n} rows with holdout_fraction "
+            f"{policy.holdout_fraction} leave {n - n_holdout} training and {n_holdout} holdout "
+            f"rows; need at least {min_train} training and {MIN_HOLDOUT_ROWS} holdout rows"
+        )
+    if policy.time_column is not None:
+        train, holdout, cutoff = _split_by_time(frame, policy, n_holdout)
+    else:
+        stratify = frame[target] if task == "classification" and policy.stratify else None
+        if stratify is not None:
+            _check_stratifiable(stratify, n_holdout, n - n_holdout, target)
+        train, holdout = train_test_split(
+            frame, test_size=n_holdout, random_state=policy.seed, stratify=stratify
+        )
+        cutoff = None
+    if task == "classification":
+        _check_training_classes(train[target], target, search)
+    return (
+        train[features].reset_index(drop=True),
+        train[target].reset_index(drop=True),
+        holdout[features].reset_index(drop=True),
+        holdout[target].reset_index(drop=True),
+        cutoff,
+    )
+
+
+def _split_by_time(
+    frame: pd.DataFrame, policy: SplitPolicy, n_holdout: int
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    time_values = frame[policy.time_column]
+    if time_values.isna().any():
+        raise DataError(f"split.time_column {policy.time_column!r} has missing values")
+    ordered = frame.sort_values(policy.time_column, kind="stable")
+    cutoff = ordered[policy.time_column].iloc[len(ordered) - n_holdout]
+    # Rows tied with the cutoff go to the holdout: training is strictly earlier.
+    train = ordered[ordered[policy.time_column] < cutoff]
+    holdout = ordered[ordered[policy.time_column] >= cutoff]
+    if len(train) < MIN_TRAIN_ROWS:
+        raise DataError(
+            f"dataset too small to split by time: only {len(train)} row(s) are earlier than "
+            f"the cutoff {cutoff!r} of split.time_column {policy.time_column!r}"
+        )
+    return train, holdout, str(cutoff)
+
+
+def _check_stratifiable(y: pd.Series, n_holdout: int, n_train: int, target: str) -> None:
+    counts = y.value_counts()
+    rare = counts[counts < 2]
+    if len(rare):
+        raise DataError(
+            f"dataset too small to split: class(es) {list(rare.index)[:10]} of target "
+            f"{target!r} have a single row; a stratified split needs 2 rows per class "
+            "(add data or set split.stratify=False)"
+        )
+    if n_holdout < len(counts) or n_train < len(counts):
+        raise DataError(
+            f"dataset too small to split: {len(counts)} classes need at least that many rows "
+            f"on each side, got {n_train} training and {n_holdout} holdout rows "
+            "(raise holdout_fraction or add data)"
+        )
+
+
+def _check_training_classes(y_train: pd.Series, target: str, search: SearchSpec | None) -> None:
+    counts = y_train.value_counts()
+    if len(counts) < 2:
+        raise DataError(
+            f"the training split of target {target!r} holds a single class; a classifier "
+            "needs at least two (check the split's time column or add data)"
+        )
+    if search is not None and counts.min() < search.cv:
+        raise DataError(
+            f"dataset too small for {search.cv}-fold cross-validation: class "
+            f"{counts.idxmin()!r} has {counts.min()} training rows (lower search.cv or add data)"
+        )
+
+
+def holdout_frame(prepared: PreparedData, target: str) -> pd.DataFrame:
+    """Features and target of the holdout, exactly the rows the metrics were computed on."""
+    frame = prepared.X_holdout.copy()
+    frame[target] = prepared.y_holdout.to_numpy()
+    return frame
+
+
+def reference_frame(X_train: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """Training features for drift monitoring, a seeded sample when larger than ``max_rows``."""
+    if len(X_train) <= max_rows:
+        return X_train
+    return X_train.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+
+
+def default_artifacts_uri(train_uri: str, key: str) -> str:
+    """``<folder of the training data>/_mlops/<idempotency key>``: stable across retries."""
+    if is_s3_uri(train_uri):
+        parent = train_uri.rsplit("/", 1)[0]
+    else:
+        parent = str(Path(train_uri.removeprefix("file://")).resolve().parent)
+    return join_uri(parent, "_mlops", key)
+
+
+# -- Estimator and pipeline -----------------------------------------------------------------
+def import_object(path: str, field_name: str) -> Any:
+    """Import ``package.module.Name``; a clear ConfigError names the field otherwise."""
+    module_name, _, attr = path.strip().rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{field_name} {path!r} must be a dotted path like 'package.module.Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{field_name} {path!r} cannot be imported: {err}") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ConfigError(f"{field_name} {path!r}: module {module_name!r} has no {attr!r}") from err
+
+
+def resolve_estimator(spec: EstimatorSpec, task: str, params: Mapping[str, Any]) -> Any:
+    """An unfitted estimator (or Pipeline) from a dotted path, class or factory, with params."""
+    spec = spec if spec is not None else DEFAULT_ESTIMATORS[task]
+    label = describe_callable(spec)
+    target = import_object(spec, "estimator") if isinstance(spec, str) else spec
+    if inspect.isclass(target):
+        estimator = _construct(target, params, label)
+        params = {}
+    elif callable(target) and not _is_estimator(target):
+        try:
+            estimator = target()
+        except Exception as err:
+            raise ConfigError(
+                f"estimator factory {label} raised {type(err).__name__}: {err}"
+            ) from err
+    else:
+        estimator = clone(target) if _is_estimator(target) else target
+    if not _is_estimator(estimator):
+        raise ConfigError(
+            f"estimator {label} is not a scikit-learn compatible estimator: it has no "
+            "fit/predict/get_params methods"
+        )
+    if params:
+        set_estimator_params(estimator, params, label)
+    validate_estimator_params(estimator, label)
+    return estimator
+
+
+def _is_estimator(obj: Any) -> bool:
+    return not inspect.isclass(obj) and all(
+        callable(getattr(obj, m, None)) for m in ("fit", "predict", "get_params")
+    )
+
+
+def _construct(cls: type, params: Mapping[str, Any], label: str) -> Any:
+    # Check names against the defaults first: XGBoost swallows unknown kwargs silently.
+    try:
+        defaults = cls()
+    except Exception as err:
+        raise ConfigError(f"estimator {label} cannot be built without arguments: {err}") from err
+    if not _is_estimator(defaults):
+        raise ConfigError(
+            f"estimator {label} is not a scikit-learn compatible estimator: it has no "
+            "fit/predict/get_params methods"
+        )
+    _check_param_names(defaults.get_params(deep=False), params, label)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"params rejected by estimator {label}: {err}") from err
+
+
+def _check_param_names(known: Mapping[str, Any], params: Mapping[str, Any], label: str) -> None:
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"params {unknown} are not parameters of estimator {label}; "
+            f"valid names: {sorted(known)}"
+        )
+
+
+def set_estimator_params(estimator: Any, params: Mapping[str, Any], label: str) -> None:
+    """``set_params`` with a ConfigError naming the unknown or rejected parameter."""
+    _check_param_names(estimator.get_params(deep=True), params, label)
+    try:
+        estimator.set_params(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"params rejected by estimator {label}: {err}") from err
+
+
+def validate_estimator_params(estimator: Any, label: str) -> None:
+    """Run scikit-learn's own parameter constraints (types, ranges) without fitting."""
+    steps = estimator.steps if isinstance(estimator, Pipeline) else [(None, estimator)]
+    for _, step in steps:
+        if step in (None, "passthrough") or not hasattr(step, "_parameter_constraints"):
+            continue
+        validate = getattr(step, "_validate_params", None)
+        if validate is None:
+            continue
+        try:
+            validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"invalid params for estimator {label}: {err}") from err
+
+
+def build_preprocessor(X: pd.DataFrame, max_categories: int) -> ColumnTransformer:
+    """Median-impute numeric columns; impute + one-hot categorical and boolean ones.
+
+    Output is dense (``sparse_threshold=0``): XGBoost treats absent sparse entries as
+    missing, which would silently turn numeric zeros into NaN.
+    """
+    numeric, categorical, boolean = [], [], []
+    for column in X.columns:
+        dtype = X[column].dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            boolean.append(column)
+        elif pd.api.types.is_numeric_dtype(dtype):
+            numeric.append(column)
+        else:
+            categorical.append(column)
+    one_hot = {
+        "handle_unknown": "infrequent_if_exist",
+        "max_categories": max_categories,
+        "sparse_output": False,
+    }
+    transformers = []
+    if numeric:
+        transformers.append(("numeric", SimpleImputer(strategy="median"), numeric))
+    if categorical:
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("one_hot", OneHotEncoder(**one_hot)),
+                    ]
+                ),
+                categorical,
+            )
+        )
+    if boolean:
+        # A bool column has no missing values (those would make it object); SimpleImputer
+        # refuses the bool dtype, so it goes straight to the encoder.
+        transformers.append(("boolean", OneHotEncoder(**one_hot), boolean))
+    return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
+
+
+def build_pipeline(config: TrainingConfig, task: str, X_train: pd.DataFrame) -> Pipeline:
+    """``Pipeline([("preprocess", ...), ("model", estimator)])``; no preprocess step if None."""
+    estimator = resolve_estimator(config.estimator, task, dict(config.params))
+    preprocess = resolve_preprocessing(config, X_train)
+    steps = (
+        [("model", estimator)]
+        if preprocess is None
+        else [("preprocess", preprocess), ("model", estimator)]
+    )
+    return Pipeline(steps)
+
+
+def resolve_preprocessing(config: TrainingConfig, X_train: pd.DataFrame) -> Any:
+    spec = config.preprocessing
+    if spec is None or spec == "none":
+        return None
+    if spec == "default":
+        return build_preprocessor(X_train, config.max_one_hot_categories)
+    factory = import_object(spec, "preprocessing") if isinstance(spec, str) else spec
+    if not callable(factory):
+        raise ConfigError(f"preprocessing {spec!r} must be 'default', None or a callable")
+    transformer = factory(X_train)
+    if not (
+        callable(getattr(transformer, "fit", None))
+        and callable(getattr(transformer, "transform", None))
+    ):
+        raise ConfigError(
+            f"preprocessing {describe_callable(spec)} returned {type(transformer).__name__}, "
+            "which has no fit/transform methods"
+        )
+    return transformer
+
+
+def final_estimator(pipeline: Pipeline) -> Any:
+    step = pipeline.steps[-1][1]
+    return final_estimator(step) if isinstance(step, Pipeline) else step
+
+
+def check_estimator_accepts_target(pipeline: Pipeline, prepared: PreparedData) -> None:
+    """XGBoost classifiers only take labels 0..k-1: say so before a run starts."""
+    estimator = final_estimator(pipeline)
+    if prepared.task != "classification" or not type(estimator).__module__.startswith("xgboost"):
+        return
+    labels = np.sort(pd.concat([prepared.y_train, prepared.y_holdout]).unique())
+    expected = np.arange(len(labels))
+    if not (pd.api.types.is_numeric_dtype(labels.dtype) and np.array_equal(labels, expected)):
+        raise DataError(
+            f"XGBoost classifiers need target labels 0..{len(labels) - 1}, got "
+            f"{labels[:10].tolist()}: encode the target column as integers first"
+        )
+
+
+def build_search(config: TrainingConfig, pipeline: Pipeline, prepared: PreparedData) -> Any:
+    """A scikit-learn search over the pipeline; its trials are logged as nested runs."""
+    spec = config.search
+    assert spec is not None
+    space = {pipeline_param_name(name): value for name, value in spec.space.items()}
+    _check_param_names(pipeline.get_params(deep=True), space, "pipeline (search.space)")
+    cv = cv_splitter(prepared.task, spec.cv, config.split)
+    scoring = spec.scoring or default_scoring(prepared.task, pipeline)
+    common = {
+        "scoring": scoring,
+        "cv": cv,
+        "n_jobs": spec.n_jobs,
+        "refit": True,
+        # A failing candidate must fail the task, not become a silent NaN score.
+        "error_score": "raise",
+    }
+    if spec.method == "grid":
+        for name, values in space.items():
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(
+                    f"search.space[{name!r}] must be a non-empty list for a grid search"
+                )
+        return GridSearchCV(pipeline, {k: list(v) for k, v in space.items()}, **common)
+    distributions = {name: to_distribution(name, value) for name, value in space.items()}
+    return RandomizedSearchCV(
+        pipeline, distributions, n_iter=spec.n_iter, random_state=config.split.seed, **common
+    )
+
+
+def pipeline_param_name(name: str) -> str:
+    """Estimator parameter names are addressed inside the ``model`` step of the pipeline."""
+    if name.startswith(("model__", "preprocess__")):
+        return name
+    return f"model__{name}"
+
+
+def to_distribution(name: str, value: Any) -> Any:
+    """A list, a scipy distribution, or a ``{"distribution", "low", "high"}`` dict."""
+    from scipy import stats
+
+    if isinstance(value, (list, tuple)) and value:
+        return list(value)
+    if callable(getattr(value, "rvs", None)):
+        return value
+    if isinstance(value, Mapping) and {"distribution", "low", "high"} <= set(value):
+        kind, low, high = value["distribution"], value["low"], value["high"]
+        if not all(isinstance(b, (int, float)) for b in (low, high)) or low >= high:
+            raise ConfigError(
+                f"search.space[{name!r}]: low must be a number below high, got {value}"
+            )
+        if kind == "uniform":
+            return stats.uniform(low, high - low)
+        if kind == "loguniform":
+            if low <= 0:
+                raise ConfigError(f"search.space[{name!r}]: loguniform needs low > 0, got {low}")
+            return stats.loguniform(low, high)
+        if kind == "randint":
+            return stats.randint(int(low), int(high) + 1)
+        raise ConfigError(
+            f"search.space[{name!r}]: distribution must be uniform, loguniform or randint, got {kind!r}"
+        )
+    raise ConfigError(
+        f"search.space[{name!r}] must be a non-empty list, a scipy distribution or "
+        f'{{"distribution": ..., "low": ..., "high": ...}}, got {value!r}'
+    )
+
+
+def cv_splitter(task: str, folds: int, policy: SplitPolicy) -> Any:
+    """Time-ordered folds for an out-of-time split, stratified folds for classification."""
+    if policy.time_column is not None:
+        return TimeSeriesSplit(n_splits=folds)
+    if task == "classification" and policy.stratify:
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=policy.seed)
+    return KFold(n_splits=folds, shuffle=True, random_state=policy.seed)
+
+
+def default_scoring(task: str, pipeline: Pipeline) -> str:
+    if task == "regression":
+        return "neg_root_mean_squared_error"
+    has_proba = hasattr(final_estimator(pipeline), "predict_proba")
+    return "neg_log_loss" if has_proba else "accuracy"
+
+
+# -- MLflow logging -------------------------------------------------------------------------
+def lineage_tags(
+    config: TrainingConfig, prepared: PreparedData, artifacts_uri: str
+) -> dict[str, str]:
+    """Tags known before training starts (hashes of written files are added later)."""
+    features_json = json.dumps(prepared.features)
+    tags = {
+        TAG_STAGE: STAGE_TRAINING,
+        TAG_DATA_URI: config.train_uri,
+        TAG_DATA_SHA256: prepared.data_sha256,
+        TAG_DATA_ROWS: str(prepared.data_rows),
+        TAG_HOLDOUT_URI: join_uri(artifacts_uri, "holdout.parquet"),
+        TAG_HOLDOUT_ROWS: str(len(prepared.X_holdout)),
+        TAG_REFERENCE_URI: join_uri(artifacts_uri, "reference.parquet"),
+        TAG_TARGET: config.target,
+        TAG_TASK: prepared.task,
+        TAG_ESTIMATOR: describe_callable(config.estimator or DEFAULT_ESTIMATORS[prepared.task]),
+        TAG_SPLIT: json.dumps(asdict(config.split), sort_keys=True),
+    }
+    if len(features_json) <= MAX_TAG_VAL_LENGTH:
+        tags[TAG_FEATURES] = features_json
+    else:
+        # Too long for a tag: the holdout file's columns are the features plus the target.
+        tags[TAG_FEATURES_URI] = join_uri(artifacts_uri, "holdout.parquet")
+    if config.model_name:
+        tags[TAG_MODEL_NAME] = config.model_name
+    if prepared.time_cutoff is not None:
+        tags[TAG_SPLIT_TIME_CUTOFF] = prepared.time_cutoff
+    return tags
+
+
+def run_params(config: TrainingConfig, prepared: PreparedData, fitted: Pipeline) -> dict[str, Any]:
+    """The estimator's effective params plus the training configuration's key choices."""
+    params: dict[str, Any] = {
+        f"model.{k}": v
+        for k, v in final_estimator(fitted).get_params(deep=False).items()
+        if not _is_estimator(v)
+    }
+    params.update(
+        {
+            "estimator": describe_callable(config.estimator or DEFAULT_ESTIMATORS[prepared.task]),
+            "preprocessing": describe_callable(config.preprocessing),
+            "task": prepared.task,
+            "target": config.target,
+            "n_features": len(prepared.features),
+            "train_rows": len(prepared.X_train),
+            "holdout_rows": len(prepared.X_holdout),
+            "split.holdout_fraction": config.split.holdout_fraction,
+            "split.seed": config.split.seed,
+            "split.stratify": config.split.stratify,
+            "split.time_column": config.split.time_column,
+        }
+    )
+    if config.search is not None:
+        params.update(
+            {
+                "search.method": config.search.method,
+                "search.n_iter": config.search.n_iter,
+                "search.cv": config.search.cv,
+                "search.scoring": config.search.scoring or default_scoring(prepared.task, fitted),
+            }
+        )
+    return params
+
+
+def log_search_trials(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, search: Any
+) -> None:
+    """One nested, finished run per candidate: params, CV scores and fit time, batched."""
+    results = search.cv_results_
+    now = _now_ms()
+    for index, candidate in enumerate(results["params"]):
+        trial = client.create_run(
+            experiment_id,
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                TAG_STAGE: STAGE_TRIAL,
+                TAG_TRIAL_INDEX: str(index),
+            },
+            run_name=f"trial-{index}",
+        )
+        metrics = {
+            "cv_mean_score": results["mean_test_score"][index],
+            "cv_std_score": results["std_test_score"][index],
+            "cv_rank": results["rank_test_score"][index],
+            "cv_mean_fit_seconds": results["mean_fit_time"][index],
+        }
+        client.log_batch(
+            trial.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=_as_params({k.removeprefix("model__"): v for k, v in candidate.items()}),
+        )
+        client.set_terminated(trial.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_fitted_model(
+    fitted: Pipeline, prepared: PreparedData, config: TrainingConfig, run_id: str
+) -> Any:
+    """Log the pipeline with signature, input example and pinned requirements."""
+    from mlflow.models import infer_signature
+
+    example = prepared.X_train.head(config.input_example_rows)
+    # Integer columns are declared as doubles: a served request with a missing value in
+    # such a column arrives as float and would otherwise fail schema enforcement, while the
+    # pipeline imputes it fine.
+    integer_columns = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
+    schema_example = example.astype({c: "float64" for c in integer_columns})
+    signature = infer_signature(schema_example, fitted.predict(example))
+    with _quiet_pickle_warning(config.serialization_format):
+        return mlflow.sklearn.log_model(
+            fitted,
+            name=MODEL_ARTIFACT_NAME,
+            run_id=run_id,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(fitted, config.serialization_format),
+            serialization_format=config.serialization_format,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_pickle_warning(serialization_format: str) -> Iterator[None]:
+    """MLflow warns on every cloudpickle save; the choice is deliberate and documented
+    (docs/operators/training.md), so the warning is dropped for that one call."""
+    logger = logging.getLogger("mlflow.sklearn")
+    previous = logger.level
+    if serialization_format != "skops":
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def pinned_requirements(model: Any, serialization_format: str) -> list[str]:
+    """``dist==version`` for MLflow, the sklearn stack, the serializer and the estimator's
+    own library (``xgboost``...), from the installed versions: no inference subprocess."""
+    distributions = list(_BASE_REQUIREMENTS)
+    distributions.append("skops" if serialization_format == "skops" else "cloudpickle")
+    for module in sorted(_model_modules(model)):
+        dist = _distribution_of(module)
+        if dist:
+            distributions.append(dist)
+    pinned = []
+    for dist in dict.fromkeys(distributions):
+        try:
+            pinned.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            log.warning("Requirement %s is not installed; it is left out of the model's pins", dist)
+    return pinned
+
+
+def _model_modules(model: Any) -> set[str]:
+    """Top-level modules of every object in a (nested) pipeline."""
+    found = {type(model).__module__.split(".")[0]}
+    if hasattr(model, "get_params"):
+        for value in model.get_params(deep=True).values():
+            if hasattr(value, "fit"):
+                found.add(type(value).__module__.split(".")[0])
+    return found
+
+
+def _distribution_of(module: str) -> str | None:
+    if module in _MODULE_TO_DISTRIBUTION:
+        return _MODULE_TO_DISTRIBUTION[module]
+    if module in ("builtins", "__main__"):
+        return None
+    candidates = importlib.metadata.packages_distributions().get(module) or []
+    return candidates[0] if candidates else None
+
+
+def _as_params(values: Mapping[str, Any]) -> list[Param]:
+    return [
+        Param(str(k), _truncate(_param_text(v), MAX_PARAM_VAL_LENGTH)) for k, v in values.items()
+    ]
+
+
+def _as_tags(values: Mapping[str, str]) -> list[RunTag]:
+    return [RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in values.items()]
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(json_safe(value), sort_keys=True)
+    return str(value)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _run_name(config: TrainingConfig, context: RunContext) -> str:
+    base = config.model_name or config.target
+    return f"train-{base}-{context.task_id}"[:250]
+
+
+# -- Small helpers --------------------------------------------------------------------------
+def describe_callable(obj: Any) -> str:
+    """A stable text for a dotted path, class or function (used in params and tags)."""
+    if obj is None or isinstance(obj, str):
+        return str(obj)
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
+
+
+def json_safe(value: Any) -> Any:
+    """numpy scalars and arrays to plain Python, recursively; other objects to ``str``."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _known_fields(cls: type, values: Mapping[str, Any], label: str) -> dict[str, Any]:
+    names = {f.name for f in cls.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{label} has unknown field(s) {unknown}; known: {sorted(names)}")
+    return dict(values)
+
+
+def detect_git_commit(start_dir: str | None) -> str | None:
+    """Commit of the code that trains: from env (``MLOPS_GIT_COMMIT``, ``GIT_COMMIT``,
+    ``GITHUB_SHA``), else read from the ``.git`` folder above ``start_dir`` (no subprocess)."""
+    for name in _GIT_COMMIT_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name].strip()
+    if not start_dir:
+        return None
+    for folder in (Path(start_dir).resolve(), *Path(start_dir).resolve().parents):
+        git_dir = folder / ".git"
+        if git_dir.is_dir():
+            return _read_head(git_dir)
+    return None
+
+
+def _read_head(git_dir: Path) -> str | None:
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head or None
+    ref = head.removeprefix("ref: ")
+    ref_file = git_dir / ref
+    if ref_file.is_file():
+        return ref_file.read_text().strip() or None
+    packed = git_dir / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref:
+                return parts[0]
+    return None  # a branch without commits yet

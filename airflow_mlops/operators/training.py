@@ -1,0 +1,258 @@
+"""TrainModelOperator: train a candidate model and record it in MLflow, retry-safely."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
+from airflow_mlops.operators.base import MlopsBaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_mlops.core.training import TrainingConfig
+
+
+class TrainModelOperator(MlopsBaseOperator):
+    """Fit a scikit-learn / XGBoost model on ``train_uri`` and log it to MLflow.
+
+    The data is read (parquet or CSV, local or ``s3://``), checked, split into training and
+    holdout rows, fitted inside a ``Pipeline`` (default preprocessing: impute, one-hot for
+    categoricals), scored on the holdout and logged with params, metrics, signature, input
+    example, pinned pip requirements and lineage tags. The holdout and the drift reference
+    are written next to the data (or under ``artifacts_uri``) and their hashes are tagged.
+    See ``docs/operators/training.md`` and :mod:`airflow_mlops.core.training`.
+
+    Retries are safe: the run carries the task's idempotency key; a retry returns the
+    finished run of an earlier try instead of training again, and marks a RUNNING leftover
+    of a killed try FAILED. ``on_kill`` (SIGTERM, timeout) marks the active run FAILED.
+
+    Returns (XCom) ``{run_id, experiment_id, model_uri, holdout_uri, holdout_sha256,
+    reference_uri, task, metrics, best_params, idempotency_key, reused}``.
+
+    :param train_uri: training table (templated).
+    :param target: target column (templated).
+    :param experiment_name: MLflow experiment, created when missing (templated).
+    :param model_name: registered model name this candidate is for; tagged (templated).
+    :param features: feature columns (templated); default: all but target/exclude/time column.
+    :param exclude: columns never used as features (templated).
+    :param estimator: dotted path to an estimator class or factory function
+        (``xgboost.XGBClassifier``), or the class/callable itself (templated when a string).
+        Default: HistGradientBoosting for the task.
+    :param estimator_params: estimator parameters (templated); named so because ``params``
+        is Airflow's own (DAG params) on every operator.
+    :param task: ``classification`` or ``regression`` (templated); inferred when ``None``.
+    :param preprocessing: ``"default"``, ``None`` (raw columns) or a dotted path / callable
+        ``f(X) -> transformer`` (templated when a string).
+    :param holdout_fraction: share of rows held out (templated), default 0.2.
+    :param seed: random seed for the split, CV folds and random search (templated).
+    :param stratify: stratify the random split by the target for classification (templated).
+    :param time_column: hold out the latest rows by this column instead (templated).
+    :param search: ``{"method": "random"|"grid", "space": {...}, "n_iter", "cv", "scoring",
+        "n_jobs"}`` (templated); each trial is logged as a nested run.
+    :param artifacts_uri: where the holdout/reference files go (templated); default
+        ``<data folder>/_mlops/<idempotency key>/``.
+    :param reference_max_rows: cap of the drift reference sample (templated).
+    :param serialization_format: ``cloudpickle`` (default), ``skops`` or ``pickle``.
+    :param extra_tags: more tags for the training run (e.g. the pipeline's config hash);
+        they cannot override the lineage tags the operator writes.
+    """
+
+    template_fields: Sequence[str] = (
+        *MlopsBaseOperator.template_fields,
+        "train_uri",
+        "target",
+        "experiment_name",
+        "model_name",
+        "features",
+        "exclude",
+        "estimator",
+        "estimator_params",
+        "task",
+        "preprocessing",
+        "holdout_fraction",
+        "seed",
+        "stratify",
+        "time_column",
+        "search",
+        "artifacts_uri",
+        "reference_max_rows",
+        "serialization_format",
+        "extra_tags",
+    )
+    operator_extra_links = mlflow_links()
+    ui_color = "#dff5d5"
+
+    def __init__(
+        self,
+        *,
+        train_uri: str,
+        target: str,
+        experiment_name: str,
+        model_name: str | None = None,
+        features: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        estimator: str | Callable[..., Any] | None = None,
+        estimator_params: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        preprocessing: str | Callable[..., Any] | None = "default",
+        holdout_fraction: float | str = 0.2,
+        seed: int | str = 42,
+        stratify: bool | str = True,
+        time_column: str | None = None,
+        search: Mapping[str, Any] | None = None,
+        artifacts_uri: str | None = None,
+        reference_max_rows: int | str = 100_000,
+        serialization_format: str = "cloudpickle",
+        extra_tags: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_uri = train_uri
+        self.target = target
+        self.experiment_name = experiment_name
+        self.model_name = model_name
+        self.features = list(features) if features is not None else None
+        self.exclude = list(exclude) if exclude is not None else []
+        # Airflow 3 calls a callable found in a template field as a render function, so a
+        # class or factory is kept aside and only dotted paths (strings) are templated.
+        self.estimator, self._estimator_object = _split_callable(estimator)
+        self.estimator_params = dict(estimator_params) if estimator_params is not None else {}
+        self.task = task
+        self.preprocessing, self._preprocessing_object = _split_callable(preprocessing)
+        self.holdout_fraction = holdout_fraction
+        self.seed = seed
+        self.stratify = stratify
+        self.time_column = time_column
+        self.search = dict(search) if search is not None else None
+        self.artifacts_uri = artifacts_uri
+        self.reference_max_rows = reference_max_rows
+        self.serialization_format = serialization_format
+        self.extra_tags = dict(extra_tags) if extra_tags is not None else {}
+        self._active_run_id: str | None = None
+        self._killed = False
+
+    def training_config(self) -> TrainingConfig:
+        """The typed core configuration, from the rendered operator fields."""
+        from airflow_mlops.core.training import SearchSpec, SplitPolicy, TrainingConfig
+
+        split = SplitPolicy(
+            holdout_fraction=_number(self.holdout_fraction, float, "holdout_fraction"),
+            seed=_number(self.seed, int, "seed"),
+            stratify=_boolean(self.stratify, "stratify"),
+            time_column=self.time_column or None,
+        )
+        return TrainingConfig(
+            train_uri=self.train_uri,
+            target=self.target,
+            experiment_name=self.experiment_name,
+            model_name=self.model_name or None,
+            features=self.features,
+            exclude=tuple(self.exclude),
+            estimator=self._estimator_object or self.estimator or None,
+            params=self.estimator_params,
+            task=self.task or None,
+            preprocessing=self._preprocessing_object or self.preprocessing,
+            split=split,
+            search=SearchSpec.from_value(self.search),
+            artifacts_uri=self.artifacts_uri or None,
+            reference_max_rows=_number(self.reference_max_rows, int, "reference_max_rows"),
+            serialization_format=self.serialization_format,
+            extra_tags=self.extra_tags,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core.training import train_model
+
+        config = self.training_config()
+        config.validate()
+        run = self.run_context(context)
+        self._killed = False
+        hook = self.mlflow_hook
+        with hook.session() as client:
+            experiment_id = hook.get_or_create_experiment(config.experiment_name)
+            result = train_model(
+                config,
+                run,
+                self.storage,
+                client,
+                experiment_id=experiment_id,
+                source_dir=_dag_folder(context),
+                on_run_started=self._remember_run,
+                should_stop=lambda: self._killed,
+            )
+        self._active_run_id = None
+        self.log.info(
+            "%s run %s: model %s, holdout metrics %s",
+            "Reused finished" if result.reused else "Trained",
+            result.run_id,
+            result.model_uri,
+            result.metrics,
+        )
+        persist_mlflow_links(
+            context,
+            tracking_uri=hook.tracking_uri,
+            experiment_id=result.experiment_id,
+            run_id=result.run_id,
+        )
+        return result.to_dict()
+
+    def _remember_run(self, run_id: str) -> None:
+        self._active_run_id = run_id
+        self.log.info("Started MLflow run %s", run_id)
+
+    def on_kill(self) -> None:
+        """Mark the active run FAILED; training stops at its next checkpoint."""
+        self._killed = True
+        run_id = self._active_run_id
+        if run_id is None:
+            return
+        from airflow_mlops.core.training import mark_run_failed
+
+        try:
+            with self.mlflow_hook.session() as client:
+                mark_run_failed(client, run_id, "task killed (on_kill: SIGTERM or timeout)")
+        except Exception:
+            # on_kill runs inside a signal handler: raising here would replace the kill's
+            # own exception. A run left RUNNING is failed by the next try (see core).
+            self.log.exception("Could not mark MLflow run %s FAILED while being killed", run_id)
+            return
+        self.log.warning("Task killed: MLflow run %s marked FAILED.", run_id)
+
+
+def _split_callable(value: Any) -> tuple[Any, Any]:
+    """(templatable value, callable kept out of templating)."""
+    if value is not None and not isinstance(value, str) and callable(value):
+        return None, value
+    return value, None
+
+
+def _number(value: Any, kind: type, field: str) -> Any:
+    """Templated numbers arrive as strings; convert, naming the field when impossible."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field} must be a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field} must be {kind.__name__}, got {value!r}") from None
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes"}:
+        return True
+    if text in {"false", "0", "no"}:
+        return False
+    raise ConfigError(f"{field} must be true or false, got {value!r}")
+
+
+def _dag_folder(context: Context) -> str | None:
+    """Folder of the DAG file, where the git commit of the training code is looked up."""
+    dag = context.get("dag")
+    fileloc = getattr(dag, "fileloc", None)
+    return os.path.dirname(fileloc) if fileloc else None

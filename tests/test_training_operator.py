@@ -1,0 +1,252 @@
+"""TrainModelOperator through Airflow's real task runner (dag.test) and the MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_IDEMPOTENCY_KEY, TAG_RUN_ID, TAG_TASK_ID
+from airflow_mlops.core.training import TAG_ERROR, TAG_MODEL_URI
+from airflow_mlops.operators.training import TrainModelOperator
+
+RESULT_KEYS = {
+    "run_id",
+    "experiment_id",
+    "model_uri",
+    "holdout_uri",
+    "holdout_sha256",
+    "reference_uri",
+    "task",
+    "metrics",
+    "best_params",
+    "idempotency_key",
+    "reused",
+}
+COLLECTED: list[dict] = []
+
+
+@pytest.fixture(scope="module")
+def train_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n),
+            "income": rng.normal(50, 10, n),
+            "plan": rng.choice(["basic", "pro"], n),
+        }
+    )
+    frame["churned"] = ((frame["age"] < 35) ^ (frame["plan"] == "pro")).astype(int)
+    path = tmp_path_factory.mktemp("op") / "customers.parquet"
+    frame.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.fixture
+def experiment_name() -> str:
+    return f"op-{uuid.uuid4().hex[:10]}"
+
+
+def build_dag(dag_id: str, **operator_kwargs):
+    from airflow.sdk import DAG, task
+
+    COLLECTED.clear()
+    cls = operator_kwargs.pop("operator_class", TrainModelOperator)
+    with DAG(dag_id, schedule=None, params={"fraction": "0.25"}) as dag:
+        trained = cls(task_id="train", **operator_kwargs)
+
+        @task
+        def collect(result: dict) -> None:
+            COLLECTED.append(json.loads(json.dumps(result)))  # must be plain JSON
+
+        collect(trained.output)
+    return dag
+
+
+def test_operator_trains_xgboost_and_returns_a_small_json_result(
+    mlflow_conn, mlflow_server, run_dag, train_uri, experiment_name
+):
+    dag = build_dag(
+        "train_xgb",
+        train_uri="{{ dag_run.conf['data'] }}",
+        target="churned",
+        experiment_name=experiment_name,
+        model_name="churn",
+        estimator="xgboost.XGBClassifier",
+        estimator_params={"n_estimators": 30, "max_depth": 3, "n_jobs": 1},
+        holdout_fraction="{{ params.fraction }}",
+        search={"method": "grid", "space": {"max_depth": [2, 3]}, "cv": 2},
+    )
+    dag_run = run_dag(dag, data=train_uri)
+    assert dag_run.state == "success"
+
+    (result,) = COLLECTED
+    assert set(result) == RESULT_KEYS
+    assert result["reused"] is False and result["best_params"]["max_depth"] in (2, 3)
+    assert result["metrics"]["accuracy"] > 0.9
+    assert len(pd.read_parquet(result["holdout_uri"])) == 100  # rendered "0.25" of 400 rows
+    assert len(json.dumps(result)) < 2000
+
+    run = MlflowClient(mlflow_server).get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_DAG_ID] == "train_xgb"
+    assert run.data.tags[TAG_TASK_ID] == "train"
+    assert run.data.tags[TAG_RUN_ID] == dag_run.run_id
+    assert run.data.tags[TAG_MODEL_URI] == result["model_uri"]
+
+
+class CrashAfterTraining(TrainModelOperator):
+    """Simulates a worker dying after the MLflow run finished, before the task succeeded."""
+
+    def execute(self, context):
+        result = super().execute(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError("worker lost after training")
+        return result
+
+
+def test_a_retry_reuses_the_finished_run_of_the_failed_try(
+    mlflow_conn, mlflow_server, run_dag, train_uri, experiment_name
+):
+    from datetime import timedelta
+
+    dag = build_dag(
+        "train_retry",
+        operator_class=CrashAfterTraining,
+        train_uri=train_uri,
+        target="churned",
+        experiment_name=experiment_name,
+        estimator="sklearn.linear_model.LogisticRegression",
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )
+    dag_run = run_dag(dag)
+    assert dag_run.state == "success"
+    (result,) = COLLECTED
+    assert result["reused"] is True
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_IDEMPOTENCY_KEY}` = '{result['idempotency_key']}'",
+    )
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert runs[0].info.run_id == result["run_id"]
+
+
+class SelfTerminatingClassifier(ClassifierMixin, BaseEstimator):
+    """Sends SIGTERM to its own process mid-fit, as Airflow does to a task it kills."""
+
+    def fit(self, X, y):
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+
+def build_self_terminating() -> SelfTerminatingClassifier:
+    return SelfTerminatingClassifier()
+
+
+def test_sigterm_marks_the_run_failed_not_running_or_finished(
+    mlflow_conn, mlflow_server, run_dag, train_uri, experiment_name
+):
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    dag = build_dag(
+        "train_killed",
+        train_uri=train_uri,
+        target="churned",
+        experiment_name=experiment_name,
+        estimator=build_self_terminating,
+    )
+    try:
+        dag_run = run_dag(dag)
+    finally:
+        # The task runner installed its own SIGTERM handler in this (pytest) process.
+        signal.signal(signal.SIGTERM, previous_handler)
+    assert dag_run.state == "failed"
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(experiment_name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    # on_kill set the stop flag, so training stopped at its next checkpoint instead of
+    # finishing the run: the last error written is the interruption.
+    assert run.data.tags[TAG_ERROR].startswith("TrainingInterrupted")
+    assert TAG_MODEL_URI not in run.data.tags
+
+
+def test_on_kill_alone_fails_the_active_run(mlflow_conn, mlflow_server, experiment_name):
+    """If the supervisor SIGKILLs right after SIGTERM, on_kill's own write must suffice."""
+    client = MlflowClient(mlflow_server)
+    run = client.create_run(client.create_experiment(experiment_name))
+    op = TrainModelOperator(
+        task_id="t", train_uri="unused.parquet", target="y", experiment_name=experiment_name
+    )
+    op._remember_run(run.info.run_id)
+    op.on_kill()
+    killed = client.get_run(run.info.run_id)
+    assert killed.info.status == "FAILED"
+    assert "on_kill" in killed.data.tags[TAG_ERROR]
+
+
+def test_templated_values_are_converted_or_refused_naming_the_field(train_uri):
+    op = TrainModelOperator(
+        task_id="t",
+        train_uri=train_uri,
+        target="churned",
+        experiment_name="e",
+        holdout_fraction="0.3",
+        seed="7",
+        stratify="false",
+        search={"method": "random", "space": {"C": [0.1, 1.0]}, "n_iter": 2},
+    )
+    config = op.training_config()
+    assert (config.split.holdout_fraction, config.split.seed, config.split.stratify) == (
+        0.3,
+        7,
+        False,
+    )
+    assert config.search.n_iter == 2
+
+    for field, value in (("seed", "seven"), ("stratify", "maybe"), ("holdout_fraction", "x")):
+        op = TrainModelOperator(
+            task_id="t",
+            train_uri=train_uri,
+            target="churned",
+            experiment_name="e",
+            **{field: value},
+        )
+        with pytest.raises(ConfigError, match=field):
+            op.training_config()
+    op = TrainModelOperator(
+        task_id="t", train_uri=train_uri, target="churned", experiment_name="e", search={"grid": 1}
+    )
+    with pytest.raises(ConfigError, match="search has unknown field"):
+        op.training_config()
+
+
+def test_every_parameter_a_user_sets_from_the_dag_is_templated():
+    import inspect
+
+    params = set(inspect.signature(TrainModelOperator.__init__).parameters) - {"self", "kwargs"}
+    assert params <= set(TrainModelOperator.template_fields)
+
+
+def test_docs_page_exists():
+    page = Path(__file__).parents[1] / "docs" / "operators" / "training.md"
+    text = page.read_text()
+    assert "xgboost.XGBClassifier" in text and "mlops.holdout.sha256" in text
