@@ -29,3 +29,14 @@ bench: venv
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache
+
+# Local real stacks (no Docker): see docs/deployment.md.
+.PHONY: stack-quick stack-prod stack-stop
+stack-quick: venv
+	deploy/local-stack quick start
+
+stack-prod: venv
+	deploy/local-stack prod start
+
+stack-stop:
+	deploy/local-stack quick stop; deploy/local-stack prod stop

@@ -112,5 +112,8 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_mlops.links.mlflow.MlflowRunLink",
             "airflow_mlops.links.mlflow.MlflowModelVersionLink",
         ],
-        "plugins": [],
+        # Airflow loads provider-declared plugins when [core] lazy_discover_providers=False.
+        "plugins": [
+            {"name": "mlops", "plugin-class": "airflow_mlops.plugins.mlops_page.MlopsPlugin"}
+        ],
     }

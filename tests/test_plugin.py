@@ -1,0 +1,456 @@
+"""The MLOps page: mounted by Airflow's real API app, protected by Airflow's auth, fed by MLflow.
+
+The app under test is Airflow's own ``create_app()`` with the plugin loaded the way a
+deployment loads it, and the SimpleAuthManager issuing real JWTs (``POST /auth/token``).
+The registry content comes from the real MLflow server fixture, written with the
+provider's own registry functions (registration, challenger, promotion with history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PLUGIN_CLASS = "airflow_mlops.plugins.mlops_page.MlopsPlugin"
+ADMIN_PASSWORD = "plugin-test-password"
+
+
+def plugin_declared_by_package() -> bool:
+    """True when the provider info or an ``airflow.plugins`` entry point declares the plugin."""
+    from importlib.metadata import entry_points
+
+    from airflow_mlops.get_provider_info import get_provider_info
+
+    declared = {p.get("plugin-class") for p in get_provider_info().get("plugins", [])}
+    declared |= {ep.value.replace(":", ".") for ep in entry_points(group="airflow.plugins")}
+    return PLUGIN_CLASS in declared
+
+
+@pytest.fixture(scope="module")
+def plugins_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plugins folder holding a one-line shim, unless the package already declares it.
+
+    Declaring the plugin twice makes Airflow report it as already registered.
+    """
+    folder = tmp_path_factory.mktemp("plugins")
+    if not plugin_declared_by_package():
+        (folder / "mlops_plugin.py").write_text(
+            f"from {PLUGIN_CLASS.rsplit('.', 1)[0]} import MlopsPlugin\n"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def api(plugins_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Airflow's API app (core routes, UI, auth manager, plugins) in a TestClient."""
+    from airflow import plugins_manager, settings
+    from airflow.api_fastapi import app as api_app
+    from fastapi.testclient import TestClient
+
+    passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
+    passwords.write_text(json.dumps({"admin": ADMIN_PASSWORD}))
+    env = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "plugin-test-secret-" + uuid.uuid4().hex,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    saved_folder, saved_lazy = settings.PLUGINS_FOLDER, settings.LAZY_LOAD_PROVIDERS
+    os.environ.update(env)
+    settings.PLUGINS_FOLDER = str(plugins_folder)
+    # Plugins declared in the provider info are only loaded when providers are not lazy.
+    settings.LAZY_LOAD_PROVIDERS = False
+    if str(plugins_folder) not in sys.path:
+        sys.path.append(str(plugins_folder))
+    _clear_plugin_caches(plugins_manager)
+    api_app.purge_cached_app()
+    try:
+        with TestClient(api_app.create_app(apps="core"), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        api_app.purge_cached_app()
+        _clear_plugin_caches(plugins_manager)
+        settings.PLUGINS_FOLDER, settings.LAZY_LOAD_PROVIDERS = saved_folder, saved_lazy
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _clear_plugin_caches(plugins_manager: object) -> None:
+    for name in dir(plugins_manager):
+        cached = getattr(plugins_manager, name)
+        if callable(getattr(cached, "cache_clear", None)):
+            cached.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def token(api: object) -> str:
+    response = api.post("/auth/token", json={"username": "admin", "password": ADMIN_PASSWORD})  # type: ignore[attr-defined]
+    assert response.status_code in (200, 201), response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture
+def registered_model(mlflow_conn: str, mlflow_server: str, tmp_path: Path) -> dict[str, str]:
+    """A model with a challenger promoted to champion, a drift check run and reports."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import (
+        Actor,
+        promote_to_champion,
+        register_version,
+        set_challenger,
+    )
+
+    name = f"churn_{uuid.uuid4().hex[:6]}"
+    validation_report = tmp_path / "validation.json"
+    validation_report.write_text(json.dumps({"success": True, "evaluated_expectations": 7}))
+    drift_report = tmp_path / "drift.html"
+    drift_report.write_text("<html><body><h1>Drift report</h1><script>1</script></body></html>")
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"exp_{name}")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metrics({"holdout_accuracy": 0.9312, "holdout_f1": 0.9021, "train_seconds": 1.5})
+        mlflow.set_tags(
+            {
+                "mlops.stage": "training",
+                "mlops.model_name": name,
+                "mlops.validation.success": "true",
+                "mlops.validation.report_uri": str(validation_report),
+            }
+        )
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[])
+    context = RunContext(dag_id="ct", run_id="manual__1", task_id="register")
+    version = register_version(
+        client, name, info.model_uri, context=context, run_id=run.info.run_id
+    )
+    actor = Actor(reason="better f1 than the champion", context=context)
+    set_challenger(client, name, version.version, actor)
+    promote_to_champion(client, name, version.version, evaluated_champion=None, actor=actor)
+    with mlflow.start_run(experiment_id=experiment_id) as drift_run:
+        mlflow.set_tags(
+            {
+                "mlops.stage": "drift",
+                "mlops.model_name": name,
+                "mlops.drift.detected": "true",
+                "mlops.drift.report_uri": str(drift_report),
+            }
+        )
+    return {
+        "name": name,
+        "version": version.version,
+        "run_id": run.info.run_id,
+        "drift_run_id": drift_run.info.run_id,
+        "experiment_id": experiment_id,
+    }
+
+
+class _Constant:
+    """Defined lazily as an mlflow PythonModel (keeps mlflow out of module import)."""
+
+    def __new__(cls) -> object:
+        import mlflow.pyfunc
+
+        class Constant(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+                return [1] * len(model_input)
+
+        return Constant()
+
+
+# -- auth -----------------------------------------------------------------------------------
+
+
+def test_anonymous_api_call_is_refused(api: object) -> None:
+    response = api.get("/mlops/api/models", headers={"Accept": "application/json"})  # type: ignore[attr-defined]
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Not authenticated"
+
+
+def test_anonymous_browser_is_sent_to_login(api: object) -> None:
+    response = api.get("/mlops/", headers={"Accept": "text/html"}, follow_redirects=False)  # type: ignore[attr-defined]
+    assert response.status_code == 307
+    assert response.headers["location"].startswith("/auth/login")
+    assert "next=" in response.headers["location"]
+    assert "champion" not in response.text
+
+
+def test_forged_token_is_refused(api: object) -> None:
+    forged = "eyJhbGciOiJIUzUxMiJ9.eyJzdWIiOiJhZG1pbiIsInJvbGUiOiJhZG1pbiJ9.c2lnbmF0dXJl"
+    response = api.get("/mlops/", headers={"Authorization": f"Bearer {forged}"})  # type: ignore[attr-defined]
+    assert response.status_code in (401, 403)
+    assert "champion" not in response.text
+
+
+def test_report_route_is_protected(api: object) -> None:
+    response = api.get("/mlops/reports/runs/abc/drift", headers={"Accept": "application/json"})  # type: ignore[attr-defined]
+    assert response.status_code == 401
+
+
+# -- content --------------------------------------------------------------------------------
+
+
+def test_logged_in_user_sees_champion_metrics_checks_and_history(
+    api: object, token: str, registered_model: dict[str, str]
+) -> None:
+    response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    assert response.status_code == 200, response.text
+    html = response.text
+    name, version = registered_model["name"], registered_model["version"]
+    assert f'data-model="{name}"' in html
+    champion_row = html.split('data-alias="champion"')[1].split("</tr>")[0]
+    assert f">v{version}<" in champion_row
+    assert "0.9312" in champion_row and "0.9021" in champion_row
+    assert registered_model["run_id"][:8] in champion_row
+    challenger_row = html.split('data-alias="challenger"')[1].split("</tr>")[0]
+    assert f">v{version}<" in challenger_row
+    drift = html.split('data-check="drift"')[1].split("data-check=")[0]
+    assert "drift detected" in drift and "badge bad" in drift
+    validation = html.split('data-check="validation"')[1].split("</div>\n  </div>")[0]
+    assert "passed" in validation and "badge ok" in validation
+    # Links to MLflow (the tracking server is HTTP, so its UI is linked).
+    assert f"/#/models/{name}/versions/{version}" in html
+    assert (
+        f"/#/experiments/{registered_model['experiment_id']}/runs/{registered_model['run_id']}"
+        in html
+    )
+    # Alias history written by the registry functions: challenger set, then promotion.
+    history = html.split("Alias history")[1]
+    assert "promote" in history and "set" in history and "better f1 than the champion" in history
+    # The promotion lock (a registered model of its own) is not listed as a model.
+    assert ".mlops-lock" not in html
+
+
+def test_ui_cookie_login_works_and_json_matches(
+    api: object, token: str, registered_model: dict[str, str]
+) -> None:
+    """The UI's iframe sends the ``_token`` cookie, not a bearer header."""
+    response = api.get("/mlops/api/models", cookies={"_token": token})  # type: ignore[attr-defined]
+    assert response.status_code == 200, response.text
+    models = {m["name"]: m for m in response.json()["models"]}
+    model = models[registered_model["name"]]
+    champion = next(v for v in model["versions"] if v["alias"] == "champion")
+    assert champion["version"] == registered_model["version"]
+    assert champion["metrics"] == {"accuracy": 0.9312, "f1": 0.9021}
+    assert model["checks"]["drift"]["run_id"] == registered_model["drift_run_id"]
+    assert model["checks"]["validation"]["model_version"] == registered_model["version"]
+    assert [e["action"] for e in model["history"]] == ["promote", "set"]
+
+
+def test_reports_are_served_sandboxed_from_recorded_uris(
+    api: object, token: str, registered_model: dict[str, str]
+) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    drift = api.get(f"/mlops/reports/runs/{registered_model['drift_run_id']}/drift", headers=auth)  # type: ignore[attr-defined]
+    assert drift.status_code == 200, drift.text
+    assert "<h1>Drift report</h1>" in drift.text
+    assert drift.headers["content-type"].startswith("text/html")
+    assert drift.headers["content-security-policy"].startswith("sandbox")
+    path = f"/mlops/reports/models/{registered_model['name']}/versions/{registered_model['version']}/validation"
+    validation = api.get(path, headers=auth)  # type: ignore[attr-defined]
+    assert validation.status_code == 200, validation.text
+    assert validation.json()["evaluated_expectations"] == 7
+    # A kind nobody recorded is a clean 404, not an error page.
+    missing = api.get(
+        f"/mlops/reports/runs/{registered_model['drift_run_id']}/validation", headers=auth
+    )  # type: ignore[attr-defined]
+    assert missing.status_code == 404
+
+
+def test_nav_entry_is_registered(api: object, token: str) -> None:
+    response = api.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    assert response.status_code == 200, response.text
+    plugins = {p["name"]: p for p in response.json()["plugins"]}
+    views = plugins["mlops"]["external_views"]
+    assert [(v["name"], v["href"], v["url_route"]) for v in views] == [
+        ("MLOps", "/mlops/", "mlops")
+    ]
+
+
+def test_page_says_why_when_mlflow_is_unreachable(
+    api: object, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = json.dumps(
+        {
+            "conn_type": "mlflow",
+            "host": "http://127.0.0.1:9",
+            "extra": {"timeout": 2, "max_retries": 0},
+        }
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", dead)
+    response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    assert response.status_code == 502
+    assert "Could not read the MLflow registry" in response.text
+    assert "127.0.0.1:9" in response.text
+
+
+def test_plugin_module_is_import_light() -> None:
+    """Scheduler and workers import plugins: no MLflow, pandas or Airflow API security."""
+    import subprocess
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import airflow_mlops.plugins.mlops_page
+        heavy = ("mlflow", "pandas", "numpy", "airflow.api_fastapi.core_api.security")
+        print([m for m in heavy if m in sys.modules])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- the operators' own conventions: drift reports on the champion's run, validation in Airflow
+
+
+@pytest.fixture
+def pipeline_model(
+    mlflow_conn: str, mlflow_server: str, tmp_path: Path, run_dag: object
+) -> dict[str, str]:
+    """A champion trained by DAG ``ct_<model>`` whose validation task really ran in Airflow,
+    with two drift reports attached to its run the way ``DriftReportOperator`` attaches them.
+    """
+    import mlflow
+    from airflow.sdk import DAG
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import Actor, promote_to_champion, register_version
+    from airflow_mlops.operators.validation import DataValidationOperator
+
+    name = f"pipe_{uuid.uuid4().hex[:6]}"
+    dag_id = f"ct_{name}"
+    data = tmp_path / "batch.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    suite = {
+        "name": "plugin_test",
+        "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}},
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "x", "min_value": 0, "max_value": 100},
+            },
+        ],
+    }
+    with DAG(dag_id=dag_id, schedule=None) as dag:
+        DataValidationOperator(
+            task_id="validate",
+            data_uri=str(data),
+            suite=suite,
+            report_uri=str(tmp_path / "gx_result.json"),
+        )
+    dag_run = run_dag(dag)  # type: ignore[operator]
+    assert str(dag_run.state) == "success"
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"exp_{name}")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metrics({"holdout_rmse": 3.25, "holdout_r2": 0.81})
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[])
+    context = RunContext(
+        dag_id=dag_id, run_id="scheduled__2026-01-01T00:00:00+00:00", task_id="register"
+    )
+    version = register_version(
+        client, name, info.model_uri, context=context, run_id=run.info.run_id
+    )
+    promote_to_champion(
+        client,
+        name,
+        version.version,
+        evaluated_champion=None,
+        actor=Actor(reason="first", context=context),
+    )
+    # Drift reports as DriftReportOperator attaches them: the newer one says "no drift".
+    for run_folder, drifted in (
+        ("scheduled__2026-01-01T00_00_00_00_00", True),
+        ("scheduled__2026-02-01T00_00_00_00_00", False),
+    ):
+        folder = f"monitoring/drift/monitor_{name}/{run_folder}/drift"
+        summary = {
+            "dataset": {
+                "drifted": drifted,
+                "drifted_columns": 2 if drifted else 0,
+                "tested_columns": 3,
+            }
+        }
+        client.log_dict(run.info.run_id, summary, f"{folder}/drift_summary.json")
+        client.log_text(
+            run.info.run_id,
+            f"<html><h1>Drift {run_folder}</h1></html>",
+            f"{folder}/drift_report.html",
+        )
+    signal = {"at": "2026-01-01T00:05:00+00:00", "reason": "data drift: 2/3 columns drifted"}
+    client.set_registered_model_tag(name, "mlops.last_retrain_signal", json.dumps(signal))
+    return {"name": name, "dag_id": dag_id, "run_id": run.info.run_id, "dag_run_id": dag_run.run_id}
+
+
+def test_page_reads_the_operators_reports_and_airflow_validation(
+    api: object, token: str, pipeline_model: dict[str, str]
+) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    response = api.get("/mlops/api/models", headers=auth)  # type: ignore[attr-defined]
+    assert response.status_code == 200, response.text
+    model = {m["name"]: m for m in response.json()["models"]}[pipeline_model["name"]]
+    assert model["lineage_dag_ids"] == [pipeline_model["dag_id"]]
+    drift = model["checks"]["drift"]
+    assert (drift["verdict"], drift["ok"]) == ("no drift", True)  # the newest report wins
+    assert drift["at"] == "2026-02-01T00:00:00+00:00"
+    assert drift["detail"] == "0/3 columns drifted"
+    assert drift["report_artifact"].endswith(
+        "scheduled__2026-02-01T00_00_00_00_00/drift/drift_report.html"
+    )
+    assert model["retrain_signal"]["reason"] == "data drift: 2/3 columns drifted"
+    validation = model["checks"]["validation"]
+    assert (validation["verdict"], validation["ok"]) == ("passed", True)
+    assert validation["airflow_task"]["dag_id"] == pipeline_model["dag_id"]
+    assert validation["airflow_task"]["run_id"] == pipeline_model["dag_run_id"]
+    assert validation["detail"].startswith("0 of ")
+
+    html = api.get("/mlops/", headers=auth).text  # type: ignore[attr-defined]
+    card = html.split(f'data-model="{pipeline_model["name"]}"')[1].split("</section>")[0]
+    assert f"/dags/{pipeline_model['dag_id']}/runs/" in card and "/tasks/validate" in card
+    assert "last retrain signal" in card
+    # Both report links work: the MLflow artifact and the report recorded in the task's XCom.
+    links = re.findall(r'href="(/mlops/reports/[^"]+)"', card)
+    assert len(links) == 2, links
+    bodies = {link: api.get(link.replace("&amp;", "&"), headers=auth) for link in links}  # type: ignore[attr-defined]
+    for link, body in bodies.items():
+        assert body.status_code == 200, (link, body.text)
+        assert body.headers["content-security-policy"].startswith("sandbox")
+    texts = " ".join(b.text for b in bodies.values())
+    assert "Drift scheduled__2026-02-01" in texts
+    assert '"success": true' in texts or '"success":true' in texts
+
+
+def test_report_route_serves_reports_only(
+    api: object, token: str, pipeline_model: dict[str, str]
+) -> None:
+    from airflow_mlops.plugins.model_overview import is_report_artifact
+
+    auth = {"Authorization": f"Bearer {token}"}
+    model_file = api.get(
+        f"/mlops/reports/runs/{pipeline_model['run_id']}/artifacts/model/MLmodel", headers=auth
+    )  # type: ignore[attr-defined]
+    assert model_file.status_code == 404
+    assert not is_report_artifact("monitoring/../model/MLmodel")
+    assert not is_report_artifact("/etc/passwd")
+    assert is_report_artifact("monitoring/drift/d/r/t/drift_report.html")
