@@ -13,6 +13,7 @@ embedded default: bundled data and a local MLflow store under ``.demo/``. Four s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -64,8 +65,42 @@ def load_dags() -> dict:
 
 
 def run(dag, **conf):
-    """dag.test() of a DAG that the DAG processor would find in dags/ (it is serialized there)."""
-    return dag.test(run_conf=conf or None)
+    """dag.test() of a DAG that the DAG processor would find in dags/ (it is serialized there).
+
+    Airflow's task logs go to .demo/airflow-tasks.log so the demo prints only its own lines.
+    """
+    with output_to_log():
+        return dag.test(run_conf=conf or None)
+
+
+@contextlib.contextmanager
+def output_to_log():
+    """Send this process's stdout/stderr (Airflow's structured logs) to the demo log file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(DEMO / "airflow-tasks.log", "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def unpause(*dags) -> None:
+    """What a user does in the UI: a paused DAG is not scheduled on its Assets."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for dag in dags:
+            session.query(DagModel).filter_by(dag_id=dag.dag_id).update({"is_paused": False})
 
 
 def champion_version(model: str) -> str:
@@ -73,7 +108,7 @@ def champion_version(model: str) -> str:
 
     from airflow_mlops.hooks.mlflow import MlflowHook
 
-    with MlflowHook().session() as client:
+    with output_to_log(), MlflowHook().session() as client:
         try:
             return str(client.get_model_version_by_alias(model, "champion").version)
         except MlflowException:
@@ -81,16 +116,21 @@ def champion_version(model: str) -> str:
 
 
 def summary_of(dag_run) -> dict:
-    from airflow.models import XComModel
+    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = (
             session.query(XComModel)
-            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id="summary")
+            .filter_by(
+                dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id="summary", key="return_value"
+            )
             .first()
         )
-        return dict(row.value) if row is not None and isinstance(row.value, dict) else {}
+        if row is None:
+            return {}
+        value = XComModel.deserialize_value(row)
+        return value if isinstance(value, dict) else {}
 
 
 def retrain_signals(model: str) -> tuple[int, int]:
@@ -134,6 +174,7 @@ def main() -> int:
 
     print("1/4 first training on the reference batch ...", flush=True)
     scene("first training", run(ct, train_uri=land("reference")))
+    unpause(ct, monitor)
 
     print("2/4 a clean batch lands: retrain and evaluate against the champion ...", flush=True)
     scene("clean batch", run(ct, train_uri=land("reference", "clean")))
@@ -141,8 +182,9 @@ def main() -> int:
     print("3/4 a drifted batch arrives: monitoring ...", flush=True)
     monitor_run = run(monitor, current_uri=str(DATA / "drifted.parquet"))
     events, queued = retrain_signals(model)
-    drift_reason = f"drift detected; retrain Asset events={events}, CT runs queued={queued}"
-    rows.append(("drift check", str(monitor_run.state), champion_version(model), drift_reason))
+    verdict = "drift detected" if events else f"no drift ({monitor_run.state})"
+    drift_reason = f"retrain Asset events={events}, CT runs queued by it={queued}"
+    rows.append(("drift check", verdict, champion_version(model), drift_reason))
     print(f"      {drift_reason}", flush=True)
     if queued:
         print("      running the CT DAG that the retrain Asset queued ...", flush=True)
@@ -171,6 +213,7 @@ def print_where_to_look(elapsed: float) -> None:
     home = Path(os.environ["AIRFLOW_HOME"])
     print(
         f"\nDone in {elapsed:.0f}s.\n"
+        f"  Airflow task logs: {DEMO / 'airflow-tasks.log'}\n"
         f"  reports (validation, drift HTML, decisions): {home / 'mlops_artifacts'}\n"
         f"  MLflow store: {home / 'mlflow' / 'mlflow.db'} (artifacts in {home / 'mlflow' / 'artifacts'})\n"
         f"  MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}"

@@ -74,17 +74,17 @@ def summarize_run(
 
 
 def _failed_expectations(validation: dict[str, Any]) -> str:
-    failed = validation.get("failed_expectations") or []
-    parts = [
-        f"{f.get('expectation_type') or f.get('type')}({f.get('column') or ''})" for f in failed[:5]
-    ]
-    return ", ".join(parts) or "see the validation report"
+    failures = validation.get("failures") or []
+    parts = [f"{f.get('expectation')}({f.get('column') or ''})" for f in failures[:5]]
+    count = validation.get("failed_expectations")
+    more = f" ({count} failed)" if isinstance(count, int) and count > len(parts) else ""
+    return (", ".join(parts) or "see the validation report") + more
 
 
 def _detail(step: str, result: Any) -> str:
     if not isinstance(result, dict):
         return ""
-    for key in ("reason", "message", "model_uri", "version"):
+    for key in ("reason", "outcome", "message", "model_uri", "version"):
         if result.get(key):
             return str(result[key])[:200]
     return ""

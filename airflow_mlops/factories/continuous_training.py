@@ -12,11 +12,20 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from airflow_mlops.assets import champion_asset, retrain_asset
+from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH
 from airflow_mlops.factories.config import PipelineConfig, load_config
 
-CT_STEPS = ("detect_changes", "validate", "train", "evaluate", "register", "approve", "promote")
+CT_STEPS = (
+    "detect_changes",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    "approve_promotion",
+    "approval_gate",
+    "promote",
+)
 MONITOR_STEPS = ("drift", "decay")
 
 
@@ -114,8 +123,7 @@ def _single_model_chain(
 ) -> Any:
     """Wire the per-model steps; returns the last task so callers can attach more."""
     from airflow_mlops.operators.changes import DetectChangesOperator
-    from airflow_mlops.operators.evaluation import EvaluateModelOperator
-    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+    from airflow_mlops.operators.registry import promotion_tasks
     from airflow_mlops.operators.training import TrainModelOperator
     from airflow_mlops.operators.validation import DataValidationOperator
 
@@ -149,7 +157,7 @@ def _single_model_chain(
         exclude=config.data.exclude or None,
         estimator=training.estimator,
         estimator_params=training.params,
-        task=training.task,
+        task=config.task,
         holdout_fraction=training.holdout_fraction,
         seed=training.seed,
         time_column=training.time_column,
@@ -157,50 +165,33 @@ def _single_model_chain(
         extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
         **conns,
     )
-    evaluate = EvaluateModelOperator(
-        task_id="evaluate",
+    chain.append(train)
+    for upstream, downstream in itertools.pairwise(chain):
+        upstream >> downstream
+    promotion = promotion_tasks(
         training_result=train.output,
+        policy=config.promotion_policy.model_dump(mode="json", exclude_none=True),
         model_name=model,
-        policy=config.promotion_policy.model_dump(mode="json"),
         slices=config.evaluation.slices or None,
+        approval=config.promotion.approval,
+        promote_kwargs={"serving_check": config.promotion.serving_check},
         **conns,
     )
-    register = RegisterModelOperator(
-        task_id="register",
-        training_result=train.output,
-        model_name=model,
-        **conns,
-    )
-    chain += [train, evaluate, register]
-    if config.promotion.approval == "manual":
-        from airflow_mlops.operators.registry import approval_operator
-
-        chain.append(approval_operator(task_id="approve", model_name=model))
-    promote = PromoteModelOperator(
-        task_id="promote",
-        model_name=model,
-        evaluation_result=evaluate.output,
-        registration_result=register.output,
-        serving_check=config.promotion.serving_check,
-        outlets=[champion_asset(model)],
-        **conns,
-    )
-    chain.append(promote)
+    train >> promotion.evaluate
+    last: Any = promotion.promote
     if config.data.inference_uri and config.data.predictions_uri:
         from airflow_mlops.operators.prediction import BatchPredictionOperator
 
-        chain.append(
-            BatchPredictionOperator(
-                task_id="predict",
-                input_uri=config.data.inference_uri,
-                output_uri=config.data.predictions_uri,
-                model_name=model,
-                **conns,
-            )
+        predict = BatchPredictionOperator(
+            task_id="predict",
+            input_uri=config.data.inference_uri,
+            output_uri=config.data.predictions_uri,
+            model_name=model,
+            **conns,
         )
-    for upstream, downstream in itertools.pairwise(chain):
-        upstream >> downstream
-    return chain[-1]
+        last >> predict
+        last = predict
+    return last
 
 
 def _summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:
@@ -210,7 +201,7 @@ def _summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:
     """
     steps = [*CT_STEPS, "predict"]
 
-    @task(task_id="summary", trigger_rule="all_done", retries=0)
+    @task(task_id="summary", trigger_rule="all_done", retries=0, multiple_outputs=False)
     def summary(model_name: str, **context: Any) -> dict[str, Any]:
         return _summarize(context, model_name, steps, prefix)
 
@@ -247,6 +238,8 @@ def _summarize(
     print(_format_summary(summary))
     failed = [step for step, state in states.items() if state in {"failed", "upstream_failed"}]
     if failed:
+        # Keep the summary inspectable even though the task fails.
+        ti.xcom_push(key="return_value", value=summary)
         # The summary runs on all_done; without this the run would end green.
         raise AirflowFailException(
             f"{model}: {summary['outcome']} ({', '.join(failed)} failed): {summary['reason']}"

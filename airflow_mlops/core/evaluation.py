@@ -1,0 +1,454 @@
+"""Score a challenger and the current champion on the same holdout, then apply the policy.
+
+The holdout is the one recorded by training (``mlops.holdout.uri`` on the challenger's
+run) and must still hash to ``mlops.holdout.sha256``: if the file changed, the comparison
+would not be on the rows the training metrics describe, so a mismatch is an error, not a
+warning. Both models are loaded from the registry by ``models:/`` URIs only (the logged
+model ``models:/m-<id>`` for the challenger, ``models:/<name>/<version>`` for the champion,
+the alias resolved to its version first so the record names exactly what was scored) and
+both are scored with the same :mod:`airflow_mlops.core.metrics` functions as training.
+
+The result is a JSON-safe decision record (policy verdict, both models' metrics, per-slice
+metrics, every rule with its values) that is logged as an MLflow artifact on the
+challenger's run and returned to the operator for XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
+from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
+from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
+from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
+from airflow_mlops.core.storage import Storage, TableRead
+from airflow_mlops.core.training import (
+    TAG_FEATURES,
+    TAG_HOLDOUT_SHA256,
+    TAG_HOLDOUT_URI,
+    TAG_MODEL_NAME,
+    TAG_MODEL_URI,
+    TAG_TARGET,
+    TAG_TASK,
+)
+
+log = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+DECISION_ARTIFACT = "mlops/decision.json"
+TAG_DECISION_PROMOTE = "mlops.decision.promote"
+TAG_DECISION_REASON = "mlops.decision.reason"
+TAG_DECISION_CHAMPION = "mlops.decision.champion_version"
+_RUN_TAG_VALUE_LIMIT = 5000  # stay well under MLflow's run tag limit (8000)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """Where the challenger comes from: its training run, logged model and lineage facts."""
+
+    run_id: str
+    model_uri: str
+    holdout_uri: str
+    holdout_sha256: str
+    task: str
+    target: str
+    features: list[str] | None
+    model_name: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model_uri": self.model_uri,
+            "task": self.task,
+            "target": self.target,
+            "features": self.features,
+        }
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registered version that held the champion alias when it was resolved."""
+
+    name: str
+    version: str
+    run_id: str | None
+
+    @property
+    def model_uri(self) -> str:
+        return model_uri_for(self.name, version=self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "model_uri": self.model_uri, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """Metrics of one model on the holdout, overall and per slice (None: empty slice)."""
+
+    metrics: dict[str, float]
+    slices: dict[str, dict[str, float] | None]
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def challenger_from_training(
+    client: MlflowClient, training_result: Mapping[str, Any]
+) -> Challenger:
+    """Read the challenger's lineage from its training run; the run's tags are the truth.
+
+    ``training_result`` is the XCom of the training task (at least ``run_id``). When it also
+    carries ``model_uri``/``holdout_uri``/``holdout_sha256`` they must agree with the run's
+    tags: a disagreement means the XCom and MLflow describe different models.
+    """
+    if not isinstance(training_result, Mapping) or not training_result.get("run_id"):
+        raise ConfigError(
+            "training_result must be the training task's result, a mapping with at least "
+            f"'run_id'; got {training_result!r}"
+        )
+    run_id = str(training_result["run_id"])
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise DataError(f"training run {run_id} cannot be read from MLflow: {err}") from err
+    tags = run.data.tags
+    recorded = {
+        "model_uri": tags.get(TAG_MODEL_URI) or training_result.get("model_uri"),
+        "holdout_uri": tags.get(TAG_HOLDOUT_URI),
+        "holdout_sha256": tags.get(TAG_HOLDOUT_SHA256),
+        "target": tags.get(TAG_TARGET),
+        "task": tags.get(TAG_TASK) or training_result.get("task"),
+    }
+    missing = [
+        tag
+        for tag, key in (
+            (TAG_MODEL_URI, "model_uri"),
+            (TAG_HOLDOUT_URI, "holdout_uri"),
+            (TAG_HOLDOUT_SHA256, "holdout_sha256"),
+            (TAG_TARGET, "target"),
+            (TAG_TASK, "task"),
+        )
+        if not recorded[key]
+    ]
+    if missing:
+        raise DataError(
+            f"training run {run_id} lacks the lineage tags {missing}: evaluation cannot know "
+            "which holdout to score on (was it logged by TrainModelOperator?)"
+        )
+    for key in ("model_uri", "holdout_uri", "holdout_sha256"):
+        given = training_result.get(key)
+        if given and str(given) != recorded[key]:
+            raise DataError(
+                f"training_result[{key!r}] is {given!r} but run {run_id} records "
+                f"{recorded[key]!r}: the XCom and MLflow disagree, refusing to evaluate"
+            )
+    parse_model_uri(recorded["model_uri"])  # only registry URIs load
+    return Challenger(
+        run_id=run_id,
+        model_uri=recorded["model_uri"],
+        holdout_uri=recorded["holdout_uri"],
+        holdout_sha256=recorded["holdout_sha256"],
+        task=validate_task(recorded["task"]),
+        target=recorded["target"],
+        features=_features_from_tags(tags),
+        model_name=tags.get(TAG_MODEL_NAME) or training_result.get("model_name"),
+    )
+
+
+def _features_from_tags(tags: Mapping[str, str]) -> list[str] | None:
+    raw = tags.get(TAG_FEATURES)
+    if not raw:
+        return None
+    try:
+        features = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return [str(f) for f in features] if isinstance(features, list) else None
+
+
+def load_holdout(storage: Storage, challenger: Challenger) -> TableRead:
+    """Read the recorded holdout and check its hash against the one training recorded."""
+    table = storage.read_table(challenger.holdout_uri)
+    if table.sha256 != challenger.holdout_sha256:
+        raise DataError(
+            f"holdout {challenger.holdout_uri} has sha256 {table.sha256} but training run "
+            f"{challenger.run_id} recorded {TAG_HOLDOUT_SHA256}={challenger.holdout_sha256}: "
+            "the file changed since training, so the champion and challenger cannot be "
+            "compared on the rows the training metrics describe"
+        )
+    if challenger.target not in table.frame.columns:
+        raise DataError(
+            f"holdout {challenger.holdout_uri} has no target column {challenger.target!r} "
+            f"(columns: {table.columns})"
+        )
+    if table.rows == 0:
+        raise DataError(f"holdout {challenger.holdout_uri} has no rows")
+    return table
+
+
+def resolve_champion(
+    client: MlflowClient, model_name: str, alias: str = CHAMPION_ALIAS
+) -> Champion | None:
+    """The version holding ``alias`` now, or None (no registered model, or no alias yet)."""
+    version = current_alias_version(client, model_name, alias)
+    if version is None:
+        return None
+    mv = client.get_model_version(model_name, version)
+    return Champion(name=model_name, version=str(mv.version), run_id=mv.run_id or None)
+
+
+def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """Version number (str) that ``alias`` points at, or None; one registry read.
+
+    Reads the registered model's alias map rather than ``get_model_version_by_alias``, whose
+    error for a missing alias (INVALID_PARAMETER_VALUE) cannot be told apart from a real
+    invalid request.
+    """
+    try:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = (registered.aliases or {}).get(alias)
+    return None if version is None else str(version)
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+def load_model_for_scoring(model_uri: str) -> tuple[Any, Any]:
+    """Load a model by registry URI; the sklearn flavour when present (for probabilities).
+
+    Returns ``(model, model_info)``. Any other flavour loads through ``mlflow.pyfunc`` and
+    yields predictions only (no ``roc_auc``/``log_loss``).
+    """
+    import mlflow
+
+    uri = parse_model_uri(model_uri).uri
+    try:
+        info = mlflow.models.get_model_info(uri)
+        if "sklearn" in (info.flavors or {}):
+            return mlflow.sklearn.load_model(uri), info
+        return mlflow.pyfunc.load_model(uri), info
+    except MlflowException as err:
+        raise DataError(f"model {uri} cannot be loaded from the registry: {err}") from err
+
+
+def input_columns(info: Any, fallback: Sequence[str] | None) -> list[str] | None:
+    """Column names the model's signature expects, else ``fallback``."""
+    signature = getattr(info, "signature", None)
+    if signature is not None and signature.inputs is not None:
+        try:
+            names = signature.inputs.input_names()
+        except Exception:  # tensor signatures have no column names
+            names = None
+        if names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return list(fallback) if fallback else None
+
+
+def model_input(
+    frame: pd.DataFrame, columns: Sequence[str] | None, target: str, label: str
+) -> pd.DataFrame:
+    """The holdout's feature columns for one model; missing columns are an error."""
+    if columns is None:
+        return frame.drop(columns=[target])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{label} needs columns {missing} that the holdout does not have: it cannot be "
+            "scored on the same rows as the other model"
+        )
+    return frame[list(columns)]
+
+
+def slice_masks(
+    frame: pd.DataFrame, slices: Mapping[str, Sequence[Any]] | None
+) -> dict[str, np.ndarray]:
+    """``{"column=value": boolean mask}`` for each requested slice value."""
+    masks: dict[str, np.ndarray] = {}
+    for column, values in (slices or {}).items():
+        if column not in frame.columns:
+            raise ConfigError(
+                f"slices: column {column!r} is not in the holdout (columns: {list(frame.columns)})"
+            )
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise ConfigError(f"slices[{column!r}] must be a list of values, got {values!r}")
+        series = frame[column]
+        for value in values:
+            mask = (series == value).to_numpy()
+            if not mask.any():
+                # Values from JSON/YAML arrive as text; compare as text before giving up.
+                mask = (series.astype(str) == str(value)).to_numpy()
+            masks[f"{column}={value}"] = mask
+    return masks
+
+
+def score_model(
+    model: Any,
+    X: pd.DataFrame,
+    y: pd.Series,
+    task: str,
+    masks: Mapping[str, np.ndarray],
+) -> ModelScore:
+    """Predict once, then compute overall and per-slice metrics from the same predictions."""
+    y_pred, y_score = predict_for_metrics(model, X, task)
+    y_true = y.to_numpy()
+    metrics = compute_metrics(task, y_true, y_pred, y_score)
+    per_slice: dict[str, dict[str, float] | None] = {}
+    for name, mask in masks.items():
+        if not mask.any():
+            per_slice[name] = None
+            continue
+        per_slice[name] = compute_metrics(
+            task, y_true[mask], y_pred[mask], None if y_score is None else y_score[mask]
+        )
+    return ModelScore(metrics=metrics, slices=per_slice)
+
+
+# -- the whole evaluation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A decision and its full record (JSON-safe)."""
+
+    record: dict[str, Any]
+
+    @property
+    def promote(self) -> bool:
+        return bool(self.record["promote"])
+
+    @property
+    def champion_version(self) -> str | None:
+        champion = self.record.get("champion")
+        return None if champion is None else champion["version"]
+
+
+def evaluate_challenger(
+    client: MlflowClient,
+    storage: Storage,
+    challenger: Challenger,
+    *,
+    model_name: str,
+    policy: PromotionPolicy | Mapping[str, Any] | str,
+    slices: Mapping[str, Sequence[Any]] | None = None,
+    champion_alias: str = CHAMPION_ALIAS,
+    champion: Champion | str | None = "resolve",
+) -> Evaluation:
+    """Score the challenger and the champion on the recorded holdout and decide.
+
+    ``champion="resolve"`` reads the alias now; pass a :class:`Champion` (or None) to score
+    against a specific version, as promotion does when the alias moved since evaluation.
+    """
+    policy = parse_policy(policy)
+    holdout = load_holdout(storage, challenger)
+    frame = holdout.frame
+    y = frame[challenger.target]
+    masks = slice_masks(frame, slices)
+    if champion == "resolve":
+        champion = resolve_champion(client, model_name, champion_alias)
+
+    model, info = load_model_for_scoring(challenger.model_uri)
+    X = model_input(
+        frame,
+        input_columns(info, challenger.features),
+        challenger.target,
+        f"challenger {challenger.model_uri}",
+    )
+    challenger_score = score_model(model, X, y, challenger.task, masks)
+
+    champion_score = None
+    if champion is not None:
+        champion_model, champion_info = load_model_for_scoring(champion.model_uri)
+        fallback = _champion_features(client, champion)
+        X_b = model_input(
+            frame,
+            input_columns(champion_info, fallback),
+            challenger.target,
+            f"champion {champion.model_uri}",
+        )
+        champion_score = score_model(champion_model, X_b, y, challenger.task, masks)
+
+    slice_metrics = None
+    if masks:
+        slice_metrics = {
+            name: {
+                "rows": int(mask.sum()),
+                "challenger": challenger_score.slices[name],
+                "champion": None if champion_score is None else champion_score.slices[name],
+            }
+            for name, mask in masks.items()
+        }
+    decision = decide(
+        challenger_score.metrics,
+        None if champion_score is None else champion_score.metrics,
+        policy,
+        slice_metrics,
+    )
+    record = decision.to_record()
+    record.update(
+        {
+            "model_name": model_name,
+            "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "challenger": challenger.to_dict(),
+            "champion": None if champion is None else champion.to_dict(),
+            "champion_alias": champion_alias,
+            "holdout": holdout.lineage(),
+            "slices": None if not slices else {k: list(v) for k, v in slices.items()},
+        }
+    )
+    return Evaluation(record=json.loads(json.dumps(record, default=str)))
+
+
+def _champion_features(client: MlflowClient, champion: Champion) -> list[str] | None:
+    """The champion's training features, from its run's tags (when its signature has none)."""
+    if not champion.run_id:
+        return None
+    try:
+        return _features_from_tags(client.get_run(champion.run_id).data.tags)
+    except MlflowException:
+        return None
+
+
+def log_record(
+    client: MlflowClient, run_id: str, record: Mapping[str, Any], artifact_file: str
+) -> str:
+    """Log ``record`` as a JSON artifact on ``run_id`` (overwrites on retry); return its URI."""
+    try:
+        client.log_dict(run_id, dict(record), artifact_file)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+    except MlflowException as err:
+        raise MlflowConnectionError(
+            f"could not store {artifact_file} on MLflow run {run_id}: {err}"
+        ) from err
+    return f"{artifact_uri.rstrip('/')}/{artifact_file}"
+
+
+def tag_decision(client: MlflowClient, run_id: str, record: Mapping[str, Any]) -> None:
+    """Searchable summary of the decision on the challenger's run."""
+    from mlflow.entities import RunTag
+
+    champion = record.get("champion") or {}
+    tags = [
+        RunTag(TAG_DECISION_PROMOTE, str(bool(record["promote"])).lower()),
+        RunTag(TAG_DECISION_REASON, str(record["reason"])[:_RUN_TAG_VALUE_LIMIT]),
+        RunTag(TAG_DECISION_CHAMPION, str(champion.get("version") or "none")),
+    ]
+    client.log_batch(run_id, tags=tags)
+
+
+def xcom_summary(record: Mapping[str, Any], artifact_uri: str) -> dict[str, Any]:
+    """The evaluation XCom: the decision record plus where it is stored."""
+    return {**record, "decision_artifact_uri": artifact_uri}

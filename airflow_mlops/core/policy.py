@@ -1,0 +1,624 @@
+"""Promotion policy: readable rules that decide whether a challenger replaces the champion.
+
+The policy is data (a pydantic model a user writes in YAML or a DAG), and :func:`decide`
+is a pure function of two metric dictionaries and that policy. Nothing here touches
+MLflow, files or Airflow, so every rule is unit-testable and the same inputs always give
+the same decision record.
+
+Semantics (also in ``docs/operators/evaluation-and-promotion.md``):
+
+- **Value thresholds** ``{metric: {lower, upper}}``: the challenger's value must lie in
+  ``[lower, upper]`` (inclusive; either bound may be omitted).
+- **Change thresholds** ``{metric: {direction, min_delta, min_relative_delta}}`` compare
+  the challenger ``c`` with the champion ``b`` on the same rows. ``direction`` says which
+  way is better. The *improvement* is ``c - b`` when higher is better, ``b - c`` when lower
+  is better. ``min_delta`` is the smallest accepted improvement: negative tolerates a
+  regression of that size, positive requires an improvement. ``min_relative_delta`` does the
+  same with ``improvement / |b|``; when ``b`` is exactly 0 that rule is *not applicable*.
+- **Slices**: when per-slice metrics are given, no slice may regress by more than
+  ``slice_rule.max_regression`` on the slice metrics (default: the change-threshold
+  metrics).
+- **First model** (no champion): change and slice rules are skipped; value thresholds
+  still apply.
+- **Missing metric**: any metric the policy names that is missing (or not finite) fails
+  closed.
+- **Exact tie**: when every metric the policy names is exactly equal for both models, the
+  challenger is not promoted unless ``promote_on_tie`` is true.
+
+Boundaries are inclusive up to ``float_tolerance`` (1e-9 by default) so that a tolerance of
+``-0.01`` accepts a drop from 0.86 to 0.85 despite binary floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from airflow_mlops.core.errors import ConfigError
+
+RECORD_SCHEMA_VERSION = 1
+
+PASS = "pass"
+FAIL = "fail"
+NOT_APPLICABLE = "not_applicable"
+Verdict = Literal["pass", "fail", "not_applicable"]
+
+# Which way is better for the metrics that core.metrics computes. Kept here (and checked
+# against core.metrics.HIGHER_IS_BETTER by a test) so that this module stays free of
+# numpy/sklearn and can validate a policy at DAG-parse time.
+KNOWN_HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "r2"})
+KNOWN_LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+
+
+class Direction(str, Enum):
+    """Which way a metric improves."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+def default_direction(metric: str) -> Direction | None:
+    """The usual direction of a standard metric name, or None when unknown."""
+    if metric in KNOWN_HIGHER_IS_BETTER:
+        return Direction.HIGHER
+    if metric in KNOWN_LOWER_IS_BETTER:
+        return Direction.LOWER
+    return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ValueThreshold(_Strict):
+    """Absolute bounds on the challenger's value, both inclusive."""
+
+    lower: float | None = Field(default=None, description="Smallest accepted value.")
+    upper: float | None = Field(default=None, description="Largest accepted value.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ValueThreshold:
+        if self.lower is None and self.upper is None:
+            raise ValueError("give at least one of 'lower' or 'upper'")
+        for name in ("lower", "upper"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"'{name}' must be a finite number, got {value}")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"'lower' ({self.lower}) is greater than 'upper' ({self.upper})")
+        return self
+
+
+class ChangeThreshold(_Strict):
+    """How the challenger must compare with the champion on one metric.
+
+    ``min_delta``: smallest accepted improvement in the metric's own units (negative = a
+    tolerated regression, positive = a required improvement). ``min_relative_delta``: the
+    same as a fraction of ``|champion|``.
+    """
+
+    direction: Direction | None = Field(
+        default=None,
+        description="'higher' or 'lower' is better; defaults for standard metric names.",
+    )
+    min_delta: float | None = None
+    min_relative_delta: float | None = None
+
+    @model_validator(mode="after")
+    def _check_deltas(self) -> ChangeThreshold:
+        if self.min_delta is None and self.min_relative_delta is None:
+            raise ValueError("give at least one of 'min_delta' or 'min_relative_delta'")
+        for name in ("min_delta", "min_relative_delta"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"'{name}' must be a finite number, got {value}")
+        return self
+
+
+class SliceRule(_Strict):
+    """Per-slice no-regression, applied when slices are evaluated and a champion exists."""
+
+    enabled: bool = True
+    metrics: list[str] | None = Field(
+        default=None,
+        description="Metrics checked per slice; default: the change-threshold metrics.",
+    )
+    max_regression: float = Field(
+        default=0.0, ge=0.0, description="Largest accepted per-slice regression (metric units)."
+    )
+    min_rows: int = Field(
+        default=1, ge=1, description="Slices with fewer holdout rows are not applicable."
+    )
+
+
+class PromotionPolicy(_Strict):
+    """The full promotion policy. At least one value or change threshold is required."""
+
+    value_thresholds: dict[str, ValueThreshold] = Field(default_factory=dict)
+    change_thresholds: dict[str, ChangeThreshold] = Field(default_factory=dict)
+    slice_rule: SliceRule = Field(default_factory=SliceRule)
+    promote_on_tie: bool = False
+    float_tolerance: float = Field(default=1e-9, ge=0.0, le=1e-3)
+    directions: dict[str, Direction] = Field(
+        default_factory=dict,
+        description="Direction of custom metrics used by slice rules (standard names are known).",
+    )
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> PromotionPolicy:
+        if not self.value_thresholds and not self.change_thresholds:
+            # An empty policy would promote anything that loads: refuse it (fail closed).
+            raise ValueError(
+                "the policy has no rule: give at least one entry in 'value_thresholds' or "
+                "'change_thresholds'"
+            )
+        for metric, rule in self.change_thresholds.items():
+            if rule.direction is None and self._direction_or_none(metric) is None:
+                raise ValueError(
+                    f"change_thresholds.{metric}.direction is required: {metric!r} is not a "
+                    "standard metric name, say 'higher' or 'lower'"
+                )
+        for metric in self.slice_metrics():
+            if self.direction_of(metric, required=False) is None:
+                raise ValueError(
+                    f"slice_rule.metrics: direction of {metric!r} is unknown; add it to "
+                    "'directions' or to 'change_thresholds'"
+                )
+        return self
+
+    def _direction_or_none(self, metric: str) -> Direction | None:
+        return self.directions.get(metric) or default_direction(metric)
+
+    def direction_of(self, metric: str, *, required: bool = True) -> Direction | None:
+        """Direction of ``metric``: the change threshold's, else ``directions``, else standard."""
+        rule = self.change_thresholds.get(metric)
+        direction = (rule.direction if rule else None) or self._direction_or_none(metric)
+        if direction is None and required:
+            raise ConfigError(f"direction of metric {metric!r} is unknown")
+        return direction
+
+    def slice_metrics(self) -> list[str]:
+        if self.slice_rule.metrics is not None:
+            return list(self.slice_rule.metrics)
+        return list(self.change_thresholds)
+
+    def named_metrics(self) -> list[str]:
+        """Every metric the policy looks at, in a stable order (value rules first)."""
+        seen = dict.fromkeys([*self.value_thresholds, *self.change_thresholds])
+        return list(seen)
+
+
+def parse_policy(policy: PromotionPolicy | Mapping[str, Any] | str) -> PromotionPolicy:
+    """Build a policy from a model, a mapping or a JSON string; errors name the field."""
+    if isinstance(policy, PromotionPolicy):
+        return policy
+    if isinstance(policy, str):
+        try:
+            policy = json.loads(policy)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"policy is not valid JSON: {err}") from err
+    if not isinstance(policy, Mapping):
+        raise ConfigError(f"policy must be a mapping, got {type(policy).__name__}")
+    try:
+        return PromotionPolicy.model_validate(dict(policy))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"policy.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in err.errors()
+        )
+        raise ConfigError(f"invalid promotion policy: {problems}") from err
+
+
+# -- decision -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule applied to one metric (and optionally one slice), with its verdict."""
+
+    rule: str  # "value", "change.absolute", "change.relative", "slice", "tie"
+    metric: str
+    verdict: Verdict
+    detail: str
+    challenger: float | None = None
+    champion: float | None = None
+    threshold: float | None = None
+    observed: float | None = None  # the improvement or relative improvement compared
+    slice: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in _ALWAYS_KEYS}
+
+
+_ALWAYS_KEYS = frozenset({"rule", "metric", "verdict", "detail"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`decide` and everything needed to explain it."""
+
+    promote: bool
+    reason: str
+    first_model: bool
+    tie: bool
+    rules: tuple[RuleResult, ...]
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    policy: dict[str, Any]
+    slice_metrics: dict[str, Any] | None = field(default=None)
+
+    @property
+    def failed_rules(self) -> list[RuleResult]:
+        return [r for r in self.rules if r.verdict == FAIL]
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-safe decision record (``json.dumps`` works on it without ``default=``)."""
+        record = {
+            "schema_version": RECORD_SCHEMA_VERSION,
+            "promote": self.promote,
+            "outcome": "promote" if self.promote else "reject",
+            "reason": self.reason,
+            "first_model": self.first_model,
+            "tie": self.tie,
+            "challenger_metrics": _json_metrics(self.challenger_metrics),
+            "champion_metrics": (
+                None if self.champion_metrics is None else _json_metrics(self.champion_metrics)
+            ),
+            "rules": [r.to_dict() for r in self.rules],
+            "policy": self.policy,
+        }
+        if self.slice_metrics is not None:
+            record["slice_metrics"] = _json_safe(self.slice_metrics)
+        return record
+
+
+def decide(
+    challenger_metrics: Mapping[str, Any],
+    champion_metrics: Mapping[str, Any] | None,
+    policy: PromotionPolicy | Mapping[str, Any],
+    slice_metrics: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Decision:
+    """Apply ``policy`` to the challenger's and champion's metrics on the same holdout.
+
+    ``champion_metrics`` is None when there is no champion yet (first model).
+    ``slice_metrics`` maps a slice name (``"column=value"``) to
+    ``{"rows": int, "challenger": {metric: value}, "champion": {metric: value} | None}``.
+    """
+    policy = parse_policy(policy)
+    challenger = dict(challenger_metrics)
+    champion = None if champion_metrics is None else dict(champion_metrics)
+    first_model = champion is None
+
+    rules: list[RuleResult] = []
+    rules += _value_rules(challenger, policy)
+    if first_model:
+        rules += _skipped_change_rules(policy)
+    else:
+        rules += _change_rules(challenger, champion, policy)
+        if slice_metrics and policy.slice_rule.enabled:
+            rules += _slice_rules(slice_metrics, policy)
+
+    tie = (not first_model) and _is_exact_tie(challenger, champion, policy)
+    failed = [r for r in rules if r.verdict == FAIL]
+    if tie:
+        rules.append(_tie_rule(challenger, policy))
+    promote = not failed and (not tie or policy.promote_on_tie)
+    reason = _reason(promote, first_model, tie, rules, policy)
+    return Decision(
+        promote=promote,
+        reason=reason,
+        first_model=first_model,
+        tie=tie,
+        rules=tuple(rules),
+        challenger_metrics=challenger,
+        champion_metrics=champion,
+        policy=policy.model_dump(mode="json"),
+        slice_metrics=None if slice_metrics is None else dict(slice_metrics),
+    )
+
+
+def _number(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
+    """The metric as a finite float, or None when missing or not a finite number."""
+    if metrics is None or metric not in metrics or metrics[metric] is None:
+        return None
+    try:
+        value = float(metrics[metric])
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _missing(metric: str, who: str, metrics: Mapping[str, Any] | None) -> str:
+    if metrics is not None and metrics.get(metric) is not None:
+        return f"{metric} of the {who} is not a finite number ({metrics[metric]!r}): fail closed"
+    return f"metric {metric!r} is missing from the {who} metrics: fail closed"
+
+
+def _value_rules(challenger: dict[str, Any], policy: PromotionPolicy) -> list[RuleResult]:
+    results = []
+    tol = policy.float_tolerance
+    for metric, bounds in policy.value_thresholds.items():
+        value = _number(challenger, metric)
+        for bound_name, bound in (("lower", bounds.lower), ("upper", bounds.upper)):
+            if bound is None:
+                continue
+            rule = f"value.{bound_name}"
+            if value is None:
+                results.append(
+                    RuleResult(
+                        rule,
+                        metric,
+                        FAIL,
+                        _missing(metric, "challenger", challenger),
+                        threshold=bound,
+                    )
+                )
+                continue
+            ok = value >= bound - tol if bound_name == "lower" else value <= bound + tol
+            relation = (">=" if ok else "<") if bound_name == "lower" else ("<=" if ok else ">")
+            detail = f"{metric} {_fmt(value)} {relation} {bound_name} bound {_fmt(bound)}"
+            results.append(
+                RuleResult(
+                    rule, metric, PASS if ok else FAIL, detail, challenger=value, threshold=bound
+                )
+            )
+    return results
+
+
+def _skipped_change_rules(policy: PromotionPolicy) -> list[RuleResult]:
+    results = []
+    for metric, rule in policy.change_thresholds.items():
+        for kind, threshold in (
+            ("change.absolute", rule.min_delta),
+            ("change.relative", rule.min_relative_delta),
+        ):
+            if threshold is not None:
+                results.append(
+                    RuleResult(
+                        kind,
+                        metric,
+                        NOT_APPLICABLE,
+                        "first model: no champion to compare with",
+                        threshold=threshold,
+                    )
+                )
+    return results
+
+
+def _improvement(challenger: float, champion: float, direction: Direction) -> float:
+    return challenger - champion if direction == Direction.HIGHER else champion - challenger
+
+
+def _change_rules(
+    challenger: dict[str, Any], champion: dict[str, Any], policy: PromotionPolicy
+) -> list[RuleResult]:
+    results = []
+    tol = policy.float_tolerance
+    for metric, rule in policy.change_thresholds.items():
+        direction = policy.direction_of(metric)
+        c_value, b_value = _number(challenger, metric), _number(champion, metric)
+        checks = [
+            ("change.absolute", rule.min_delta),
+            ("change.relative", rule.min_relative_delta),
+        ]
+        for kind, threshold in checks:
+            if threshold is None:
+                continue
+            if c_value is None or b_value is None:
+                who, metrics = (
+                    ("challenger", challenger) if c_value is None else ("champion", champion)
+                )
+                results.append(
+                    RuleResult(
+                        kind,
+                        metric,
+                        FAIL,
+                        _missing(metric, who, metrics),
+                        challenger=c_value,
+                        champion=b_value,
+                        threshold=threshold,
+                    )
+                )
+                continue
+            improvement = _improvement(c_value, b_value, direction)
+            better = f"{direction.value} is better"
+            if kind == "change.absolute":
+                ok = improvement >= threshold - tol
+                detail = (
+                    f"{metric}: improvement {_fmt(improvement)} ({better}; challenger "
+                    f"{_fmt(c_value)}, champion {_fmt(b_value)}) {'>=' if ok else '<'} "
+                    f"min_delta {_fmt(threshold)}"
+                )
+                results.append(
+                    RuleResult(
+                        kind,
+                        metric,
+                        PASS if ok else FAIL,
+                        detail,
+                        c_value,
+                        b_value,
+                        threshold,
+                        observed=improvement,
+                    )
+                )
+                continue
+            if b_value == 0.0:
+                detail = (
+                    f"{metric}: relative change not applicable: the champion's value is exactly 0"
+                )
+                results.append(
+                    RuleResult(kind, metric, NOT_APPLICABLE, detail, c_value, b_value, threshold)
+                )
+                continue
+            relative = improvement / abs(b_value)
+            ok = relative >= threshold - tol
+            detail = (
+                f"{metric}: relative improvement {_fmt(relative)} ({better}; challenger "
+                f"{_fmt(c_value)}, champion {_fmt(b_value)}) {'>=' if ok else '<'} "
+                f"min_relative_delta {_fmt(threshold)}"
+            )
+            results.append(
+                RuleResult(
+                    kind,
+                    metric,
+                    PASS if ok else FAIL,
+                    detail,
+                    c_value,
+                    b_value,
+                    threshold,
+                    observed=relative,
+                )
+            )
+    return results
+
+
+def _slice_rules(
+    slice_metrics: Mapping[str, Mapping[str, Any]], policy: PromotionPolicy
+) -> list[RuleResult]:
+    results = []
+    rule = policy.slice_rule
+    tol = policy.float_tolerance
+    for name, entry in slice_metrics.items():
+        rows = int(entry.get("rows") or 0)
+        c_metrics, b_metrics = entry.get("challenger"), entry.get("champion")
+        for metric in policy.slice_metrics():
+            if rows < rule.min_rows:
+                detail = f"slice {name}: {rows} holdout rows < min_rows {rule.min_rows}"
+                results.append(RuleResult("slice", metric, NOT_APPLICABLE, detail, slice=name))
+                continue
+            c_value, b_value = _number(c_metrics, metric), _number(b_metrics, metric)
+            if c_value is None and b_value is None:
+                # e.g. roc_auc on a slice holding a single class: undefined for both models.
+                detail = f"slice {name}: {metric} is undefined for both models on this slice"
+                results.append(RuleResult("slice", metric, NOT_APPLICABLE, detail, slice=name))
+                continue
+            if c_value is None or b_value is None:
+                who, metrics = (
+                    ("challenger", c_metrics) if c_value is None else ("champion", b_metrics)
+                )
+                detail = f"slice {name}: {_missing(metric, who, metrics)}"
+                results.append(
+                    RuleResult("slice", metric, FAIL, detail, c_value, b_value, slice=name)
+                )
+                continue
+            direction = policy.direction_of(metric)
+            improvement = _improvement(c_value, b_value, direction)
+            ok = improvement >= -rule.max_regression - tol
+            detail = (
+                f"slice {name}: {metric} challenger {_fmt(c_value)} vs champion "
+                f"{_fmt(b_value)} ({direction.value} is better): "
+                f"{'within' if ok else 'exceeds'} max_regression {_fmt(rule.max_regression)}"
+            )
+            results.append(
+                RuleResult(
+                    "slice",
+                    metric,
+                    PASS if ok else FAIL,
+                    detail,
+                    c_value,
+                    b_value,
+                    rule.max_regression,
+                    observed=improvement,
+                    slice=name,
+                )
+            )
+    return results
+
+
+def _is_exact_tie(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
+) -> bool:
+    """Every metric the policy names is present and exactly equal for both models."""
+    if champion is None:
+        return False
+    names = policy.named_metrics()
+    pairs = [(_number(challenger, m), _number(champion, m)) for m in names]
+    return bool(pairs) and all(c is not None and c == b for c, b in pairs)
+
+
+def _tie_rule(challenger: dict[str, Any], policy: PromotionPolicy) -> RuleResult:
+    names = ", ".join(policy.named_metrics())
+    if policy.promote_on_tie:
+        return RuleResult(
+            "tie", names, PASS, f"exact tie with the champion on {names}; promote_on_tie=True"
+        )
+    return RuleResult(
+        "tie", names, FAIL, f"exact tie with the champion on {names}; promote_on_tie=False"
+    )
+
+
+def _reason(
+    promote: bool, first_model: bool, tie: bool, rules: list[RuleResult], policy: PromotionPolicy
+) -> str:
+    failed = [r for r in rules if r.verdict == FAIL and r.rule != "tie"]
+    passed = [r for r in rules if r.verdict == PASS and r.rule != "tie"]
+    not_applicable = [
+        r for r in rules if r.verdict == NOT_APPLICABLE and not r.detail.startswith("first model")
+    ]
+    prefix = "first model (no champion): " if first_model else ""
+    if failed:
+        details = dict.fromkeys(r.detail for r in failed)  # one line per distinct problem
+        text = f"not promoted: {prefix}{len(failed)} rule(s) failed: " + "; ".join(details)
+        if tie:
+            text += (
+                f"; also an exact tie with the champion (promote_on_tie={policy.promote_on_tie})"
+            )
+    elif tie and not policy.promote_on_tie:
+        text = (
+            f"not promoted: exact tie with the champion on {', '.join(policy.named_metrics())} "
+            "(promote_on_tie=False)"
+        )
+    elif tie:
+        text = (
+            f"promoted: exact tie with the champion on {', '.join(policy.named_metrics())} "
+            f"and promote_on_tie=True; {len(passed)} rule(s) passed"
+        )
+    elif first_model:
+        skipped = "; change and slice rules skipped" if policy.change_thresholds else ""
+        text = f"promoted: {prefix}{len(passed)} value rule(s) passed{skipped}"
+    else:
+        text = f"promoted: all {len(passed)} applicable rule(s) passed"
+    if not_applicable:
+        text += "; not applicable: " + "; ".join(r.detail for r in not_applicable)
+    if promote != text.startswith("promoted"):  # the reason and the verdict never disagree
+        raise AssertionError(f"internal error: promote={promote} but reason {text!r}")
+    return text
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _json_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    return {str(k): _json_number(v) for k, v in metrics.items()}
+
+
+def _json_number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types only: NaN/inf become None, numpy scalars become Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar, without importing numpy
+        obj = obj.item()
+        if isinstance(obj, int | bool):
+            return obj
+    return _json_number(obj)

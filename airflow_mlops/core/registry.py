@@ -1,0 +1,900 @@
+"""Model registry moves that are safe to retry, to race and to audit (MLflow 3 aliases).
+
+**Registration** is idempotent: every version we create carries the task's idempotency key
+as the tag ``mlops.idempotency_key`` (set atomically with the version), and a retry finds
+that version instead of creating another one.
+
+**Alias moves** (``@challenger``, ``@champion``, rollbacks) happen under a per-model
+*promotion lock* and with compare-and-set:
+
+- MLflow has no conditional alias update and no transaction. The only atomic
+  "create if absent" it offers is creating a registered model (its name is a unique key,
+  a second create fails with ``RESOURCE_ALREADY_EXISTS``). So the lock is a registered model
+  named ``<model>.mlops-lock`` carrying tags ``mlops.lock.owner`` (a random id) and
+  ``mlops.lock.expires_at``. Acquire = create it; release = delete it (only if we still own
+  it). A lock whose holder died expires after ``ttl_s`` and may be broken by the next
+  promoter. Before each alias write the holder re-reads the lock to confirm it still owns
+  it with time to spare.
+- Inside the lock, the champion is re-read just before the move. If it differs from the
+  version the challenger was evaluated against, the challenger is re-scored against the
+  new champion (``reevaluate`` callback, bounded) or the move stops with
+  :class:`PromotionError` (``on_champion_changed="fail"``). After the move the alias is
+  read back. Two promotions that race therefore serialise, and the second one is judged
+  against whatever the first one installed: the better model ends as champion.
+
+**History**: each alias move writes one JSON event (who, when, why, Airflow run, previous
+version) as an append-only tag ``mlops.alias_event.<ms>-<id>`` on the version that received
+the alias (model version tags hold up to 100,000 characters), and the newest events are
+kept in the registered model's tag ``mlops.alias_history`` (a JSON list trimmed to fit
+5,000 characters: the SQL column of registered-model tags is ``VARCHAR(5000)``). The
+summary is rewritten only under the lock; the per-version events are never rewritten, so
+the full history survives even if the summary is trimmed or edited by hand.
+
+**Serving check**: a fresh Python process loads ``models:/<name>/<version>`` with
+``mlflow.pyfunc.load_model`` exactly as a consumer would (no airflow_mlops import) and
+predicts a holdout sample restricted to the signature's columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from airflow_mlops.core.errors import ConfigError, DataError, PromotionError
+from airflow_mlops.core.evaluation import current_alias_version
+from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY, RunContext
+from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+TAG_ALIAS_HISTORY = "mlops.alias_history"
+TAG_ALIAS_EVENT_PREFIX = "mlops.alias_event."
+TAG_SOURCE_MODEL_URI = "mlops.source_model_uri"
+TAG_SOURCE_RUN_ID = "mlops.source_run_id"
+TAG_LOCK_OWNER = "mlops.lock.owner"
+TAG_LOCK_EXPIRES_AT = "mlops.lock.expires_at"
+TAG_LOCK_HOLDER = "mlops.lock.holder"
+TAG_SERVING_CHECK = "mlops.serving_check"
+LOCK_SUFFIX = ".mlops-lock"
+
+# Registered-model tag values live in a VARCHAR(5000) column in MLflow's SQL stores.
+HISTORY_SUMMARY_MAX_CHARS = 4800
+HISTORY_SUMMARY_MAX_EVENTS = 50
+_SUMMARY_REASON_CHARS = 160
+_EVENT_REASON_CHARS = 2000
+_VERSION_PAGE = 200
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model version and whether this call created it."""
+
+    model_name: str
+    version: str
+    created: bool
+    status: str
+    source_model_uri: str
+    run_id: str | None
+    idempotency_key: str
+
+    @property
+    def model_uri(self) -> str:
+        return model_uri_for(self.model_name, version=self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "model_uri": self.model_uri}
+
+
+def ensure_registered_model(client: MlflowClient, model_name: str) -> None:
+    """Create the registered model if needed (safe when another task creates it first)."""
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise ConfigError(f"{value!r} contains a single quote, which registry searches cannot hold")
+    return f"'{value}'"
+
+
+def iter_versions(
+    client: MlflowClient, model_name: str, extra_filter: str = ""
+) -> Iterator[ModelVersion]:
+    """Every version of ``model_name`` (all pages), optionally narrowed by a filter clause."""
+    filter_string = f"name = {_quote(model_name)}" + (
+        f" AND {extra_filter}" if extra_filter else ""
+    )
+    token = None
+    while True:
+        page = client.search_model_versions(
+            filter_string=filter_string, max_results=_VERSION_PAGE, page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def find_version_by_key(client: MlflowClient, model_name: str, key: str) -> ModelVersion | None:
+    """The version a previous try of this task created, found by its idempotency tag."""
+    clause = f"tags.`{TAG_IDEMPOTENCY_KEY}` = {_quote(key)}"
+    found = sorted(iter_versions(client, model_name, clause), key=lambda mv: int(mv.version))
+    if len(found) > 1:
+        log.warning(
+            "%d versions of %s carry idempotency key %s (created outside this provider?); "
+            "using the oldest, v%s",
+            len(found),
+            model_name,
+            key,
+            found[0].version,
+        )
+    return found[0] if found else None
+
+
+def register_version(
+    client: MlflowClient,
+    model_name: str,
+    model_uri: str,
+    *,
+    context: RunContext,
+    run_id: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    description: str | None = None,
+    ready_timeout_s: float = 300.0,
+) -> Registration:
+    """Register ``model_uri`` (a ``models:/m-<id>`` logged model) as a version, once.
+
+    A retry of the same task instance (same idempotency key) finds the version it created
+    instead of creating a second one. The version is returned only once it is READY.
+    """
+    parsed = parse_model_uri(model_uri)
+    model_uri_for(model_name, version=1)  # validates the registered model name
+    key = context.idempotency_key
+    ensure_registered_model(client, model_name)
+    existing = find_version_by_key(client, model_name, key)
+    created = existing is None
+    if existing is None:
+        tags = {
+            **context.as_tags(),
+            TAG_SOURCE_MODEL_URI: parsed.uri,
+            **({TAG_SOURCE_RUN_ID: run_id} if run_id else {}),
+            **dict(extra_tags or {}),
+        }
+        # Tags go in the create call itself: a crash right after it still leaves the key.
+        existing = client.create_model_version(
+            name=model_name,
+            source=parsed.uri,
+            run_id=run_id,
+            tags=tags,
+            description=description,
+            await_creation_for=0,
+            model_id=parsed.model_id,
+        )
+        log.info("Registered %s as version %s of %s.", parsed.uri, existing.version, model_name)
+    else:
+        log.info(
+            "Version %s of %s already carries idempotency key %s: reusing it.",
+            existing.version,
+            model_name,
+            key,
+        )
+    ready = wait_until_ready(client, model_name, str(existing.version), timeout_s=ready_timeout_s)
+    return Registration(
+        model_name=model_name,
+        version=str(ready.version),
+        created=created,
+        status=str(ready.status),
+        source_model_uri=parsed.uri,
+        run_id=ready.run_id or run_id,
+        idempotency_key=key,
+    )
+
+
+def wait_until_ready(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    *,
+    timeout_s: float = 300.0,
+    poll_s: float = 1.0,
+) -> ModelVersion:
+    """Poll until the version is READY; FAILED_REGISTRATION or a timeout is an error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(model_name, version)
+        status = str(mv.status)
+        if status == "READY":
+            return mv
+        if status == "FAILED_REGISTRATION":
+            raise PromotionError(
+                f"version {version} of {model_name} failed registration: "
+                f"{mv.status_message or 'no message'}"
+            )
+        if time.monotonic() >= deadline:
+            raise PromotionError(
+                f"version {version} of {model_name} is still {status} after {timeout_s:.0f}s"
+            )
+        time.sleep(poll_s)
+
+
+# -- the promotion lock ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockState:
+    owner: str
+    expires_at: float
+    holder: str
+
+
+class PromotionLock:
+    """A per-model mutual-exclusion lock held in the registry itself (see module docstring).
+
+    :param holder: human-readable description of who holds it (host, pid, Airflow task).
+    :param ttl_s: the lock expires this long after it is taken; a longer critical section
+        is refused at :meth:`verify` rather than risking two writers.
+    :param wait_s: give up (``PromotionError``) after waiting this long for another holder.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        model_name: str,
+        *,
+        holder: str = "",
+        ttl_s: float = 900.0,
+        wait_s: float = 1800.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        if ttl_s <= 0 or wait_s < 0 or poll_s <= 0:
+            raise ConfigError("lock ttl_s and poll_s must be > 0 and wait_s >= 0")
+        self.client = client
+        self.model_name = model_name
+        self.name = f"{model_name}{LOCK_SUFFIX}"
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.ttl_s = ttl_s
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self.owner: str | None = None
+        self.expires_at = 0.0
+
+    def __enter__(self) -> PromotionLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def read(self) -> LockState | None:
+        """The lock as stored now, or None when nobody holds it."""
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        tags = model.tags or {}
+        try:
+            expires_at = float(tags.get(TAG_LOCK_EXPIRES_AT, "0"))
+        except ValueError:
+            expires_at = 0.0  # unreadable: treat as expired
+        return LockState(tags.get(TAG_LOCK_OWNER, ""), expires_at, tags.get(TAG_LOCK_HOLDER, ""))
+
+    def acquire(self) -> None:
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + self.wait_s
+        waited_for: LockState | None = None
+        while True:
+            expires_at = time.time() + self.ttl_s
+            try:
+                self.client.create_registered_model(
+                    self.name,
+                    tags={
+                        TAG_LOCK_OWNER: owner,
+                        TAG_LOCK_EXPIRES_AT: f"{expires_at:.3f}",
+                        TAG_LOCK_HOLDER: self.holder[:1000],
+                    },
+                    description=(
+                        f"Promotion lock of registered model {self.model_name!r}, held by "
+                        f"{self.holder[:500]}. Managed by airflow-mlops: it disappears when the "
+                        "promotion ends and expires by itself; delete it by hand only if its "
+                        "holder is dead."
+                    ),
+                )
+                self.owner, self.expires_at = owner, expires_at
+                log.info("Acquired promotion lock %s (owner %s).", self.name, owner)
+                return
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            state = self.read()
+            if state is not None and state.expires_at < time.time():
+                self._break(state)
+                continue
+            if state is not None:
+                waited_for = state
+            if time.monotonic() >= deadline:
+                who = (
+                    f"{waited_for.holder} until {_iso(waited_for.expires_at)}"
+                    if waited_for
+                    else "?"
+                )
+                raise PromotionError(
+                    f"could not take the promotion lock {self.name!r} within {self.wait_s:.0f}s: "
+                    f"held by {who}. The registry was not changed."
+                )
+            time.sleep(self.poll_s * (1.0 + random.random()))
+
+    def _break(self, stale: LockState) -> None:
+        """Delete an expired lock, but only if it is still the same expired lock."""
+        current = self.read()
+        if current is None or current.owner != stale.owner:
+            return
+        log.warning(
+            "Breaking expired promotion lock %s held by %s (expired %s).",
+            self.name,
+            stale.holder,
+            _iso(stale.expires_at),
+        )
+        self._delete()
+
+    def verify(self, margin_s: float = 30.0) -> None:
+        """Raise unless we still own the lock with ``margin_s`` to spare (call before writes)."""
+        state = self.read()
+        if state is None or self.owner is None or state.owner != self.owner:
+            raise PromotionError(
+                f"lost the promotion lock {self.name!r} (it expired and was taken over); the "
+                "alias was not changed. Raise the lock TTL if promotions take this long."
+            )
+        if state.expires_at - time.time() < margin_s:
+            raise PromotionError(
+                f"the promotion lock {self.name!r} expires in less than {margin_s:.0f}s; the "
+                "alias was not changed. Raise the lock TTL."
+            )
+
+    def release(self) -> None:
+        if self.owner is None:
+            return
+        state = self.read()
+        if state is not None and state.owner == self.owner:
+            self._delete()
+            log.info("Released promotion lock %s.", self.name)
+        else:
+            log.warning("Promotion lock %s was no longer ours at release.", self.name)
+        self.owner = None
+
+    def _delete(self) -> None:
+        try:
+            self.client.delete_registered_model(self.name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+
+# -- alias history --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who moves an alias and why; stored in every history event."""
+
+    reason: str
+    context: RunContext = field(default_factory=RunContext)
+    user: str | None = None  # e.g. the approver of a manual promotion
+    decision_uri: str | None = None
+
+    @property
+    def description(self) -> str:
+        who = f"{self.user} via " if self.user else ""
+        c = self.context
+        return f"{who}airflow:{c.dag_id}/{c.run_id}/{c.task_id}"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def make_event(
+    alias: str, action: str, version: str, previous: str | None, actor: Actor
+) -> dict[str, Any]:
+    c = actor.context
+    return {
+        "id": uuid.uuid4().hex[:8],
+        "at": _now_iso(),
+        "alias": alias,
+        "action": action,
+        "version": str(version),
+        "previous_version": None if previous is None else str(previous),
+        "by": actor.description,
+        "user": actor.user,
+        "reason": actor.reason[:_EVENT_REASON_CHARS],
+        "dag_id": c.dag_id,
+        "run_id": c.run_id,
+        "task_id": c.task_id,
+        "try_number": c.try_number,
+        "idempotency_key": c.idempotency_key,
+        "decision_uri": actor.decision_uri,
+    }
+
+
+def _compact(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Summary form: what an auditor scans first; the full event stays on the version."""
+    keep = ("id", "at", "alias", "action", "version", "previous_version", "by", "idempotency_key")
+    compact = {k: event.get(k) for k in keep}
+    compact["reason"] = str(event.get("reason") or "")[:_SUMMARY_REASON_CHARS]
+    return compact
+
+
+def fit_summary(events: list[dict[str, Any]], max_chars: int = HISTORY_SUMMARY_MAX_CHARS) -> str:
+    """JSON of the newest events that fits ``max_chars`` (oldest dropped first)."""
+    kept = events[-HISTORY_SUMMARY_MAX_EVENTS:]
+    while True:
+        text = json.dumps(kept, separators=(",", ":"))
+        if len(text) <= max_chars or not kept:
+            return text
+        kept = kept[1:]
+
+
+def recent_alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]:
+    """The summary kept on the registered model (newest last); [] when absent or unreadable."""
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    try:
+        events = json.loads(tags.get(TAG_ALIAS_HISTORY, "[]"))
+    except json.JSONDecodeError:
+        log.warning("Tag %s of %s is not JSON; ignoring it.", TAG_ALIAS_HISTORY, model_name)
+        return []
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]:
+    """The full history, from the append-only events on every version (oldest first)."""
+    events = []
+    for mv in iter_versions(client, model_name):
+        for key, value in (mv.tags or {}).items():
+            if key.startswith(TAG_ALIAS_EVENT_PREFIX):
+                try:
+                    events.append(json.loads(value))
+                except json.JSONDecodeError:
+                    log.warning("Unreadable history tag %s on %s v%s", key, model_name, mv.version)
+    events.sort(key=lambda e: (str(e.get("at")), str(e.get("id"))))
+    return events
+
+
+def record_alias_event(
+    client: MlflowClient, model_name: str, event: dict[str, Any]
+) -> dict[str, Any]:
+    """Append ``event``: a per-version tag (never rewritten) and the registered-model summary.
+
+    Call with the promotion lock held: the summary is a read-modify-write.
+    """
+    stamp = int(time.time() * 1000)
+    client.set_model_version_tag(
+        model_name,
+        event["version"],
+        f"{TAG_ALIAS_EVENT_PREFIX}{stamp:013d}-{event['id']}",
+        json.dumps(event, separators=(",", ":")),
+    )
+    summary = [*recent_alias_history(client, model_name), _compact(event)]
+    client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(summary))
+    return event
+
+
+def latest_alias_event(client: MlflowClient, model_name: str, alias: str) -> dict[str, Any] | None:
+    """The newest move of ``alias``: from the summary, else from the full history."""
+    for source in (recent_alias_history, alias_history):
+        moves = [e for e in source(client, model_name) if e.get("alias") == alias]
+        if moves:
+            return moves[-1]
+    return None
+
+
+# -- alias moves ----------------------------------------------------------------------------
+
+
+@dataclass
+class AliasMove:
+    """What a promotion, challenger update or rollback did (JSON via :meth:`to_dict`)."""
+
+    outcome: str  # promoted | already_champion | not_promoted_after_reevaluation | set |
+    #               already_set | rolled_back | already_rolled_back
+    model_name: str
+    alias: str
+    version: str | None
+    previous_version: str | None
+    current_version: str | None
+    event: dict[str, Any] | None = None
+    reevaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def moved(self) -> bool:
+        return self.outcome in {"promoted", "set", "rolled_back"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def set_alias_checked(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
+    """Set the alias and read it back; anything else than ``version`` is an error."""
+    client.set_registered_model_alias(model_name, alias, str(version))
+    seen = current_alias_version(client, model_name, alias)
+    if seen != str(version):
+        raise PromotionError(
+            f"@{alias} of {model_name} reads back as {seen!r} right after setting it to "
+            f"{version!r}: another writer bypassed the promotion lock"
+        )
+
+
+def _find_event_by_key(
+    client: MlflowClient, model_name: str, version: str, alias: str, key: str
+) -> dict[str, Any] | None:
+    mv = client.get_model_version(model_name, version)
+    for tag, value in (mv.tags or {}).items():
+        if tag.startswith(TAG_ALIAS_EVENT_PREFIX):
+            try:
+                event = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+            if event.get("alias") == alias and event.get("idempotency_key") == key:
+                return event
+    return None
+
+
+def set_challenger(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    actor: Actor,
+    *,
+    alias: str = CHALLENGER,
+    lock_options: Mapping[str, Any] | None = None,
+) -> AliasMove:
+    """Point ``@challenger`` at ``version`` and record the move (idempotent on retry)."""
+    with PromotionLock(
+        client, model_name, holder=actor.description, **dict(lock_options or {})
+    ) as lock:
+        current = current_alias_version(client, model_name, alias)
+        if current == str(version):
+            event = _find_event_by_key(
+                client, model_name, str(version), alias, actor.context.idempotency_key
+            )
+            return AliasMove(
+                "already_set", model_name, alias, str(version), current, current, event
+            )
+        lock.verify()
+        set_alias_checked(client, model_name, alias, str(version))
+        event = record_alias_event(
+            client, model_name, make_event(alias, "set", str(version), current, actor)
+        )
+        return AliasMove("set", model_name, alias, str(version), current, str(version), event)
+
+
+Reevaluate = Callable[[str | None], Mapping[str, Any]]
+
+
+def promote_to_champion(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    *,
+    evaluated_champion: str | None,
+    actor: Actor,
+    reevaluate: Reevaluate | None = None,
+    on_champion_changed: str = "reevaluate",
+    max_reevaluations: int = 3,
+    alias: str = CHAMPION,
+    lock_options: Mapping[str, Any] | None = None,
+) -> AliasMove:
+    """Move ``@champion`` to ``version`` with compare-and-set under the promotion lock.
+
+    ``evaluated_champion`` is the version the decision was made against (None: no champion).
+    If the alias moved since, ``reevaluate(new_champion_version)`` must return a fresh
+    decision record (``{"promote": bool, ...}``) before anything is written, or, with
+    ``on_champion_changed="fail"``, :class:`PromotionError` stops the move.
+    """
+    if on_champion_changed not in {"reevaluate", "fail"}:
+        raise ConfigError(
+            f"on_champion_changed must be 'reevaluate' or 'fail', got {on_champion_changed!r}"
+        )
+    version = str(version)
+    expected = None if evaluated_champion is None else str(evaluated_champion)
+    reevaluations: list[dict[str, Any]] = []
+    with PromotionLock(
+        client, model_name, holder=actor.description, **dict(lock_options or {})
+    ) as lock:
+        while True:
+            current = current_alias_version(client, model_name, alias)
+            if current == version:
+                # A retry after a successful move, or someone else promoted it already.
+                event = _find_event_by_key(
+                    client, model_name, version, alias, actor.context.idempotency_key
+                )
+                if event is None:
+                    event = _record_unrecorded_move(client, model_name, alias, version, actor)
+                return AliasMove(
+                    "already_champion",
+                    model_name,
+                    alias,
+                    version,
+                    None if event is None else event.get("previous_version"),
+                    current,
+                    event,
+                    reevaluations,
+                )
+            if current != expected:
+                moved = (
+                    f"@{alias} of {model_name} moved from {_v(expected)} to {_v(current)} since "
+                    "the challenger was evaluated"
+                )
+                if on_champion_changed == "fail" or reevaluate is None:
+                    raise PromotionError(
+                        f"{moved}; not overwriting it blindly. Re-run the evaluation against "
+                        f"the new champion. Version {version} was not promoted."
+                    )
+                if len(reevaluations) >= max_reevaluations:
+                    raise PromotionError(
+                        f"{moved} {len(reevaluations)} times while holding the promotion lock "
+                        "(someone writes the alias without the lock); giving up."
+                    )
+                log.info("%s: re-evaluating version %s against %s.", moved, version, _v(current))
+                record = dict(reevaluate(current))
+                reevaluations.append(record)
+                expected = current
+                if not record.get("promote"):
+                    return AliasMove(
+                        "not_promoted_after_reevaluation",
+                        model_name,
+                        alias,
+                        version,
+                        current,
+                        current,
+                        None,
+                        reevaluations,
+                    )
+                continue
+            lock.verify()
+            set_alias_checked(client, model_name, alias, version)
+            event = record_alias_event(
+                client, model_name, make_event(alias, "promote", version, current, actor)
+            )
+            return AliasMove(
+                "promoted", model_name, alias, version, current, version, event, reevaluations
+            )
+
+
+def _record_unrecorded_move(
+    client: MlflowClient, model_name: str, alias: str, version: str, actor: Actor
+) -> dict[str, Any] | None:
+    """The alias already points at ``version`` but no history event says how.
+
+    Happens when a try set the alias and died before writing its event. Record the move now,
+    so the history (and rollback) stay complete; the previous version is the one the last
+    recorded move installed. Nothing is written when the last event already explains it.
+    """
+    last = latest_alias_event(client, model_name, alias)
+    if last is not None and last.get("version") == version:
+        return None
+    previous = None if last is None else last.get("version")
+    note = Actor(
+        reason=f"(recorded on retry: @{alias} already pointed at version {version}) {actor.reason}",
+        context=actor.context,
+        user=actor.user,
+        decision_uri=actor.decision_uri,
+    )
+    return record_alias_event(
+        client, model_name, make_event(alias, "promote", version, previous, note)
+    )
+
+
+def rollback_champion(
+    client: MlflowClient,
+    model_name: str,
+    actor: Actor,
+    *,
+    to_version: str | None = None,
+    alias: str = CHAMPION,
+    lock_options: Mapping[str, Any] | None = None,
+) -> AliasMove:
+    """Point ``@champion`` back at the previous champion (from the history) in one step.
+
+    Without ``to_version`` the target is the ``previous_version`` of the move that put the
+    current champion in place. Idempotent: a retry of the same task finds its own event.
+    """
+    with PromotionLock(
+        client, model_name, holder=actor.description, **dict(lock_options or {})
+    ) as lock:
+        current = current_alias_version(client, model_name, alias)
+        last = latest_alias_event(client, model_name, alias)
+        key = actor.context.idempotency_key
+        if (
+            last
+            and last.get("action") == "rollback"
+            and last.get("idempotency_key") == key
+            and last.get("version") == current
+        ):
+            return AliasMove(
+                "already_rolled_back",
+                model_name,
+                alias,
+                current,
+                last.get("previous_version"),
+                current,
+                last,
+            )
+        target = None if to_version is None else str(to_version)
+        if target is None:
+            if current is None:
+                raise PromotionError(f"{model_name} has no @{alias}: nothing to roll back")
+            if last is None or last.get("version") != current:
+                raise PromotionError(
+                    f"the alias history of {model_name} does not say how @{alias} reached "
+                    f"version {current} (moved outside airflow-mlops?); pass to_version "
+                    "explicitly to roll back"
+                )
+            target = last.get("previous_version")
+            if target is None:
+                raise PromotionError(
+                    f"version {current} was the first @{alias} of {model_name}: there is no "
+                    "previous champion to roll back to"
+                )
+        try:
+            mv = client.get_model_version(model_name, target)
+        except MlflowException as err:
+            raise PromotionError(
+                f"cannot roll back @{alias} of {model_name} to version {target}: {err}"
+            ) from err
+        if str(mv.status) != "READY":
+            raise PromotionError(f"version {target} of {model_name} is {mv.status}, not READY")
+        if current == target:
+            return AliasMove("already_rolled_back", model_name, alias, target, current, current)
+        lock.verify()
+        set_alias_checked(client, model_name, alias, target)
+        event = record_alias_event(
+            client, model_name, make_event(alias, "rollback", target, current, actor)
+        )
+        return AliasMove("rolled_back", model_name, alias, target, current, target, event)
+
+
+def _v(version: str | None) -> str:
+    return "none" if version is None else f"version {version}"
+
+
+# -- serving check --------------------------------------------------------------------------
+
+# Runs in a fresh interpreter with only mlflow and pandas: what a consumer has.
+_SERVING_CHECK_CODE = r"""
+import json, sys, time, traceback
+started = time.time()
+uri, sample_path, out_path = sys.argv[1:4]
+try:
+    import pandas as pd
+    import mlflow.pyfunc
+    frame = pd.read_parquet(sample_path)
+    model = mlflow.pyfunc.load_model(uri)
+    predictions = model.predict(frame)
+    count = len(predictions)
+    if count != len(frame):
+        raise ValueError(f"{count} predictions for {len(frame)} input rows")
+    result = {"ok": True, "rows": len(frame), "predictions": count,
+              "prediction_type": type(predictions).__name__}
+except BaseException as err:
+    result = {"ok": False, "error": f"{type(err).__name__}: {err}",
+              "traceback": traceback.format_exc()[-4000:]}
+result["seconds"] = round(time.time() - started, 3)
+with open(out_path, "w") as handle:
+    json.dump(result, handle)
+"""
+
+
+def serving_sample(
+    frame: pd.DataFrame, model_uri: str, target: str, rows: int = 100
+) -> pd.DataFrame:
+    """Up to ``rows`` holdout rows with exactly the columns the model's signature names."""
+    import mlflow
+
+    info = mlflow.models.get_model_info(parse_model_uri(model_uri).uri)
+    signature = info.signature
+    names = None
+    if signature is not None and signature.inputs is not None:
+        try:
+            names = signature.inputs.input_names()
+        except Exception:
+            names = None
+    if names:
+        missing = [c for c in names if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"the holdout lacks columns {missing} named by the signature of {model_uri}"
+            )
+        sample = frame[list(names)]
+    else:
+        sample = frame.drop(columns=[target], errors="ignore")
+    return sample.head(rows).reset_index(drop=True)
+
+
+def serving_check(
+    model_uri: str, sample: pd.DataFrame, *, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """Load ``model_uri`` in a fresh process, as a consumer would, and predict ``sample``.
+
+    Returns ``{"ok": bool, "model_uri", "rows", "predictions", "seconds", "error"?}``; never
+    raises for a model failure (the caller decides), only for a bad URI.
+    """
+    uri = parse_model_uri(model_uri).uri
+    with tempfile.TemporaryDirectory(prefix="mlops-serving-check-") as tmp:
+        sample_path = Path(tmp) / "sample.parquet"
+        out_path = Path(tmp) / "result.json"
+        sample.to_parquet(sample_path, index=False)
+        started = time.monotonic()
+        try:
+            # -I: isolated mode, no user site-packages and no current directory on the path,
+            # so the model must load from what MLflow recorded, not from our code.
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    _SERVING_CHECK_CODE,
+                    uri,
+                    str(sample_path),
+                    str(out_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=dict(os.environ),
+                cwd=tmp,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {
+                "ok": False,
+                "model_uri": uri,
+                "error": f"the serving check timed out after {timeout_s:.0f}s",
+            }
+        if out_path.exists():
+            result = json.loads(out_path.read_text())
+        else:
+            result = {
+                "ok": False,
+                "error": f"the serving check process exited with {proc.returncode} and no "
+                f"result: {proc.stderr[-2000:]}",
+                "seconds": round(time.monotonic() - started, 3),
+            }
+    result["model_uri"] = uri
+    return result

@@ -1,0 +1,157 @@
+"""EvaluateModelOperator: challenger vs champion on the same holdout, judged by a policy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.policy import PromotionPolicy, parse_policy
+from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
+from airflow_mlops.operators.base import MlopsBaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def is_template(value: Any) -> bool:
+    """True when ``value`` (or anything nested in it) still holds Jinja to render."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(is_template(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_template(v) for v in value)
+    return False
+
+
+def as_mapping(value: Any, field: str) -> dict[str, Any]:
+    """A rendered XCom/param that must be a mapping (JSON text is accepted too)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{field} must be a mapping or JSON object text: {err}") from err
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{field} must be a mapping, got {type(value).__name__}: {value!r}")
+    return dict(value)
+
+
+def as_slices(value: Any) -> dict[str, list[Any]] | None:
+    """``{column: [values]}`` or None; JSON text is accepted (rendered params)."""
+    if value is None or value == "" or value == {}:
+        return None
+    slices = as_mapping(value, "slices")
+    for column, values in slices.items():
+        if isinstance(values, str) or not isinstance(values, Sequence):
+            raise ConfigError(f"slices[{column!r}] must be a list of values, got {values!r}")
+    return {str(k): list(v) for k, v in slices.items()}
+
+
+class EvaluateModelOperator(MlopsBaseOperator):
+    """Score the challenger and the current champion on the same holdout and decide.
+
+    The challenger is the training task's result (``TrainModelOperator``'s XCom, at least
+    ``run_id``); its run's tags give the logged model, the holdout URI and sha256, the
+    target and the task. The holdout is re-read and must still have the recorded hash. The
+    champion is ``models:/<model_name>@<champion_alias>`` resolved to its version; with no
+    champion the challenger is judged as the first model. Both load from the registry by
+    ``models:/`` URIs only and are scored with the same metric code as training, overall
+    and per slice. The :class:`~airflow_mlops.core.policy.PromotionPolicy` then decides.
+    See ``docs/operators/evaluation-and-promotion.md`` for the policy semantics.
+
+    The decision record is logged as the artifact ``decision_artifact`` on the challenger's
+    run (tags ``mlops.decision.*`` summarise it) and returned (XCom): the record plus
+    ``decision_artifact_uri``. The task succeeds whether or not the challenger qualifies:
+    read ``promote`` and ``reason``.
+
+    :param training_result: the training task's result (templated; e.g. ``train.output``).
+    :param policy: promotion policy, a mapping / JSON text / ``PromotionPolicy`` (templated).
+    :param model_name: registered model name (templated); default: the name training tagged.
+    :param slices: ``{column: [values, ...]}`` for per-slice metrics and no-regression
+        checks (templated).
+    :param champion_alias: alias of the model in production (templated), default ``champion``.
+    :param decision_artifact: artifact path of the record on the run (templated).
+    """
+
+    template_fields: Sequence[str] = (
+        *MlopsBaseOperator.template_fields,
+        "training_result",
+        "policy",
+        "model_name",
+        "slices",
+        "champion_alias",
+        "decision_artifact",
+    )
+    operator_extra_links = mlflow_links()
+    ui_color = "#e6dff5"
+
+    def __init__(
+        self,
+        *,
+        training_result: Any,
+        policy: PromotionPolicy | Mapping[str, Any] | str,
+        model_name: str | None = None,
+        slices: Mapping[str, Sequence[Any]] | str | None = None,
+        champion_alias: str = "champion",
+        decision_artifact: str = "mlops/decision.json",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(policy, PromotionPolicy):
+            policy = policy.model_dump(mode="json")
+        elif not is_template(policy):
+            parse_policy(policy)  # a broken policy fails when the DAG is parsed, not at run time
+        self.training_result = training_result
+        self.policy = policy
+        self.model_name = model_name
+        self.slices = slices
+        self.champion_alias = champion_alias
+        self.decision_artifact = decision_artifact
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core import evaluation as ev
+
+        training_result = as_mapping(self.training_result, "training_result")
+        policy = parse_policy(self.policy)
+        slices = as_slices(self.slices)
+        hook = self.mlflow_hook
+        with hook.session() as client:
+            challenger = ev.challenger_from_training(client, training_result)
+            model_name = self.model_name or challenger.model_name
+            if not model_name:
+                raise ConfigError(
+                    f"{self.task_id}: model_name is not set and training run "
+                    f"{challenger.run_id} has no mlops.model_name tag"
+                )
+            evaluation = ev.evaluate_challenger(
+                client,
+                self.storage,
+                challenger,
+                model_name=model_name,
+                policy=policy,
+                slices=slices,
+                champion_alias=self.champion_alias,
+            )
+            record = evaluation.record
+            artifact_uri = ev.log_record(client, challenger.run_id, record, self.decision_artifact)
+            ev.tag_decision(client, challenger.run_id, record)
+            experiment_id = client.get_run(challenger.run_id).info.experiment_id
+        champion = record["champion"]
+        self.log.info(
+            "Challenger %s vs %s: %s",
+            challenger.model_uri,
+            f"champion v{champion['version']}" if champion else "no champion",
+            record["reason"],
+        )
+        self.log.info("Decision record: %s", artifact_uri)
+        persist_mlflow_links(
+            context,
+            tracking_uri=hook.tracking_uri,
+            experiment_id=experiment_id,
+            run_id=challenger.run_id,
+            model_name=model_name if champion else None,
+            model_version=champion["version"] if champion else None,
+        )
+        return ev.xcom_summary(record, artifact_uri)

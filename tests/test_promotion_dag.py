@@ -1,0 +1,415 @@
+"""The promotion pipeline through Airflow's real task runner (``dag.test()``) and MLflow server.
+
+train (TrainModelOperator) -> evaluate -> register -> [approval -> gate] -> promote, then a
+rollback DAG triggered with params, and the human-in-the-loop approve / reject paths: the
+approval task parks in ``awaiting_input`` and a human answer is posted to Airflow's real
+Core API (``PATCH .../hitlDetails``, the endpoint the Required Actions UI calls) from
+another thread while ``dag.test()`` waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import serialize_dag, task_states
+from test_evaluation import BEST, STUMP, WORST, make_dataset, unique_name
+
+from airflow_mlops.core.errors import ConfigError
+
+POLICY = {
+    "value_thresholds": {"accuracy": {"lower": 0.6}},
+    "change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.0}},
+}
+COLLECTED: dict[str, Any] = {}
+
+
+@pytest.fixture
+def tracking(mlflow_conn: str, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    return mlflow_server
+
+
+@pytest.fixture
+def client(tracking: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking)
+
+
+def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, approval: str = "auto"):
+    from airflow.sdk import DAG, task
+
+    from airflow_mlops.operators.registry import promotion_tasks
+    from airflow_mlops.operators.training import TrainModelOperator
+
+    with DAG(dag_id, schedule=None) as dag:
+        train = TrainModelOperator(
+            task_id="train",
+            train_uri=data_uri,
+            target="label",
+            experiment_name=f"exp-{model_name}",
+            model_name=model_name,
+            estimator=estimator[0],
+            params=estimator[1],
+            task="classification",
+        )
+        tasks = promotion_tasks(
+            training_result=train.output,
+            policy=POLICY,
+            model_name=model_name,
+            slices={"group": ["a", "b"]},
+            approval=approval,
+        )
+
+        @task(trigger_rule="all_done")
+        def collect(**context) -> None:
+            ti = context["ti"]
+            for task_id in ("evaluate", "register", "approve_promotion", "promote"):
+                COLLECTED[task_id] = ti.xcom_pull(task_ids=task_id)
+
+        tasks.promote >> collect()
+    return dag
+
+
+def run(dag, **conf) -> dict[str, Any]:
+    COLLECTED.clear()
+    serialize_dag(dag)
+    dr = dag.test(run_conf=conf or None)
+    states = {task_id: state for (task_id, _), state in task_states(dr).items()}
+    return {"state": dr.state, "tasks": states, **json.loads(json.dumps(COLLECTED, default=str))}
+
+
+def champion_asset_events(name: str) -> list[dict]:
+    """Asset events emitted for champion_asset(name) (only when @champion really moved)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .filter(AssetModel.uri == f"mlops://models/{name}/champion")
+            .order_by(AssetEvent.id)
+            .all()
+        )
+    return [dict(r.extra or {}) for r in rows]
+
+
+def champion_of(client, name: str) -> str | None:
+    version = client.get_registered_model(name).aliases.get("champion")
+    return None if version is None else str(version)
+
+
+# -- the automatic pipeline -----------------------------------------------------------------
+
+
+def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking, tmp_path):
+    from airflow.sdk import DAG
+
+    from airflow_mlops.core.registry import alias_history
+    from airflow_mlops.operators.registry import RollbackModelOperator, rollback_dag_params
+
+    name = unique_name("pipe")
+    data = make_dataset(tmp_path / "d.csv")
+
+    first = run(build_pipeline("promo_first", data, name, STUMP))
+    assert first["tasks"]["promote"] == "success", first
+    assert first["evaluate"]["first_model"] is True and first["evaluate"]["promote"] is True
+    assert first["register"]["created"] is True and first["register"]["challenger_move"] == "set"
+    assert first["promote"]["outcome"] == "promoted"
+    assert first["promote"]["serving_check"]["ok"] is True
+    v1 = first["register"]["version"]
+    assert champion_of(client, name) == v1
+
+    worse = run(build_pipeline("promo_worse", data, name, WORST))
+    assert worse["evaluate"]["promote"] is False
+    assert worse["promote"]["outcome"] == "not_promoted"
+    assert worse["promote"]["serving_check"] is None  # nothing to move, nothing to check
+    assert "not promoted" in worse["promote"]["reason"]
+    assert f"@champion unchanged (version {v1})" in worse["promote"]["reason"]
+    assert champion_of(client, name) == v1
+    assert (
+        str(client.get_registered_model(name).aliases["challenger"]) == worse["register"]["version"]
+    )
+
+    better = run(build_pipeline("promo_better", data, name, BEST))
+    assert better["promote"]["outcome"] == "promoted"
+    v3 = better["register"]["version"]
+    assert champion_of(client, name) == v3
+    assert better["promote"]["previous_champion_version"] == v1
+    event = better["promote"]["history_event"]
+    assert event["by"].startswith("airflow:promo_better/") and event["previous_version"] == v1
+
+    # The decision and promotion records are stored on the challenger's run.
+    import mlflow
+
+    stored = mlflow.artifacts.load_dict(better["promote"]["promotion_artifact_uri"])
+    assert (
+        stored["outcome"] == "promoted"
+        and stored["decision"]["reason"] == better["evaluate"]["reason"]
+    )
+    tags = client.get_run(better["evaluate"]["challenger"]["run_id"]).data.tags
+    assert (
+        tags["mlops.promotion.outcome"] == "promoted" and tags["mlops.decision.promote"] == "true"
+    )
+
+    # Rollback DAG, triggered the way the UI form does it: with params.
+    with DAG("promo_rollback", schedule=None, params=rollback_dag_params()) as rollback_dag:
+        RollbackModelOperator(
+            task_id="rollback",
+            model_name="{{ params.model_name }}",
+            to_version="{{ params.to_version or '' }}",
+            reason="{{ params.reason }}",
+        )
+    serialize_dag(rollback_dag)
+    dr = rollback_dag.test(run_conf={"model_name": name, "reason": "v3 misbehaves in prod"})
+    assert dr.state == "success"
+    assert champion_of(client, name) == v1
+    last = alias_history(client, name)[-1]
+    assert (last["action"], last["version"], last["previous_version"]) == ("rollback", v1, v3)
+    assert last["reason"] == "v3 misbehaves in prod"
+    champion_moves = [e["version"] for e in alias_history(client, name) if e["alias"] == "champion"]
+    assert champion_moves == [v1, v3, v1]
+    # Downstream DAGs hear of each move, and only of moves (the rejected run emitted nothing).
+    events = champion_asset_events(name)
+    assert [e.get("version") for e in events] == [v1, v3, v1], events
+    assert events[-1].get("rollback") is True
+
+
+def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking, tmp_path, run_dag):
+    """A version that loads here but not in a consumer's fresh process never becomes champion."""
+    import mlflow
+    from airflow.sdk import DAG
+    from test_evaluation import train
+    from test_registry import OnlyImportableHere
+
+    from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.storage import Storage
+    from airflow_mlops.operators.registry import PromoteModelOperator
+
+    name = unique_name("serve")
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    record = evaluate_challenger(
+        client, Storage(), challenger_from_training(client, result), model_name=name, policy=POLICY
+    ).record
+    assert record["promote"] is True
+    with mlflow.start_run(run_id=result["run_id"]):  # same run: a broken packaging of it
+        broken = mlflow.pyfunc.log_model(
+            name="broken", python_model=OnlyImportableHere(), pip_requirements=["mlflow"]
+        )
+    registration = register_version(
+        client, name, broken.model_uri, context=RunContext(task_id="r"), run_id=result["run_id"]
+    ).to_dict()
+    with DAG("promo_broken", schedule=None) as dag:
+        PromoteModelOperator(task_id="promote", evaluation=record, registration=registration)
+    dr = run_dag(dag)
+    assert dr.state == "failed"
+    assert "champion" not in client.get_registered_model(name).aliases
+    stored = mlflow.artifacts.load_dict(
+        f"{client.get_run(result['run_id']).info.artifact_uri}/mlops/promotion.json"
+    )
+    assert stored["outcome"] == "serving_check_failed"
+    assert (
+        stored["serving_check"]["ok"] is False
+        and "test_registry" in stored["serving_check"]["error"]
+    )
+
+
+def test_operators_refuse_bad_configuration_at_parse_time():
+    from airflow_mlops.operators.evaluation import EvaluateModelOperator
+    from airflow_mlops.operators.registry import PromoteModelOperator, promotion_tasks
+
+    with pytest.raises(ConfigError, match="the policy has no rule"):
+        EvaluateModelOperator(task_id="e", training_result={}, policy={})
+    templated = EvaluateModelOperator(
+        task_id="e2", training_result={}, policy="{{ params.policy }}"
+    )
+    assert templated.policy == "{{ params.policy }}"  # rendered and checked at run time
+    with pytest.raises(ConfigError, match="on_champion_changed"):
+        PromoteModelOperator(
+            task_id="p", evaluation={}, registration={}, on_champion_changed="yolo"
+        )
+    with pytest.raises(ConfigError, match="approval must be 'auto' or 'manual'"):
+        promotion_tasks(training_result={}, policy=POLICY, approval="sometimes")
+    assert {"training_result", "policy", "slices", "model_name"} <= set(
+        EvaluateModelOperator.template_fields
+    )
+
+
+def test_approval_body_shows_the_decision():
+    from airflow_mlops.operators.registry import approval_body
+
+    evaluation = {
+        "reason": "promoted: all 2 applicable rule(s) passed",
+        "champion": {"version": "3"},
+        "challenger_metrics": {"accuracy": 0.91},
+        "champion_metrics": {"accuracy": 0.88},
+        "rules": [
+            {"rule": "change.absolute", "verdict": "pass", "detail": "accuracy: improvement 0.03"}
+        ],
+        "holdout": {"uri": "s3://b/h.parquet", "rows": 80},
+        "decision_artifact_uri": "mlflow-artifacts:/1/r/artifacts/mlops/decision.json",
+    }
+    body = approval_body(
+        evaluation, {"model_name": "churn", "version": "4", "model_uri": "models:/churn/4"}
+    )
+    assert "`churn` version **4**" in body and "**Current champion:** version 3" in body
+    assert "| accuracy | 0.91 | 0.88 |" in body
+    assert "| change.absolute | pass | accuracy: improvement 0.03 |" in body
+    assert "mlops/decision.json" in body
+
+
+# -- human in the loop ----------------------------------------------------------------------
+
+
+class HumanResponder:
+    """Answers an approval task through the real Core API while ``dag.test()`` waits for it.
+
+    Everything that imports modules or configures SQLAlchemy mappers happens in the main
+    thread (``__init__``): doing it in the responder thread while ``dag.test()`` imports in
+    the main thread deadlocks on Python's import locks.
+    """
+
+    def __init__(self, dag_id: str, task_id: str, option: str, timeout: float = 600) -> None:
+        from airflow.api_fastapi.app import create_app
+        from fastapi.testclient import TestClient
+
+        self.dag_id, self.task_id, self.option, self.timeout = dag_id, task_id, option, timeout
+        self.api = TestClient(create_app("core"))
+        self.found: dict[str, Any] = {}
+        self.errors: list[BaseException] = []
+        self._parked()  # warm up: mappers configured here, in the main thread
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _parked(self) -> Any:
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            return (
+                session.query(
+                    TaskInstance.id,
+                    TaskInstance.run_id,
+                    TaskInstance.state,
+                    HITLDetail.body,
+                    HITLDetail.subject,
+                )
+                .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+                .filter(
+                    TaskInstance.dag_id == self.dag_id,
+                    TaskInstance.task_id == self.task_id,
+                    TaskInstance.state == "awaiting_input",
+                )
+                .first()
+            )
+
+    def _run(self) -> None:
+        row = None
+        try:
+            deadline = time.monotonic() + self.timeout
+            while (row := self._parked()) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.dag_id}.{self.task_id} never asked for input")
+                time.sleep(1)
+            self.found.update(run_id=row.run_id, body=row.body, subject=row.subject)
+            response = self.api.patch(
+                f"/api/v2/dags/{self.dag_id}/dagRuns/{row.run_id}/taskInstances/"
+                f"{self.task_id}/-1/hitlDetails",
+                json={"chosen_options": [self.option], "params_input": {}},
+            )
+            self.found.update(status_code=response.status_code, response=response.json())
+            if response.status_code != 200:
+                raise AssertionError(f"HITL answer refused: {response.status_code} {response.text}")
+        except BaseException as err:
+            self.errors.append(err)
+            self._fail_parked_task()  # or dag.test() would wait for an answer forever
+
+    def _fail_parked_task(self) -> None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            session.query(TaskInstance).filter(
+                TaskInstance.dag_id == self.dag_id,
+                TaskInstance.task_id == self.task_id,
+                TaskInstance.state == "awaiting_input",
+            ).update({"state": "failed"}, synchronize_session=False)
+
+
+def run_with_answer(dag, option: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    serialize_dag(dag)
+    responder = HumanResponder(dag.dag_id, "approve_promotion", option)
+    responder.thread.start()
+    result = run(dag)
+    responder.thread.join(timeout=60)
+    assert not responder.errors, responder.errors
+    return result, responder.found
+
+
+@pytest.mark.slow
+def test_manual_approval_approve_then_reject(client, tracking, tmp_path, monkeypatch):
+    # The in-process Core API authenticates every request as an admin (simple auth manager).
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    name = unique_name("hitl")
+    data = make_dataset(tmp_path / "d.csv")
+
+    approved, asked = run_with_answer(
+        build_pipeline(
+            f"hitl_approve_{uuid.uuid4().hex[:6]}", data, name, STUMP, approval="manual"
+        ),
+        "Approve",
+    )
+    assert asked["status_code"] == 200, asked
+    assert asked["subject"] == f"Promote {name} version 1 to @champion?"
+    assert "**Policy verdict:** promoted: first model" in asked["body"]
+    assert "| accuracy |" in asked["body"]
+    assert approved["tasks"]["approve_promotion"] == "success"
+    assert approved["approve_promotion"]["chosen_options"] == ["Approve"]
+    promote = approved["promote"]
+    assert promote["outcome"] == "promoted", promote
+    assert promote["approval"]["approved"] is True and promote["approval"]["by"]
+    assert promote["history_event"]["user"] == promote["approval"]["by"]
+    assert champion_of(client, name) == "1"
+
+    rejected, asked = run_with_answer(
+        build_pipeline(f"hitl_reject_{uuid.uuid4().hex[:6]}", data, name, BEST, approval="manual"),
+        "Reject",
+    )
+    assert asked["status_code"] == 200, asked
+    assert rejected["evaluate"]["promote"] is True  # the policy would have promoted it
+    assert rejected["tasks"]["approval_gate"] == "skipped"
+    assert rejected["tasks"]["promote"] == "success"
+    promote = rejected["promote"]
+    assert promote["outcome"] == "rejected" and promote["promoted"] is False
+    assert promote["reason"].startswith(f"rejected by {promote['approval']['by']}")
+    assert "@champion unchanged (version 1)" in promote["reason"]
+    assert champion_of(client, name) == "1"
+    assert promote["champion_version"] == "1"
+    run_id = rejected["evaluate"]["challenger"]["run_id"]
+    assert client.get_run(run_id).data.tags["mlops.promotion.outcome"] == "rejected"
+
+
+def test_policy_rejection_skips_the_approval_question(client, tracking, tmp_path):
+    """No human is asked to approve a challenger the policy already refused."""
+    name = unique_name("hitl")
+    data = make_dataset(tmp_path / "d.csv")
+    # Value threshold the constant model cannot meet: refused even as the first model.
+    result = run(
+        build_pipeline(f"hitl_skip_{uuid.uuid4().hex[:6]}", data, name, WORST, approval="manual")
+    )
+    assert result["tasks"]["approve_promotion"] == "skipped"
+    assert result["promote"]["outcome"] == "not_promoted"
+    assert "champion" not in client.get_registered_model(name).aliases
+    assert isinstance(pd.__version__, str)
