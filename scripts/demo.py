@@ -202,10 +202,10 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
     header = ("step", "outcome", "champion", "reason")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
     print()
-    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0])))
+    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0], strict=True)))
     print("  ".join("-" * w for w in widths) + "  " + "-" * 40)
     for row in rows:
-        cells = [str(c).ljust(w) for c, w in zip(row[:3], widths)]
+        cells = [str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)]
         print("  ".join([*cells, row[3][:160]]))
 
 
