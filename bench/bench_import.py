@@ -8,13 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from _common import ROOT, median, report, run_python
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-HEAVY = ("pandas", "numpy", "mlflow", "great_expectations", "evidently", "sklearn", "xgboost", "scipy")
+HEAVY = (
+    "pandas",
+    "numpy",
+    "mlflow",
+    "great_expectations",
+    "evidently",
+    "sklearn",
+    "xgboost",
+    "scipy",
+)
 
 CODE = """
 import importlib, json, sys, time

@@ -73,7 +73,13 @@ def main() -> None:
         )
         probe = run_python(MEASURE.format(path=str(factory)))
         ct_ids = [
-            "detect_changes", "validate", "train", "evaluate", "register", "promote", "predict",
+            "detect_changes",
+            "validate",
+            "train",
+            "evaluate",
+            "register",
+            "promote",
+            "predict",
             "summary",
         ]
         hand = work / "hand_dags.py"
@@ -90,14 +96,22 @@ def main() -> None:
         report(
             f"DAG parse: {N_PIPELINES} pipelines (median of {args.repeat} fresh interpreters)",
             [
-                ("factory", f"{results['factory']['median_s'] * 1000:.0f} ms "
-                 f"({results['factory']['dags']} DAGs, {results['factory']['tasks']} tasks)"),
-                ("hand-written", f"{results['hand-written']['median_s'] * 1000:.0f} ms "
-                 f"({results['hand-written']['dags']} DAGs, {results['hand-written']['tasks']} tasks)"),
+                (
+                    "factory",
+                    f"{results['factory']['median_s'] * 1000:.0f} ms "
+                    f"({results['factory']['dags']} DAGs, {results['factory']['tasks']} tasks)",
+                ),
+                (
+                    "hand-written",
+                    f"{results['hand-written']['median_s'] * 1000:.0f} ms "
+                    f"({results['hand-written']['dags']} DAGs, {results['hand-written']['tasks']} tasks)",
+                ),
                 ("ratio", f"{ratio:.2f} (goal <= 1.2)"),
             ],
         )
-        print(json.dumps({"bench": "parse", **results, "ratio": ratio, "probe_tasks": probe["tasks"]}))
+        print(
+            json.dumps({"bench": "parse", **results, "ratio": ratio, "probe_tasks": probe["tasks"]})
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -40,7 +40,9 @@ def main() -> int:
             failures.append(script)
             continue
         print(f"\n### {script}", flush=True)
-        result = subprocess.run([sys.executable, str(path), *(quick if args.quick else full)], cwd=HERE)
+        result = subprocess.run(
+            [sys.executable, str(path), *(quick if args.quick else full)], cwd=HERE
+        )
         if result.returncode != 0:
             failures.append(script)
     print(f"\nall benchmarks: {time.monotonic() - started:.0f}s; failed: {failures or 'none'}")

@@ -68,7 +68,9 @@ class ServerProcess:
                 self.process.wait(timeout=5)
 
 
-def _spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str], url: str, health: str) -> ServerProcess:
+def _spawn(
+    name: str, cmd: list[str], workdir: Path, env: dict[str, str], url: str, health: str
+) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
@@ -86,10 +88,18 @@ def start_mlflow_server(workdir: Path, *, basic_auth_password: str | None = None
         if key.startswith("MLFLOW_TRACKING_") or key == "MLFLOW_TRACKING_URI":
             env.pop(key)
     cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     name = "mlflow"
     if basic_auth_password:

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import airflow_mlops
 
-HEAVY = ("pandas", "numpy", "mlflow", "great_expectations", "evidently", "sklearn", "xgboost", "scipy")
+HEAVY = (
+    "pandas",
+    "numpy",
+    "mlflow",
+    "great_expectations",
+    "evidently",
+    "sklearn",
+    "xgboost",
+    "scipy",
+)
 
 
 def public_modules() -> list[str]:

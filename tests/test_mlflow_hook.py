@@ -7,12 +7,12 @@ import os
 import uuid
 
 import pytest
+from _servers import free_port
+from conftest import mlflow_connection_env
 
 from airflow_mlops.core.errors import ConfigError, MlflowConnectionError
 from airflow_mlops.core.mlflow_settings import settings_from_connection, tracking_uri_from_parts
 from airflow_mlops.hooks.mlflow import MlflowHook
-from conftest import mlflow_connection_env
-from _servers import free_port
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,10 @@ def test_session_logs_to_server_and_restores_environment(mlflow_conn, mlflow_ser
     with hook.session() as client:
         assert mlflow.get_tracking_uri() == mlflow_server
         experiment_id = hook.get_or_create_experiment(f"hook-{uuid.uuid4().hex[:8]}")
-        assert hook.get_or_create_experiment(client.get_experiment(experiment_id).name) == experiment_id
+        assert (
+            hook.get_or_create_experiment(client.get_experiment(experiment_id).name)
+            == experiment_id
+        )
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_metric("m", 1.5)
         assert client.get_run(run.info.run_id).data.metrics == {"m": 1.5}
@@ -107,10 +110,14 @@ def test_basic_auth_correct_and_wrong_password(mlflow_auth_server, monkeypatch):
 def test_unreachable_server_gives_clear_bounded_error(monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv(
-        "AIRFLOW_CONN_MLFLOW_DOWN", mlflow_connection_env(uri, extra={"timeout": 2, "max_retries": 1})
+        "AIRFLOW_CONN_MLFLOW_DOWN",
+        mlflow_connection_env(uri, extra={"timeout": 2, "max_retries": 1}),
     )
     hook = MlflowHook("mlflow_down")
-    with pytest.raises(MlflowConnectionError, match=f"{uri} is unreachable"), hook.session() as client:
+    with (
+        pytest.raises(MlflowConnectionError, match=f"{uri} is unreachable"),
+        hook.session() as client,
+    ):
         client.search_experiments(max_results=1)
     ok, message = hook.test_connection()
     assert not ok and uri in message

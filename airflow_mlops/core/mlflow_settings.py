@@ -97,7 +97,9 @@ def _as_bool(value: Any, field_name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "false", "0", "no"}:
         return value.strip().lower() in {"true", "1", "yes"}
-    raise ConfigError(f"MLflow connection extra {field_name!r} must be true or false, got {value!r}.")
+    raise ConfigError(
+        f"MLflow connection extra {field_name!r} must be true or false, got {value!r}."
+    )
 
 
 def _as_positive_int(value: Any, field_name: str) -> int:

@@ -76,7 +76,9 @@ class MlflowHook(BaseHook):
                     f"Airflow connection {self.mlflow_conn_id!r} is not defined; define it or use "
                     f"{DEFAULT_CONN_ID!r} (which falls back to the embedded local store)."
                 ) from None
-            self.log.info("No %r connection: using the embedded local MLflow store.", DEFAULT_CONN_ID)
+            self.log.info(
+                "No %r connection: using the embedded local MLflow store.", DEFAULT_CONN_ID
+            )
             return embedded_settings()
         return settings_from_connection(
             conn_id=self.mlflow_conn_id,
