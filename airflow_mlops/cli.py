@@ -175,5 +175,79 @@ def run_infer_suite(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: Every subcommand, in ``--help`` order. Add ``add_lint_command``, ``add_schema_command`` here.
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_infer_suite_command,)
+def add_lint_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "lint",
+        help="validate pipeline YAML files; name every bad field",
+        description="Validate pipeline config files (the YAML under include/pipelines/).",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE.yaml")
+    parser.set_defaults(handler=run_lint)
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    from airflow_mlops.factories.config import load_config
+
+    failed = 0
+    for path in args.files:
+        try:
+            config = load_config(path)
+        except MlopsError as err:
+            failed += 1
+            print(f"{path}: INVALID\n{err}", file=sys.stderr)
+            continue
+        print(f"{path}: ok ({config.ct_dag_id}, model {config.registered_model_name})")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def add_schema_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser("schema", help="print the JSON schema of pipeline config files")
+    parser.set_defaults(handler=run_schema)
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    from airflow_mlops.factories.config import json_schema
+
+    print(json_schema())
+    return EXIT_OK
+
+
+def add_sync_dags_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sync-dags",
+        help="write one DAG file per pipeline YAML (and remove stale generated ones)",
+        description=(
+            "Airflow reports import errors per DAG file, so each pipeline YAML gets its own "
+            "three-line DAG file: a broken YAML then fails only its own file."
+        ),
+    )
+    parser.add_argument("--pipelines", default="include/pipelines", help="folder of *.yaml")
+    parser.add_argument("--dags", default="dags", help="Airflow DAGs folder")
+    parser.set_defaults(handler=run_sync_dags)
+
+
+def run_sync_dags(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from airflow_mlops.factories.loader import sync_dag_files
+
+    pipelines = Path(args.pipelines)
+    if not pipelines.is_dir():
+        raise ConfigError(f"--pipelines {pipelines} is not a folder.")
+    result = sync_dag_files(pipelines, Path(args.dags))
+    for name in result["written"]:
+        print(f"wrote {Path(args.dags) / name}")
+    for name in result["removed"]:
+        print(f"removed {Path(args.dags) / name}")
+    if not result["written"] and not result["removed"]:
+        print("DAG files already in sync.")
+    return EXIT_OK
+
+
+#: Every subcommand, in ``--help`` order.
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    add_infer_suite_command,
+    add_lint_command,
+    add_schema_command,
+    add_sync_dags_command,
+)
