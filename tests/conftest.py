@@ -108,6 +108,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_fluent_state() -> Iterator[None]:
+    """Tests share one process: undo what a test left in MLflow's module-level state.
+
+    ``mlflow.set_experiment`` sets a process-wide active experiment that makes a later
+    ``mlflow.start_run(run_id=...)`` of another experiment fail; an unended run, a tracking URI
+    or an ``MLFLOW_*`` variable set by one test would change where the next one logs.
+    """
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    import sys as _sys
+
+    fluent = _sys.modules.get("mlflow.tracking.fluent")
+    if fluent is None:
+        return
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent._active_experiment_id = None
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if key not in env_before:
+            del os.environ[key]
+    os.environ.update(env_before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def airflow_home() -> Path:
     """A private AIRFLOW_HOME whose metadata DB is migrated (needed by ``dag.test()``)."""
