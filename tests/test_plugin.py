@@ -63,6 +63,9 @@ def api(plugins_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         "AIRFLOW__API_AUTH__JWT_SECRET": "plugin-test-secret-" + uuid.uuid4().hex,
+        # The session's MLflow server also holds the models of the other test modules: list
+        # them all, so this module's models are never cut off by the default cap of 50.
+        "AIRFLOW__MLOPS__PAGE_MAX_MODELS": "1000",
     }
     saved = {k: os.environ.get(k) for k in env}
     saved_folder, saved_lazy = settings.PLUGINS_FOLDER, settings.LAZY_LOAD_PROVIDERS
@@ -161,6 +164,28 @@ def registered_model(mlflow_conn: str, mlflow_server: str, tmp_path: Path) -> di
     }
 
 
+@pytest.fixture
+def unrelated_champion(mlflow_conn: str, mlflow_server: str) -> str:
+    """Another model's champion, without metrics, listed before ``churn_*`` models.
+
+    The MLflow server is shared by the whole test session (the drift tests leave
+    ``churn_<hex>`` champions without metrics): the assertions must read their own model's
+    card, not the first card on the page.
+    """
+    from mlflow.tracking import MlflowClient
+
+    name = f"aaa_unrelated_{uuid.uuid4().hex[:6]}"
+    client = MlflowClient(mlflow_server)
+    run = client.create_run(client.create_experiment(f"exp_{name}"))
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias(name, "champion", version.version)
+    return name
+
+
 class _Constant:
     """Defined lazily as an mlflow PythonModel (keeps mlflow out of module import)."""
 
@@ -207,22 +232,24 @@ def test_report_route_is_protected(api: object) -> None:
 
 
 def test_logged_in_user_sees_champion_metrics_checks_and_history(
-    api: object, token: str, registered_model: dict[str, str]
+    api: object, token: str, registered_model: dict[str, str], unrelated_champion: str
 ) -> None:
     response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
     assert response.status_code == 200, response.text
     html = response.text
     name, version = registered_model["name"], registered_model["version"]
     assert f'data-model="{name}"' in html
-    champion_row = html.split('data-alias="champion"')[1].split("</tr>")[0]
+    assert f'data-model="{unrelated_champion}"' in html
+    card = model_card(html, name)
+    champion_row = card.split('data-alias="champion"')[1].split("</tr>")[0]
     assert f">v{version}<" in champion_row
     assert "0.9312" in champion_row and "0.9021" in champion_row
     assert registered_model["run_id"][:8] in champion_row
-    challenger_row = html.split('data-alias="challenger"')[1].split("</tr>")[0]
+    challenger_row = card.split('data-alias="challenger"')[1].split("</tr>")[0]
     assert f">v{version}<" in challenger_row
-    drift = html.split('data-check="drift"')[1].split("data-check=")[0]
+    drift = card.split('data-check="drift"')[1].split("data-check=")[0]
     assert "drift detected" in drift and "badge bad" in drift
-    validation = html.split('data-check="validation"')[1].split("</div>\n  </div>")[0]
+    validation = card.split('data-check="validation"')[1].split("</div>\n  </div>")[0]
     assert "passed" in validation and "badge ok" in validation
     # Links to MLflow (the tracking server is HTTP, so its UI is linked).
     assert f"/#/models/{name}/versions/{version}" in html
@@ -231,10 +258,15 @@ def test_logged_in_user_sees_champion_metrics_checks_and_history(
         in html
     )
     # Alias history written by the registry functions: challenger set, then promotion.
-    history = html.split("Alias history")[1]
+    history = card.split("Alias history")[1]
     assert "promote" in history and "set" in history and "better f1 than the champion" in history
     # The promotion lock (a registered model of its own) is not listed as a model.
     assert ".mlops-lock" not in html
+
+
+def model_card(html: str, name: str) -> str:
+    """The page's card of model ``name`` (the shared server holds other tests' models)."""
+    return html.split(f'<section class="card" data-model="{name}">')[1].split("</section>")[0]
 
 
 def test_ui_cookie_login_works_and_json_matches(
