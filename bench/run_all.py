@@ -2,11 +2,17 @@
 
 Absolute seconds are reported but not judged: the machines are shared and noisy; the ratios
 compare two measurements taken in the same run. ``--quick`` uses smaller sizes.
+
+Each benchmark's full output (Airflow and MLflow logs included) goes to
+``bench/results/<script>.log``; the console shows its figures (the ``==`` blocks and the
+JSON line), its wall time and the machine's load average before it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 import time
@@ -18,10 +24,42 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("bench_import.py", [], ["--repeat", "3"]),
     ("bench_parse.py", [], ["--repeat", "3"]),
+    ("bench_task_overhead.py", [], []),
+    ("bench_segments.py", [], ["--sizes", "1,4", "--serving-check-max", "1"]),
+    ("bench_xcom.py", [], []),
     ("bench_validation.py", [], ["--rows", "100000"]),
-    ("bench_training.py", [], ["--rows", "100000"]),
     ("bench_drift.py", [], ["--rows", "100000"]),
+    ("bench_training.py", [], ["--rows", "100000"]),
 ]
+RESULTS = HERE / "results"
+
+
+LOG_LINE = re.compile(r"^(\[?\d{4}-\d\d-\d\d[T ]|\s*\{\"|model \S+: )")
+
+
+def _figures(stdout: str) -> str:
+    """The ``== title`` blocks (and their indented rows) and the JSON result line.
+
+    Scripts that print their own tables (no ``==`` block) are shown whole, minus log lines.
+    """
+    if not any(line.startswith("== ") for line in stdout.splitlines()):
+        return "\n".join(
+            line
+            for line in stdout.splitlines()
+            if line.startswith('{"bench"') or not LOG_LINE.match(line)
+        )
+    keep, in_block = [], False
+    for line in stdout.splitlines():
+        if line.startswith("== "):
+            in_block = True
+            keep.append(line)
+        elif in_block and line.startswith("  "):
+            keep.append(line)
+        else:
+            in_block = False
+            if line.startswith('{"bench"'):
+                keep.append(line)
+    return "\n".join(keep)
 
 
 def main() -> int:
@@ -39,12 +77,28 @@ def main() -> int:
             print(f"\n== {script}: missing", flush=True)
             failures.append(script)
             continue
-        print(f"\n### {script}", flush=True)
-        result = subprocess.run(
-            [sys.executable, str(path), *(quick if args.quick else full)], cwd=HERE
+        load = os.getloadavg()
+        print(
+            f"\n### {script} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True
         )
+        RESULTS.mkdir(exist_ok=True)
+        log_path = RESULTS / f"{path.stem}.log"
+        t0 = time.monotonic()
+        with log_path.open("w") as log:
+            result = subprocess.run(
+                [sys.executable, str(path), *(quick if args.quick else full)],
+                cwd=HERE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                check=False,
+            )
+            log.write(result.stdout)
+        print(_figures(result.stdout), flush=True)
+        print(f"  ({time.monotonic() - t0:.0f} s; full log: {log_path})", flush=True)
         if result.returncode != 0:
             failures.append(script)
+            print(f"  FAILED with exit code {result.returncode}; see {log_path}", flush=True)
     print(f"\nall benchmarks: {time.monotonic() - started:.0f}s; failed: {failures or 'none'}")
     return 1 if failures else 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_mlops.core.lineage import TAG_PIPELINE_CONFIG_HASH
+from airflow_mlops.core.lineage import TAG_GIT_COMMIT, TAG_PIPELINE_CONFIG_HASH
 from airflow_mlops.core.training import TAG_DATA_SHA256
 
 # Airflow run types for which the trigger itself is the reason to train.
@@ -36,8 +36,13 @@ def decide_retrain(
     config_hash: str,
     champion_tags: dict[str, str] | None,
     champion_version: str | None = None,
+    code_version: str | None = None,
 ) -> ChangeDecision:
-    """Whether to train, and why, from the trigger and the champion's training-run tags."""
+    """Whether to train, and why, from the trigger and the champion's training-run tags.
+
+    ``code_version`` is the commit of the code that would train now; it counts as a change
+    only when both it and the champion's ``mlops.git_commit`` are known.
+    """
 
     def decision(train: bool, reason: str) -> ChangeDecision:
         return ChangeDecision(train, reason, data_sha256, config_hash, champion_version)
@@ -49,6 +54,12 @@ def decide_retrain(
     reasons = []
     if champion_tags.get(TAG_PIPELINE_CONFIG_HASH) != config_hash:
         reasons.append("pipeline config changed since the champion was trained")
+    champion_code = champion_tags.get(TAG_GIT_COMMIT)
+    if code_version and champion_code and champion_code != code_version:
+        reasons.append(
+            f"pipeline code changed since the champion was trained "
+            f"({champion_code[:12]} -> {code_version[:12]})"
+        )
     if champion_tags.get(TAG_DATA_SHA256) != data_sha256:
         reasons.append("training data changed since the champion was trained")
     if reasons:

@@ -40,6 +40,7 @@ class DetectChangesOperator(MlopsBaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core.changes import decide_retrain
+        from airflow_mlops.core.training import detect_git_commit
 
         data_sha256 = self.storage.sha256(self.train_uri)
         champion_tags, champion_version = self._champion_run_tags()
@@ -51,6 +52,8 @@ class DetectChangesOperator(MlopsBaseOperator):
             config_hash=self.config_hash,
             champion_tags=champion_tags,
             champion_version=champion_version,
+            # The same lookup the training task tags its run with (env, else .git above the DAG).
+            code_version=detect_git_commit(_dag_folder(context)),
         )
         self.log.info("Retrain decision: %s (%s)", decision.train, decision.reason)
         result = decision.to_dict()
@@ -72,3 +75,11 @@ class DetectChangesOperator(MlopsBaseOperator):
             if not version.run_id:
                 return {}, str(version.version)
             return dict(client.get_run(version.run_id).data.tags), str(version.version)
+
+
+def _dag_folder(context: Context) -> str | None:
+    """Folder of the DAG file, as ``TrainModelOperator`` passes it to ``detect_git_commit``."""
+    import os
+
+    fileloc = getattr(context.get("dag"), "fileloc", None)
+    return os.path.dirname(fileloc) if fileloc else None

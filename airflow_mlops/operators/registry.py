@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetAlias
 
 from airflow_mlops.core.errors import ConfigError, PromotionError
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.core.registry import Actor
+    from airflow_mlops.operators.approval import PromotionApprovalOperator
 
 # Tasks that move @champion emit an event for champion_asset(<model>) through this alias,
 # only when the alias actually moved (a rejected or tied challenger emits nothing).
@@ -31,6 +31,10 @@ CHAMPION_MOVES_ALIAS = "mlops_champion_moves"
 PROMOTION_ARTIFACT = "mlops/promotion.json"
 TAG_PROMOTION_OUTCOME = "mlops.promotion.outcome"
 APPROVAL_XCOM_KEY = "mlops_approval"
+# ApprovalOperator.APPROVE, kept here so that importing this module does not import the
+# human-in-the-loop operator (its triggers and pydantic models cost ~30-60 ms per process);
+# operators/approval.py refuses to import if the two ever differ.
+APPROVE_OPTION = "Approve"
 
 
 def _lock_options(ttl: Any, wait: Any) -> dict[str, float]:
@@ -157,68 +161,6 @@ class RegisterModelOperator(MlopsBaseOperator):
             "challenger_alias": self.challenger_alias,
             "challenger_move": None if move is None else move.outcome,
         }
-
-
-class PromotionApprovalOperator(ApprovalOperator):
-    """The standard provider's ``ApprovalOperator``, showing the decision record.
-
-    The subject and the Markdown body are built from the evaluation and registration results
-    when the task runs. When the policy already refused the challenger nobody is asked: the
-    task is skipped. Approve/Reject are read by :class:`PromoteModelOperator`
-    (``approval_task_id``), which records the answer and the approver.
-    """
-
-    template_fields: Sequence[str] = (
-        *ApprovalOperator.template_fields,
-        "evaluation",
-        "registration",
-    )
-
-    def __init__(self, *, evaluation: Any, registration: Any, **kwargs: Any) -> None:
-        # Without an explicit subject, one naming the model and version is built at run time.
-        default_subject = "subject" not in kwargs
-        kwargs.setdefault("subject", "Promote the challenger to @champion?")
-        super().__init__(**kwargs)
-        self._default_subject = default_subject
-        self.evaluation = evaluation
-        self.registration = registration
-
-    def execute(self, context: Context) -> Any:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        evaluation = as_mapping(self.evaluation, "evaluation")
-        registration = as_mapping(self.registration, "registration")
-        if not evaluation.get("promote"):
-            raise AirflowSkipException(
-                f"No approval needed: the policy did not qualify the challenger ({evaluation.get('reason')})"
-            )
-        if self._default_subject:
-            self.subject = (
-                f"Promote {registration['model_name']} version {registration['version']} "
-                "to @champion?"
-            )
-        self.body = approval_body(evaluation, registration)
-        return super().execute(context)
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        # On Reject the ApprovalOperator skips its downstream tasks, and the task runner then
-        # stores no return value: keep the answer under our own key so the promote task can
-        # record who rejected.
-        if "error" not in event:
-            responded_at = event.get("responded_at")
-            context["ti"].xcom_push(
-                key=APPROVAL_XCOM_KEY,
-                value={
-                    "chosen_options": list(event.get("chosen_options") or []),
-                    "responded_by_user": event.get("responded_by_user"),
-                    "responded_at": (
-                        responded_at.isoformat()
-                        if hasattr(responded_at, "isoformat")
-                        else responded_at
-                    ),
-                },
-            )
-        return super().execute_complete(context, event)
 
 
 def approval_body(evaluation: Mapping[str, Any], registration: Mapping[str, Any]) -> str:
@@ -384,7 +326,7 @@ class PromoteModelOperator(MlopsBaseOperator):
         return {
             "required": True,
             "answered": True,
-            "approved": list(answer["chosen_options"]) == [ApprovalOperator.APPROVE],
+            "approved": list(answer["chosen_options"]) == [APPROVE_OPTION],
             "chosen_options": list(answer["chosen_options"]),
             "by": user.get("name") or user.get("id"),
             "at": at.isoformat() if hasattr(at, "isoformat") else at,
@@ -770,6 +712,8 @@ def promotion_tasks(
     approval_task = gate = None
     promote_args: dict[str, Any] = dict(promote_kwargs or {})
     if approval == "manual":
+        from airflow_mlops.operators.approval import PromotionApprovalOperator
+
         approval_task = PromotionApprovalOperator(
             task_id=f"{p}approve_promotion",
             evaluation=evaluate.output,
@@ -799,3 +743,13 @@ def _truthy(value: Any) -> bool:
 
 def _v(version: str | None) -> str:
     return "none" if version is None else f"version {version}"
+
+
+def __getattr__(name: str) -> Any:
+    # PromotionApprovalOperator lives in operators/approval.py so that DAGs without a manual
+    # approval do not import Airflow's human-in-the-loop operator; the old import path works.
+    if name == "PromotionApprovalOperator":
+        from airflow_mlops.operators.approval import PromotionApprovalOperator
+
+        return PromotionApprovalOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,17 +3,29 @@
 Starts ``deploy/local-stack prod`` (PostgreSQL and Redis from Debian's packages, Airflow on
 PostgreSQL with the CeleryExecutor and two Celery workers, api-server, scheduler,
 dag-processor, triggerer, MLflow on PostgreSQL with S3 artifacts on a moto server), triggers
-the continuous-training DAG through Airflow's REST API v2, waits for success, checks
-``@champion`` with MLflow's own client, then logs in to the Airflow UI in headless Chromium
-(typing into the login form) and checks the DAG run, its asset events, the Assets view and
-the MLOps page. Screenshots are saved under ``test-artifacts/e2e/``; the stack's logs are
-copied to ``test-artifacts/e2e/logs/``. Everything started is stopped at the end.
+the real continuous-training DAG of the DAG factory (``ct__breast_cancer``: ``dags/`` loading
+``include/pipelines/breast_cancer.yaml``) through Airflow's REST API v2, waits for success,
+checks ``@champion`` with MLflow's own client and the run's ``summary``, then logs in to the
+Airflow UI in headless Chromium (typing into the login form) and checks the DAG run, its asset
+events, the Assets view and the MLOps page.
+
+The DAG runs ``@daily`` with catchup off: unpausing it makes the scheduler create a scheduled
+run for today at once. The REST run is triggered while the DAG is still paused, with a
+``run_after`` before that scheduled run's, so the scheduler starts it first (``max_active_runs``
+is 1) and it trains the first model. Its training data is a byte-identical copy of the YAML's
+``train_uri`` in S3, so the scheduled run that follows finds the champion's data and config
+unchanged and is skipped with "no change" (checked too). Training data in S3 also keeps the
+holdout files the training step writes beside its data out of the repository.
+
+Screenshots are saved under ``test-artifacts/e2e/``; the stack's logs are copied to
+``test-artifacts/e2e/logs/``. Everything started is stopped at the end.
 
 Select or skip with the marker: ``pytest -m e2e`` / ``pytest -m "not e2e"``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import shutil
@@ -29,14 +41,27 @@ from typing import Any
 
 import pytest
 
-# TODO(lead, issue 7): switch these three to the continuous-training DAG of the DAG factory
-# (``dags/`` loading ``include/pipelines/*.yaml``) once it lands: E2E_DAGS_FOLDER = REPO / "dags",
-# E2E_DAG_ID = its DAG id, E2E_MODEL_NAME = the registered model it promotes.
-E2E_DAG_ID = "e2e_ct"
-E2E_DAGS_FOLDER = Path(__file__).parent / "dags"
-E2E_MODEL_NAME = "e2e_breast_cancer"
-
 REPO = Path(__file__).resolve().parents[2]
+# The continuous-training DAG of the DAG factory: dags/mlops_pipeline__breast_cancer.py builds
+# it from include/pipelines/breast_cancer.yaml.
+E2E_DAG_ID = "ct__breast_cancer"
+E2E_DAGS_FOLDER = REPO / "dags"
+E2E_MODEL_NAME = "breast_cancer"
+E2E_TASK_IDS = (
+    "detect_changes",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    "promote",
+    "predict",
+    "summary",
+)
+E2E_RETRAIN_ASSET = f"mlops_retrain__{E2E_MODEL_NAME}"
+E2E_CHAMPION_ASSET = f"mlops_champion__{E2E_MODEL_NAME}"
+E2E_TRAIN_DATA = REPO / "include" / "data" / "breast_cancer" / "reference.parquet"
+E2E_DATA_BUCKET = "ml-data"
+
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
 STATE_DIR = REPO / ".local-stack" / "e2e"
 RUN_TIMEOUT_S = 420
@@ -134,39 +159,92 @@ def api(stack: dict[str, str]) -> AirflowApi:
     return AirflowApi(stack["airflow_url"], stack["admin_user"], stack["admin_password"])
 
 
+def wait_for_run_end(api: AirflowApi, run_path: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+    started = time.monotonic()
+    run = api.call("GET", run_path)
+    while run["state"] not in ("success", "failed"):
+        assert time.monotonic() - started < timeout_s, (
+            f"{run['dag_run_id']} still {run['state']} after {timeout_s}s"
+        )
+        time.sleep(5)
+        run = api.call("GET", run_path)
+    return run
+
+
+def xcom_value(api: AirflowApi, run_path: str, task_id: str) -> Any:
+    """A task's ``return_value`` XCom through the REST API (JSON text or native)."""
+    entry = api.call("GET", f"{run_path}/taskInstances/{task_id}/xcomEntries/return_value")
+    value = entry["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def upload_training_data(stack: dict[str, str]) -> str:
+    """A byte-identical copy of the YAML's training file, in the stack's S3."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack["s3_url"],
+        region_name="us-east-1",
+        aws_access_key_id="local-stack",
+        aws_secret_access_key="local-stack",
+    )
+    s3.create_bucket(Bucket=E2E_DATA_BUCKET)
+    key = f"{E2E_MODEL_NAME}/{E2E_TRAIN_DATA.name}"
+    s3.upload_file(str(E2E_TRAIN_DATA), E2E_DATA_BUCKET, key)
+    return f"s3://{E2E_DATA_BUCKET}/{key}"
+
+
 @pytest.fixture(scope="module")
-def dag_run(api: AirflowApi) -> dict[str, Any]:
+def dag_run(api: AirflowApi, stack: dict[str, str]) -> dict[str, Any]:
     """Trigger the CT DAG through the REST API and wait until the run ends."""
     path = f"/api/v2/dags/{urllib.parse.quote(E2E_DAG_ID)}"
     deadline = time.monotonic() + 240
     while True:  # the dag-processor parses the folder right after start
         try:
-            api.call("GET", path)
+            dag = api.call("GET", path)
             break
         except urllib.error.HTTPError as err:
             if err.code != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(3)
-    api.call("PATCH", path, {"is_paused": False})
+    assert dag["is_paused"], "new DAGs start paused: the run below must be queued first"
+    train_uri = upload_training_data(stack)
+    # Before today's scheduled run, which the scheduler creates as soon as the DAG is unpaused.
+    midnight = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    run_after = (midnight - dt.timedelta(minutes=1)).isoformat()
     started = time.monotonic()
-    run = api.call("POST", f"{path}/dagRuns", {"logical_date": None, "conf": {}})
+    run = api.call(
+        "POST",
+        f"{path}/dagRuns",
+        {"logical_date": None, "run_after": run_after, "conf": {"train_uri": train_uri}},
+    )
+    api.call("PATCH", path, {"is_paused": False})
     run_path = f"{path}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
-    while run["state"] not in ("success", "failed"):
-        assert time.monotonic() - started < RUN_TIMEOUT_S, (
-            f"run still {run['state']} after {RUN_TIMEOUT_S}s"
-        )
-        time.sleep(5)
-        run = api.call("GET", run_path)
+    run = wait_for_run_end(api, run_path)
     run["seconds"] = round(time.monotonic() - started, 1)
+    run["train_uri"] = train_uri
     run["task_instances"] = api.call("GET", f"{run_path}/taskInstances")["task_instances"]
+    run["summary"] = xcom_value(api, run_path, "summary")
     query = urllib.parse.urlencode(
         {"source_dag_id": E2E_DAG_ID, "source_run_id": run["dag_run_id"]}
     )
     events = api.call("GET", f"/api/v2/assets/events?{query}")["asset_events"]
-    run["champion_event"] = next(
-        (e for e in events if e["name"] == f"mlops_champion__{E2E_MODEL_NAME}"), None
-    )
+    run["champion_event"] = next((e for e in events if e["name"] == E2E_CHAMPION_ASSET), None)
     print(f"DAG run {run['dag_run_id']} ended {run['state']} after {run['seconds']}s")
+    return run
+
+
+@pytest.fixture(scope="module")
+def scheduled_run(api: AirflowApi, dag_run: dict[str, Any]) -> dict[str, Any]:
+    """Today's scheduled run, created by the scheduler when the DAG was unpaused."""
+    path = f"/api/v2/dags/{urllib.parse.quote(E2E_DAG_ID)}/dagRuns"
+    runs = [r for r in api.call("GET", path)["dag_runs"] if r["run_type"] == "scheduled"]
+    assert len(runs) == 1, [(r["dag_run_id"], r["run_type"], r["state"]) for r in runs]
+    run_path = f"{path}/{urllib.parse.quote(runs[0]['dag_run_id'], safe='')}"
+    run = wait_for_run_end(api, run_path)
+    run["task_instances"] = api.call("GET", f"{run_path}/taskInstances")["task_instances"]
+    run["summary"] = xcom_value(api, run_path, "summary")
     return run
 
 
@@ -178,7 +256,8 @@ def test_ct_dag_run_succeeds_on_celery_workers(dag_run: dict[str, Any]) -> None:
     assert dag_run["state"] == "success", (
         f"DAG run failed; task states: {tasks}; logs in {ARTIFACTS / 'logs'}"
     )
-    assert tasks and all(state == "success" for state, _ in tasks.values()), tasks
+    assert set(tasks) == set(E2E_TASK_IDS), tasks
+    assert all(state == "success" for state, _ in tasks.values()), tasks
     # Each task ran on a Celery worker of the stack (the workers log every workload they run).
     executed = {
         worker: [
@@ -198,10 +277,43 @@ def test_ct_dag_run_succeeds_on_celery_workers(dag_run: dict[str, Any]) -> None:
     print("tasks per Celery worker:", {w: len(lines) for w, lines in executed.items()})
 
 
+def test_run_summary_says_the_first_model_was_promoted(dag_run: dict[str, Any]) -> None:
+    summary = dag_run["summary"]
+    assert summary["outcome"] == "promoted", summary
+    assert summary["champion_version"] == "1", summary
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["detect_changes"]["detail"] == "first model: no champion yet", steps
+    assert [steps[t]["state"] for t in E2E_TASK_IDS[:-1]] == ["success"] * 7, steps
+
+
 def test_run_emitted_the_champion_asset(dag_run: dict[str, Any]) -> None:
     event = dag_run["champion_event"]
-    assert event is not None, f"the run emitted no mlops_champion__{E2E_MODEL_NAME} asset event"
+    assert event is not None, f"the run emitted no {E2E_CHAMPION_ASSET} asset event"
     assert event["uri"] == f"mlops://models/{E2E_MODEL_NAME}/champion"
+    assert event["source_task_id"] == "promote"
+    assert event["extra"].get("version") == "1", event
+
+
+def test_ct_dag_is_scheduled_on_the_retrain_asset(api: AirflowApi) -> None:
+    query = urllib.parse.urlencode({"name_pattern": E2E_RETRAIN_ASSET})
+    assets = api.call("GET", f"/api/v2/assets?{query}")["assets"]
+    (asset,) = [a for a in assets if a["name"] == E2E_RETRAIN_ASSET]
+    assert asset["uri"] == f"mlops://models/{E2E_MODEL_NAME}/retrain"
+    assert E2E_DAG_ID in [d["dag_id"] for d in asset["scheduled_dags"]], asset
+
+
+def test_scheduled_run_with_nothing_new_is_skipped(scheduled_run: dict[str, Any]) -> None:
+    """The scheduler's own run: same data (the YAML's file) and config as the champion."""
+    tasks = {t["task_id"]: t["state"] for t in scheduled_run["task_instances"]}
+    assert scheduled_run["state"] == "success", tasks
+    assert tasks["detect_changes"] == "skipped", tasks
+    skipped = ("validate", "train", "evaluate", "register", "promote", "predict")
+    assert [tasks[t] for t in skipped] == ["skipped"] * len(skipped), tasks
+    assert tasks["summary"] == "success", tasks
+    summary = scheduled_run["summary"]
+    assert summary["outcome"] == "skipped", summary
+    assert summary["reason"] == "no change: same data and config as the champion", summary
+    assert summary["champion_version"] == "1", summary
 
 
 def test_champion_alias_is_set_by_this_run(stack: dict[str, str], dag_run: dict[str, Any]) -> None:
@@ -214,6 +326,7 @@ def test_champion_alias_is_set_by_this_run(stack: dict[str, str], dag_run: dict[
     run = client.get_run(champion.run_id)
     assert run.data.tags.get("mlops.airflow.dag_id") == E2E_DAG_ID
     assert run.data.tags.get("mlops.airflow.run_id") == dag_run["dag_run_id"]
+    assert run.data.tags.get("mlops.data.uri") == dag_run["train_uri"]
     assert any(k.startswith("holdout_") for k in run.data.metrics), run.data.metrics
     # The model is stored in S3 (moto) through the MLflow server's artifact proxy.
     import boto3
@@ -235,11 +348,13 @@ def test_mlops_page_refuses_anonymous_callers(stack: dict[str, str], api: Airflo
     assert status_of(url + "api/models", {"Authorization": f"Bearer {api.token}"}) == 200
 
 
-def test_ui_shows_run_assets_and_mlops_page(stack: dict[str, str], dag_run: dict[str, Any]) -> None:
+def test_ui_shows_run_assets_and_mlops_page(
+    stack: dict[str, str], dag_run: dict[str, Any], scheduled_run: dict[str, Any]
+) -> None:
     base = stack["airflow_url"]
     run_id = dag_run["dag_run_id"]
     task_ids = [t["task_id"] for t in dag_run["task_instances"]]
-    asset_name = f"mlops_champion__{E2E_MODEL_NAME}"
+    asset_name = E2E_CHAMPION_ASSET
     with Browser() as browser:
         # Log in through the login form, as a person would.
         browser.goto(base + "/")
@@ -277,9 +392,11 @@ def test_ui_shows_run_assets_and_mlops_page(stack: dict[str, str], dag_run: dict
         assert "Created Asset Event" in text, text[:1500]
         browser.screenshot(ARTIFACTS / "02-task-asset-events.png")
 
-        # The Assets view lists the champion asset with its last event.
+        # The Assets view lists the champion asset (emitted) and the retrain asset (the CT
+        # DAG's schedule).
         browser.goto(base + "/assets", settle_s=2)
         text = browser.wait_for_text(asset_name)
+        assert E2E_RETRAIN_ASSET in text, text[:2000]
         browser.screenshot(ARTIFACTS / "03-assets.png")
 
         # The MLOps page inside the UI (nav entry -> iframe of /mlops/).
@@ -292,11 +409,19 @@ def test_ui_shows_run_assets_and_mlops_page(stack: dict[str, str], dag_run: dict
         assert "Alias history" in page or "ALIAS HISTORY" in page
         assert "promote" in page
         browser.screenshot(ARTIFACTS / "04-mlops-page.png")
+
+        # The DAG's grid: the REST-triggered run (trained, promoted) and the scheduler's run
+        # (skipped: nothing new), side by side.
+        browser.goto(f"{base}/dags/{E2E_DAG_ID}", settle_s=3)
+        browser.wait_for_text("detect_changes")
+        browser.screenshot(ARTIFACTS / "05-dag-grid-two-runs.png")
+    assert scheduled_run["summary"]["outcome"] == "skipped"
     for name in (
         "00-login",
         "01-grid-dag-run",
         "02-task-asset-events",
         "03-assets",
         "04-mlops-page",
+        "05-dag-grid-two-runs",
     ):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
