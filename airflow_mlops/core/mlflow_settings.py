@@ -35,6 +35,7 @@ _MANAGED_ENV = (
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    "MLFLOW_DISABLE_TELEMETRY",
 )
 
 
@@ -78,6 +79,8 @@ class MlflowSettings:
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             # tqdm bars would fill task logs on every model download.
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            # A pipeline talks to its MLflow server and storage only: no usage telemetry.
+            "MLFLOW_DISABLE_TELEMETRY": "true",
         }
 
 

@@ -1,0 +1,1 @@
+"""Reliability and security tests: fault injection, concurrency, fuzzing, secrets, offline."""
