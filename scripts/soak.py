@@ -50,6 +50,9 @@ DAG_ID = f"ct__{PIPELINE_NAME}"
 MODEL_NAME = "soak-model"
 DATA_BUCKET = "mlops"
 DATA_KEY = "soak/train.csv"
+# Runs cycle through these training sets (seed, label noise): each run trains a model of a
+# different quality, so some runs promote a new champion and others keep the old one.
+DATA_VARIANTS = [(7, 0.0), (11, 0.6), (13, 0.2), (17, 1.0), (19, 0.4)]
 S3_KEY = "local-stack"  # the stack's moto accepts these (see deploy/local_stack.py)
 # Long-running components: the memory criterion applies to these only. Task processes come
 # and go with every task and are reported separately.
@@ -78,7 +81,7 @@ def load_local_stack() -> Any:
 def write_pipeline(dags_folder: Path, train_uri: str) -> None:
     """One pipeline YAML and its generated DAG stub, as ``airflow-mlops sync-dags`` writes."""
     import yaml
-    from reliability._data import SUITE
+    from reliability._data import POLICY, SUITE
 
     from airflow_mlops.factories.loader import stub_text
 
@@ -94,7 +97,8 @@ def write_pipeline(dags_folder: Path, train_uri: str) -> None:
             "params": {"C": 1.0},
             "task": "classification",
         },
-        "evaluation": {"policy": {"value_thresholds": {"accuracy": {"lower": 0.6}}}},
+        # Absolute floor, and no worse than the champion on the challenger's holdout.
+        "evaluation": {"policy": POLICY},
         "promotion": {"approval": "auto", "serving_check": True},
         "monitoring": {"enabled": False},
         "retries": 0,
@@ -103,7 +107,8 @@ def write_pipeline(dags_folder: Path, train_uri: str) -> None:
     (dags_folder / f"mlops_pipeline__{PIPELINE_NAME}.py").write_text(stub_text("soak.yaml"))
 
 
-def upload_data(s3_url: str) -> str:
+def upload_data(s3_url: str) -> list[str]:
+    """The training sets in the stack's S3; returns their URIs."""
     import boto3
     from reliability._data import clean_frame, csv_bytes
 
@@ -118,7 +123,13 @@ def upload_data(s3_url: str) -> str:
     if DATA_BUCKET not in existing:
         client.create_bucket(Bucket=DATA_BUCKET)
     client.put_object(Bucket=DATA_BUCKET, Key=DATA_KEY, Body=csv_bytes(clean_frame(400)))
-    return f"s3://{DATA_BUCKET}/{DATA_KEY}"
+    uris = []
+    for seed, noise in DATA_VARIANTS:
+        key = f"soak/train-{seed}-{noise}.csv"
+        body = csv_bytes(clean_frame(400, seed=seed, noise=noise))
+        client.put_object(Bucket=DATA_BUCKET, Key=key, Body=body)
+        uris.append(f"s3://{DATA_BUCKET}/{key}")
+    return uris
 
 
 # -- Airflow REST API v2 --------------------------------------------------------------------
@@ -152,10 +163,11 @@ def wait_for_dag(api: AirflowApi, timeout_s: float = 300) -> None:
             time.sleep(3)
 
 
-def run_once(api: AirflowApi, index: int, timeout_s: float) -> dict[str, Any]:
+def run_once(api: AirflowApi, index: int, train_uri: str, timeout_s: float) -> dict[str, Any]:
     path = f"/api/v2/dags/{DAG_ID}/dagRuns"
     started = time.monotonic()
-    run = api.call("POST", path, {"logical_date": None, "conf": {}, "note": f"soak run {index}"})
+    body = {"logical_date": None, "conf": {"train_uri": train_uri}, "note": f"soak run {index}"}
+    run = api.call("POST", path, body)
     run_path = f"{path}/{urllib.parse.quote(run['dag_run_id'], safe='')}"
     while run["state"] not in ("success", "failed"):
         if time.monotonic() - started > timeout_s:
@@ -165,13 +177,30 @@ def run_once(api: AirflowApi, index: int, timeout_s: float) -> dict[str, Any]:
     record = {
         "index": index,
         "run_id": run["dag_run_id"],
+        "train_uri": train_uri,
         "state": run["state"],
         "seconds": round(time.monotonic() - started, 1),
+        "promotion": promotion_outcome(api, run_path),
     }
     if run["state"] != "success":
         tasks = api.call("GET", f"{run_path}/taskInstances")["task_instances"]
         record["tasks"] = {t["task_id"]: t["state"] for t in tasks}
     return record
+
+
+def promotion_outcome(api: AirflowApi, run_path: str) -> str | None:
+    """``outcome`` of the promote task's XCom (promoted, not_promoted, ...), if any."""
+    try:
+        entry = api.call("GET", f"{run_path}/taskInstances/promote/xcomEntries/return_value")
+    except urllib.error.HTTPError:
+        return None
+    value = entry.get("value")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value.get("outcome") if isinstance(value, dict) else None
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -270,10 +299,17 @@ def mlflow_invariants(mlflow_url: str, runs: int) -> dict[str, Any]:
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'", max_results=5000)
     keys = [v.tags.get("mlops.idempotency_key") for v in versions]
     champion = client.get_registered_model(MODEL_NAME).aliases.get("champion")
-    champion_status = (
-        str(client.get_model_version(MODEL_NAME, champion).status) if champion else None
-    )
+    champion_status = gate = None
+    if champion:
+        version = client.get_model_version(MODEL_NAME, champion)
+        champion_status = str(version.status)
+        gate = client.get_run(version.run_id).data.tags.get("mlops.decision.promote")
+    from airflow_mlops.core.registry import alias_history
+
+    moves = [e for e in alias_history(client, MODEL_NAME) if e.get("alias") == "champion"]
     return {
+        "champion_moves_in_history": len(moves),
+        "champion_passed_gate": gate == "true",
         "mlflow_run_statuses": statuses,
         "model_versions": len(versions),
         "duplicate_idempotency_keys": len(keys) - len(set(keys)),
@@ -294,6 +330,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- runs: {report['succeeded']} succeeded, {report['failed']} failed; duration per run "
         f"median {report['run_seconds']['median']} s, max {report['run_seconds']['max']} s; "
         f"total {report['total_minutes']} min",
+        f"- promotion outcomes: {report['promotions']}; @champion moves in the alias history: "
+        f"{report['mlflow']['champion_moves_in_history']}",
         f"- MLflow: runs by status {report['mlflow']['mlflow_run_statuses']}, "
         f"{report['mlflow']['model_versions']} model versions for {report['runs_requested']} runs, "
         f"{report['mlflow']['duplicate_idempotency_keys']} duplicate keys, @champion v"
@@ -342,20 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = local_stack.State.load(state_dir)
         stack_pgids = set(state.pids.values())
-        upload_data(state.s3_url)
+        train_uris = upload_data(state.s3_url)
         api = AirflowApi(state.airflow_url, local_stack.ADMIN_USER, state.admin_password)
         wait_for_dag(api)
         api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         runs, samples = [], []
         report["processes_before"] = stack_processes(stack_pgids)
         for index in range(1, args.runs + 1):
-            record = run_once(api, index, args.run_timeout)
+            train_uri = train_uris[(index - 1) % len(train_uris)]
+            record = run_once(api, index, train_uri, args.run_timeout)
             sample = sample_memory(stack_pgids)
             record["rss_mb"] = sample
             runs.append(record)
             samples.append(sample)
             print(
-                f"[soak] run {index}/{args.runs}: {record['state']} in {record['seconds']} s; "
+                f"[soak] run {index}/{args.runs}: {record['state']} in {record['seconds']} s, "
+                f"promotion {record['promotion']}; "
                 f"RSS {json.dumps(sample)}",
                 flush=True,
             )
@@ -372,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                     "max": max(durations),
                 },
                 "total_minutes": round((time.monotonic() - started) / 60, 1),
+                "promotions": {
+                    outcome: sum(r["promotion"] == outcome for r in runs)
+                    for outcome in sorted({str(r["promotion"]) for r in runs})
+                },
                 "memory": memory_figures(samples),
                 "mlflow": mlflow_invariants(state.mlflow_url, args.runs),
             }
@@ -390,8 +434,17 @@ def main(argv: list[str] | None = None) -> int:
         or report["mlflow"]["duplicate_idempotency_keys"]
     ):
         problems.append("model versions do not match runs one to one")
-    if report["mlflow"]["champion_status"] != "READY":
-        problems.append("@champion is not a READY version")
+    if (
+        report["mlflow"]["champion_status"] != "READY"
+        or not report["mlflow"]["champion_passed_gate"]
+    ):
+        problems.append("@champion is not a READY version that passed its gate")
+    promoted = report["promotions"].get("promoted", 0)
+    if report["mlflow"]["champion_moves_in_history"] != promoted:
+        problems.append(
+            f"{promoted} promotions but {report['mlflow']['champion_moves_in_history']} "
+            "@champion moves in the alias history"
+        )
     long_running = [c for c in COMPONENTS if c in report["memory"]]
     for component in long_running:
         growth = report["memory"][component]["second_half_slope_mb_per_run"]

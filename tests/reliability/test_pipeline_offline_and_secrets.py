@@ -274,6 +274,8 @@ def test_a_full_pipeline_run_connects_only_to_the_configured_mlflow_and_s3(pipel
 
 
 def test_the_pipeline_does_not_phone_home(pipeline):
+    """Not even MLflow's own usage telemetry (config.mlflow-telemetry.io), which MLflow 3
+    turns on wherever it sees no CI or pytest variable: the MLflow hook disables it."""
     assert _outbound(pipeline) == []
 
 
