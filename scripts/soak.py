@@ -266,18 +266,28 @@ def slope(values: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values, strict=True)) / denominator
 
 
+def despike(values: list[float]) -> list[float]:
+    """Rolling median of 3: a sample that caught a short-lived fork (the dag-processor parses
+    each file in a child with the same command line) does not count as growth."""
+    if len(values) < 3:
+        return list(values)
+    middle = [statistics.median(values[i - 1 : i + 2]) for i in range(1, len(values) - 1)]
+    return [values[0], *middle, values[-1]]
+
+
 def memory_figures(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     figures = {}
-    half = samples[len(samples) // 2 :]
     for component in [*COMPONENTS, "executor workers and tasks", "other"]:
         series = [s[component] for s in samples]
         if not any(series):
             continue
+        steady = despike(series)
         figures[component] = {
             "first_mb": series[0],
             "max_mb": max(series),
             "last_mb": series[-1],
-            "second_half_slope_mb_per_run": round(slope([s[component] for s in half]), 3),
+            "growth_mb": round(steady[-1] - steady[0], 1),
+            "second_half_slope_mb_per_run": round(slope(steady[len(steady) // 2 :]), 3),
         }
     return figures
 
@@ -330,20 +340,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"- runs: {report['succeeded']} succeeded, {report['failed']} failed; duration per run "
         f"median {report['run_seconds']['median']} s, max {report['run_seconds']['max']} s; "
         f"total {report['total_minutes']} min",
-        f"- promotion outcomes: {report['promotions']}; @champion moves in the alias history: "
-        f"{report['mlflow']['champion_moves_in_history']}",
+        f"- promotion outcomes: {report.get('promotions', 'not recorded')}; @champion moves in "
+        f"the alias history: {report['mlflow'].get('champion_moves_in_history', 'not recorded')}",
         f"- MLflow: runs by status {report['mlflow']['mlflow_run_statuses']}, "
         f"{report['mlflow']['model_versions']} model versions for {report['runs_requested']} runs, "
         f"{report['mlflow']['duplicate_idempotency_keys']} duplicate keys, @champion v"
         f"{report['mlflow']['champion']} ({report['mlflow']['champion_status']})",
         "",
-        "| component | RSS after run 1 (MB) | max (MB) | after last run (MB) | slope, 2nd half (MB/run) |",
-        "|---|---|---|---|---|",
+        "| component | RSS after run 1 (MB) | max (MB) | after last run (MB) | growth (MB) | slope, 2nd half (MB/run) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, fig in report["memory"].items():
         lines.append(
             f"| {name} | {fig['first_mb']} | {fig['max_mb']} | {fig['last_mb']} | "
-            f"{fig['second_half_slope_mb_per_run']} |"
+            f"{fig.get('growth_mb', '')} | {fig['second_half_slope_mb_per_run']} |"
         )
     lines += [
         "",
@@ -360,7 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--max-growth-mb-per-run", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument(
+        "--report", type=Path, help="only recompute and print the figures of a saved report"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        saved["memory"] = memory_figures([r["rss_mb"] for r in saved["runs"]])
+        print(markdown(saved))
+        return 0 if saved["verdict"] == "PASS" else 1
 
     local_stack = load_local_stack()
     state_dir = args.state_dir.resolve()
