@@ -8,8 +8,9 @@ once for the whole run (as in a worker that pre-imports them, see docs/performan
 Each segment has ``--rows`` rows x 5 numeric features, a Ridge regressor.
 
 Printed per size: wall time of the run, seconds per model, per-task medians, peak RSS of
-this process and of its children (the promote task's serving check runs in a fresh process
-per model), and the largest XCom value. Goal: 100 models in <= 15 min on 2 cores.
+this process and of its children (the promote task's serving check forks one child per model
+from a ``python -I`` checker process started once per run, see ``core/serving.py``), and the
+largest XCom value. Goal: 100 models in <= 15 min on 2 cores.
 
     .venv/bin/python bench/bench_segments.py [--sizes 1,4,16,100] [--rows 200]
 """
@@ -102,9 +103,8 @@ def main() -> None:
     parser.add_argument(
         "--serving-check-max",
         type=int,
-        default=16,
-        help="run the promote task's fresh-process serving check only for sizes up to this "
-        "(it costs ~10 s per model; see docs/performance.md)",
+        default=100,
+        help="run the promote task's serving check only for sizes up to this (default: all)",
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -496,7 +496,8 @@ class OnlyImportableHere(mlflow.pyfunc.PythonModel):
 
 
 def test_serving_check_loads_in_a_fresh_process(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import register_version, serving_check, serving_sample
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.serving import serving_check, serving_sample
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
@@ -513,7 +514,8 @@ def test_serving_check_loads_in_a_fresh_process(client, tracking, tmp_path):
 def test_serving_check_reports_a_model_consumers_cannot_load(client, tracking):
     import mlflow
 
-    from airflow_mlops.core.registry import register_version, serving_check
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.serving import serving_check
 
     name = unique_name()
     with mlflow.start_run():

@@ -447,7 +447,7 @@ class PromoteModelOperator(MlopsBaseOperator):
         self, client: Any, run_id: str, registration: dict[str, Any]
     ) -> dict[str, Any]:
         from airflow_mlops.core.evaluation import challenger_from_training, load_holdout
-        from airflow_mlops.core.registry import serving_check, serving_sample
+        from airflow_mlops.core.serving import serving_check, serving_sample
 
         challenger = challenger_from_training(client, {"run_id": run_id})
         holdout = load_holdout(self.storage, challenger)

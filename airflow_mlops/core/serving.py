@@ -1,0 +1,286 @@
+"""Serving check: load a registered model in a clean process, as a consumer would, and predict.
+
+The check must not load the model from the task's memory or find our code on its path: a
+model that pickled a reference to ``airflow_mlops`` or to a DAG file loads fine in the task
+and breaks for every consumer. So each check runs in a process that has imported only
+third-party libraries, started with ``python -I`` (isolated mode: no user site-packages,
+no current directory on ``sys.path``).
+
+Starting that interpreter and importing MLflow, pandas and scikit-learn costs 3-5 s, which
+was 55 % of a segment model's time. So each Python process keeps one **checker**: a
+long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
+child per check. Every child starts from the same clean state (the libraries, nothing
+else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` and predicts
+the sample; a model that breaks its child cannot affect the next check. The checker
+exits when its parent closes the pipe (the task process ended) or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from airflow_mlops.core.errors import DataError
+from airflow_mlops.core.model_uri import parse_model_uri
+from airflow_mlops.core.prediction import widen_integer_columns
+
+# Time the checker may take to start (interpreter + imports) on a loaded machine.
+START_TIMEOUT_S = 180.0
+# Extra wait for the checker's answer beyond the check's own timeout (it kills the child).
+REPLY_GRACE_S = 30.0
+
+# Runs in the checker process (``python -I -c``). Imports happen once; each request forks.
+_CHECKER_CODE = r"""
+import json, os, signal, sys, time, traceback
+import pandas as pd
+import mlflow.pyfunc
+for _name in ("sklearn", "xgboost"):  # the flavours this provider trains
+    try:
+        __import__(_name)
+    except ImportError:
+        pass
+channel = sys.stdout
+sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+
+def run_check(req):
+    started = time.time()
+    try:
+        frame = pd.read_parquet(req["sample_path"])
+        model = mlflow.pyfunc.load_model(req["uri"])
+        predictions = model.predict(frame)
+        count = len(predictions)
+        if count != len(frame):
+            raise ValueError(f"{count} predictions for {len(frame)} input rows")
+        result = {"ok": True, "rows": len(frame), "predictions": count,
+                  "prediction_type": type(predictions).__name__}
+    except BaseException as err:
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc()[-4000:]}
+    result["seconds"] = round(time.time() - started, 3)
+    with open(req["out_path"], "w") as handle:
+        json.dump(result, handle)
+
+def wait_child(pid, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(0.02)
+
+channel.write('{"ready": true}\n')
+channel.flush()
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            log = os.open(req["log_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.environ.clear()
+            os.environ.update(req["env"])
+            os.chdir(req["cwd"])
+            run_check(req)
+            code = 0
+        finally:
+            os._exit(code)
+    channel.write(json.dumps({"exit": wait_child(pid, req["timeout_s"])}) + "\n")
+    channel.flush()
+"""
+
+
+class CheckerError(RuntimeError):
+    """The checker process could not start or died; the message says why."""
+
+
+class _Checker:
+    """One ``python -I`` checker process, started on first use and restarted if it died."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr_path: Path | None = None
+        self._lock = threading.Lock()
+        self.started_count = 0
+
+    def run(self, request: dict[str, Any], timeout_s: float) -> int | str:
+        """Send one check; return the child's exit code or ``"timeout"``."""
+        with self._lock:
+            proc = self._ensure_started()
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(request) + "\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError) as err:
+                raise self._died(f"could not send the check: {err}") from err
+            reply = self._read_reply(timeout_s + REPLY_GRACE_S)
+            return reply["exit"]
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def _ensure_started(self) -> subprocess.Popen[str]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._stop_locked()
+        workdir = Path(tempfile.mkdtemp(prefix="mlops-serving-checker-"))
+        self._stderr_path = workdir / "checker.log"
+        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+        with self._stderr_path.open("w") as stderr:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CHECKER_CODE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,  # a Ctrl-C in the parent must not kill it mid-check
+            )
+        self.started_count += 1
+        self._read_reply(START_TIMEOUT_S)
+        return self._proc
+
+    def _read_reply(self, timeout_s: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._proc.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout_s):
+                raise self._died(f"no answer within {timeout_s:.0f}s")
+        line = self._proc.stdout.readline()
+        if not line:
+            raise self._died("it exited")
+        return json.loads(line)
+
+    def _died(self, what: str) -> CheckerError:
+        tail = ""
+        if self._stderr_path is not None and self._stderr_path.exists():
+            tail = self._stderr_path.read_text(errors="replace")[-2000:]
+        self._stop_locked()
+        return CheckerError(f"the serving checker process failed: {what}. Its log: {tail}")
+
+    def _stop_locked(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):  # already closed by a dead checker
+                proc.stdin.close()  # the checker's loop ends on EOF
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+_CHECKER = _Checker()
+atexit.register(_CHECKER.stop)
+
+
+def stop_serving_checker() -> None:
+    """Stop this process's checker (it restarts on the next check)."""
+    _CHECKER.stop()
+
+
+def checker_starts() -> int:
+    """How many checker processes this process has started (for tests and benchmarks)."""
+    return _CHECKER.started_count
+
+
+def serving_sample(
+    frame: pd.DataFrame, model_uri: str, target: str, rows: int = 100
+) -> pd.DataFrame:
+    """Up to ``rows`` holdout rows with exactly the columns the model's signature names."""
+    import mlflow
+
+    info = mlflow.models.get_model_info(parse_model_uri(model_uri).uri)
+    signature = info.signature
+    names = None
+    if signature is not None and signature.inputs is not None:
+        try:
+            names = signature.inputs.input_names()
+        except Exception:
+            names = None
+    if names:
+        missing = [c for c in names if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"the holdout lacks columns {missing} named by the signature of {model_uri}"
+            )
+        sample = frame[list(names)].head(rows).reset_index(drop=True)
+        # As the prediction operator does: training declares integer features as doubles
+        # (so requests with missing values pass), and MLflow refuses int64 -> float64.
+        return widen_integer_columns(sample, signature.inputs)
+    return frame.drop(columns=[target], errors="ignore").head(rows).reset_index(drop=True)
+
+
+def serving_check(
+    model_uri: str, sample: pd.DataFrame, *, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """Load ``model_uri`` in a clean process, as a consumer would, and predict ``sample``.
+
+    Returns ``{"ok": bool, "model_uri", "rows", "predictions", "seconds", "error"?}``; never
+    raises for a model failure (the caller decides), only for a bad URI.
+    """
+    uri = parse_model_uri(model_uri).uri
+    with tempfile.TemporaryDirectory(prefix="mlops-serving-check-") as tmp:
+        request = {
+            "uri": uri,
+            "sample_path": str(Path(tmp) / "sample.parquet"),
+            "out_path": str(Path(tmp) / "result.json"),
+            "log_path": str(Path(tmp) / "check.log"),
+            "cwd": tmp,
+            # The child sees the caller's current environment (MlflowHook.session() sets
+            # the tracking URI and credentials there), not the one the checker started with.
+            "env": dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"),
+            "timeout_s": timeout_s,
+        }
+        sample.to_parquet(request["sample_path"], index=False)
+        started = time.monotonic()
+        try:
+            exit_status = _CHECKER.run(request, timeout_s)
+        except CheckerError as err:
+            return _failed(uri, str(err), started)
+        if exit_status == "timeout":
+            return _failed(uri, f"the serving check timed out after {timeout_s:.0f}s", started)
+        out_path = Path(request["out_path"])
+        if not out_path.exists():
+            log = Path(request["log_path"])
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            return _failed(
+                uri,
+                f"the serving check process exited with {exit_status} and no result: {tail}",
+                started,
+            )
+        result = json.loads(out_path.read_text())
+    result["model_uri"] = uri
+    return result
+
+
+def _failed(uri: str, error: str, started: float) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "model_uri": uri,
+        "error": error,
+        "seconds": round(time.monotonic() - started, 3),
+    }
