@@ -19,7 +19,7 @@ from airflow.sdk import DAG, task
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.operators import monitoring as operator_module
-from airflow_mlops.operators.monitoring import DriftReportOperator
+from airflow_mlops.operators.monitoring import DriftReportOperator, ModelPerformanceOperator
 
 FEATURES = ["amount", "age", "channel", "score"]
 FAILURES: dict[str, BaseException] = {}
@@ -271,6 +271,37 @@ def test_parse_time_checks_and_declared_assets():
     DriftReportOperator(task_id="d", model_name="m", current_uri="x", on_drift="{{ params.p }}")
 
 
+@pytest.mark.parametrize(
+    ("operator_class", "field", "required"),
+    [
+        (DriftReportOperator, "on_drift", {"current_uri": "x"}),
+        (ModelPerformanceOperator, "on_decay", {"labels_uri": "x"}),
+    ],
+)
+def test_both_monitoring_operators_share_the_policy_checks(operator_class, field, required):
+    """One helper checks the policies of both operators, naming each one's own field."""
+    assert operator_class.policy_field == field
+    op = operator_class(task_id="t", model_name="m", **required, **{field: "{{ params.p }}"})
+    assert "on_empty" in op.template_fields and field in op.template_fields
+    assert op.ui_color == "#f7e3d5"
+    setattr(op, field, "retrain")  # what a template could render to
+    with pytest.raises(ConfigError, match=rf"^{field} must be one of"):
+        op.checked_policies()
+    setattr(op, field, "skip")
+    op.on_empty = "ignore"
+    with pytest.raises(ConfigError, match=r"^on_empty must be one of"):
+        op.checked_policies()
+    op.on_empty, op.debounce_seconds = "skip", "-1"
+    with pytest.raises(ConfigError, match="debounce_seconds"):
+        op.checked_policies()
+    op.debounce_seconds = "60"
+    assert op.checked_policies() == "skip"
+    with pytest.raises(ConfigError, match="on_empty must be one of"):
+        operator_class(task_id="t", model_name="m", **required, on_empty="never")
+    with pytest.raises(ConfigError, match=f"{field}='branch' needs"):
+        operator_class(task_id="t", model_name="m", **required, **{field: "branch"})
+
+
 def test_operator_constants_mirror_core():
     from airflow_mlops.core import drift, performance
 
@@ -343,6 +374,11 @@ def test_drift_emits_the_retrain_asset_event_and_queues_the_ct_dag(
     assert event["extra"]["trigger"] == "drift"
     assert sorted(event["extra"]["drifted_columns"]) == ["amount", "channel", "score"]
     assert event["extra"]["reason"].startswith("data drift: 3/4 columns drifted")
+    # The common part of the event comes from RetrainSignalOperator.finish, for both operators.
+    assert event["extra"]["model_name"] == champion["name"]
+    assert event["extra"]["champion_version"] == result["champion_version"]
+    assert event["extra"]["report_uri"] == result["report_uri"]
+    assert event["extra"]["summary_uri"] == result["summary_uri"]
     assert queued_consumers(consumer.dag_id) == 1
 
     tags = MlflowClient(tracking_uri=mlflow_server).get_registered_model(champion["name"]).tags

@@ -209,6 +209,9 @@ def test_degraded_labels_trigger_the_retrain_signal_with_the_reason(
     extra = events[0]["extra"]
     assert extra["trigger"] == "performance_decay" and extra["metric"] == "f1"
     assert extra["reason"].startswith("performance decay: f1 ")
+    assert extra["model_name"] == scored_champion["name"]
+    assert extra["champion_version"] == result["champion_version"]
+    assert extra["report_uri"] == result["report_uri"]
     record = json.loads(Path(result["report_uri"]).read_text())
     assert record["labels_uri"] == uri and record["decayed"] is True
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -286,3 +289,16 @@ def test_parse_time_checks():
         ModelPerformanceOperator(task_id="p", model_name="m", labels_uri="x", tolerance_mode="pct")
     op = ModelPerformanceOperator(task_id="p", model_name="m", labels_uri="{{ params.labels }}")
     assert {"labels_uri", "metric", "tolerance", "on_decay"} <= set(op.template_fields)
+
+
+def test_a_rendered_on_decay_typo_fails_naming_on_decay(run_dag, tmp_path):
+    """The policy is checked after rendering, and the error names this operator's field."""
+    uri = write_parquet(labelled_frame(200, seed=47), tmp_path / "labelled.parquet")
+    dag = performance_dag(
+        model_name=unique_name("typo"), labels_uri=uri, on_decay="{{ dag_run.conf['policy'] }}"
+    )
+    dag_run = run_dag(dag, policy="page")
+    assert states(dag_run)["decay"] == "failed"
+    error = FAILURES[dag.dag_id]
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith("on_decay must be one of")

@@ -486,3 +486,111 @@ def test_report_route_serves_reports_only(
     assert not is_report_artifact("monitoring/../model/MLmodel")
     assert not is_report_artifact("/etc/passwd")
     assert is_report_artifact("monitoring/drift/d/r/t/drift_report.html")
+
+
+# -- the MLflow address for browsers, shared with the task links ---------------------------
+
+
+def test_page_links_to_the_configured_mlflow_ui_url(
+    api: object, token: str, registered_model: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[mlops] mlflow_ui_url`` is read by the links' function: same address, no credentials."""
+    monkeypatch.setenv("AIRFLOW__MLOPS__MLFLOW_UI_URL", "http://viewer:pw@localhost:5999/")
+    auth = {"Authorization": f"Bearer {token}"}
+    data = api.get("/mlops/api/models", headers=auth).json()  # type: ignore[attr-defined]
+    assert data["mlflow_url"] == "http://localhost:5999"
+    html = api.get("/mlops/", headers=auth).text  # type: ignore[attr-defined]
+    name, version = registered_model["name"], registered_model["version"]
+    assert f"http://localhost:5999/#/models/{name}/versions/{version}" in html
+    assert "viewer:pw" not in html
+
+
+# -- the last validation that ran, not a "no change" skip ---------------------------------
+
+
+def test_validation_verdict_survives_runs_that_skipped_validation(
+    run_dag: object, tmp_path: Path
+) -> None:
+    from airflow.sdk import DAG, task
+    from airflow.sdk.exceptions import AirflowSkipException
+    from conftest import task_states
+
+    from airflow_mlops.operators.validation import DataValidationOperator
+    from airflow_mlops.plugins.airflow_facts import latest_validation
+
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("x,y\n1,a\n2,b\n")
+    bad.write_text("x,y\n1,a\n,b\n")  # a null x
+    suite = {
+        "name": "no_nulls",
+        "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}
+        ],
+    }
+    dag_id = f"ct_skips_{uuid.uuid4().hex[:6]}"
+    with DAG(dag_id=dag_id, schedule=None) as dag:
+
+        @task
+        def detect_changes(**context: object) -> None:
+            """Like DetectChangesOperator: nothing new since the champion skips the run."""
+            if context["dag_run"].conf.get("unchanged"):  # type: ignore[attr-defined]
+                raise AirflowSkipException("no change since the champion")
+
+        detect_changes() >> DataValidationOperator(
+            task_id="validate",
+            data_uri="{{ dag_run.conf.get('data', '') }}",
+            suite=suite,
+            on_failure="skip",
+        )
+
+    def read_all(dag_id: str) -> bool:
+        return True
+
+    validated = run_dag(dag, data=str(good))  # type: ignore[operator]
+    assert task_states(validated)[("validate", -1)] == "success"
+    unchanged = [run_dag(dag, unchanged=True) for _ in range(2)]  # type: ignore[operator]
+    assert {task_states(r)[("validate", -1)] for r in unchanged} == {"skipped"}
+
+    verdict = latest_validation([dag_id], read_all)
+    assert verdict is not None
+    assert (verdict.verdict, verdict.ok) == ("passed", True)  # not "skipped"
+    assert verdict.airflow_task["run_id"] == validated.run_id  # type: ignore[index]
+    assert verdict.note == "2 newer run(s) skipped validation"
+
+    # A validation that failed under on_failure="skip" did run: it is the newest verdict.
+    failed = run_dag(dag, data=str(bad))  # type: ignore[operator]
+    assert task_states(failed)[("validate", -1)] == "skipped"
+    verdict = latest_validation([dag_id], read_all)
+    assert verdict is not None
+    assert (verdict.verdict, verdict.ok) == ("failed", False)
+    assert verdict.airflow_task["run_id"] == failed.run_id  # type: ignore[index]
+    assert verdict.note is None
+
+
+def test_page_says_which_run_a_validation_verdict_comes_from() -> None:
+    from airflow_mlops.plugins.mlops_app import _airflow_task_href, _templates
+    from airflow_mlops.plugins.model_overview import ModelOverview, Verdict
+
+    run_id = "scheduled__2026-01-01T00:00:00+00:00"
+    verdict = Verdict(
+        kind="validation",
+        verdict="passed",
+        ok=True,
+        airflow_task={"dag_id": "ct", "run_id": run_id, "task_id": "validate", "map_index": -1},
+        note="2 newer run(s) skipped validation",
+    )
+    model = ModelOverview(name="churn", checks={"validation": verdict})
+    links = {
+        "model": lambda name: None,
+        "version": lambda name, v: None,
+        "run": lambda exp, run: None,
+        "report": lambda model, verdict: None,
+        "task": _airflow_task_href,
+    }
+    html = _templates.get_template("mlops.html").render(
+        error=None, models=[model], metric_names=[], links=links, prefix="/mlops"
+    )
+    check = html.split('data-check="validation"')[1].split('data-check="drift"')[0]
+    assert '<span class="badge ok">passed</span>' in check
+    assert f"<code data-airflow-run>{run_id}</code>" in check
+    assert "2 newer run(s) skipped validation" in check

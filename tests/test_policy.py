@@ -446,3 +446,93 @@ def test_decision_is_deterministic():
     b = decide({"accuracy": 0.9}, {"accuracy": 0.85}, ACCURACY_FLOOR_AND_NO_REGRESSION).to_record()
     assert a == b
     assert KNOWN_LOWER_IS_BETTER.isdisjoint(KNOWN_HIGHER_IS_BETTER)
+
+
+# -- one change-rule evaluator: first model, comparison, missing value, zero baseline ----------
+
+BOTH_CHANGE_CHECKS = {
+    "change_thresholds": {
+        "f1": {"min_delta": -0.01, "min_relative_delta": 0.05},
+        "rmse": {"min_delta": 0.0},
+    }
+}
+
+
+def _change_records(challenger, champion):
+    from airflow_mlops.core.policy import _change_rules, parse_policy
+
+    rules = _change_rules(challenger, champion, parse_policy(BOTH_CHANGE_CHECKS))
+    return [(r.rule, r.metric, r.verdict, r.detail) for r in rules]
+
+
+def test_one_change_evaluator_serves_the_first_model_and_the_comparison():
+    """First model or not, the same evaluator, the same order: per metric, absolute first."""
+    first = "first model: no champion to compare with"
+    assert _change_records({"f1": 0.8, "rmse": 2.0}, None) == [
+        ("change.absolute", "f1", "not_applicable", first),
+        ("change.relative", "f1", "not_applicable", first),
+        ("change.absolute", "rmse", "not_applicable", first),
+    ]
+    assert _change_records({"f1": 0.85, "rmse": 2.5}, {"f1": 0.86, "rmse": 2.0}) == [
+        (
+            "change.absolute",
+            "f1",
+            "pass",
+            "f1: improvement -0.01 (higher is better; challenger 0.85, champion 0.86) "
+            ">= min_delta -0.01",
+        ),
+        (
+            "change.relative",
+            "f1",
+            "fail",
+            "f1: relative improvement -0.0116279 (higher is better; challenger 0.85, champion "
+            "0.86) < min_relative_delta 0.05",
+        ),
+        (
+            "change.absolute",
+            "rmse",
+            "fail",
+            "rmse: improvement -0.5 (lower is better; challenger 2.5, champion 2) < min_delta 0",
+        ),
+    ]
+    assert _change_records({"f1": 0.8}, {"f1": 0.0, "rmse": 2.0}) == [
+        (
+            "change.absolute",
+            "f1",
+            "pass",
+            "f1: improvement 0.8 (higher is better; challenger 0.8, champion 0) >= min_delta -0.01",
+        ),
+        (
+            "change.relative",
+            "f1",
+            "not_applicable",
+            "f1: relative change not applicable: the champion's value is exactly 0",
+        ),
+        (
+            "change.absolute",
+            "rmse",
+            "fail",
+            "metric 'rmse' is missing from the challenger metrics: fail closed",
+        ),
+    ]
+
+
+def test_change_rule_records_keep_their_numbers():
+    """The record fields of both checks, as before the evaluators were merged."""
+    decision = decide({"f1": 0.9, "rmse": 1.5}, {"f1": 0.8, "rmse": 2.0}, BOTH_CHANGE_CHECKS)
+    records = [r.to_dict() for r in decision.rules]
+    assert [(r["challenger"], r["champion"], r["threshold"]) for r in records] == [
+        (0.9, 0.8, -0.01),
+        (0.9, 0.8, 0.05),
+        (1.5, 2.0, 0.0),
+    ]
+    assert [r["observed"] for r in records] == pytest.approx([0.1, 0.125, 0.5])
+    missing = decide({"f1": 0.9}, {"rmse": 2.0}, BOTH_CHANGE_CHECKS).to_record()["rules"]
+    assert missing[0] == {
+        "rule": "change.absolute",
+        "metric": "f1",
+        "verdict": "fail",
+        "detail": "metric 'f1' is missing from the champion metrics: fail closed",
+        "challenger": 0.9,
+        "threshold": -0.01,
+    }

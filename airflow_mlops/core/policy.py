@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -297,12 +297,9 @@ def decide(
 
     rules: list[RuleResult] = []
     rules += _value_rules(challenger, policy)
-    if first_model:
-        rules += _skipped_change_rules(policy)
-    else:
-        rules += _change_rules(challenger, champion, policy)
-        if slice_metrics and policy.slice_rule.enabled:
-            rules += _slice_rules(slice_metrics, policy)
+    rules += _change_rules(challenger, champion, policy)
+    if not first_model and slice_metrics and policy.slice_rule.enabled:
+        rules += _slice_rules(slice_metrics, policy)
 
     tie = (not first_model) and _is_exact_tie(challenger, champion, policy)
     failed = [r for r in rules if r.verdict == FAIL]
@@ -371,111 +368,72 @@ def _value_rules(challenger: dict[str, Any], policy: PromotionPolicy) -> list[Ru
     return results
 
 
-def _skipped_change_rules(policy: PromotionPolicy) -> list[RuleResult]:
-    results = []
-    for metric, rule in policy.change_thresholds.items():
-        for kind, threshold in (
-            ("change.absolute", rule.min_delta),
-            ("change.relative", rule.min_relative_delta),
-        ):
-            if threshold is not None:
-                results.append(
-                    RuleResult(
-                        kind,
-                        metric,
-                        NOT_APPLICABLE,
-                        "first model: no champion to compare with",
-                        threshold=threshold,
-                    )
-                )
-    return results
-
-
 def _improvement(challenger: float, champion: float, direction: Direction) -> float:
     return challenger - champion if direction == Direction.HIGHER else champion - challenger
 
 
+class _ChangeCheck(NamedTuple):
+    """One of the two checks a change threshold may set."""
+
+    kind: str  # the rule's name in the decision record
+    threshold_name: str  # the ChangeThreshold field holding the threshold
+    measure: str  # what is compared with the threshold, as the detail says it
+
+
+_CHANGE_CHECKS = (
+    _ChangeCheck("change.absolute", "min_delta", "improvement"),
+    _ChangeCheck("change.relative", "min_relative_delta", "relative improvement"),
+)
+
+
 def _change_rules(
-    challenger: dict[str, Any], champion: dict[str, Any], policy: PromotionPolicy
+    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
 ) -> list[RuleResult]:
+    """Every change threshold of the policy, per metric: absolute first, then relative."""
     results = []
-    tol = policy.float_tolerance
     for metric, rule in policy.change_thresholds.items():
-        direction = policy.direction_of(metric)
-        c_value, b_value = _number(challenger, metric), _number(champion, metric)
-        checks = [
-            ("change.absolute", rule.min_delta),
-            ("change.relative", rule.min_relative_delta),
-        ]
-        for kind, threshold in checks:
-            if threshold is None:
-                continue
-            if c_value is None or b_value is None:
-                who, metrics = (
-                    ("challenger", challenger) if c_value is None else ("champion", champion)
-                )
-                results.append(
-                    RuleResult(
-                        kind,
-                        metric,
-                        FAIL,
-                        _missing(metric, who, metrics),
-                        challenger=c_value,
-                        champion=b_value,
-                        threshold=threshold,
-                    )
-                )
-                continue
-            improvement = _improvement(c_value, b_value, direction)
-            better = f"{direction.value} is better"
-            if kind == "change.absolute":
-                ok = improvement >= threshold - tol
-                detail = (
-                    f"{metric}: improvement {_fmt(improvement)} ({better}; challenger "
-                    f"{_fmt(c_value)}, champion {_fmt(b_value)}) {'>=' if ok else '<'} "
-                    f"min_delta {_fmt(threshold)}"
-                )
-                results.append(
-                    RuleResult(
-                        kind,
-                        metric,
-                        PASS if ok else FAIL,
-                        detail,
-                        c_value,
-                        b_value,
-                        threshold,
-                        observed=improvement,
-                    )
-                )
-                continue
-            if b_value == 0.0:
-                detail = (
-                    f"{metric}: relative change not applicable: the champion's value is exactly 0"
-                )
-                results.append(
-                    RuleResult(kind, metric, NOT_APPLICABLE, detail, c_value, b_value, threshold)
-                )
-                continue
-            relative = improvement / abs(b_value)
-            ok = relative >= threshold - tol
-            detail = (
-                f"{metric}: relative improvement {_fmt(relative)} ({better}; challenger "
-                f"{_fmt(c_value)}, champion {_fmt(b_value)}) {'>=' if ok else '<'} "
-                f"min_relative_delta {_fmt(threshold)}"
-            )
-            results.append(
-                RuleResult(
-                    kind,
-                    metric,
-                    PASS if ok else FAIL,
-                    detail,
-                    c_value,
-                    b_value,
-                    threshold,
-                    observed=relative,
-                )
-            )
+        for check in _CHANGE_CHECKS:
+            threshold = getattr(rule, check.threshold_name)
+            if threshold is not None:
+                results.append(_change_rule(check, threshold, metric, challenger, champion, policy))
     return results
+
+
+def _change_rule(
+    check: _ChangeCheck,
+    threshold: float,
+    metric: str,
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    policy: PromotionPolicy,
+) -> RuleResult:
+    """One change check of one metric: the improvement, absolute or relative to ``|b|``."""
+    kind = check.kind
+    if champion is None:
+        detail = "first model: no champion to compare with"
+        return RuleResult(kind, metric, NOT_APPLICABLE, detail, threshold=threshold)
+    direction = policy.direction_of(metric)
+    c_value, b_value = _number(challenger, metric), _number(champion, metric)
+    if c_value is None or b_value is None:
+        who, metrics = ("challenger", challenger) if c_value is None else ("champion", champion)
+        detail = _missing(metric, who, metrics)
+        return RuleResult(
+            kind, metric, FAIL, detail, challenger=c_value, champion=b_value, threshold=threshold
+        )
+    observed = _improvement(c_value, b_value, direction)
+    if kind == "change.relative":
+        if b_value == 0.0:
+            detail = f"{metric}: relative change not applicable: the champion's value is exactly 0"
+            return RuleResult(kind, metric, NOT_APPLICABLE, detail, c_value, b_value, threshold)
+        observed /= abs(b_value)
+    ok = observed >= threshold - policy.float_tolerance
+    detail = (
+        f"{metric}: {check.measure} {_fmt(observed)} ({direction.value} is better; challenger "
+        f"{_fmt(c_value)}, champion {_fmt(b_value)}) {'>=' if ok else '<'} "
+        f"{check.threshold_name} {_fmt(threshold)}"
+    )
+    verdict = PASS if ok else FAIL
+    return RuleResult(kind, metric, verdict, detail, c_value, b_value, threshold, observed=observed)
 
 
 def _slice_rules(

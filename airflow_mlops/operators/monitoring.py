@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import AssetAlias
@@ -57,9 +57,11 @@ def _is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
-def _check_choice(value: Any, choices: Sequence[str], field: str) -> None:
+def _check_choice(
+    value: Any, choices: Sequence[str], field: str, *, rendered: bool = False
+) -> None:
     """Catch a typo at parse time; templated values are checked after rendering."""
-    if not _is_template(value) and value not in choices:
+    if (rendered or not _is_template(value)) and value not in choices:
         raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
 
 
@@ -107,13 +109,24 @@ def _as_mapping(value: Any, field: str) -> dict[str, Any]:
 class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
     """Base of the monitoring operators: the retrain signal, its debounce and the policies.
 
+    A subclass names its trigger policy (``policy_field``, e.g. ``on_drift``), stores the
+    policy under that attribute, then calls :meth:`check_policies`; its ``execute()`` starts
+    with :meth:`checked_policies` and ends with :meth:`finish`.
+
     :param model_name: registered model name. Not templated: it names the retrain Asset,
         which Airflow must know when it parses the DAG.
+    :param on_empty: no usable input rows: ``fail`` (default) or ``skip`` (templated).
     :param debounce_seconds: no second retrain signal within this many seconds of the last
         event of the retrain asset, whoever emitted it (templated; default 6 h).
     :param ct_dag_id: the continuous-training DAG; while it has a queued or running run no
         signal is sent (templated; ``None`` skips that check).
+    :param report_uri: folder for the reports (templated); default: the run's artifacts folder.
     """
+
+    #: The parameter holding the trigger policy, as users know it (``on_drift``, ``on_decay``).
+    policy_field: ClassVar[str]
+    #: ``trigger`` of the retrain asset event: which check asked to retrain.
+    signal_trigger: ClassVar[str]
 
     inherits_from_skipmixin = True
     operator_extra_links = mlflow_links()
@@ -122,12 +135,15 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         "debounce_seconds",
         "ct_dag_id",
         "report_uri",
+        "on_empty",
     )
+    ui_color = "#f7e3d5"
 
     def __init__(
         self,
         *,
         model_name: str,
+        on_empty: str = "fail",
         debounce_seconds: float | str = DEFAULT_DEBOUNCE_SECONDS,
         ct_dag_id: str | None = None,
         report_uri: str | None = None,
@@ -149,11 +165,37 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         self.model_name = model_name
         self.retrain_asset: Asset = asset
         self.retrain_alias = alias
+        self.on_empty = on_empty
         self.debounce_seconds = debounce_seconds
         self.ct_dag_id = ct_dag_id
         self.report_uri = report_uri
         self.trigger_task_ids = trigger_task_ids
         self.no_trigger_task_ids = no_trigger_task_ids
+
+    # -- the policies --------------------------------------------------------------------------
+    @property
+    def trigger_policy(self) -> Any:
+        """The value of the trigger policy parameter (``on_drift``, ``on_decay``)."""
+        return getattr(self, self.policy_field)
+
+    def check_policies(self) -> None:
+        """Parse-time checks of the policies; templated values wait for rendering."""
+        policy = self.trigger_policy
+        _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field)
+        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
+        if not _is_template(policy):
+            self.validate_policy_fields(policy, self.policy_field)
+
+    def checked_policies(self) -> str:
+        """Execute-time checks of the rendered policies and debounce; the trigger policy."""
+        from airflow_mlops.core.drift import validate_debounce_seconds
+
+        policy = self.trigger_policy
+        _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field, rendered=True)
+        self.validate_policy_fields(policy, self.policy_field)
+        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty", rendered=True)
+        validate_debounce_seconds(self.debounce_seconds)
+        return policy
 
     # -- reading the state of the retrain signal -----------------------------------------------
     def last_signal_at(self, context: Context) -> datetime | None:
@@ -179,15 +221,19 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         *,
         policy: str,
         triggered: bool,
-        reason: str,
         result: dict[str, Any],
-        event_extra: dict[str, Any],
+        **event_extra: Any,
     ) -> dict[str, Any]:
-        """Apply ``policy`` to the verdict; returns the XCom result (or raises/branches)."""
+        """Apply ``policy`` to the verdict; returns the XCom result (or raises/branches).
+
+        ``result`` holds the verdict's ``reason``, the ``champion_version`` and the
+        ``report_uri``; they go into the retrain event with ``event_extra``.
+        """
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from airflow_mlops.core.drift import decide_retrain_signal, validate_debounce_seconds
 
+        reason = result["reason"]
         if policy == "emit":
             decision = decide_retrain_signal(
                 triggered=triggered,
@@ -199,9 +245,15 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
             )
             result["retrain_signal"] = decision.to_dict()
             if decision.emit:
-                context["outlet_events"][self.retrain_alias].add(
-                    self.retrain_asset, extra={**event_extra, "reason": reason}
-                )
+                extra = {
+                    "trigger": self.signal_trigger,
+                    "model_name": self.model_name,
+                    "champion_version": result["champion_version"],
+                    **event_extra,
+                    "report_uri": result["report_uri"],
+                    "reason": reason,
+                }
+                context["outlet_events"][self.retrain_alias].add(self.retrain_asset, extra=extra)
                 self.record_signal_in_mlflow(reason, context)
                 self.log.warning("Retrain signal emitted for %s: %s", self.model_name, reason)
             else:
@@ -337,6 +389,8 @@ class DriftReportOperator(RetrainSignalOperator):
     :param attach_to_mlflow: log the report and summary on the champion's run (default True).
     """
 
+    policy_field = "on_drift"
+    signal_trigger = "drift"
     template_fields: Sequence[str] = (
         *RetrainSignalOperator.template_fields,
         "current_uri",
@@ -349,10 +403,8 @@ class DriftReportOperator(RetrainSignalOperator):
         "sample_seed",
         "stratify_by",
         "on_drift",
-        "on_empty",
     )
     template_fields_renderers = {"column_methods": "json", "column_thresholds": "json"}
-    ui_color = "#f7e3d5"
 
     def __init__(
         self,
@@ -367,21 +419,15 @@ class DriftReportOperator(RetrainSignalOperator):
         sample_rows: int | str = DEFAULT_SAMPLE_ROWS,
         sample_seed: int | str = 0,
         stratify_by: str | None = None,
-        report_uri: str | None = None,
         on_drift: str = "emit",
-        on_empty: str = "fail",
-        debounce_seconds: float | str = DEFAULT_DEBOUNCE_SECONDS,
-        ct_dag_id: str | None = None,
         drift_task_ids: str | Sequence[str] | None = None,
         no_drift_task_ids: str | Sequence[str] | None = None,
         attach_to_mlflow: bool = True,
         **kwargs: Any,
     ) -> None:
+        # report_uri, on_empty, debounce_seconds, ct_dag_id: RetrainSignalOperator's.
         super().__init__(
             model_name=model_name,
-            debounce_seconds=debounce_seconds,
-            ct_dag_id=ct_dag_id,
-            report_uri=report_uri,
             trigger_task_ids=drift_task_ids,
             no_trigger_task_ids=no_drift_task_ids,
             **kwargs,
@@ -396,12 +442,8 @@ class DriftReportOperator(RetrainSignalOperator):
         self.sample_seed = sample_seed
         self.stratify_by = stratify_by
         self.on_drift = on_drift
-        self.on_empty = on_empty
         self.attach_to_mlflow = attach_to_mlflow
-        _check_choice(on_drift, ON_TRIGGER_POLICIES, "on_drift")
-        _check_choice(on_empty, ON_EMPTY_POLICIES, "on_empty")
-        if not _is_template(on_drift):
-            self.validate_policy_fields(on_drift, "on_drift")
+        self.check_policies()
 
     def drift_settings(self, default_columns: Sequence[str] | None) -> DriftSettings:
         """The typed core settings from the rendered fields (errors name the field)."""
@@ -430,10 +472,7 @@ class DriftReportOperator(RetrainSignalOperator):
 
         from airflow_mlops.core import drift as core
 
-        policy = core.validate_on_drift(self.on_drift)
-        self.validate_policy_fields(policy, "on_drift")
-        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
-        core.validate_debounce_seconds(self.debounce_seconds)
+        policy = self.checked_policies()
         if not isinstance(self.current_uri, str) or not self.current_uri.strip():
             raise ConfigError(f"current_uri must be a non-empty string, got {self.current_uri!r}")
         current_uri = self.current_uri.strip()
@@ -497,21 +536,13 @@ class DriftReportOperator(RetrainSignalOperator):
             **core.small_summary(summary),
             "reason": reason,
         }
-        extra = {
-            "trigger": "drift",
-            "model_name": self.model_name,
-            "champion_version": xcom["champion_version"],
-            "drifted_columns": xcom["drifted_columns"][:20],
-            "report_uri": html_uri,
-            "summary_uri": summary_uri,
-        }
         return self.finish(
             context,
             policy=policy,
             triggered=result.drifted,
-            reason=reason,
             result=xcom,
-            event_extra=extra,
+            drifted_columns=xcom["drifted_columns"][:20],
+            summary_uri=summary_uri,
         )
 
 
@@ -547,6 +578,8 @@ class ModelPerformanceOperator(RetrainSignalOperator):
     :param report_uri: folder for ``performance.json`` (templated).
     """
 
+    policy_field = "on_decay"
+    signal_trigger = "performance_decay"
     template_fields: Sequence[str] = (
         *RetrainSignalOperator.template_fields,
         "labels_uri",
@@ -558,10 +591,8 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         "baseline_metrics",
         "min_labelled_rows",
         "on_decay",
-        "on_empty",
     )
     template_fields_renderers = {"baseline_metrics": "json"}
-    ui_color = "#f7e3d5"
 
     def __init__(
         self,
@@ -576,19 +607,13 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         baseline_metrics: Mapping[str, float] | str | None = None,
         min_labelled_rows: int | str = 100,
         on_decay: str = "emit",
-        on_empty: str = "fail",
-        debounce_seconds: float | str = DEFAULT_DEBOUNCE_SECONDS,
-        ct_dag_id: str | None = None,
         decay_task_ids: str | Sequence[str] | None = None,
         no_decay_task_ids: str | Sequence[str] | None = None,
-        report_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # report_uri, on_empty, debounce_seconds, ct_dag_id: RetrainSignalOperator's.
         super().__init__(
             model_name=model_name,
-            debounce_seconds=debounce_seconds,
-            ct_dag_id=ct_dag_id,
-            report_uri=report_uri,
             trigger_task_ids=decay_task_ids,
             no_trigger_task_ids=no_decay_task_ids,
             **kwargs,
@@ -602,12 +627,8 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         self.baseline_metrics = baseline_metrics
         self.min_labelled_rows = min_labelled_rows
         self.on_decay = on_decay
-        self.on_empty = on_empty
-        _check_choice(on_decay, ON_TRIGGER_POLICIES, "on_decay")
-        _check_choice(on_empty, ON_EMPTY_POLICIES, "on_empty")
         _check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
-        if not _is_template(on_decay):
-            self.validate_policy_fields(on_decay, "on_decay")
+        self.check_policies()
 
     def decay_settings(self) -> DecaySettings:
         from airflow_mlops.core.performance import DecaySettings
@@ -623,19 +644,10 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core import performance as core
-        from airflow_mlops.core.drift import (
-            TAG_TARGET,
-            TAG_TASK,
-            EmptyBatchError,
-            validate_debounce_seconds,
-            validate_on_drift,
-        )
+        from airflow_mlops.core.drift import TAG_TARGET, TAG_TASK, EmptyBatchError
         from airflow_mlops.core.evaluation import input_columns, load_model_for_scoring
 
-        policy = validate_on_drift(self.on_decay)
-        self.validate_policy_fields(policy, "on_decay")
-        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
-        validate_debounce_seconds(self.debounce_seconds)
+        policy = self.checked_policies()
         settings = self.decay_settings()
 
         champion = self.read_champion()
@@ -707,19 +719,10 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             with self.mlflow_hook.session() as client:
                 client.log_dict(champion.run_id, record, f"{folder}/{PERFORMANCE_REPORT_NAME}")
             self.link_champion(context, champion)
-        result = {**record, "report_uri": report_uri}
-        extra = {
-            "trigger": "performance_decay",
-            "model_name": self.model_name,
-            "champion_version": champion.version,
-            "metric": metric,
-            "report_uri": report_uri,
-        }
         return self.finish(
             context,
             policy=policy,
             triggered=bool(record["decayed"]),
-            reason=reason,
-            result=result,
-            event_extra=extra,
+            result={**record, "report_uri": report_uri},
+            metric=metric,
         )

@@ -3,7 +3,8 @@
 The data-validation operator runs before training, so its verdict lives in Airflow (the
 task's XCom: the summary with ``success`` and ``report_uri``), not in MLflow. The page finds
 the DAGs that trained a model from the lineage tag ``mlops.airflow.dag_id`` of its versions
-and reads the newest finished validation task of those DAGs, for the DAGs the user may read.
+and reads the newest validation task of those DAGs that really ran, for the DAGs the user may
+read: runs that skipped validation (nothing changed since the champion) are passed over.
 
 Runs in the API server only (it reads the metadata database); imports happen per call.
 """
@@ -19,41 +20,60 @@ from airflow_mlops.plugins.model_overview import Verdict, iso_from_millis
 log = logging.getLogger(__name__)
 
 VALIDATION_OPERATORS: tuple[str, ...] = ("DataValidationOperator",)
-FINISHED_STATES: tuple[str, ...] = ("success", "failed", "skipped")
+# A validation task in these states ran; a skipped one ran only if it pushed its summary
+# (on_failure="skip" validates, pushes, then skips). A task skipped without a summary never
+# ran: in a CT DAG, detect_changes skips everything downstream when nothing changed.
+RAN_STATES: tuple[str, ...] = ("success", "failed")
+SKIPPED = "skipped"
 
 
 def latest_validation(dag_ids: Iterable[str], may_read: Callable[[str], bool]) -> Verdict | None:
-    """The newest finished data-validation task of ``dag_ids`` as a :class:`Verdict`."""
+    """The newest data validation that really ran in ``dag_ids``, as a :class:`Verdict`.
+
+    Runs that skipped validation (the "no change" skip) are passed over, so the page keeps
+    showing the last real verdict; its ``airflow_task`` names the run it comes from, and
+    ``note`` says how many newer runs skipped validation.
+    """
     allowed = [d for d in dict.fromkeys(dag_ids) if may_read(d)]
     if not allowed:
         return None
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import and_, func, not_, or_, select
 
+    validations = (
+        TaskInstance.dag_id.in_(allowed),
+        TaskInstance.operator.in_(VALIDATION_OPERATORS),
+        TaskInstance.end_date.is_not(None),
+    )
+    has_summary = _summary_query(
+        TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index
+    ).exists()
     with create_session() as session:
         ti = session.scalars(
             select(TaskInstance)
             .where(
-                TaskInstance.dag_id.in_(allowed),
-                TaskInstance.operator.in_(VALIDATION_OPERATORS),
-                TaskInstance.state.in_(FINISHED_STATES),
-                TaskInstance.end_date.is_not(None),
+                *validations,
+                or_(
+                    TaskInstance.state.in_(RAN_STATES),
+                    and_(TaskInstance.state == SKIPPED, has_summary),
+                ),
             )
             .order_by(TaskInstance.end_date.desc())
             .limit(1)
         ).first()
         if ti is None:
             return None
-        raw = session.scalars(
-            select(XComModel.value).where(
-                XComModel.dag_id == ti.dag_id,
-                XComModel.run_id == ti.run_id,
-                XComModel.task_id == ti.task_id,
-                XComModel.map_index == ti.map_index,
-                XComModel.key == "return_value",
+        skipped_since = session.scalar(
+            select(func.count()).where(
+                *validations,
+                TaskInstance.state == SKIPPED,
+                not_(has_summary),
+                TaskInstance.end_date > ti.end_date,
             )
+        )
+        raw = session.scalars(
+            _summary_query(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         ).first()
         task = {
             "dag_id": ti.dag_id,
@@ -62,8 +82,32 @@ def latest_validation(dag_ids: Iterable[str], may_read: Callable[[str], bool]) -
             "map_index": ti.map_index,
         }
         state, ended = str(ti.state), ti.end_date
-    summary = XComModel.deserialize_value(_Row(raw)) if raw is not None else None
-    return verdict_from_summary(summary, state=state, ended=ended, task=task)
+    summary = _deserialize(raw)
+    verdict = verdict_from_summary(summary, state=state, ended=ended, task=task)
+    if skipped_since:
+        verdict.note = f"{skipped_since} newer run(s) skipped validation"
+    return verdict
+
+
+def _summary_query(dag_id: Any, run_id: Any, task_id: Any, map_index: Any) -> Any:
+    """The validation summary a task pushed (its ``return_value`` XCom): values or columns."""
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    return select(XComModel.value).where(
+        XComModel.dag_id == dag_id,
+        XComModel.run_id == run_id,
+        XComModel.task_id == task_id,
+        XComModel.map_index == map_index,
+        XComModel.key == "return_value",
+    )
+
+
+def _deserialize(raw: Any) -> Any:
+    """A value read by :func:`_summary_query`, as the task pushed it (``None`` when absent)."""
+    from airflow.models.xcom import XComModel
+
+    return XComModel.deserialize_value(_Row(raw)) if raw is not None else None
 
 
 class _Row:
@@ -100,19 +144,9 @@ def verdict_from_summary(summary: Any, *, state: str, ended: Any, task: dict[str
 
 def report_uri_of_task(dag_id: str, run_id: str, task_id: str, map_index: int) -> str | None:
     """The ``report_uri`` a validation task pushed to XCom (read server-side, never sent)."""
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     with create_session() as session:
-        raw = session.scalars(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag_id,
-                XComModel.run_id == run_id,
-                XComModel.task_id == task_id,
-                XComModel.map_index == map_index,
-                XComModel.key == "return_value",
-            )
-        ).first()
-    summary = XComModel.deserialize_value(_Row(raw)) if raw is not None else None
+        raw = session.scalars(_summary_query(dag_id, run_id, task_id, map_index)).first()
+    summary = _deserialize(raw)
     return summary.get("report_uri") if isinstance(summary, dict) else None

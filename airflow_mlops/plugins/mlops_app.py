@@ -11,13 +11,9 @@ token first, then the UI's ``_token`` cookie) and then asks the configured auth 
 whether the user may read DAGs. Anonymous callers get 401 (browsers are redirected to the
 login page), invalid tokens 403/401, users without DAG read access 403.
 
-Configuration (``airflow.cfg`` section ``[mlops]`` or ``AIRFLOW__MLOPS__*`` variables):
-
-- ``mlflow_conn_id`` (default ``mlflow_default``): the MLflow connection to read;
-- ``mlflow_ui_url``: the MLflow address for the browser when it differs from the tracking
-  URI the API server uses (in docker-compose: ``http://localhost:5000`` vs ``http://mlflow:5000``);
-- ``aws_conn_id`` (default ``aws_default``): the connection used to open ``s3://`` reports;
-- ``page_max_models`` (default 50).
+Configuration: the ``[mlops]`` options listed in :mod:`airflow_mlops.plugins.mlops_page`;
+``mlflow_ui_url`` is read by :func:`airflow_mlops.links.mlflow.mlflow_ui_url`, the function
+the task links use, so the page and the links point at the same MLflow address.
 """
 
 from __future__ import annotations
@@ -109,13 +105,6 @@ def _mlflow_hook() -> Any:
     )
 
 
-def _ui_base_url(tracking_uri: str) -> str | None:
-    from airflow_mlops.links.mlflow import mlflow_ui_base_url
-
-    configured = _setting("mlflow_ui_url")
-    return configured.rstrip("/") if configured else mlflow_ui_base_url(tracking_uri)
-
-
 def _may_read_xcom(user: Any) -> Any:
     """Per-DAG check: may ``user`` read the task results (XCom) of this DAG?"""
     from airflow.api_fastapi.app import get_auth_manager
@@ -137,6 +126,7 @@ def _may_read_xcom(user: Any) -> Any:
 
 def load_overview(user: Any) -> dict[str, Any]:
     """Read the registry once (and Airflow for validations), for the page and the JSON."""
+    from airflow_mlops.links.mlflow import mlflow_ui_url
     from airflow_mlops.plugins.airflow_facts import latest_validation
     from airflow_mlops.plugins.model_overview import collect_overview
 
@@ -153,7 +143,7 @@ def load_overview(user: Any) -> dict[str, Any]:
                 model.checks["validation"] = found
     return {
         "tracking_uri": hook.tracking_uri,
-        "mlflow_url": _ui_base_url(hook.tracking_uri),
+        "mlflow_url": mlflow_ui_url(hook.tracking_uri),  # the same address as the task links
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "models": models,
     }

@@ -22,7 +22,8 @@ Configuration (``airflow.cfg`` section ``[mlops]`` or ``AIRFLOW__MLOPS__*`` vari
 
 - ``mlflow_conn_id`` (default ``mlflow_default``): the MLflow connection to read;
 - ``mlflow_ui_url``: the MLflow address for the browser when it differs from the tracking
-  URI the API server uses (in docker-compose: ``http://localhost:5000`` vs ``http://mlflow:5000``);
+  URI (in docker-compose: ``http://localhost:5000`` vs ``http://mlflow:5000``); the task
+  instances' extra links to MLflow use it too;
 - ``aws_conn_id`` (default ``aws_default``): the connection used to open ``s3://`` reports;
 - ``page_max_models`` (default 50).
 """

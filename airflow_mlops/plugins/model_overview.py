@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+from airflow_mlops.links.urls import mlflow_page_url
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -98,6 +99,8 @@ class Verdict:
     report_artifact: str | None = None
     # The Airflow task instance that produced the verdict: dag_id, run_id, task_id, map_index.
     airflow_task: dict[str, Any] | None = None
+    # What else to know, e.g. that newer runs skipped this check.
+    note: str | None = None
 
 
 @dataclass
@@ -266,22 +269,19 @@ def is_report_artifact(path: str) -> bool:
 # -- MLflow UI and report links -------------------------------------------------------------
 
 
-def _segment(value: Any) -> str:
-    return quote(str(value), safe="")
+# The same page addresses as the task's extra links (airflow_mlops.links.urls).
 
 
 def model_url(base: str | None, name: str) -> str | None:
-    return f"{base}/#/models/{_segment(name)}" if base else None
+    return mlflow_page_url(base, ("models", name))
 
 
 def version_url(base: str | None, name: str, version: str) -> str | None:
-    return f"{base}/#/models/{_segment(name)}/versions/{_segment(version)}" if base else None
+    return mlflow_page_url(base, ("models", name), ("versions", version))
 
 
 def run_url(base: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
-    if not (base and experiment_id and run_id):
-        return None
-    return f"{base}/#/experiments/{_segment(experiment_id)}/runs/{_segment(run_id)}"
+    return mlflow_page_url(base, ("experiments", experiment_id), ("runs", run_id))
 
 
 # -- reading the registry -------------------------------------------------------------------
