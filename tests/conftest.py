@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,6 +226,25 @@ def serialize_dag(dag: object) -> None:
             set(),
             session=session,
         )
+
+
+def stored_xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    """The XCom value a task of ``dag_run`` stored, read from the metadata DB (None if absent)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.map_index == map_index,
+                XComModel.key == key,
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
 
 
 def task_states(dag_run: object) -> dict[tuple[str, int], str]:

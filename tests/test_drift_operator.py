@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from airflow.sdk import DAG, task
+from conftest import stored_xcom
 
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError
@@ -167,20 +168,7 @@ def states(dag_run: Any) -> dict[str, str]:
 
 
 def xcom_result(dag_run: Any, task_id: str = "drift") -> dict | None:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        ).first()
-        return None if row is None else XComModel.deserialize_value(row)
+    return stored_xcom(dag_run, task_id)
 
 
 def retrain_events(model_name: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import stored_xcom
 
 from airflow_mlops.links.mlflow import (
     EXPERIMENT_LINK_KEY,
@@ -211,21 +212,7 @@ def test_link_names_and_keys_are_distinct() -> None:
 
 
 def _xcom(dag_run: Any, task_id: str, key: str, map_index: int = -1) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.map_index == map_index,
-                XComModel.key == key,
-            )
-        ).first()
-        return None if row is None else XComModel.deserialize_value(row)
+    return stored_xcom(dag_run, task_id, key, map_index)
 
 
 def _links_dag(prefix: str) -> Any:

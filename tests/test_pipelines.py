@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import mlflow_connection_env, serialize_dag, task_states
+from conftest import mlflow_connection_env, serialize_dag, stored_xcom, task_states
 
 from airflow_mlops.factories import continuous_training_dag, monitoring_dag, parse_config
 
@@ -98,22 +98,7 @@ def states_of(dag_run: Any) -> dict[str, str]:
 
 
 def xcom(dag_run: Any, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
-                task_id=task_id,
-                map_index=map_index,
-                key=key,
-            )
-            .first()
-        )
-        return None if row is None else XComModel.deserialize_value(row)
+    return stored_xcom(dag_run, task_id, key, map_index)
 
 
 def summary_of(dag_run: Any, map_index: int = -1, task_id: str = "summary") -> dict[str, Any]:

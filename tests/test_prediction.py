@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import stored_xcom
 
 from airflow_mlops.core.errors import ConfigError, DataError, ModelUriError
 from airflow_mlops.core.prediction import (
@@ -50,20 +51,7 @@ def register_linear_model(
 
 
 def xcom_value(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-            )
-        ).first()
-        return None if row is None else XComModel.deserialize_value(row)
+    return stored_xcom(dag_run, task_id, key)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import stored_xcom
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.sensors.registry import (
@@ -73,20 +74,7 @@ def registry(mlflow_server: str) -> Registry:
 
 
 def xcom_value(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-            )
-        ).first()
-        return None if row is None else XComModel.deserialize_value(row)
+    return stored_xcom(dag_run, task_id, key)
 
 
 def new_dag(prefix: str) -> Any:
