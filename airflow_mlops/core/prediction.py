@@ -157,9 +157,14 @@ def conform_to_signature(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
     convert"). Without this, whether a job succeeds would depend on where chunks split. Other
     mismatches are left for MLflow's schema check to report.
     """
+    schema = model.metadata.get_input_schema() if model.metadata else None
+    return widen_integer_columns(frame, schema)
+
+
+def widen_integer_columns(frame: pd.DataFrame, schema: Any) -> pd.DataFrame:
+    """Cast integer columns that ``schema`` (an MLflow input ``Schema``) declares as floats."""
     from mlflow.types import DataType
 
-    schema = model.metadata.get_input_schema() if model.metadata else None
     if schema is None or not schema.has_input_names():
         return frame
     widen = {DataType.double: "float64", DataType.float: "float32"}

@@ -30,9 +30,8 @@ kept in the registered model's tag ``mlops.alias_history`` (a JSON list trimmed 
 summary is rewritten only under the lock; the per-version events are never rewritten, so
 the full history survives even if the summary is trimmed or edited by hand.
 
-**Serving check**: a fresh Python process loads ``models:/<name>/<version>`` with
-``mlflow.pyfunc.load_model`` exactly as a consumer would (no airflow_mlops import) and
-predicts a holdout sample restricted to the signature's columns.
+**Serving check**: :mod:`airflow_mlops.core.serving`; the promote operator runs it before it
+moves ``@champion``.
 """
 
 from __future__ import annotations
@@ -42,23 +41,18 @@ import logging
 import os
 import random
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from airflow_mlops.core.errors import ConfigError, DataError, PromotionError
+from airflow_mlops.core.errors import ConfigError, PromotionError
 from airflow_mlops.core.evaluation import current_alias_version
 from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY, RunContext
 from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
@@ -75,6 +69,8 @@ TAG_SOURCE_RUN_ID = "mlops.source_run_id"
 TAG_LOCK_OWNER = "mlops.lock.owner"
 TAG_LOCK_EXPIRES_AT = "mlops.lock.expires_at"
 TAG_LOCK_HOLDER = "mlops.lock.holder"
+TAG_LOCK_KEY = "mlops.lock.idempotency_key"
+TAG_LOCK_TRY = "mlops.lock.try_number"
 TAG_SERVING_CHECK = "mlops.serving_check"
 LOCK_SUFFIX = ".mlops-lock"
 
@@ -252,6 +248,8 @@ class LockState:
     owner: str
     expires_at: float
     holder: str
+    key: str = ""
+    try_number: int | None = None
 
 
 class PromotionLock:
@@ -261,6 +259,12 @@ class PromotionLock:
     :param ttl_s: the lock expires this long after it is taken; a longer critical section
         is refused at :meth:`verify` rather than risking two writers.
     :param wait_s: give up (``PromotionError``) after waiting this long for another holder.
+    :param reclaim_key: idempotency key of the task instance taking the lock, and
+    :param try_number: its Airflow try number. A lock left by an *earlier* try of the same
+        task instance (same key, lower try number) is taken over at once instead of waiting
+        for its TTL: Airflow never runs two tries of one task instance together, so that
+        holder is dead. A lock of the same try number (two scripts sharing the default
+        ``RunContext``) or without a recorded try number is waited for like any other.
     """
 
     def __init__(
@@ -272,6 +276,8 @@ class PromotionLock:
         ttl_s: float = 900.0,
         wait_s: float = 1800.0,
         poll_s: float = 0.5,
+        reclaim_key: str | None = None,
+        try_number: int | None = None,
     ) -> None:
         if ttl_s <= 0 or wait_s < 0 or poll_s <= 0:
             raise ConfigError("lock ttl_s and poll_s must be > 0 and wait_s >= 0")
@@ -282,6 +288,8 @@ class PromotionLock:
         self.ttl_s = ttl_s
         self.wait_s = wait_s
         self.poll_s = poll_s
+        self.reclaim_key = reclaim_key
+        self.try_number = try_number
         self.owner: str | None = None
         self.expires_at = 0.0
 
@@ -305,7 +313,31 @@ class PromotionLock:
             expires_at = float(tags.get(TAG_LOCK_EXPIRES_AT, "0"))
         except ValueError:
             expires_at = 0.0  # unreadable: treat as expired
-        return LockState(tags.get(TAG_LOCK_OWNER, ""), expires_at, tags.get(TAG_LOCK_HOLDER, ""))
+        try:
+            try_number: int | None = int(tags[TAG_LOCK_TRY])
+        except (KeyError, ValueError):
+            try_number = None  # absent or unreadable: never reclaimed, only expired
+        return LockState(
+            tags.get(TAG_LOCK_OWNER, ""),
+            expires_at,
+            tags.get(TAG_LOCK_HOLDER, ""),
+            tags.get(TAG_LOCK_KEY, ""),
+            try_number,
+        )
+
+    def _left_by_an_earlier_try(self, state: LockState) -> bool:
+        return (
+            bool(self.reclaim_key)
+            and state.key == self.reclaim_key
+            and self.try_number is not None
+            and state.try_number is not None
+            and state.try_number < self.try_number
+        )
+
+    def _identity_tags(self) -> dict[str, str]:
+        if not self.reclaim_key or self.try_number is None:
+            return {}
+        return {TAG_LOCK_KEY: self.reclaim_key, TAG_LOCK_TRY: str(self.try_number)}
 
     def acquire(self) -> None:
         owner = uuid.uuid4().hex
@@ -320,6 +352,7 @@ class PromotionLock:
                         TAG_LOCK_OWNER: owner,
                         TAG_LOCK_EXPIRES_AT: f"{expires_at:.3f}",
                         TAG_LOCK_HOLDER: self.holder[:1000],
+                        **self._identity_tags(),
                     },
                     description=(
                         f"Promotion lock of registered model {self.model_name!r}, held by "
@@ -338,6 +371,17 @@ class PromotionLock:
             if state is not None and state.expires_at < time.time():
                 self._break(state)
                 continue
+            if state is not None and self._left_by_an_earlier_try(state):
+                log.warning(
+                    "Promotion lock %s was left by try %s of this task instance (%s), which "
+                    "is dead (this is try %s): taking it over.",
+                    self.name,
+                    state.try_number,
+                    state.holder,
+                    self.try_number,
+                )
+                self._break(state, why="left by an earlier try")
+                continue
             if state is not None:
                 waited_for = state
             if time.monotonic() >= deadline:
@@ -352,15 +396,16 @@ class PromotionLock:
                 )
             time.sleep(self.poll_s * (1.0 + random.random()))
 
-    def _break(self, stale: LockState) -> None:
-        """Delete an expired lock, but only if it is still the same expired lock."""
+    def _break(self, stale: LockState, why: str = "expired") -> None:
+        """Delete a dead holder's lock, but only if it is still that same lock."""
         current = self.read()
         if current is None or current.owner != stale.owner:
             return
         log.warning(
-            "Breaking expired promotion lock %s held by %s (expired %s).",
+            "Breaking promotion lock %s held by %s (%s; expires %s).",
             self.name,
             stale.holder,
+            why,
             _iso(stale.expires_at),
         )
         self._delete()
@@ -549,6 +594,15 @@ class AliasMove:
         return asdict(self)
 
 
+def _lock_identity(actor: Actor) -> dict[str, Any]:
+    """Who takes the promotion lock: a later try of the same task may reclaim it."""
+    return {
+        "holder": actor.description,
+        "reclaim_key": actor.context.idempotency_key,
+        "try_number": actor.context.try_number,
+    }
+
+
 def set_alias_checked(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
     """Set the alias and read it back; anything else than ``version`` is an error."""
     client.set_registered_model_alias(model_name, alias, str(version))
@@ -586,7 +640,10 @@ def set_challenger(
 ) -> AliasMove:
     """Point ``@challenger`` at ``version`` and record the move (idempotent on retry)."""
     with PromotionLock(
-        client, model_name, holder=actor.description, **dict(lock_options or {})
+        client,
+        model_name,
+        **_lock_identity(actor),
+        **dict(lock_options or {}),
     ) as lock:
         current = current_alias_version(client, model_name, alias)
         if current == str(version):
@@ -635,7 +692,10 @@ def promote_to_champion(
     expected = None if evaluated_champion is None else str(evaluated_champion)
     reevaluations: list[dict[str, Any]] = []
     with PromotionLock(
-        client, model_name, holder=actor.description, **dict(lock_options or {})
+        client,
+        model_name,
+        **_lock_identity(actor),
+        **dict(lock_options or {}),
     ) as lock:
         while True:
             current = current_alias_version(client, model_name, alias)
@@ -698,7 +758,12 @@ def promote_to_champion(
 
 
 def _record_unrecorded_move(
-    client: MlflowClient, model_name: str, alias: str, version: str, actor: Actor
+    client: MlflowClient,
+    model_name: str,
+    alias: str,
+    version: str,
+    actor: Actor,
+    action: str = "promote",
 ) -> dict[str, Any] | None:
     """The alias already points at ``version`` but no history event says how.
 
@@ -717,7 +782,7 @@ def _record_unrecorded_move(
         decision_uri=actor.decision_uri,
     )
     return record_alias_event(
-        client, model_name, make_event(alias, "promote", version, previous, note)
+        client, model_name, make_event(alias, action, version, previous, note)
     )
 
 
@@ -736,7 +801,10 @@ def rollback_champion(
     current champion in place. Idempotent: a retry of the same task finds its own event.
     """
     with PromotionLock(
-        client, model_name, holder=actor.description, **dict(lock_options or {})
+        client,
+        model_name,
+        **_lock_identity(actor),
+        **dict(lock_options or {}),
     ) as lock:
         current = current_alias_version(client, model_name, alias)
         last = latest_alias_event(client, model_name, alias)
@@ -760,13 +828,21 @@ def rollback_champion(
         if target is None:
             if current is None:
                 raise PromotionError(f"{model_name} has no @{alias}: nothing to roll back")
-            if last is None or last.get("version") != current:
+            if (
+                last is not None
+                and last.get("version") != current
+                and last.get("previous_version") == current
+            ):
+                # An earlier try set @alias back and died before recording it (below).
+                target = current
+            elif last is None or last.get("version") != current:
                 raise PromotionError(
                     f"the alias history of {model_name} does not say how @{alias} reached "
                     f"version {current} (moved outside airflow-mlops?); pass to_version "
                     "explicitly to roll back"
                 )
-            target = last.get("previous_version")
+            else:
+                target = last.get("previous_version")
             if target is None:
                 raise PromotionError(
                     f"version {current} was the first @{alias} of {model_name}: there is no "
@@ -781,6 +857,14 @@ def rollback_champion(
         if str(mv.status) != "READY":
             raise PromotionError(f"version {target} of {model_name} is {mv.status}, not READY")
         if current == target:
+            if last is not None and last.get("version") != current:
+                lock.verify()
+                event = _record_unrecorded_move(
+                    client, model_name, alias, current, actor, action="rollback"
+                )
+                return AliasMove(
+                    "rolled_back", model_name, alias, current, last.get("version"), current, event
+                )
             return AliasMove("already_rolled_back", model_name, alias, target, current, current)
         lock.verify()
         set_alias_checked(client, model_name, alias, target)
@@ -792,109 +876,3 @@ def rollback_champion(
 
 def _v(version: str | None) -> str:
     return "none" if version is None else f"version {version}"
-
-
-# -- serving check --------------------------------------------------------------------------
-
-# Runs in a fresh interpreter with only mlflow and pandas: what a consumer has.
-_SERVING_CHECK_CODE = r"""
-import json, sys, time, traceback
-started = time.time()
-uri, sample_path, out_path = sys.argv[1:4]
-try:
-    import pandas as pd
-    import mlflow.pyfunc
-    frame = pd.read_parquet(sample_path)
-    model = mlflow.pyfunc.load_model(uri)
-    predictions = model.predict(frame)
-    count = len(predictions)
-    if count != len(frame):
-        raise ValueError(f"{count} predictions for {len(frame)} input rows")
-    result = {"ok": True, "rows": len(frame), "predictions": count,
-              "prediction_type": type(predictions).__name__}
-except BaseException as err:
-    result = {"ok": False, "error": f"{type(err).__name__}: {err}",
-              "traceback": traceback.format_exc()[-4000:]}
-result["seconds"] = round(time.time() - started, 3)
-with open(out_path, "w") as handle:
-    json.dump(result, handle)
-"""
-
-
-def serving_sample(
-    frame: pd.DataFrame, model_uri: str, target: str, rows: int = 100
-) -> pd.DataFrame:
-    """Up to ``rows`` holdout rows with exactly the columns the model's signature names."""
-    import mlflow
-
-    info = mlflow.models.get_model_info(parse_model_uri(model_uri).uri)
-    signature = info.signature
-    names = None
-    if signature is not None and signature.inputs is not None:
-        try:
-            names = signature.inputs.input_names()
-        except Exception:
-            names = None
-    if names:
-        missing = [c for c in names if c not in frame.columns]
-        if missing:
-            raise DataError(
-                f"the holdout lacks columns {missing} named by the signature of {model_uri}"
-            )
-        sample = frame[list(names)]
-    else:
-        sample = frame.drop(columns=[target], errors="ignore")
-    return sample.head(rows).reset_index(drop=True)
-
-
-def serving_check(
-    model_uri: str, sample: pd.DataFrame, *, timeout_s: float = 600.0
-) -> dict[str, Any]:
-    """Load ``model_uri`` in a fresh process, as a consumer would, and predict ``sample``.
-
-    Returns ``{"ok": bool, "model_uri", "rows", "predictions", "seconds", "error"?}``; never
-    raises for a model failure (the caller decides), only for a bad URI.
-    """
-    uri = parse_model_uri(model_uri).uri
-    with tempfile.TemporaryDirectory(prefix="mlops-serving-check-") as tmp:
-        sample_path = Path(tmp) / "sample.parquet"
-        out_path = Path(tmp) / "result.json"
-        sample.to_parquet(sample_path, index=False)
-        started = time.monotonic()
-        try:
-            # -I: isolated mode, no user site-packages and no current directory on the path,
-            # so the model must load from what MLflow recorded, not from our code.
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-I",
-                    "-c",
-                    _SERVING_CHECK_CODE,
-                    uri,
-                    str(sample_path),
-                    str(out_path),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                env=dict(os.environ),
-                cwd=tmp,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return {
-                "ok": False,
-                "model_uri": uri,
-                "error": f"the serving check timed out after {timeout_s:.0f}s",
-            }
-        if out_path.exists():
-            result = json.loads(out_path.read_text())
-        else:
-            result = {
-                "ok": False,
-                "error": f"the serving check process exited with {proc.returncode} and no "
-                f"result: {proc.stderr[-2000:]}",
-                "seconds": round(time.monotonic() - started, 3),
-            }
-    result["model_uri"] = uri
-    return result

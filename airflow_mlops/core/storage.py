@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,14 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 def _local_path(uri: str) -> Path:
     if uri.startswith("file://"):
-        uri = urlparse(uri).path
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            # file://<host>/path names another machine: never read or write the local /path.
+            raise UnsupportedFormatError(
+                f"{uri!r} names the host {parsed.netloc!r}: only local file:///path URIs "
+                "are supported."
+            )
+        uri = parsed.path
     if "://" in uri:
         raise UnsupportedFormatError(
             f"Unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key."
@@ -208,8 +216,16 @@ def parse_table(data: bytes, fmt: str, uri: str, columns: list[str] | None = Non
         return pd.read_csv(io.BytesIO(data), usecols=columns, compression=compression)
     except pd.errors.EmptyDataError as err:
         raise UnreadableDataError(f"{uri} has no columns (empty csv).") from err
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        # pyarrow raises ArrowInvalid (a ValueError) for garbage bytes.
+    except (
+        ValueError,
+        OSError,
+        UnicodeDecodeError,
+        EOFError,
+        zlib.error,
+        pd.errors.ParserError,
+    ) as err:
+        # pyarrow raises ArrowInvalid (a ValueError) for garbage bytes; a damaged .csv.gz
+        # raises EOFError (truncated) or zlib.error (corrupted) from the gzip module.
         raise UnreadableDataError(f"{uri} cannot be read as {fmt}: {err}") from err
 
 

@@ -587,6 +587,7 @@ def prepare_data(
         )
     task = config.task or infer_task(target)
     check_target(task, target, config.target)
+    check_finite(frame, [*features, config.target], config.train_uri)
     if config.preprocessing == "default":
         _check_default_preprocessing_supports(frame[features])
     X_train, y_train, X_holdout, y_holdout, cutoff = split_data(
@@ -646,6 +647,23 @@ def check_target(task: str, target: pd.Series, name: str) -> None:
         raise DataError(
             f"target column {name!r} has non-numeric dtype {target.dtype} but task is "
             "'regression': use a numeric target or task='classification'"
+        )
+
+
+def check_finite(frame: pd.DataFrame, columns: list[str], uri: str) -> None:
+    """Refuse infinite values before any run exists; imputers and estimators reject them
+    deep inside scikit-learn without naming the column."""
+    infinite = {}
+    for column in columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            count = int(np.isinf(series.to_numpy(dtype="float64", na_value=np.nan)).sum())
+            if count:
+                infinite[column] = count
+    if infinite:
+        raise DataError(
+            f"columns {sorted(infinite)} of {uri} hold infinite values ({infinite} rows): "
+            "replace or drop them before training"
         )
 
 

@@ -7,16 +7,29 @@ names the file and the dotted path of the bad field.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import PromotionPolicy
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+# A pipeline file is a few hundred values; YAML aliases can make a 500-byte file expand to
+# 10**8 (a "billion laughs" bomb) that would stall the DAG processor. Merge keys (``<<: [*a,
+# *a]``) expand inside the YAML loader itself, so the limit is enforced on the node graph
+# before anything is constructed, and again on the loaded mapping (``parse_config`` callers).
+MAX_CONFIG_VALUES = 100_000
 
 
 class _Section(BaseModel):
@@ -125,7 +138,9 @@ class PipelineConfig(_Section):
     description: str = ""
     owner: str = "mlops"
     schedule: str | None = Field(None, description="Cron or preset for periodic retraining.")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, description="DAG tags (Airflow allows 100 characters each)."
+    )
     retries: int = Field(1, ge=0)
     connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
     data: DataConfig
@@ -135,6 +150,15 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     segments: SegmentsConfig | None = None
+
+    @model_validator(mode="after")
+    def _segments_write_no_shared_predictions(self) -> PipelineConfig:
+        if self.segments is not None and self.data.predictions_uri:
+            raise ValueError(
+                "data.predictions_uri cannot be used with segments: every segment would "
+                "overwrite the same file; score each segment's model in its own DAG"
+            )
+        return self
 
     @field_validator("tags")
     @classmethod
@@ -189,8 +213,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def _resolve_local_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """Relative local paths in ``data``, ``validation`` and ``monitoring`` are relative to the file."""
 
-    def resolve(value: Any) -> Any:
+    def resolve(value: Any, where: str) -> Any:
         if isinstance(value, str) and value and "://" not in value and "{{" not in value:
+            if "\x00" in value:
+                raise ConfigError(f"{where} contains a NUL character: {value!r}")
             path = Path(value)
             return str(path if path.is_absolute() else (base_dir / path).resolve())
         return value
@@ -204,13 +230,18 @@ def _resolve_local_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for section, fields in keys.items():
         if isinstance(resolved.get(section), dict):
             resolved[section] = {
-                k: resolve(v) if k in fields else v for k, v in resolved[section].items()
+                k: resolve(v, f"{section}.{k}") if k in fields else v
+                for k, v in resolved[section].items()
             }
-    decay = (resolved.get("monitoring") or {}).get("decay")
+    monitoring = resolved.get("monitoring")
+    decay = monitoring.get("decay") if isinstance(monitoring, dict) else None
     if isinstance(decay, dict) and "labels_uri" in decay:
         resolved["monitoring"] = {
-            **resolved["monitoring"],
-            "decay": {**decay, "labels_uri": resolve(decay["labels_uri"])},
+            **monitoring,
+            "decay": {
+                **decay,
+                "labels_uri": resolve(decay["labels_uri"], "monitoring.decay.labels_uri"),
+            },
         }
     return resolved
 
@@ -219,12 +250,111 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     """Validate a mapping into a :class:`PipelineConfig`; errors name the source and field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"Invalid pipeline config {source}: expected a mapping at the top level.")
+    _check_size(raw, source)
     if base_dir is not None:
-        raw = _resolve_local_paths(raw, base_dir)
+        try:
+            raw = _resolve_local_paths(raw, base_dir)
+        except ConfigError as err:
+            raise ConfigError(f"Invalid pipeline config {source}: {err}") from None
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+    except RecursionError:
+        raise ConfigError(f"Invalid pipeline config {source}: nested too deeply.") from None
+
+
+def _too_many_values(source: str, limit: int) -> ConfigError:
+    return ConfigError(
+        f"Invalid pipeline config {source}: it expands to more than {limit} values "
+        "(nested YAML aliases or merge keys?)."
+    )
+
+
+def _check_size(raw: Any, source: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Count values as YAML aliases expand them (iteratively: no recursion limit)."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise _too_many_values(source, limit)
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _check_node_size(root: Any, source: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Count the values of a composed YAML node graph as aliases would expand them.
+
+    Aliases are shared nodes, so each node's expanded size is computed once (post-order,
+    iteratively: no recursion limit) and the count stays cheap however large the expansion.
+    A node reachable from itself is a recursive alias, which no pipeline needs.
+    """
+    import yaml
+
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if expanded:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children(node))
+            if sizes[key] > limit:
+                raise _too_many_values(source, limit)
+        elif key not in sizes:
+            if key in on_path:
+                raise ConfigError(
+                    f"Invalid pipeline config {source}: a YAML alias refers to a node that "
+                    f"contains it (line {node.start_mark.line + 1}): recursive structures are "
+                    "not supported."
+                )
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node) if id(child) not in sizes)
+
+
+@lru_cache(maxsize=1)
+def _bounded_safe_loader() -> type:
+    """``yaml.SafeLoader`` that checks the expanded size before constructing anything, and
+    reports values it cannot construct as YAML errors with their line."""
+    import yaml
+
+    class BoundedSafeLoader(yaml.SafeLoader):
+        source = "<yaml>"
+
+        def construct_document(self, node: Any) -> Any:
+            _check_node_size(node, self.source)
+            return super().construct_document(node)
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+                # PyYAML's own constructors raise these for e.g. `2024-02-30`, `!!int x`.
+                shown = repr(node.value[:100]) if isinstance(node, yaml.ScalarNode) else node.id
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"cannot read {node.tag} value {shown}: {err}", node.start_mark
+                ) from err
+
+    return BoundedSafeLoader
+
+
+def _safe_load(text: str, source: str) -> Any:
+    loader = _bounded_safe_loader()(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -233,11 +363,15 @@ def load_config(path: str | Path) -> PipelineConfig:
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _safe_load(path.read_text(encoding="utf-8"), source=str(path))
     except OSError as err:
         raise ConfigError(f"Cannot read pipeline config {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"Pipeline config {path} is not UTF-8 text: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"Pipeline config {path} is not valid YAML: {err}") from err
+    except RecursionError:
+        raise ConfigError(f"Pipeline config {path} is nested too deeply.") from None
     return parse_config(raw, source=str(path), base_dir=path.parent)
 
 

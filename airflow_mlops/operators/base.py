@@ -38,7 +38,11 @@ def default_artifacts_root() -> str:
 
 
 def _path_safe(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", value)
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", value)
+    # '.' and '..' navigate instead of naming a folder (Airflow accepts a run id of '..'
+    # when [core] allow_double_dot_in_ids is set), and '' would drop a level: never let
+    # them through as a segment.
+    return safe if safe.strip(".") else "_" * max(len(safe), 1)
 
 
 class MlopsBaseOperator(BaseOperator):

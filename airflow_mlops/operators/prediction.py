@@ -17,7 +17,12 @@ DEFAULT_CHUNK_ROWS = 50_000  # same default as airflow_mlops.core.prediction (no
 
 
 def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
+    """True when the value is only known at run time: Jinja, or a mapped/XCom argument."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    # XComArg, or MappedArgument inside a mapped task group (Airflow's ResolveMixin): resolved
+    # when the task runs, and validated then by execute(). Any other literal is checked now.
+    return hasattr(value, "resolve") and hasattr(value, "iter_references")
 
 
 class BatchPredictionOperator(MlopsBaseOperator):

@@ -115,6 +115,38 @@ def test_batch_prediction_refuses_a_payload_arriving_at_run_time(run_dag, tmp_pa
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_batch_prediction_in_a_mapped_task_group_builds_and_checks_the_name_at_run_time(
+    run_dag, tmp_path, monkeypatch
+):
+    """Inside a mapped task group the model name is a ``MappedArgument``, known only at run
+    time: the DAG must build (it crashed at parse before), and the resolved value is still
+    validated before anything loads."""
+    from airflow.sdk import DAG, task_group
+
+    from airflow_mlops.operators.prediction import BatchPredictionOperator
+
+    monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT", raising=False)
+    failures: list[BaseException] = []
+    with DAG(f"rel_paths_mapped_{uuid.uuid4().hex[:6]}", schedule=None) as dag:
+
+        @task_group(group_id="segment")
+        def per_segment(model_name):
+            BatchPredictionOperator(
+                task_id="predict",
+                input_uri=str(tmp_path / "in.parquet"),
+                output_uri=str(tmp_path / "out.parquet"),
+                model_name=model_name,
+                on_failure_callback=lambda context: failures.append(context["exception"]),
+            )
+
+        per_segment.expand(model_name=["../../etc/passwd"])
+    dag_run = run_dag(dag)
+    assert dag_run.state == "failed"
+    (error,) = failures
+    assert isinstance(error, ModelUriError), repr(error)
+    assert not (tmp_path / "out.parquet").exists()
+
+
 @pytest.mark.parametrize("payload", ["file:///etc/passwd", "runs:/abc/model", "/etc/passwd",
                                      "models://evil.example.com/churn/1", "models:/a/../../b"])  # fmt: skip
 def test_evaluation_refuses_a_poisoned_model_uri_recorded_on_the_training_run(payload, mlflow_up):
@@ -152,7 +184,8 @@ def test_registration_and_the_serving_check_refuse_the_payload_before_any_reques
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import register_version, serving_check
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.serving import serving_check
 
     dead = MlflowClient("http://127.0.0.1:9")  # nothing listens: any request would fail loudly
     with pytest.raises(ModelUriError):
@@ -260,18 +293,29 @@ def test_storage_refuses_to_write_reports_to_foreign_schemes(uri):
         Storage().write_text(uri, "{}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Storage accepts file://<other host>/path and silently writes to the LOCAL "
-    "/path, ignoring the host, instead of refusing a URI that names another machine",
+@pytest.mark.parametrize(
+    "host", ["evil.example.com", "user:pw@evil.example.com", "evil.example.com:445", "EVIL"]
 )
-def test_storage_refuses_a_file_uri_naming_another_host(tmp_path):
+def test_storage_refuses_a_file_uri_naming_another_host(host, tmp_path):
     from airflow_mlops.core.storage import Storage
 
     target = tmp_path / "report.json"
-    with pytest.raises(UnsupportedFormatError):
-        Storage().write_text(f"file://evil.example.com{target}", "{}")
+    target.with_name("data.csv").write_text("a\n1\n")
+    storage = Storage()
+    with pytest.raises(UnsupportedFormatError, match="names the host"):
+        storage.write_text(f"file://{host}{target}", "{}")
     assert not target.exists()
+    with pytest.raises(UnsupportedFormatError, match="names the host"):
+        storage.read_table(f"file://{host}{target.with_name('data.csv')}")
+
+
+@pytest.mark.parametrize("prefix", ["file://", "file://localhost"])
+def test_storage_still_writes_local_file_uris(prefix, tmp_path):
+    from airflow_mlops.core.storage import Storage
+
+    target = tmp_path / "report.json"
+    Storage().write_text(f"{prefix}{target}", "{}")
+    assert target.read_text() == "{}"
 
 
 def _fake_context(dag_id: str, run_id: str, task_id: str, map_index: int = -1):
@@ -303,23 +347,21 @@ def test_default_report_uris_stay_in_their_run_folder_whatever_the_run_id(
     assert resolved.name == "validation_result.json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low severity, defence in depth): with [core] allow_double_dot_in_ids = True "
-    "(Airflow refuses '..' in ids by default) a run id '..' makes the default report path "
-    "<root>/<dag_id>/../<task_id>/..., i.e. <root>/<task_id>/: outside the DAG's folder",
-)
+@pytest.mark.parametrize("run_id", ["..", ".", "..."])
 def test_a_dot_dot_run_id_cannot_move_the_default_report_out_of_its_dag_folder(
-    tmp_path, monkeypatch
+    run_id, tmp_path, monkeypatch
 ):
+    """Possible only with [core] allow_double_dot_in_ids = True (see the next test)."""
     from airflow_mlops.operators.base import ARTIFACTS_ENV, MlopsBaseOperator
 
     root = tmp_path / "artifacts"
     monkeypatch.setenv(ARTIFACTS_ENV, str(root))
     uri = MlopsBaseOperator.default_report_uri_for(
-        _fake_context("ct__churn", "..", "validate"), "validation_result.json"
+        _fake_context("ct__churn", run_id, "validate"), "validation_result.json"
     )
-    assert Path(os.path.realpath(uri)).is_relative_to(root / "ct__churn"), uri
+    resolved = Path(os.path.realpath(uri))
+    # Inside the DAG's folder, in a run folder of its own (not the DAG folder itself).
+    assert resolved.parent.parent.parent == root / "ct__churn", uri
 
 
 def test_airflow_itself_refuses_dot_dot_run_ids_by_default():

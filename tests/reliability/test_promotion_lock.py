@@ -50,12 +50,6 @@ def test_an_expired_lock_of_a_dead_holder_is_broken(mlflow_up):
         assert lock.read().owner == lock.owner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the retry of a promotion whose try died inside the lock (MLflow outage, "
-    "SIGKILL) waits for that try's lock to expire: lock_ttl, 900 s by default, although "
-    "the lock's holder is a previous try of the very same task instance",
-)
 def test_the_retry_of_the_same_task_instance_reclaims_its_dead_tries_lock_at_once(
     mlflow_up, monkeypatch
 ):
@@ -118,6 +112,39 @@ def test_a_different_task_never_takes_over_a_live_lock(mlflow_up):
         with pytest.raises(PromotionError, match="could not take the promotion lock"):
             promote_to_champion(
                 client, model, "1", evaluated_champion=None, actor=Actor("run 2", other),
+                lock_options={"wait_s": 1.0, "poll_s": 0.2},
+            )  # fmt: skip
+        assert holder.read().owner == holder.owner
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize(
+    "context",
+    [None, {"dag_id": "ct", "run_id": "run-1", "task_id": "promote", "try_number": 2}],
+    ids=["two scripts with the default context", "the same try"],
+)
+def test_the_same_identity_without_a_later_try_never_takes_over_a_live_lock(mlflow_up, context):
+    """Only a *later* try may reclaim: two scripts that both use the default ``RunContext``
+    (``manual``/``manual``/``manual``, try 1) share an idempotency key but are both alive."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import Actor, promote_to_champion
+
+    client = MlflowClient(mlflow_up)
+    model = f"rel-lock-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(model)
+    run_context = RunContext(**context) if context else RunContext()
+    holder = _lock(
+        client, model, holder="a live holder", ttl_s=120,
+        reclaim_key=run_context.idempotency_key, try_number=run_context.try_number,
+    )  # fmt: skip
+    holder.acquire()
+    try:
+        with pytest.raises(PromotionError, match="could not take the promotion lock"):
+            promote_to_champion(
+                client, model, "1", evaluated_champion=None, actor=Actor("again", run_context),
                 lock_options={"wait_s": 1.0, "poll_s": 0.2},
             )  # fmt: skip
         assert holder.read().owner == holder.owner
