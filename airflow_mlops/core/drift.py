@@ -38,7 +38,6 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -56,7 +55,7 @@ from airflow_mlops.core.errors import (
     SchemaDriftError,
     UnreadableDataError,
 )
-from airflow_mlops.core.storage import is_s3_uri, table_format
+from airflow_mlops.core.storage import is_s3_uri, local_path, table_format
 
 if TYPE_CHECKING:
     from airflow_mlops.core.storage import Storage
@@ -251,7 +250,7 @@ class TableSource:
                     buffer_size=PARQUET_BUFFER_BYTES,
                     pre_buffer=False,
                 )
-            path = _local_path(uri)
+            path = local_path(uri)
             if not path.is_file():
                 raise DataNotFoundError(f"No file at {uri}.")
             # Buffered page reads without memory-mapping: only the pages being decoded are
@@ -306,14 +305,6 @@ class TableSource:
             return self._parquet.read(columns=[column]).column(0)
         assert self._table is not None
         return self._table.column(column)
-
-
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    if "://" in uri:
-        raise DataError(f"Unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key.")
-    return Path(uri)
 
 
 # -- schema check ---------------------------------------------------------------------------

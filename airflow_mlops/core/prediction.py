@@ -24,7 +24,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,13 @@ from airflow_mlops.core.errors import (
     UnreadableDataError,
 )
 from airflow_mlops.core.model_uri import ModelUri, parse_model_uri
-from airflow_mlops.core.storage import Storage, is_s3_uri, sha256_bytes, table_format
+from airflow_mlops.core.storage import (
+    Storage,
+    is_s3_uri,
+    local_path,
+    sha256_bytes,
+    table_format,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -191,10 +196,6 @@ class _Source:
     sha256: str
 
 
-def _local_path(uri: str) -> Path:
-    return Path(urlparse(uri).path) if uri.startswith("file://") else Path(uri)
-
-
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -213,7 +214,7 @@ def open_chunks(storage: Storage, uri: str, chunk_rows: int, stack: ExitStack) -
         digest = sha256_bytes(data)
         handle = io.BytesIO(data)
     else:
-        path = _local_path(uri)
+        path = local_path(uri)
         if not path.is_file():
             raise DataNotFoundError(f"No file at {uri}.")
         digest = _sha256_file(path)
@@ -421,7 +422,7 @@ def score_dataset(
 def _temp_output_path(output_uri: str, local_output: bool, stack: ExitStack) -> Path:
     """A temporary file: next to a local target (same filesystem, so rename is atomic)."""
     if local_output:
-        target = _local_path(output_uri)
+        target = local_path(output_uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     else:
@@ -432,7 +433,7 @@ def _temp_output_path(output_uri: str, local_output: bool, stack: ExitStack) -> 
 
 def _publish(storage: Storage, tmp_path: Path, output_uri: str, local_output: bool) -> None:
     if local_output:
-        os.replace(tmp_path, _local_path(output_uri))
+        os.replace(tmp_path, local_path(output_uri))
     else:
         # One PUT: S3 makes the new object visible all at once.
         storage.write_bytes(output_uri, tmp_path.read_bytes())

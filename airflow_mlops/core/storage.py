@@ -67,7 +67,8 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _local_path(uri: str) -> Path:
+def local_path(uri: str) -> Path:
+    """The local path of a plain path or ``file:///path`` URI; other hosts and schemes refused."""
     if uri.startswith("file://"):
         parsed = urlparse(uri)
         if parsed.netloc not in ("", "localhost"):
@@ -127,7 +128,7 @@ class Storage:
                 raise DataNotFoundError(f"No object at {uri}.") from err
             except client.exceptions.NoSuchBucket as err:
                 raise DataNotFoundError(f"Bucket of {uri} does not exist.") from err
-        path = _local_path(uri)
+        path = local_path(uri)
         if not path.is_file():
             raise DataNotFoundError(f"No file at {uri}.")
         return path.read_bytes()
@@ -138,7 +139,7 @@ class Storage:
             bucket, key = _split_s3(uri)
             self._s3().put_object(Bucket=bucket, Key=key, Body=data)
             return
-        path = _local_path(uri)
+        path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -160,7 +161,7 @@ class Storage:
                 if err.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                     return False
                 raise
-        return _local_path(uri).is_file()
+        return local_path(uri).is_file()
 
     # -- text and JSON ----------------------------------------------------------------------
     def write_text(self, uri: str, text: str) -> None:

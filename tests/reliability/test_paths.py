@@ -309,6 +309,25 @@ def test_storage_refuses_a_file_uri_naming_another_host(host, tmp_path):
         storage.read_table(f"file://{host}{target.with_name('data.csv')}")
 
 
+def test_batch_prediction_and_drift_readers_refuse_a_file_uri_naming_another_host(tmp_path):
+    """The chunked readers open local files themselves; they use Storage's path rule."""
+    from contextlib import ExitStack
+
+    import pandas as pd
+
+    from airflow_mlops.core.drift import TableSource
+    from airflow_mlops.core.prediction import open_chunks
+    from airflow_mlops.core.storage import Storage
+
+    data = tmp_path / "data.parquet"
+    pd.DataFrame({"a": [1.0, 2.0]}).to_parquet(data)
+    remote = f"file://evil.example.com{data}"  # the same path, on another machine
+    with ExitStack() as stack, pytest.raises(UnsupportedFormatError, match="names the host"):
+        open_chunks(Storage(), remote, 10, stack)
+    with pytest.raises(UnsupportedFormatError, match="names the host"):
+        TableSource(remote, Storage())
+
+
 @pytest.mark.parametrize("prefix", ["file://", "file://localhost"])
 def test_storage_still_writes_local_file_uris(prefix, tmp_path):
     from airflow_mlops.core.storage import Storage
