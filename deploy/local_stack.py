@@ -13,6 +13,7 @@ Usage (through the ``deploy/local-stack`` wrapper)::
 
     deploy/local-stack quick start|stop|status
     deploy/local-stack prod  start|stop|status [--dags-folder DIR] [--auto-ports] [--purge]
+    deploy/local-stack quick start --preload     # pay the operators' imports once per worker
 
 State lives under ``.local-stack/<shape>/`` (ports, process groups, logs, databases). Every
 service is started in its own session (``setsid``) and stopped by signalling its process
@@ -109,6 +110,9 @@ class State:
     # service -> start time (clock ticks since boot) of the group leader, so a stale state
     # file never makes ``stop`` signal an unrelated process that reused the number.
     started: dict[str, int] = field(default_factory=dict)
+    # Preload the operators' libraries in the processes that fork the task processes
+    # (airflow_mlops.preload; docs/deployment.md "Paying imports once per worker").
+    preload: bool = False
 
     @property
     def path(self) -> Path:
@@ -232,6 +236,50 @@ def _resolve(argv: list[str]) -> list[str]:
 
 
 # -- environment ----------------------------------------------------------------------------
+
+
+# The example pipelines train scikit-learn and XGBoost models and the stacks keep data in S3.
+PRELOAD_FAMILIES = "all,xgboost,s3"
+PRELOAD_MARKER = "# Written by deploy/local_stack.py for --preload; removed by a start without it."
+PRELOAD_SETTINGS = f"""{PRELOAD_MARKER}
+# LocalExecutor: the scheduler imports the operators' libraries once, before it forks the
+# workers whose task processes inherit them. Other Airflow processes skip it.
+from airflow_mlops.preload import preload_in_scheduler
+
+__all__: list[str] = []  # export nothing into airflow.settings
+preload_in_scheduler({PRELOAD_FAMILIES!r})
+"""
+
+
+def _preload_module() -> Any:
+    """``airflow_mlops.preload`` from this repository (cheap: standard library only)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import airflow_mlops.preload
+
+    return airflow_mlops.preload
+
+
+def write_preload_settings(state: State) -> Path:
+    """quick: ``$AIRFLOW_HOME/config/airflow_local_settings.py`` preloading in the scheduler
+    when ``state.preload``; a file this script wrote earlier is removed otherwise (a file
+    written by someone else is left alone)."""
+    path = state.path / "airflow" / "config" / "airflow_local_settings.py"
+    if state.preload and state.shape == "quick":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PRELOAD_SETTINGS)
+    elif path.exists() and path.read_text().startswith(PRELOAD_MARKER):
+        path.unlink()
+    return path
+
+
+def celery_preload_env(state: State) -> dict[str, str]:
+    """prod: the Celery workers import the operators' libraries in their main process at
+    start (Celery's ``imports``, through ``[celery] extra_celery_config``), before forking."""
+    if not state.preload:
+        return {}
+    config = _preload_module().celery_extra_config(PRELOAD_FAMILIES)
+    return {"AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps(config)}
 
 
 def plugin_registration() -> str:
@@ -771,6 +819,7 @@ def start_airflow_prod(state: State) -> None:
         worker_env = {
             **env,
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(state.ports[f"{worker}_logs"]),
+            **celery_preload_env(state),
         }
         spawn(state, f"airflow-{worker}", _resolve(commands[f"airflow-{worker}"]), worker_env)
     wait_airflow_healthy(state, "airflow-api-server", ("scheduler", "triggerer", "dag_processor"))
@@ -810,7 +859,9 @@ def wait_airflow_healthy(state: State, name: str, components: tuple[str, ...]) -
 # -- commands -------------------------------------------------------------------------------
 
 
-def start(shape: str, root: Path, dags_folder: Path, auto_ports: bool) -> State:
+def start(
+    shape: str, root: Path, dags_folder: Path, auto_ports: bool, preload: bool = False
+) -> State:
     existing = State.load(root)
     if existing and any(
         group_alive(p) and group_is_ours(p, existing.started.get(n))
@@ -822,8 +873,10 @@ def start(shape: str, root: Path, dags_folder: Path, auto_ports: bool) -> State:
     state = new_state(shape, root, dags_folder, auto_ports)
     if existing:  # keep the database passwords of the existing PostgreSQL cluster
         state.db_passwords = existing.db_passwords or state.db_passwords
+    state.preload = preload
     state.save()
     prepare_plugins_folder(state)
+    write_preload_settings(state)
     started = time.monotonic()
     try:
         if shape == "prod":
@@ -885,11 +938,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dags-folder", type=Path, default=REPO / "dags")
     parser.add_argument("--auto-ports", action="store_true", help="pick free ports")
     parser.add_argument("--purge", action="store_true", help="with stop: delete the state too")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="with start: import the operators' libraries once per worker instead of once per "
+        "task (quick: in the scheduler; prod: in each Celery worker)",
+    )
     args = parser.parse_args(argv)
     root = (args.state_dir or REPO / ".local-stack" / args.shape).resolve()
     try:
         if args.command == "start":
-            start(args.shape, root, args.dags_folder.resolve(), args.auto_ports)
+            start(args.shape, root, args.dags_folder.resolve(), args.auto_ports, args.preload)
         elif args.command == "stop":
             stop(root, purge=args.purge)
             print(
