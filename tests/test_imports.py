@@ -60,3 +60,19 @@ def test_no_heavy_import_at_module_level():
     loaded = heavy_modules_after_import(public_modules())
     offenders = {name: heavy for name, heavy in loaded.items() if heavy}
     assert not offenders, f"heavy libraries imported at module level: {offenders}"
+
+
+def test_registry_and_change_detection_do_not_pay_for_scikit_learn():
+    """Register, promote, rollback and detect_changes tasks run on every CT run; under the
+    real scheduler each pays its own imports, so they must not import scikit-learn/XGBoost
+    (about 1 s per task on this machine) that only training and scoring need."""
+    code = (
+        "import sys, json\n"
+        "import airflow_mlops.core.registry, airflow_mlops.core.serving\n"
+        "import airflow_mlops.core.evaluation, airflow_mlops.core.changes\n"
+        "print(json.dumps(sorted(m for m in ('sklearn', 'xgboost') if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []

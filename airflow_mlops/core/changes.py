@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_mlops.core.lineage import TAG_GIT_COMMIT, TAG_PIPELINE_CONFIG_HASH
-from airflow_mlops.core.training import TAG_DATA_SHA256
+from airflow_mlops.core.lineage import TAG_DATA_SHA256, TAG_GIT_COMMIT, TAG_PIPELINE_CONFIG_HASH
 
 # Airflow run types for which the trigger itself is the reason to train.
 ALWAYS_TRAIN_RUN_TYPES = frozenset({"manual", "asset_triggered", "backfill"})

@@ -28,11 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
-from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
-from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
-from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
-from airflow_mlops.core.storage import Storage, TableRead
-from airflow_mlops.core.training import (
+from airflow_mlops.core.lineage import (
     TAG_FEATURES,
     TAG_HOLDOUT_SHA256,
     TAG_HOLDOUT_URI,
@@ -41,6 +37,10 @@ from airflow_mlops.core.training import (
     TAG_TARGET,
     TAG_TASK,
 )
+from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
+from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
+from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
+from airflow_mlops.core.storage import Storage, TableRead
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 TAG_PREFIX = "mlops."
@@ -24,6 +26,31 @@ TAG_CONFIG_HASH = f"{TAG_PREFIX}config_hash"
 # Hash of the whole pipeline config (validation, training, policy, ...) and provider version.
 TAG_PIPELINE_CONFIG_HASH = f"{TAG_PREFIX}pipeline.config_hash"
 TAG_PIPELINE = f"{TAG_PREFIX}pipeline"
+
+# Tag keys written on the training run (read by evaluation, promotion and drift monitoring).
+TAG_STAGE = "mlops.stage"  # "training" on the run, "training.trial" on search trials
+TAG_DATA_URI = "mlops.data.uri"
+TAG_DATA_SHA256 = "mlops.data.sha256"
+TAG_DATA_ROWS = "mlops.data.rows"
+TAG_HOLDOUT_URI = "mlops.holdout.uri"
+TAG_HOLDOUT_SHA256 = "mlops.holdout.sha256"
+TAG_HOLDOUT_ROWS = "mlops.holdout.rows"
+TAG_REFERENCE_URI = "mlops.reference.uri"
+TAG_REFERENCE_SHA256 = "mlops.reference.sha256"
+TAG_TARGET = "mlops.target"
+TAG_TASK = "mlops.task"
+TAG_FEATURES = "mlops.features"  # JSON list, in the model's input order
+TAG_FEATURES_URI = "mlops.features.uri"  # set instead when the JSON list exceeds a tag's size
+TAG_MODEL_NAME = "mlops.model_name"
+TAG_MODEL_URI = "mlops.model_uri"
+TAG_ESTIMATOR = "mlops.estimator"
+TAG_SPLIT = "mlops.split"  # JSON of the split policy
+TAG_SPLIT_TIME_CUTOFF = "mlops.split.time_cutoff"
+TAG_SEARCH_BEST_PARAMS = "mlops.search.best_params"  # JSON object
+TAG_TRIAL_INDEX = "mlops.search.trial_index"
+TAG_ERROR = "mlops.error"
+HOLDOUT_METRIC_PREFIX = "holdout_"
+MODEL_ARTIFACT_NAME = "model"
 
 
 @dataclass(frozen=True)
@@ -63,3 +90,41 @@ def config_hash(config: Any) -> str:
     """sha256 of a JSON-serialisable configuration, independent of key order."""
     payload = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+_GIT_COMMIT_ENV_VARS = ("MLOPS_GIT_COMMIT", "GIT_COMMIT", "GITHUB_SHA")
+
+
+def detect_git_commit(start_dir: str | None) -> str | None:
+    """Commit of the code that trains: from env (``MLOPS_GIT_COMMIT``, ``GIT_COMMIT``,
+    ``GITHUB_SHA``), else read from the ``.git`` folder above ``start_dir`` (no subprocess)."""
+    for name in _GIT_COMMIT_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name].strip()
+    if not start_dir:
+        return None
+    for folder in (Path(start_dir).resolve(), *Path(start_dir).resolve().parents):
+        git_dir = folder / ".git"
+        if git_dir.is_dir():
+            return _read_head(git_dir)
+    return None
+
+
+def _read_head(git_dir: Path) -> str | None:
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head or None
+    ref = head.removeprefix("ref: ")
+    ref_file = git_dir / ref
+    if ref_file.is_file():
+        return ref_file.read_text().strip() or None
+    packed = git_dir / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref:
+                return parts[0]
+    return None  # a branch without commits yet

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 from airflow_mlops.core.errors import ConfigError, DataError
 
@@ -120,6 +119,8 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, y_score: Any = None) ->
 
 
 def _regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm  # lazily: promotion tasks import this module
+
     y_true = y_true.astype(float)
     y_pred = y_pred.astype(float)
     result = {
@@ -135,6 +136,8 @@ def _regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, flo
 def _classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, y_score: Any
 ) -> dict[str, float]:
+    from sklearn import metrics as skm  # lazily: promotion tasks import this module
+
     labels = np.unique(np.concatenate([y_true, y_pred]))
     binary = len(labels) <= 2
     average = "binary" if binary else "macro"
@@ -194,6 +197,8 @@ def _score_column_codes(
 
 def _probability_metrics(codes: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """log_loss always; roc_auc when at least two classes are present in the holdout."""
+    from sklearn import metrics as skm  # lazily: promotion tasks import this module
+
     n_columns = proba.shape[1]
     result = {"log_loss": float(skm.log_loss(codes, proba, labels=np.arange(n_columns)))}
     present = np.unique(codes)

@@ -30,7 +30,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,11 +58,35 @@ from sklearn.preprocessing import OneHotEncoder
 
 from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
 from airflow_mlops.core.lineage import (
+    HOLDOUT_METRIC_PREFIX,
+    MODEL_ARTIFACT_NAME,
     TAG_CONFIG_HASH,
+    TAG_DATA_ROWS,
+    TAG_DATA_SHA256,
+    TAG_DATA_URI,
+    TAG_ERROR,
+    TAG_ESTIMATOR,
+    TAG_FEATURES,
+    TAG_FEATURES_URI,
     TAG_GIT_COMMIT,
+    TAG_HOLDOUT_ROWS,
+    TAG_HOLDOUT_SHA256,
+    TAG_HOLDOUT_URI,
     TAG_IDEMPOTENCY_KEY,
+    TAG_MODEL_NAME,
+    TAG_MODEL_URI,
+    TAG_REFERENCE_SHA256,
+    TAG_REFERENCE_URI,
+    TAG_SEARCH_BEST_PARAMS,
+    TAG_SPLIT,
+    TAG_SPLIT_TIME_CUTOFF,
+    TAG_STAGE,
+    TAG_TARGET,
+    TAG_TASK,
+    TAG_TRIAL_INDEX,
     RunContext,
     config_hash,
+    detect_git_commit,
 )
 from airflow_mlops.core.metrics import (
     compute_metrics,
@@ -75,34 +98,10 @@ from airflow_mlops.core.storage import Storage, is_s3_uri, join_uri
 
 log = logging.getLogger(__name__)
 
-# -- Tag keys written on the training run (read by evaluation and drift monitoring) ----------
-TAG_STAGE = "mlops.stage"  # "training" on the run, "training.trial" on search trials
-TAG_DATA_URI = "mlops.data.uri"
-TAG_DATA_SHA256 = "mlops.data.sha256"
-TAG_DATA_ROWS = "mlops.data.rows"
-TAG_HOLDOUT_URI = "mlops.holdout.uri"
-TAG_HOLDOUT_SHA256 = "mlops.holdout.sha256"
-TAG_HOLDOUT_ROWS = "mlops.holdout.rows"
-TAG_REFERENCE_URI = "mlops.reference.uri"
-TAG_REFERENCE_SHA256 = "mlops.reference.sha256"
-TAG_TARGET = "mlops.target"
-TAG_TASK = "mlops.task"
-TAG_FEATURES = "mlops.features"  # JSON list, in the model's input order
-TAG_FEATURES_URI = "mlops.features.uri"  # set instead when the JSON list exceeds a tag's size
-TAG_MODEL_NAME = "mlops.model_name"
-TAG_MODEL_URI = "mlops.model_uri"
-TAG_ESTIMATOR = "mlops.estimator"
-TAG_SPLIT = "mlops.split"  # JSON of the split policy
-TAG_SPLIT_TIME_CUTOFF = "mlops.split.time_cutoff"
-TAG_SEARCH_BEST_PARAMS = "mlops.search.best_params"  # JSON object
-TAG_TRIAL_INDEX = "mlops.search.trial_index"
-TAG_ERROR = "mlops.error"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 
 STAGE_TRAINING = "training"
 STAGE_TRIAL = "training.trial"
-HOLDOUT_METRIC_PREFIX = "holdout_"
-MODEL_ARTIFACT_NAME = "model"
 DEFAULT_ESTIMATORS = {
     "classification": "sklearn.ensemble.HistGradientBoostingClassifier",
     "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
@@ -115,7 +114,6 @@ MIN_HOLDOUT_ROWS = 2
 # Libraries the loaded model always needs; the estimator's own package is added on top.
 _BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy")
 _MODULE_TO_DISTRIBUTION = {"sklearn": "scikit-learn", "xgboost": "xgboost", "lightgbm": "lightgbm"}
-_GIT_COMMIT_ENV_VARS = ("MLOPS_GIT_COMMIT", "GIT_COMMIT", "GITHUB_SHA")
 
 
 class TrainingInterrupted(MlopsError):
@@ -1302,38 +1300,3 @@ def _known_fields(cls: type, values: Mapping[str, Any], label: str) -> dict[str,
     if unknown:
         raise ConfigError(f"{label} has unknown field(s) {unknown}; known: {sorted(names)}")
     return dict(values)
-
-
-def detect_git_commit(start_dir: str | None) -> str | None:
-    """Commit of the code that trains: from env (``MLOPS_GIT_COMMIT``, ``GIT_COMMIT``,
-    ``GITHUB_SHA``), else read from the ``.git`` folder above ``start_dir`` (no subprocess)."""
-    for name in _GIT_COMMIT_ENV_VARS:
-        if os.environ.get(name):
-            return os.environ[name].strip()
-    if not start_dir:
-        return None
-    for folder in (Path(start_dir).resolve(), *Path(start_dir).resolve().parents):
-        git_dir = folder / ".git"
-        if git_dir.is_dir():
-            return _read_head(git_dir)
-    return None
-
-
-def _read_head(git_dir: Path) -> str | None:
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-    except OSError:
-        return None
-    if not head.startswith("ref: "):
-        return head or None
-    ref = head.removeprefix("ref: ")
-    ref_file = git_dir / ref
-    if ref_file.is_file():
-        return ref_file.read_text().strip() or None
-    packed = git_dir / "packed-refs"
-    if packed.is_file():
-        for line in packed.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1] == ref:
-                return parts[0]
-    return None  # a branch without commits yet

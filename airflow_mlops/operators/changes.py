@@ -40,7 +40,7 @@ class DetectChangesOperator(MlopsBaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core.changes import decide_retrain
-        from airflow_mlops.core.training import detect_git_commit
+        from airflow_mlops.core.lineage import detect_git_commit
 
         data_sha256 = self.storage.sha256(self.train_uri)
         champion_tags, champion_version = self._champion_run_tags()

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_MODEL_NAME, TAG_STAGE
 from airflow_mlops.links.urls import mlflow_page_url
 
 if TYPE_CHECKING:
@@ -46,11 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Tag names shared with core.training (TAG_STAGE, TAG_MODEL_NAME); duplicated rather than
-# imported because core.training imports scikit-learn, which the page never needs.
-TAG_STAGE = "mlops.stage"
-TAG_MODEL_NAME = "mlops.model_name"
-TAG_DAG_ID = "mlops.airflow.dag_id"  # core.lineage.TAG_DAG_ID
 TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"  # core.drift.TAG_LAST_RETRAIN_SIGNAL
 # Where DriftReportOperator attaches its report to the champion's run (operators.monitoring).
 DRIFT_ARTIFACT_ROOT = "monitoring/drift"
