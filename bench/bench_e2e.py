@@ -5,9 +5,12 @@ Airflow path: the factory's CT DAG (``continuous_training_dag``: detect_changes 
 ``dag.test()`` against a real ``mlflow server``; per-task durations come from the metadata
 DB. Plain path: one function making the same library calls by hand: read the parquet, run
 the same 20-expectation suite with an ephemeral GX context, split 75/25, fit the same
-imputer/one-hot + ``XGBClassifier`` pipeline, log params, metrics and the model to MLflow,
-reload it and score the holdout, register a version, set ``@challenger`` and ``@champion``,
-and load it in a fresh ``python -I`` process to predict 100 rows (the serving check).
+imputer/one-hot (50 categories at most) + ``XGBClassifier`` pipeline, log params, the six
+holdout metrics and the model to MLflow, reload it, score the holdout (same six metrics) and
+log the result, register a version, set ``@challenger`` and ``@champion``, and load it in a
+fresh ``python -I`` process to predict 100 rows (the serving check). What the plain script
+does not do is the provider's extra work: hashing the data, writing the holdout and drift
+reference files, idempotency look-ups, the promotion lock and alias history, the summary.
 
 Both run in this process after a warm-up of both paths on 5,000 rows, so neither pays first
 imports in the timed runs; each repetition uses a new model name (a first model: no champion
@@ -80,6 +83,19 @@ def airflow_run(name: str, data: Path) -> dict:
     return {"seconds": seconds, "steps": steps}
 
 
+def classification_metrics(skm, y_true, proba) -> dict[str, float]:
+    """The six holdout metrics the provider reports for a binary classifier."""
+    pred = proba.argmax(axis=1)
+    return {
+        "accuracy": skm.accuracy_score(y_true, pred),
+        "precision": skm.precision_score(y_true, pred),
+        "recall": skm.recall_score(y_true, pred),
+        "f1": skm.f1_score(y_true, pred),
+        "roc_auc": skm.roc_auc_score(y_true, proba[:, 1]),
+        "log_loss": skm.log_loss(y_true, proba),
+    }
+
+
 def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
     """What a competent engineer writes by hand for the same CT run."""
     from importlib.metadata import version
@@ -118,7 +134,10 @@ def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
     )
     numeric = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c])]
     categorical = [c for c in X.columns if c not in numeric]
-    one_hot = OneHotEncoder(handle_unknown="infrequent_if_exist", sparse_output=False)
+    # The provider's default preprocessing (capped one-hot width): the same model, same work.
+    one_hot = OneHotEncoder(
+        handle_unknown="infrequent_if_exist", max_categories=50, sparse_output=False
+    )
     pipeline = Pipeline(
         [
             (
@@ -136,7 +155,8 @@ def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
                             ),
                             categorical,
                         ),
-                    ]
+                    ],
+                    sparse_threshold=0.0,
                 ),
             ),
             ("model", xgboost.XGBClassifier(**XGB_PARAMS)),
@@ -145,7 +165,7 @@ def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
     mlflow.set_experiment(f"plain/{name}")
     with mlflow.start_run() as run:
         pipeline.fit(X_train, y_train)
-        proba = pipeline.predict_proba(X_test)[:, 1]
+        proba = pipeline.predict_proba(X_test)
         mlflow.log_params(pipeline.named_steps["model"].get_params())
         example = X_train.head(5)
         requirements = [
@@ -168,12 +188,13 @@ def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
             pip_requirements=requirements,
             serialization_format="cloudpickle",
         )
-        mlflow.log_metrics({"roc_auc": skm.roc_auc_score(y_test, proba)})
+        mlflow.log_metrics(classification_metrics(skm, y_test, proba))
     lap("train")
 
-    scores = mlflow.pyfunc.load_model(info.model_uri).predict(X_test)
-    holdout_metrics = {"accuracy": skm.accuracy_score(y_test, scores)}
-    client.log_metric(run.info.run_id, "holdout_accuracy", holdout_metrics["accuracy"])
+    # Evaluate: reload the logged model and score the holdout, as the evaluate task does.
+    reloaded = mlflow.sklearn.load_model(info.model_uri)
+    holdout_metrics = classification_metrics(skm, y_test, reloaded.predict_proba(X_test))
+    mlflow.log_dict(holdout_metrics, "decision.json", run_id=run.info.run_id)
     lap("evaluate")
 
     mv = mlflow.register_model(info.model_uri, name)  # waits until the version is READY
