@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("bench_validation.py", ["--repeats", "2"], ["--rows", "100000"]),
     ("bench_drift.py", [], ["--rows", "100000"]),
     ("bench_e2e.py", [], ["--rows", "100000", "--repeats", "1"]),
+    ("bench_scaling.py", [], []),
     ("bench_xcom.py", [], []),  # last: reads the XCom sizes the DAG benchmarks above saved
 ]
 # Not in `make bench` (the 20-minute budget), run by hand when needed: bench_training.py (the
