@@ -515,3 +515,365 @@ def test_any_inferred_suite_validates_its_own_reference(data, margin):
     frame = pd.DataFrame(data, columns=["i", "f", "s", "b"])
     suite = v.infer_suite(frame, margin=margin)  # raises if it does not validate the reference
     assert v.validate_frame(frame, v.parse_suite(suite)).success
+
+
+# -- only the columns the suite reads go to GX -----------------------------------------------
+class ExpectColumnValuesToBeWithinHouseRange(v.gx.expectations.ExpectColumnValuesToBeBetween):
+    """A user-defined expectation: its code may read any column, so it disables the subset."""
+
+
+WIDE_COLUMNS = [f"f{i:02d}" for i in range(30)]
+
+
+def wide_frame(rows: int = 600, seed: int = 3) -> pd.DataFrame:
+    """30 float columns plus a few typed ones; a non-default index to check it is kept."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.random((rows, len(WIDE_COLUMNS))), columns=WIDE_COLUMNS)
+    frame["id"] = np.arange(rows)
+    frame.loc[rows - 1, "id"] = 0  # one duplicate id
+    frame["segment"] = rng.choice(["a", "b", "c"], rows)
+    frame["hi"] = frame["f00"] + 0.5
+    frame["lo"] = frame["f00"]
+    frame.loc[:4, "lo"] = 99.0  # five rows where hi <= lo
+    frame["m1"] = rng.integers(0, 5, rows)
+    frame["m2"] = 10 - frame["m1"]
+    frame.loc[7, "f07"] = np.nan
+    frame["empty"] = np.nan
+    frame.index = pd.RangeIndex(1000, 1000 + 3 * rows, 3)
+    return frame
+
+
+def wide_suite() -> v.SuiteDefinition:
+    """Passing and failing column expectations of every column-scoped family."""
+    return v.parse_suite(
+        [
+            expectation("expect_table_row_count_to_be_between", min_value=100, max_value=10_000),
+            expectation(
+                "expect_column_values_to_be_between", column="f03", min_value=0, max_value=0.9
+            ),
+            expectation("expect_column_values_to_not_be_null", column="f07"),
+            expectation("expect_column_values_to_be_in_set", column="segment", value_set=["a"]),
+            expectation("expect_column_mean_to_be_between", column="f10", min_value=0.4),
+            expectation("expect_column_values_to_be_unique", column="id"),
+            expectation(
+                "expect_column_values_to_be_in_type_list", column="f04", type_list=["float64"]
+            ),
+            expectation("expect_column_to_exist", column="f20"),
+            expectation(
+                "expect_column_pair_values_a_to_be_greater_than_b", column_A="hi", column_B="lo"
+            ),
+            expectation("expect_compound_columns_to_be_unique", column_list=["f01", "m1"]),
+            expectation("expect_multicolumn_sum_to_equal", column_list=["m1", "m2"], sum_total=10),
+            expectation(
+                "expect_select_column_values_to_be_unique_within_record",
+                column_list=["f01", "f02"],
+            ),
+            expectation(
+                "expect_column_values_to_be_between", column="empty", min_value=0, max_value=1
+            ),
+            # Columns the data lacks: GX's own "does not exist" failures, subset or not.
+            expectation("expect_column_values_to_not_be_null", column="absent"),
+            expectation(
+                "expect_column_pair_values_to_be_equal", column_A="f05", column_B="absent_too"
+            ),
+        ]
+    )
+
+
+@pytest.fixture
+def frames_given_to_gx(monkeypatch):
+    """The column labels of every frame handed to GX's ``ValidationDefinition.run``."""
+    seen: list[list] = []
+    original = v.gx.ValidationDefinition.run
+
+    def spy(self, *args, **kwargs):
+        seen.append(list(kwargs["batch_parameters"]["dataframe"].columns))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(v.gx.ValidationDefinition, "run", spy)
+    return seen
+
+
+def comparable(outcome: v.ValidationOutcome) -> dict:
+    """Summary and report without what differs between any two runs (ids, clocks)."""
+    report = json.loads(outcome.report_json())
+    meta = report["meta"]
+    for key in ("validation_id", "run_id", "validation_time"):
+        meta.pop(key)
+    meta["batch_markers"].pop("ge_load_time")
+    for result in report["results"]:
+        result["expectation_config"].pop("id")
+    return {"summary": outcome.summary, "report": report, "success": outcome.success}
+
+
+def suite_of(*expectations: dict) -> v.SuiteDefinition:
+    return v.SuiteDefinition(name="s", expectations=list(expectations), meta={}, source="test")
+
+
+@pytest.mark.parametrize(
+    ("expectations", "expected"),
+    [
+        pytest.param(
+            [expectation("expect_column_values_to_not_be_null", column="d")],
+            ["d"],
+            id="one-column",
+        ),
+        pytest.param(
+            [
+                expectation("expect_column_max_to_be_between", column="e", max_value=1),
+                expectation("expect_column_values_to_not_be_null", column="b"),
+                expectation("expect_column_values_to_be_unique", column="e"),
+            ],
+            ["b", "e"],  # frame order, no repeats
+            id="frame-order",
+        ),
+        pytest.param(
+            [
+                expectation("expect_column_pair_values_to_be_equal", column_A="a", column_B="c"),
+                expectation("expect_multicolumn_sum_to_equal", column_list=["d", "c"], sum_total=1),
+                expectation("expect_compound_columns_to_be_unique", column_list=["e", "a"]),
+                expectation(
+                    "expect_select_column_values_to_be_unique_within_record",
+                    column_list=["d", "a"],
+                ),
+            ],
+            ["a", "c", "d", "e"],
+            id="pair-and-multicolumn",
+        ),
+        pytest.param(
+            [
+                expectation("expect_table_row_count_to_be_between", min_value=1),
+                expectation("expect_table_row_count_to_equal", value=3),
+                expectation("expect_column_values_to_not_be_null", column="c"),
+            ],
+            ["c"],
+            id="row-count-keeps-rows",
+        ),
+        pytest.param(
+            [
+                expectation("expect_column_values_to_not_be_null", column="c"),
+                expectation("expect_column_values_to_not_be_null", column="not_in_frame"),
+                expectation(
+                    "expect_column_pair_values_to_be_equal", column_A="a", column_B="nor_this"
+                ),
+            ],
+            ["a", "c"],  # GX reports the missing ones, as on the whole frame
+            id="missing-columns-left-out",
+        ),
+        pytest.param(
+            [
+                expectation("expect_column_values_to_not_be_null", column="a", row_condition=None),
+                expectation("expect_column_to_exist", column="b"),
+                expectation(
+                    "expect_column_values_to_be_between",
+                    column="c",
+                    min_value=0,
+                    max_value=1,
+                    mostly=0.9,
+                    result_format="COMPLETE",
+                ),
+            ],
+            ["a", "b", "c"],
+            id="harmless-kwargs",
+        ),
+    ],
+)
+def test_columns_to_validate_is_the_referenced_frame_columns(expectations, expected):
+    suite = v.parse_suite(expectations)
+    assert v.columns_to_validate(suite, ["a", "b", "c", "d", "e", "f"]) == expected
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(
+            expectation(
+                "expect_column_values_to_not_be_null",
+                column="a",
+                row_condition='f=="x"',
+                condition_parser="pandas",
+            ),
+            id="row-condition",
+        ),
+        pytest.param(
+            expectation("expect_table_columns_to_match_set", column_set=["a"]), id="column-set"
+        ),
+        pytest.param(
+            expectation("expect_table_columns_to_match_ordered_list", column_list=["a"]),
+            id="ordered-list",
+        ),
+        pytest.param(expectation("expect_table_column_count_to_equal", value=6), id="col-count"),
+        pytest.param(
+            expectation("expect_table_column_count_to_be_between", min_value=1), id="col-range"
+        ),
+        pytest.param(
+            expectation("expect_column_to_exist", column="c", column_index=2), id="column-index"
+        ),
+        pytest.param(
+            expectation(
+                "expect_column_values_to_not_be_null",
+                column="a",
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["f"]},
+            ),
+            id="result-format-naming-columns",
+        ),
+        pytest.param(
+            expectation("expect_column_values_to_not_be_null", column={"$PARAMETER": "col"}),
+            id="column-as-parameter",
+        ),
+        pytest.param(
+            expectation("expect_column_values_to_not_be_null", column="a", windows=[]),
+            id="unusual-kwarg",
+        ),
+        pytest.param(
+            expectation("expect_column_values_to_be_fancy", column="a"), id="unknown-type"
+        ),
+        pytest.param(
+            expectation(
+                "expect_column_values_to_be_within_house_range",
+                column="a",
+                min_value=0,
+                max_value=1,
+            ),
+            id="custom-expectation",
+        ),
+        pytest.param({"kwargs": {"column": "a"}}, id="no-type"),
+    ],
+)
+def test_columns_to_validate_falls_back_to_the_whole_frame(entry):
+    column_scoped = expectation("expect_column_values_to_not_be_null", column="b")
+    # Built directly: a few of these configs are refused by parse_suite or GX anyway.
+    suite = suite_of(column_scoped, entry)
+    assert v.columns_to_validate(suite_of(column_scoped), list("abcdef")) == ["b"]
+    assert v.columns_to_validate(suite, list("abcdef")) is None
+
+
+@pytest.mark.parametrize(
+    ("frame_columns", "why"),
+    [
+        (["a", "b", "a", "c"], "duplicate labels"),
+        (["a", "b", 3, "c"], "non-string label"),
+        (["a", "b"], "every column is referenced: nothing to gain"),
+        (["x", "y", "z"], "no referenced column present: GX never gets a column-less frame"),
+    ],
+)
+def test_columns_to_validate_whole_frame_when_a_subset_is_pointless_or_unsafe(frame_columns, why):
+    suite = v.parse_suite(
+        [
+            expectation("expect_column_values_to_not_be_null", column="a"),
+            expectation("expect_column_values_to_not_be_null", column="b"),
+        ]
+    )
+    assert v.columns_to_validate(suite, frame_columns) is None, why
+
+
+def test_gx_receives_only_the_referenced_columns(frames_given_to_gx):
+    frame = wide_frame()
+    v.validate_frame(frame, wide_suite())
+    v.validate_frame(frame, wide_suite(), only_referenced_columns=False)
+    referenced = ["f01", "f02", "f03", "f04", "f05", "f07", "f10", "f20"]
+    referenced += ["id", "segment", "hi", "lo", "m1", "m2", "empty"]
+    assert frames_given_to_gx == [referenced, list(frame.columns)]
+
+
+@pytest.mark.parametrize("result_format", ["SUMMARY", "COMPLETE"])
+def test_subset_gives_the_same_summary_report_and_verdict(result_format, frames_given_to_gx):
+    frame = wide_frame()
+    subset = v.validate_frame(
+        frame, wide_suite(), result_format=result_format, data_uri="mem://wide", report_uri="r"
+    )
+    whole = v.validate_frame(
+        frame,
+        wide_suite(),
+        result_format=result_format,
+        data_uri="mem://wide",
+        report_uri="r",
+        only_referenced_columns=False,
+    )
+    assert len(frames_given_to_gx[0]) == 15 and len(frames_given_to_gx[1]) == frame.shape[1]
+    assert comparable(subset) == comparable(whole)
+    assert subset.failure_message() == whole.failure_message()
+
+    summary = subset.summary
+    assert summary["column_count"] == frame.shape[1]  # the data's width, not GX's view
+    failed = {(f["expectation"], json.dumps(f["column"])) for f in summary["failures"]}
+    assert failed == {
+        ("airflow_mlops.column_not_all_null", '"empty"'),
+        ("expect_column_values_to_be_between", '"f03"'),
+        ("expect_column_values_to_not_be_null", '"f07"'),
+        ("expect_column_values_to_be_in_set", '"segment"'),
+        ("expect_column_values_to_be_unique", '"id"'),
+        ("expect_column_pair_values_a_to_be_greater_than_b", '["hi", "lo"]'),
+        ("expect_column_values_to_not_be_null", '"absent"'),
+        ("expect_column_pair_values_to_be_equal", '["f05", "absent_too"]'),
+    }
+    pair = failures_by_type(summary)["expect_column_pair_values_a_to_be_greater_than_b"]
+    assert pair["unexpected_count"] == 5
+    absent = next(f for f in summary["failures"] if f["column"] == "absent")
+    assert absent["error"] == 'column "absent" is not in the data'
+    assert 'The column \\"absent_too\\" in BatchData does not exist' in subset.report_json()
+    if result_format == "COMPLETE":  # row positions are the frame's own index labels
+        index_list = [
+            r["result"]["unexpected_index_list"]
+            for r in subset.result["results"]
+            if r["expectation_config"]["kwargs"].get("column") == "f07"
+        ]
+        assert index_list == [[frame.index[7]]]
+
+
+def test_report_keeps_the_fingerprint_of_the_whole_frame():
+    from great_expectations.execution_engine.pandas_execution_engine import (
+        hash_pandas_dataframe,
+    )
+
+    frame = wide_frame()
+    outcome = v.validate_frame(frame, wide_suite())
+    markers = outcome.result["meta"]["batch_markers"]
+    assert markers["pandas_data_fingerprint"] == hash_pandas_dataframe(frame)
+    assert markers["pandas_data_fingerprint"] != hash_pandas_dataframe(frame[["f03", "f07"]])
+
+
+def test_row_condition_on_another_column_validates_the_whole_frame(frames_given_to_gx):
+    frame = wide_frame()
+    frame.loc[frame["segment"] != "a", "f03"] = 5.0  # out of range, but only outside "a"
+    suite = v.parse_suite(
+        [
+            expectation(
+                "expect_column_values_to_be_between",
+                column="f03",
+                min_value=0,
+                max_value=1,
+                row_condition='segment=="a"',
+                condition_parser="pandas",
+            ),
+            expectation("expect_column_values_to_not_be_null", column="f04"),
+        ]
+    )
+    outcome = v.validate_frame(frame, suite)
+    # "segment" is named by no column kwarg: without it GX could not filter the rows.
+    assert frames_given_to_gx == [list(frame.columns)]
+    assert outcome.success, outcome.failure_message()
+    whole = v.validate_frame(frame, suite, only_referenced_columns=False)
+    assert comparable(outcome) == comparable(whole)
+
+
+def test_table_level_expectations_see_the_whole_frame(frames_given_to_gx):
+    frame = wide_frame()
+    suite = v.parse_suite(
+        [
+            expectation("expect_table_column_count_to_equal", value=frame.shape[1]),
+            expectation("expect_table_columns_to_match_set", column_set=list(frame.columns)),
+            expectation("expect_column_values_to_not_be_null", column="f04"),
+        ]
+    )
+    # A column's position is a table property too: f04 is the 5th column of the data only.
+    by_position = v.parse_suite(
+        [
+            expectation("expect_column_to_exist", column="f04", column_index=4),
+            expectation("expect_column_values_to_not_be_null", column="f04"),
+        ]
+    )
+    for checks in (suite, by_position):
+        outcome = v.validate_frame(frame, checks)
+        assert frames_given_to_gx.pop() == list(frame.columns)
+        assert outcome.success, outcome.failure_message()

@@ -40,9 +40,16 @@ from great_expectations.data_context.types.base import (
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
+from great_expectations.execution_engine.pandas_execution_engine import (
+    HASH_THRESHOLD as GX_FINGERPRINT_MAX_BYTES,
+)
+from great_expectations.execution_engine.pandas_execution_engine import (
+    hash_pandas_dataframe as gx_data_fingerprint,
+)
 from great_expectations.expectations.expectation_configuration import (
     ExpectationConfiguration,
 )
+from great_expectations.expectations.registry import get_expectation_impl
 
 from airflow_mlops.core.errors import ConfigError
 
@@ -280,16 +287,173 @@ def _ephemeral_context() -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
+# --------------------------------------------------------------------------------------
+# Validating only the columns a suite reads
+# --------------------------------------------------------------------------------------
+# GX's pandas engine works on the whole frame for many metric domains (``dropna`` over the
+# frame, copies), so a validation costs expectations x frame width, not expectations alone:
+# 40 expectations on 100,000 rows took 0.6 s on 20 columns and 3.2-3.6 s on 80. When every
+# expectation provably reads only the columns it names (plus the row count), GX gets just
+# those columns and the results are the same.
+
+#: Families of GX expectations whose domain is the column(s) named in their kwargs.
+_COLUMN_SCOPED_PREFIXES = (
+    "expect_column_",
+    "expect_multicolumn_",
+    "expect_compound_columns_",
+    "expect_select_column_values_",
+    "expect_column_pair_",
+)
+#: Table expectations that only count rows: selecting columns keeps every row.
+_ROW_COUNT_TYPES = frozenset(
+    {"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"}
+)
+#: Kwargs that name the columns an expectation reads.
+_COLUMN_KWARGS = ("column", "column_A", "column_B")
+_COLUMN_LIST_KWARG = "column_list"
+#: Kwargs of GX's own column and row-count expectations that carry expected values or run
+#: options, never a column name. Anything else (``row_condition``, ``column_index`` of
+#: expect_column_to_exist, ``windows``, a dict ``result_format`` that may name index
+#: columns, ...) means "validate the whole frame": an unknown kwarg costs speed, not truth.
+_VALUE_KWARGS = frozenset(
+    {
+        *("batch_id", "catch_exceptions", "condition_parser", "mostly"),
+        *("min_value", "max_value", "strict_min", "strict_max", "value", "value_set"),
+        *("value_pairs_set", "type_", "type_list", "regex", "regex_list", "match_on"),
+        *("like_pattern", "like_pattern_list", "escape", "strftime_format", "json_schema"),
+        *("strictly", "ignore_row_if", "or_equal", "sum_total", "ties_okay", "threshold"),
+        *("double_sided", "method", "multiplier", "quantile_ranges", "allow_relative_error"),
+        *("partition_object", "bucketize_data", "internal_weight_holdout"),
+        "tail_weight_holdout",
+    }
+)
+_GX_CORE_MODULE = "great_expectations.expectations.core."
+
+
+def _is_core_gx_expectation(etype: str) -> bool:
+    """A type implemented by GX itself: a custom expectation may read any column it likes."""
+    try:
+        implementation = get_expectation_impl(etype)
+    except gx.exceptions.ExpectationNotFoundError:
+        return False
+    return implementation.__module__.startswith(_GX_CORE_MODULE)
+
+
+def _columns_read_by(expectation: Mapping[str, Any]) -> list[str] | None:
+    """The columns one expectation reads, or None when that cannot be proven from its config.
+
+    An empty list means "no column, only the row count".
+    """
+    etype = expectation.get("type")
+    kwargs = expectation.get("kwargs") or {}
+    if not isinstance(etype, str) or not isinstance(kwargs, Mapping):
+        return None
+    row_count_only = etype in _ROW_COUNT_TYPES
+    if not (row_count_only or etype.startswith(_COLUMN_SCOPED_PREFIXES)):
+        return None  # table-level: column set, column count, ordered list, other tables...
+    if not _is_core_gx_expectation(etype):
+        return None
+    if kwargs.get("row_condition") not in (None, ""):
+        return None  # a condition may reference any column of the table
+    columns: list[str] = []
+    for key, value in kwargs.items():
+        if key == "row_condition" or key in _VALUE_KWARGS:
+            continue
+        if key == "result_format" and isinstance(value, str):
+            continue  # a format name; the dict form can name index columns
+        if key in _COLUMN_KWARGS and isinstance(value, str) and not row_count_only:
+            columns.append(value)
+        elif (
+            key == _COLUMN_LIST_KWARG
+            and isinstance(value, list | tuple)
+            and all(isinstance(c, str) for c in value)
+            and not row_count_only
+        ):
+            columns.extend(value)
+        else:
+            return None  # unusual kwarg, or a column given as a suite parameter
+    if not row_count_only and not columns:
+        return None
+    return columns
+
+
+def columns_to_validate(suite: SuiteDefinition, frame_columns: Sequence[Any]) -> list[str] | None:
+    """The frame columns GX needs for ``suite``, in frame order; None for "the whole frame".
+
+    A subset is returned only when it provably yields the same results: every expectation is
+    one of GX's own column-scoped expectations (or a row count), names its columns through
+    ``column`` / ``column_A`` / ``column_B`` / ``column_list``, has no ``row_condition`` and
+    no other column-naming kwarg. Referenced columns absent from the frame are left out, so
+    GX reports them missing exactly as it does on the whole frame.
+
+    None also when the subset would be every column (nothing to gain), no column at all (GX
+    would get a frame without columns, which it never sees today), or when the frame's labels
+    are duplicated or not all strings (suite column names are strings).
+    """
+    labels = list(frame_columns)
+    if len(set(labels)) != len(labels) or not all(isinstance(c, str) for c in labels):
+        return None
+    referenced: set[str] = set()
+    for expectation in suite.expectations:
+        columns = _columns_read_by(expectation)
+        if columns is None:
+            return None
+        referenced.update(columns)
+    selected = [c for c in labels if c in referenced]
+    if not selected or len(selected) == len(labels):
+        return None
+    return selected
+
+
+def _frame_for_gx(frame: pd.DataFrame, suite: SuiteDefinition) -> pd.DataFrame:
+    """``frame`` itself, or a frame of only the columns the suite reads (same index, order)."""
+    columns = columns_to_validate(suite, frame.columns)
+    if columns is None:
+        return frame
+    log.info(
+        "Validating %d of %d columns: the suite reads no other column.",
+        len(columns),
+        frame.shape[1],
+    )
+    # pandas 2 copies the selected columns (lazily under copy-on-write): at most the size
+    # of those columns, once, where GX would otherwise work on the whole frame per metric.
+    return frame[columns]
+
+
+def _keep_whole_frame_fingerprint(payload: dict[str, Any], frame: pd.DataFrame) -> None:
+    """Put back the batch fingerprint GX writes for the whole frame, as without a subset.
+
+    GX fingerprints the frame it is given (``batch_markers.pandas_data_fingerprint``) when
+    it holds less than 1 GB; the report must describe the data, not our column selection.
+    """
+    markers = payload.get("meta", {}).get("batch_markers")
+    if not isinstance(markers, dict):
+        return
+    if frame.memory_usage().sum() < GX_FINGERPRINT_MAX_BYTES:
+        markers["pandas_data_fingerprint"] = gx_data_fingerprint(frame)
+    else:
+        markers.pop("pandas_data_fingerprint", None)
+
+
 def run_suite(
-    frame: pd.DataFrame, suite: SuiteDefinition, *, result_format: str = "SUMMARY"
+    frame: pd.DataFrame,
+    suite: SuiteDefinition,
+    *,
+    result_format: str = "SUMMARY",
+    only_referenced_columns: bool = True,
 ) -> dict[str, Any]:
     """Run ``suite`` on ``frame`` with an ephemeral GX context; returns the GX result JSON.
 
     Results are put back in suite order (GX groups them by metric). The frame is passed as a
     batch parameter: GX does not copy it.
+
+    :param only_referenced_columns: hand GX only the columns the suite reads when that
+        provably gives the same result (see :func:`columns_to_validate`); GX's cost grows
+        with the frame's width. False always passes the whole frame.
     """
     quiet_great_expectations()
     result_format = check_result_format(result_format)
+    gx_frame = _frame_for_gx(frame, suite) if only_referenced_columns else frame
     context = _ephemeral_context()
     batch_definition = (
         context.data_sources.add_pandas(_DATASOURCE)
@@ -303,8 +467,10 @@ def run_suite(
             name=f"{suite.name}-validation", data=batch_definition, suite=gx_suite
         )
     )
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    result = definition.run(batch_parameters={"dataframe": gx_frame}, result_format=result_format)
     payload = result.to_json_dict()
+    if gx_frame is not frame:
+        _keep_whole_frame_fingerprint(payload, frame)
     payload["results"] = sorted(
         payload["results"],
         key=lambda r: order.get(r.get("expectation_config", {}).get("id"), len(order)),
@@ -650,13 +816,22 @@ def validate_frame(
     data_sha256: str | None = None,
     report_uri: str | None = None,
     builtin_checks: bool = True,
+    only_referenced_columns: bool = True,
 ) -> ValidationOutcome:
     """Validate ``frame`` against ``suite``; never raises for bad data, only reports it.
 
     :param builtin_checks: also fail an empty table and all-null columns the suite names
         (see :func:`builtin_failures`); GX alone passes both.
+    :param only_referenced_columns: let GX see only the columns the suite reads, when that
+        is provably safe (:func:`columns_to_validate`); the outcome is the same either way.
+        The summary always describes the whole frame (row and column counts, columns).
     """
-    result = run_suite(frame, suite, result_format=result_format)
+    result = run_suite(
+        frame,
+        suite,
+        result_format=result_format,
+        only_referenced_columns=only_referenced_columns,
+    )
     extra = builtin_failures(frame, suite) if builtin_checks else []
     result.setdefault("meta", {})["airflow_mlops"] = {
         "data_uri": data_uri,
