@@ -206,9 +206,9 @@ class PromoteModelOperator(MlopsBaseOperator):
     Steps: refuse when the evaluation did not qualify the challenger (outcome
     ``not_promoted``) or a required approval is missing or negative (``rejected`` /
     ``not_approved``); run the **serving check** (the version is loaded from the registry by
-    ``models:/<name>/<version>`` in a fresh process and predicts a holdout sample matching its
-    signature; a failure raises :class:`PromotionError` after storing the error in the
-    record); then, under the per-model promotion lock, **compare-and-set**: the champion is
+    ``models:/<name>/<version>`` in a clean process, see ``core.serving``, and predicts a
+    holdout sample matching its signature; a failure raises :class:`PromotionError` after
+    storing the error in the record); then, under the per-model promotion lock, **compare-and-set**: the champion is
     re-read and, if it moved since evaluation, the challenger is re-scored against the new
     champion (``on_champion_changed="reevaluate"``, default) or the task fails
     (``"fail"``); the alias is set, read back and recorded in the alias history.
@@ -226,7 +226,7 @@ class PromoteModelOperator(MlopsBaseOperator):
         ``Approve`` answer from it lets the champion move (templated).
     :param on_champion_changed: ``reevaluate`` or ``fail`` (templated).
     :param max_reevaluations: bound on re-scoring rounds under the lock.
-    :param serving_check: run the fresh-process serving check (templated).
+    :param serving_check: run the clean-process serving check (templated).
     :param serving_sample_rows: holdout rows predicted by the serving check (templated).
     :param serving_timeout: seconds allowed to the serving check (templated).
     :param lock_ttl: promotion lock expiry in seconds; longer than the slowest re-evaluation.
