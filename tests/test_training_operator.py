@@ -115,6 +115,36 @@ class CrashAfterTraining(TrainModelOperator):
         return result
 
 
+@pytest.mark.parametrize("configured", [True, False])
+def test_holdout_goes_under_the_configured_artifacts_root_else_next_to_the_data(
+    configured, mlflow_conn, run_dag, train_uri, experiment_name, tmp_path, monkeypatch
+):
+    """A configured ``[mlops] artifacts_uri`` (often shared S3) wins over the data's folder,
+    which may be read-only or not visible to the worker that evaluates."""
+    root = tmp_path / "artifacts-root"
+    if configured:
+        monkeypatch.setenv("AIRFLOW__MLOPS__ARTIFACTS_URI", str(root))
+    else:
+        monkeypatch.delenv("AIRFLOW__MLOPS__ARTIFACTS_URI", raising=False)
+    dag_id = f"train_root_{configured}_{uuid.uuid4().hex[:6]}"
+    dag = build_dag(
+        dag_id,
+        train_uri=train_uri,
+        target="churned",
+        experiment_name=experiment_name,
+        estimator="sklearn.linear_model.LogisticRegression",
+    )
+    assert run_dag(dag).state == "success"
+    (result,) = COLLECTED
+    holdout = Path(result["holdout_uri"])
+    if configured:
+        assert holdout.is_relative_to(root / dag_id), holdout
+        assert holdout.parent.name == "training"
+    else:
+        assert holdout.is_relative_to(Path(train_uri).parent / "_mlops"), holdout
+    assert len(pd.read_parquet(holdout)) == 80  # default holdout_fraction 0.2 of 400 rows
+
+
 def test_a_retry_reuses_the_finished_run_of_the_failed_try(
     mlflow_conn, mlflow_server, run_dag, train_uri, experiment_name
 ):

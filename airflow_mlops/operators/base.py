@@ -22,15 +22,22 @@ if TYPE_CHECKING:
 ARTIFACTS_ENV = "AIRFLOW__MLOPS__ARTIFACTS_URI"
 
 
+def configured_artifacts_root() -> str | None:
+    """``[mlops] artifacts_uri`` in Airflow's config (env ``AIRFLOW__MLOPS__ARTIFACTS_URI``),
+    a local path or ``s3://`` prefix, or None when it is not set."""
+    from airflow.sdk import conf
+
+    return (
+        conf.get("mlops", "artifacts_uri", fallback=None) or os.environ.get(ARTIFACTS_ENV) or None
+    )
+
+
 def default_artifacts_root() -> str:
     """Where reports go when an operator is given no explicit URI.
 
-    ``[mlops] artifacts_uri`` in Airflow's config (env ``AIRFLOW__MLOPS__ARTIFACTS_URI``),
-    a local path or ``s3://`` prefix; else ``$AIRFLOW_HOME/mlops_artifacts``.
+    :func:`configured_artifacts_root`, else ``$AIRFLOW_HOME/mlops_artifacts``.
     """
-    from airflow.sdk import conf
-
-    configured = conf.get("mlops", "artifacts_uri", fallback=None) or os.environ.get(ARTIFACTS_ENV)
+    configured = configured_artifacts_root()
     if configured:
         return configured
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, configured_artifacts_root
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -23,7 +24,8 @@ class TrainModelOperator(MlopsBaseOperator):
     holdout rows, fitted inside a ``Pipeline`` (default preprocessing: impute, one-hot for
     categoricals), scored on the holdout and logged with params, metrics, signature, input
     example, pinned pip requirements and lineage tags. The holdout and the drift reference
-    are written next to the data (or under ``artifacts_uri``) and their hashes are tagged.
+    are written under ``artifacts_uri`` (default: ``[mlops] artifacts_uri``, else next to the
+    data) and their hashes are tagged.
     See ``docs/operators/training.md`` and :mod:`airflow_mlops.core.training`.
 
     Retries are safe: the run carries the task's idempotency key; a retry returns the
@@ -54,7 +56,8 @@ class TrainModelOperator(MlopsBaseOperator):
     :param search: ``{"method": "random"|"grid", "space": {...}, "n_iter", "cv", "scoring",
         "n_jobs"}`` (templated); each trial is logged as a nested run.
     :param artifacts_uri: where the holdout/reference files go (templated); default
-        ``<data folder>/_mlops/<idempotency key>/``.
+        ``<[mlops] artifacts_uri>/<dag>/<run>/<task>/training/`` when that option is set,
+        else ``<data folder>/_mlops/<idempotency key>/``.
     :param reference_max_rows: cap of the drift reference sample (templated).
     :param serialization_format: ``cloudpickle`` (default), ``skops`` or ``pickle``.
     :param extra_tags: more tags for the training run (e.g. the pipeline's config hash);
@@ -170,6 +173,12 @@ class TrainModelOperator(MlopsBaseOperator):
         config = self.training_config()
         config.validate()
         run = self.run_context(context)
+        if config.artifacts_uri is None and configured_artifacts_root():
+            # A configured root (often shared S3) beats "next to the data": the data's folder
+            # may be read-only, and other workers must read the holdout back.
+            config = dataclasses.replace(
+                config, artifacts_uri=self.default_report_uri(context, "training")
+            )
         self._killed = False
         hook = self.mlflow_hook
         with hook.session() as client:
