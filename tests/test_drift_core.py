@@ -554,9 +554,6 @@ def test_debounce_holds_while_a_ct_run_is_active():
 
 
 def test_policy_and_window_validation():
-    assert drift.validate_on_drift("branch") == "branch"
-    with pytest.raises(ConfigError, match="on_drift"):
-        drift.validate_on_drift("retrain")
     assert drift.validate_debounce_seconds("3600") == 3600.0
     with pytest.raises(ConfigError, match="debounce_seconds"):
         drift.validate_debounce_seconds(-5)

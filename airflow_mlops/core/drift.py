@@ -1097,12 +1097,6 @@ def decide_retrain_signal(
     return RetrainDecision(True, trigger_reason)
 
 
-def validate_on_drift(policy: str) -> str:
-    if policy not in ON_DRIFT_POLICIES:
-        raise ConfigError(f"on_drift must be one of {list(ON_DRIFT_POLICIES)}, got {policy!r}")
-    return policy
-
-
 def validate_debounce_seconds(value: Any) -> float:
     try:
         seconds = float(value)
