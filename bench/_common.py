@@ -46,3 +46,21 @@ def report(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")
+
+
+PLAIN_REQUIREMENTS = (
+    "mlflow",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "scipy",
+    "cloudpickle",
+    "xgboost",
+)
+
+
+def pinned_requirements() -> list[str]:
+    """What a plain script pins when it logs an sklearn + XGBoost model (installed versions)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in PLAIN_REQUIREMENTS]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import _airflow  # noqa: F401  (first: private AIRFLOW_HOME before airflow is imported)
 from _airflow import WORKDIR, Environment, run_dag, save_xcom_sizes, task_rows, xcom_sizes
-from _common import report
+from _common import pinned_requirements, report
 from bench_validation import make_data, raw_gx_validate, suite
 
 TARGET = "label"
@@ -98,7 +98,6 @@ def classification_metrics(skm, y_true, proba) -> dict[str, float]:
 
 def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
     """What a competent engineer writes by hand for the same CT run."""
-    from importlib.metadata import version
 
     import mlflow
     import pandas as pd
@@ -168,18 +167,7 @@ def plain_run(name: str, data: Path, tracking_uri: str) -> dict:
         proba = pipeline.predict_proba(X_test)
         mlflow.log_params(pipeline.named_steps["model"].get_params())
         example = X_train.head(5)
-        requirements = [
-            f"{d}=={version(d)}"
-            for d in (
-                "mlflow",
-                "scikit-learn",
-                "numpy",
-                "pandas",
-                "scipy",
-                "cloudpickle",
-                "xgboost",
-            )
-        ]
+        requirements = pinned_requirements()
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",

@@ -70,7 +70,9 @@ from typing import Any
 from _common import ROOT, report
 
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "deploy"))
 from _servers import ServerProcess, free_port, start_mlflow_server
+from local_stack import group_alive  # one process-group liveness rule (zombie leaders)
 
 BIN = Path(sys.executable).parent
 DAG_ID = "bench_scheduler_overhead"
@@ -492,7 +494,7 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _group_alive(process.pid):
+        while time.monotonic() < deadline and group_alive(process.pid):
             process.poll()
             time.sleep(0.3)
         with contextlib.suppress(ProcessLookupError):
@@ -676,23 +678,6 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
         return None
     parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
     return (parse(end) - parse(start)).total_seconds()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 def medians(runs: list[dict[str, Any]], key: str = "duration") -> dict[str, float]:

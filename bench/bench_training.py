@@ -36,6 +36,7 @@ for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_
     del os.environ[_var]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import pinned_requirements  # noqa: E402
 from _servers import start_mlflow_server  # noqa: E402
 
 N_FEATURES = 20
@@ -86,7 +87,6 @@ def make_data(rows: int, path: Path) -> None:
 def plain_script(data_path: Path, tracking_uri: str, experiment: str) -> dict:
     """What a competent engineer writes by hand: same fit, same logging, no extras."""
     import math
-    from importlib.metadata import version
 
     import mlflow
     import pandas as pd
@@ -128,18 +128,7 @@ def plain_script(data_path: Path, tracking_uri: str, experiment: str) -> dict:
         }
         mlflow.log_params(pipeline.named_steps["model"].get_params())
         example = X_train.head(5)
-        requirements = [
-            f"{d}=={version(d)}"
-            for d in (
-                "mlflow",
-                "scikit-learn",
-                "numpy",
-                "pandas",
-                "scipy",
-                "cloudpickle",
-                "xgboost",
-            )
-        ]
+        requirements = pinned_requirements()
         mlflow.sklearn.log_model(
             pipeline,
             name="model",
