@@ -23,16 +23,8 @@ from _common import ROOT, median, report, run_python
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-HEAVY = (
-    "pandas",
-    "numpy",
-    "mlflow",
-    "great_expectations",
-    "evidently",
-    "sklearn",
-    "xgboost",
-    "scipy",
-)
+from test_imports import HEAVY
+
 # Not forbidden, but worth seeing: each cost 30-500 ms in a task process before the fixes.
 EXTRA = ("fastapi", "pydantic.v1", "airflow.providers.standard.operators.hitl")
 

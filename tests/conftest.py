@@ -228,6 +228,24 @@ def serialize_dag(dag: object) -> None:
         )
 
 
+@pytest.fixture
+def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the process-wide MLflow URI (used by model loading) at the server fixture."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    return mlflow_server
+
+
+@pytest.fixture
+def client(tracking: str):
+    """An ``MlflowClient`` on the server fixture (with the process-wide URI set too)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking)
+
+
 def stored_xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     """The XCom value a task of ``dag_run`` stored, read from the metadata DB (None if absent)."""
     from airflow.models.xcom import XComModel

@@ -80,23 +80,6 @@ def train(
     return train_model(config, context, Storage(), MlflowClient(tracking_uri)).to_dict()
 
 
-@pytest.fixture
-def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point the process-wide MLflow URI (used by model loading) at the server fixture."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    return mlflow_server
-
-
-@pytest.fixture
-def client(tracking: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking)
-
-
 def unique_name(prefix: str = "model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -30,19 +30,9 @@ COLLECTED: dict[str, Any] = {}
 
 
 @pytest.fixture
-def tracking(mlflow_conn: str, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    return mlflow_server
-
-
-@pytest.fixture
-def client(tracking: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking)
+def tracking(mlflow_conn: str, tracking: str) -> str:
+    """conftest's ``tracking``, plus the Airflow connection the DAG's operators use."""
+    return tracking
 
 
 def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, approval: str = "auto"):

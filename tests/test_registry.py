@@ -20,22 +20,6 @@ from airflow_mlops.core.lineage import RunContext
 POLICY = {"change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.0}}}
 
 
-@pytest.fixture
-def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    return mlflow_server
-
-
-@pytest.fixture
-def client(tracking: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking)
-
-
 def actor(task_id: str, reason: str = "test", run_id: str | None = None):
     from airflow_mlops.core.registry import Actor
 
@@ -67,6 +51,13 @@ def reevaluator(client, result: dict, name: str):
         return evaluate(client, result, name, champion=champion)
 
     return _again
+
+
+def register_as(client, name: str, model_uri: str, task_id: str) -> str:
+    """Register ``model_uri`` as task ``task_id`` would; the new version's number."""
+    from airflow_mlops.core.registry import register_version
+
+    return register_version(client, name, model_uri, context=RunContext(task_id=task_id)).version
 
 
 def count_versions(client, name: str) -> int:
@@ -205,14 +196,14 @@ def test_promote_retry_does_not_move_or_record_twice(client, tracking, tmp_path)
 def test_champion_changed_since_evaluation_fail_mode_leaves_it_untouched(
     client, tracking, tmp_path
 ):
-    from airflow_mlops.core.registry import promote_to_champion, register_version
+    from airflow_mlops.core.registry import promote_to_champion
 
     name = unique_name()
     data = make_dataset(tmp_path / "d.csv")
     a = train(tracking, data, STUMP, model_name=name, task_id="a")
     b = train(tracking, data, BEST, model_name=name, task_id="b")
-    va = register_version(client, name, a["model_uri"], context=RunContext(task_id="ra")).version
-    vb = register_version(client, name, b["model_uri"], context=RunContext(task_id="rb")).version
+    va = register_as(client, name, a["model_uri"], "ra")
+    vb = register_as(client, name, b["model_uri"], "rb")
     client.set_registered_model_alias(name, "champion", va)  # moved behind our back
     with pytest.raises(PromotionError) as info:
         promote_to_champion(
@@ -226,14 +217,12 @@ def test_champion_changed_since_evaluation_fail_mode_leaves_it_untouched(
 
 def test_champion_changed_since_evaluation_is_reevaluated(client, tracking, tmp_path):
     """The second of two promotions evaluated against the same champion is re-judged."""
-    from airflow_mlops.core.registry import promote_to_champion, register_version
+    from airflow_mlops.core.registry import promote_to_champion
 
     name = unique_name()
     data = make_dataset(tmp_path / "d.csv")
     stump = train(tracking, data, STUMP, model_name=name, task_id="s")
-    v_stump = register_version(
-        client, name, stump["model_uri"], context=RunContext(task_id="rs")
-    ).version
+    v_stump = register_as(client, name, stump["model_uri"], "rs")
     client.set_registered_model_alias(name, "champion", v_stump)
 
     tree = train(tracking, data, TREE, model_name=name, task_id="t")
@@ -241,12 +230,8 @@ def test_champion_changed_since_evaluation_is_reevaluated(client, tracking, tmp_
     tree_record = evaluate(client, tree, name)
     best_record = evaluate(client, best, name)
     assert tree_record["promote"] and best_record["promote"]  # both beat the stump
-    v_tree = register_version(
-        client, name, tree["model_uri"], context=RunContext(task_id="rt")
-    ).version
-    v_best = register_version(
-        client, name, best["model_uri"], context=RunContext(task_id="rb")
-    ).version
+    v_tree = register_as(client, name, tree["model_uri"], "rt")
+    v_best = register_as(client, name, best["model_uri"], "rb")
 
     # The better model wins first; the tree, evaluated against the stump, is re-judged.
     won = promote_to_champion(
@@ -363,9 +348,7 @@ def test_two_racing_promotions_end_with_the_better_model(client, tracking, tmp_p
     name = unique_name("race")
     data = make_dataset(tmp_path / "d.csv")
     stump = train(tracking, data, STUMP, model_name=name, task_id="s")
-    v_stump = register_version(
-        client, name, stump["model_uri"], context=RunContext(task_id="rs")
-    ).version
+    v_stump = register_as(client, name, stump["model_uri"], "rs")
     client.set_registered_model_alias(name, "champion", v_stump)
     runs = {
         "tree": train(tracking, data, TREE, model_name=name, task_id="t"),
@@ -431,18 +414,13 @@ def test_history_summary_fits_the_tag_limit_and_full_history_is_kept(client, tra
         TAG_ALIAS_HISTORY,
         alias_history,
         recent_alias_history,
-        register_version,
         set_challenger,
     )
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
-    v1 = register_version(
-        client, name, result["model_uri"], context=RunContext(task_id="a")
-    ).version
-    v2 = register_version(
-        client, name, result["model_uri"], context=RunContext(task_id="b")
-    ).version
+    v1 = register_as(client, name, result["model_uri"], "a")
+    v2 = register_as(client, name, result["model_uri"], "b")
     long_reason = "x" * 3000
     for i in range(30):
         set_challenger(client, name, v1 if i % 2 else v2, actor(f"t{i}", long_reason))
@@ -459,23 +437,18 @@ def test_history_summary_fits_the_tag_limit_and_full_history_is_kept(client, tra
 def test_rollback_refusals_name_the_problem(client, tracking, tmp_path):
     from airflow_mlops.core.registry import (
         promote_to_champion,
-        register_version,
         rollback_champion,
     )
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
-    v1 = register_version(
-        client, name, result["model_uri"], context=RunContext(task_id="a")
-    ).version
+    v1 = register_as(client, name, result["model_uri"], "a")
     with pytest.raises(PromotionError, match="has no @champion: nothing to roll back"):
         rollback_champion(client, name, actor("rb"))
     promote_to_champion(client, name, v1, evaluated_champion=None, actor=actor("p"))
     with pytest.raises(PromotionError, match="was the first @champion"):
         rollback_champion(client, name, actor("rb"))
-    v2 = register_version(
-        client, name, result["model_uri"], context=RunContext(task_id="b")
-    ).version
+    v2 = register_as(client, name, result["model_uri"], "b")
     client.set_registered_model_alias(name, "champion", v2)  # outside the provider
     with pytest.raises(PromotionError, match="pass to_version"):
         rollback_champion(client, name, actor("rb2"))

@@ -21,13 +21,6 @@ from airflow_mlops.core.serving import checker_starts, serving_check, stop_servi
 SAMPLE = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
 
 
-@pytest.fixture
-def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    return mlflow_server
-
-
 @pytest.fixture(autouse=True)
 def fresh_checker():
     stop_serving_checker()

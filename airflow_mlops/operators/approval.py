@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from airflow_mlops.operators.evaluation import as_mapping
+from airflow_mlops.operators.base import as_mapping
 from airflow_mlops.operators.registry import APPROVAL_XCOM_KEY, APPROVE_OPTION, approval_body
 
 if TYPE_CHECKING:

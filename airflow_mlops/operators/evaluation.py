@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.policy import PromotionPolicy, parse_policy
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,18 +23,6 @@ def is_template(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(is_template(v) for v in value)
     return False
-
-
-def as_mapping(value: Any, field: str) -> dict[str, Any]:
-    """A rendered XCom/param that must be a mapping (JSON text is accepted too)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{field} must be a mapping or JSON object text: {err}") from err
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{field} must be a mapping, got {type(value).__name__}: {value!r}")
-    return dict(value)
 
 
 def as_slices(value: Any) -> dict[str, list[Any]] | None:

@@ -23,7 +23,7 @@ from airflow.sdk import AssetAlias
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -91,19 +91,6 @@ def _as_list(value: Any, field: str) -> list[str] | None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{field} must be a list of names, got {value!r}")
     return list(value)
-
-
-def _as_mapping(value: Any, field: str) -> dict[str, Any]:
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{field} is not a JSON object: {err}") from err
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{field} must be a mapping of column -> value, got {value!r}")
-    return dict(value)
 
 
 class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
@@ -454,10 +441,10 @@ class DriftReportOperator(RetrainSignalOperator):
         )
         return DriftSettings(
             columns=tuple(columns) if columns else None,
-            per_column_method=_as_mapping(self.column_methods, "column_methods"),
+            per_column_method=as_mapping(self.column_methods or {}, "column_methods"),
             per_column_threshold={
                 k: _as_number(v, float, f"column_thresholds[{k!r}]")
-                for k, v in _as_mapping(self.column_thresholds, "column_thresholds").items()
+                for k, v in as_mapping(self.column_thresholds or {}, "column_thresholds").items()
             },
             drift_share=_as_number(self.drift_share, float, "drift_share"),
             sampling=SamplingPolicy(
@@ -664,7 +651,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         baseline = (
             {
                 k: _as_number(v, float, f"baseline_metrics[{k!r}]")
-                for k, v in _as_mapping(self.baseline_metrics, "baseline_metrics").items()
+                for k, v in as_mapping(self.baseline_metrics or {}, "baseline_metrics").items()
             }
             if self.baseline_metrics
             else core.baseline_metrics_from_run(champion.metrics)

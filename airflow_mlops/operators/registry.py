@@ -16,8 +16,8 @@ from airflow.sdk import AssetAlias
 
 from airflow_mlops.core.errors import ConfigError, PromotionError
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator
-from airflow_mlops.operators.evaluation import EvaluateModelOperator, as_mapping
+from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
+from airflow_mlops.operators.evaluation import EvaluateModelOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
