@@ -30,14 +30,17 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -609,9 +612,29 @@ def _as_postgres_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
+def _reachable_by_other_users(path: Path) -> bool:
+    """Whether every folder down to ``path`` lets other users through (o+x)."""
+    return all(folder.stat().st_mode & stat.S_IXOTH for folder in (path, *path.parents))
+
+
+def postgres_dir(root: Path) -> Path:
+    """Where PostgreSQL keeps its data and socket for the stack whose state is ``root``.
+
+    As root, PostgreSQL runs as the ``postgres`` user, who cannot enter a private checkout
+    (``mktemp -d`` makes 0700 folders): then a folder under the system temp dir, named after
+    ``root`` so that stop --purge finds it again.
+    """
+    inside = root / "postgres"
+    root.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or _reachable_by_other_users(root.resolve()):
+        return inside
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"airflow-mlops-postgres-{digest}"
+
+
 def start_postgres(state: State) -> None:
     pg = postgres_bin()
-    root = state.path / "postgres"
+    root = postgres_dir(state.path)
     data, sockets = root / "data", root / "run"
     fresh = not (data / "PG_VERSION").exists()
     sockets.mkdir(parents=True, exist_ok=True)
@@ -904,8 +927,12 @@ def stop(root: Path, purge: bool = False) -> None:
             stop_group(name, state.pids[name], state.started.get(name))
         state.pids, state.started = {}, {}
         state.save()
-    if purge and root.exists():
-        shutil.rmtree(root)
+    if purge:
+        outside = postgres_dir(root) if root.exists() else None
+        if outside is not None and not outside.is_relative_to(root) and outside.exists():
+            shutil.rmtree(outside)
+        if root.exists():
+            shutil.rmtree(root)
 
 
 def print_status(state: State) -> None:
