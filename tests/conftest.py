@@ -35,6 +35,7 @@ for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_
     del os.environ[_var]
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _fuzz  # noqa: E402, F401  (loads the Hypothesis profile: derandomized in CI)
 from _servers import ServerProcess, start_mlflow_server, start_moto_server  # noqa: E402
 
 MLFLOW_ADMIN_PASSWORD = "test-admin-password-1234"

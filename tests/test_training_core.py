@@ -490,6 +490,14 @@ def test_bad_configuration_fails_before_any_run(
         (pd.DataFrame({"x": range(3), "y": [0.1, 0.2, 0.3]}), "y", "too small to split"),
         (pd.DataFrame({"x": range(6), "y": [0, 0, 0, 0, 0, 1]}), "y", "too small to split"),
         (pd.DataFrame({"x": range(10), "y": [0, 1] * 4 + [None, 1]}), "y", "missing value"),
+        # Found by exploring fuzz: the imputer dropped the empty column, then scikit-learn
+        # failed on "0 feature(s)" without naming it.
+        (pd.DataFrame({"x": [None] * 40, "y": [0, 1] * 20}), "y", r"\['x'\] .* no value"),
+        (
+            pd.DataFrame({"x": range(40), "z": [None] * 40, "y": [0, 1] * 20}),
+            "y",
+            r"feature columns \['z'\] of .*bad.csv have no value in any of the 32 training rows",
+        ),
     ],
 )
 def test_bad_data_fails_before_any_run(client, experiment, tmp_path, frame, target, message):

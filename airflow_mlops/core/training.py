@@ -591,6 +591,7 @@ def prepare_data(
     X_train, y_train, X_holdout, y_holdout, cutoff = split_data(
         frame, features, config.target, task, config.split, config.search
     )
+    check_features_have_values(X_train, config.train_uri)
     return PreparedData(
         task=task,
         features=features,
@@ -662,6 +663,18 @@ def check_finite(frame: pd.DataFrame, columns: list[str], uri: str) -> None:
         raise DataError(
             f"columns {sorted(infinite)} of {uri} hold infinite values ({infinite} rows): "
             "replace or drop them before training"
+        )
+
+
+def check_features_have_values(X_train: pd.DataFrame, uri: str) -> None:
+    """Refuse feature columns with no value in the training rows. The imputers would drop
+    them silently (or scikit-learn would fail on "0 features" when none is left), and an
+    empty column is almost always a broken upstream load, not a signal."""
+    empty = [str(c) for c in X_train.columns if not X_train[c].notna().any()]
+    if empty:
+        raise DataError(
+            f"feature columns {empty[:50]} of {uri} have no value in any of the "
+            f"{len(X_train)} training rows: fix the data or list them in exclude"
         )
 
 

@@ -338,8 +338,9 @@ def _bounded_safe_loader() -> type:
         def construct_object(self, node: Any, deep: bool = False) -> Any:
             try:
                 return super().construct_object(node, deep=deep)
-            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
-                # PyYAML's own constructors raise these for e.g. `2024-02-30`, `!!int x`.
+            except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as err:
+                # PyYAML's own constructors raise these for e.g. `2024-02-30`, `!!int x`,
+                # and IndexError for an empty `!!int` / `!!float` (they read value[0]).
                 shown = repr(node.value[:100]) if isinstance(node, yaml.ScalarNode) else node.id
                 raise yaml.constructor.ConstructorError(
                     None, None, f"cannot read {node.tag} value {shown}: {err}", node.start_mark

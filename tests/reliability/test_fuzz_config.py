@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _fuzz import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ BASE = yaml.safe_load(EXAMPLE.read_text())
 # A parse slower than this would eat into the DAG processor's 30 s import timeout.
 MAX_PARSE_S = 10.0
 FUZZ = settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -174,6 +175,11 @@ def test_random_text_edits_load_or_fail_with_a_config_error(edits, truncate, tmp
          "trainig: Extra inputs are not permitted"),
         ("bad number", b"name: m\ndata: {train_uri: a.csv, target: y}\n"
          b"training: {holdout_fraction: .inf}\n", "training.holdout_fraction"),
+        # PyYAML's int/float constructors index value[0]: an empty tagged scalar raised
+        # IndexError, which escaped as a crash (found by the fuzz test in CI).
+        ("empty float", b"!!float ", "cannot read tag:yaml.org,2002:float value ''"),
+        ("empty int", b"name: !!int\n", "cannot read tag:yaml.org,2002:int value ''"),
+        ("sign-only int", b"name: !!int +\n", "cannot read tag:yaml.org,2002:int value '\\+'"),
     ],
 )  # fmt: skip
 def test_known_bad_files_fail_with_a_config_error_naming_the_file(name, content, message, tmp_path):

@@ -29,6 +29,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+from _fuzz import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -140,7 +141,7 @@ def run_through_pipeline_core(data: bytes, fmt: str, gate: bool = True) -> str:
     return "trained"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=corrupted_file(), gate=st.booleans())
 def test_corrupted_files_end_in_a_clear_error_or_a_validation_verdict(case, gate):
     data, fmt = case

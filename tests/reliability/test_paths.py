@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _fuzz import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,7 +207,7 @@ _PREFIXES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=_PREFIXES, segments=st.lists(_SEGMENTS, min_size=1, max_size=6))
 def test_any_uri_the_validator_accepts_is_a_plain_registry_reference(prefix, segments):
     """Property: accepted URIs are exactly the three registry forms, with nothing else in them."""
@@ -253,7 +254,9 @@ def test_safe_report_uri_refuses_s3_payloads(payload):
 
 
 @settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(50),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(parts=st.lists(st.sampled_from(["..", ".", "a", "b.json", "", "#", "%2e%2e", "~", "link"]),
                       min_size=1, max_size=6),
