@@ -858,23 +858,71 @@ def test_row_condition_on_another_column_validates_the_whole_frame(frames_given_
     assert comparable(outcome) == comparable(whole)
 
 
-def test_table_level_expectations_see_the_whole_frame(frames_given_to_gx):
+@pytest.fixture
+def batches_given_to_gx(monkeypatch):
+    """(column labels, row count) of every frame handed to GX's ``ValidationDefinition.run``."""
+    seen: list[tuple[list, int]] = []
+    original = v.gx.ValidationDefinition.run
+
+    def spy(self, *args, **kwargs):
+        frame = kwargs["batch_parameters"]["dataframe"]
+        seen.append((list(frame.columns), len(frame)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(v.gx.ValidationDefinition, "run", spy)
+    return seen
+
+
+def schema_checks(frame: pd.DataFrame) -> list[dict]:
+    """Expectations that read only column names: two hold on ``frame``, four do not."""
+    columns = list(frame.columns)
+    return [
+        expectation("expect_table_column_count_to_equal", value=frame.shape[1]),
+        expectation("expect_table_columns_to_match_set", column_set=[*columns[1:], "gone"]),
+        expectation("expect_table_columns_to_match_ordered_list", column_list=columns[::-1]),
+        expectation("expect_table_column_count_to_be_between", min_value=1, max_value=3),
+        # A column's position is a table property too: f04 is the 5th column of the data only.
+        expectation("expect_column_to_exist", column="f04", column_index=4),
+        expectation("expect_column_to_exist", column="nope"),
+    ]
+
+
+@pytest.mark.parametrize("result_format", ["SUMMARY", "COMPLETE"])
+def test_schema_checks_run_on_a_zero_row_frame_and_values_on_the_subset(
+    result_format, batches_given_to_gx
+):
+    """Every bundled and inferred suite checks the column set; that alone used to force GX
+    onto the whole frame. Column-name checks now get every column without rows."""
     frame = wide_frame()
-    suite = v.parse_suite(
+    checks = wide_suite().expectations
+    suite = v.parse_suite([checks[0], *schema_checks(frame), *checks[1:]])
+    split = v.validate_frame(frame, suite, result_format=result_format, data_uri="mem://w")
+    whole = v.validate_frame(
+        frame, suite, result_format=result_format, data_uri="mem://w", only_referenced_columns=False
+    )
+    (values, rows), (names, no_rows), everything = batches_given_to_gx
+    assert (len(values), rows) == (15, len(frame))
+    assert (names, no_rows) == (list(frame.columns), 0)
+    assert everything == (list(frame.columns), len(frame))
+    # Same verdict, statistics, result order, messages and fingerprint as one whole-frame run.
+    assert comparable(split) == comparable(whole)
+    assert split.failure_message() == whole.failure_message()
+    assert split.result["suite_name"] == suite.name
+    assert split.result["statistics"]["unsuccessful_expectations"] == 11
+    failed = {f["expectation"] for f in split.summary["failures"]}
+    assert {"expect_table_columns_to_match_set", "expect_column_to_exist"} <= failed
+
+
+def test_schema_checks_alone_or_with_a_full_width_subset_stay_one_batch(batches_given_to_gx):
+    frame = wide_frame()
+    only_names = v.parse_suite(schema_checks(frame))
+    every_column = v.parse_suite(
         [
-            expectation("expect_table_column_count_to_equal", value=frame.shape[1]),
-            expectation("expect_table_columns_to_match_set", column_set=list(frame.columns)),
-            expectation("expect_column_values_to_not_be_null", column="f04"),
+            *schema_checks(frame)[:1],
+            *(expectation("expect_column_values_to_not_be_null", column=c) for c in frame.columns),
         ]
     )
-    # A column's position is a table property too: f04 is the 5th column of the data only.
-    by_position = v.parse_suite(
-        [
-            expectation("expect_column_to_exist", column="f04", column_index=4),
-            expectation("expect_column_values_to_not_be_null", column="f04"),
-        ]
-    )
-    for checks in (suite, by_position):
-        outcome = v.validate_frame(frame, checks)
-        assert frames_given_to_gx.pop() == list(frame.columns)
-        assert outcome.success, outcome.failure_message()
+    for suite in (only_names, every_column):
+        v.validate_frame(frame, suite)
+        assert batches_given_to_gx.pop() == (list(frame.columns), len(frame))
+        assert batches_given_to_gx == []

@@ -255,12 +255,12 @@ def _suite_name_from_path(source: str) -> str:
     return stem or "suite"
 
 
-def _build_gx_suite(suite: SuiteDefinition) -> gx.ExpectationSuite:
+def _build_gx_suite(suite: SuiteDefinition, name: str | None = None) -> gx.ExpectationSuite:
     expectations = [
         ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e["meta"]).to_domain_obj()
         for e in suite.expectations
     ]
-    gx_suite = gx.ExpectationSuite(name=suite.name, expectations=expectations)
+    gx_suite = gx.ExpectationSuite(name=name or suite.name, expectations=expectations)
     # GX logs and drops expectations it cannot add; a smaller suite would fail open.
     if len(gx_suite.expectations) != len(expectations):
         raise ConfigError(
@@ -405,19 +405,96 @@ def columns_to_validate(suite: SuiteDefinition, frame_columns: Sequence[Any]) ->
     return selected
 
 
+#: Table expectations that read only the column names (GX's ``table.columns`` metric), never a
+#: value: a zero-row frame with every column gives GX the same answer as the data itself.
+_COLUMN_NAME_TYPES = frozenset(
+    {
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+        "expect_column_to_exist",
+    }
+)
+
+
+def _reads_only_column_names(expectation: Mapping[str, Any]) -> bool:
+    """A column-name check that needs the whole table (``expect_column_to_exist`` without a
+    ``column_index`` already works on the column subset, so it stays there). GX refuses a
+    ``row_condition`` on these types, so no row filter can hide in them."""
+    etype = expectation.get("type")
+    return (
+        etype in _COLUMN_NAME_TYPES
+        and _columns_read_by(expectation) is None
+        and _is_core_gx_expectation(etype)
+    )
+
+
+def _part_of(suite: SuiteDefinition, positions: Sequence[int]) -> SuiteDefinition:
+    return SuiteDefinition(
+        name=suite.name,
+        expectations=[suite.expectations[i] for i in positions],
+        meta=suite.meta,
+        source=suite.source,
+    )
+
+
+def _gx_batches(
+    frame: pd.DataFrame, suite: SuiteDefinition
+) -> list[tuple[list[int], pd.DataFrame]]:
+    """Which expectations (by suite position) GX checks on which frame.
+
+    One batch of everything on ``frame`` or on the columns the suite reads (see
+    :func:`columns_to_validate`). A suite that also checks the table's schema
+    (``expect_table_columns_to_match_set`` and the like, which every bundled and inferred
+    suite has) would force the whole frame; those expectations only read column names, so
+    they get their own batch: a zero-row frame with every column.
+    """
+    everything = list(range(len(suite.expectations)))
+    names_only = [i for i in everything if _reads_only_column_names(suite.expectations[i])]
+    reads_values = [i for i in everything if i not in set(names_only)]
+    if names_only and reads_values:
+        columns = columns_to_validate(_part_of(suite, reads_values), frame.columns)
+        if columns is not None:
+            _log_subset(len(columns), frame.shape[1])
+            return [(reads_values, frame[columns]), (names_only, frame.iloc[:0])]
+    return [(everything, _frame_for_gx(frame, suite))]
+
+
+def _log_subset(selected: int, width: int) -> None:
+    log.info(
+        "Validating %d of %d columns: the suite reads no other column's values.", selected, width
+    )
+
+
 def _frame_for_gx(frame: pd.DataFrame, suite: SuiteDefinition) -> pd.DataFrame:
     """``frame`` itself, or a frame of only the columns the suite reads (same index, order)."""
     columns = columns_to_validate(suite, frame.columns)
     if columns is None:
         return frame
-    log.info(
-        "Validating %d of %d columns: the suite reads no other column.",
-        len(columns),
-        frame.shape[1],
-    )
+    _log_subset(len(columns), frame.shape[1])
     # pandas 2 copies the selected columns (lazily under copy-on-write): at most the size
     # of those columns, once, where GX would otherwise work on the whole frame per metric.
     return frame[columns]
+
+
+def _merged_results(payloads: list[dict[str, Any]], suite_name: str) -> dict[str, Any]:
+    """One GX result from the results of several batches of one suite (the first one's meta)."""
+    merged = payloads[0]
+    for payload in payloads[1:]:
+        merged["results"].extend(payload["results"])
+    results = merged["results"]
+    successful = sum(1 for r in results if r.get("success"))
+    merged["success"] = all(p.get("success") for p in payloads)
+    merged["suite_name"] = suite_name
+    merged["statistics"] = {
+        "evaluated_expectations": len(results),
+        "successful_expectations": successful,
+        "unsuccessful_expectations": len(results) - successful,
+        # GX's own formula (validator.validation_statistics), to the last float bit.
+        "success_percent": successful / len(results) * 100 if results else None,
+    }
+    return merged
 
 
 def _keep_whole_frame_fingerprint(payload: dict[str, Any], frame: pd.DataFrame) -> None:
@@ -453,23 +530,35 @@ def run_suite(
     """
     quiet_great_expectations()
     result_format = check_result_format(result_format)
-    gx_frame = _frame_for_gx(frame, suite) if only_referenced_columns else frame
+    batches = (
+        _gx_batches(frame, suite)
+        if only_referenced_columns
+        else [(list(range(len(suite.expectations))), frame)]
+    )
     context = _ephemeral_context()
     batch_definition = (
         context.data_sources.add_pandas(_DATASOURCE)
         .add_dataframe_asset(_ASSET)
         .add_batch_definition_whole_dataframe(_BATCH)
     )
-    gx_suite = context.suites.add(_build_gx_suite(suite))
-    order = {expectation.id: index for index, expectation in enumerate(gx_suite.expectations)}
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(
-            name=f"{suite.name}-validation", data=batch_definition, suite=gx_suite
+    order: dict[str, int] = {}
+    payloads = []
+    for number, (positions, gx_frame) in enumerate(batches):
+        # Names are unique within a context; the merged result keeps the suite's own name.
+        name = suite.name if number == 0 else f"{suite.name}.part{number}"
+        gx_suite = context.suites.add(_build_gx_suite(_part_of(suite, positions), name=name))
+        order.update(zip((e.id for e in gx_suite.expectations), positions, strict=True))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(
+                name=f"{name}-validation", data=batch_definition, suite=gx_suite
+            )
         )
-    )
-    result = definition.run(batch_parameters={"dataframe": gx_frame}, result_format=result_format)
-    payload = result.to_json_dict()
-    if gx_frame is not frame:
+        result = definition.run(
+            batch_parameters={"dataframe": gx_frame}, result_format=result_format
+        )
+        payloads.append(result.to_json_dict())
+    payload = _merged_results(payloads, suite.name) if len(payloads) > 1 else payloads[0]
+    if batches[0][1] is not frame:
         _keep_whole_frame_fingerprint(payload, frame)
     payload["results"] = sorted(
         payload["results"],
