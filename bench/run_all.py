@@ -35,7 +35,8 @@ BENCHMARKS = [
 # Not in `make bench` (the 20-minute budget), run by hand when needed: bench_training.py (the
 # train task alone, which bench_e2e.py times inside the whole CT run) and
 # bench_task_overhead.py (import cost per operator family in a forked process, a diagnostic
-# for what bench_scheduler_overhead.py measures under the real scheduler).
+# for what bench_scheduler_overhead.py measures under the real scheduler) and
+# bench_celery_preload.py (the worker preload on real Celery workers, via local-stack prod).
 RESULTS = HERE / "results"
 
 
