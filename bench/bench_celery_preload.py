@@ -37,6 +37,9 @@ from typing import Any
 from _common import report
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploy"))
+import local_stack  # noqa: E402  (standard library only: the stack's CLI and REST client)
+
 DAG_ID = "ct__breast_cancer"
 DATA = REPO / "include" / "data" / "breast_cancer" / "reference.parquet"
 BUCKET = "bench-data"
@@ -53,24 +56,6 @@ def stack_cli(state_dir: Path, *args: str) -> str:
             f"{' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         )
     return result.stdout
-
-
-class Api:
-    """The Airflow REST API v2 with a JWT from ``/auth/token``."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.base = env["airflow_url"]
-        login = {"username": env["admin_user"], "password": env["admin_password"]}
-        self.token = self.call("POST", "/auth/token", login, auth=False)["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
 
 
 def shuffled_copies(s3_url: str, runs: int) -> list[str]:
@@ -97,18 +82,6 @@ def shuffled_copies(s3_url: str, runs: int) -> list[str]:
     return uris
 
 
-def wait_for_dag(api: Api, path: str) -> None:
-    deadline = time.monotonic() + 240
-    while True:  # the dag-processor parses the folder right after start
-        try:
-            api.call("GET", path)
-            return
-        except urllib.error.HTTPError as err:
-            if err.code != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(3)
-
-
 def seconds(ti: dict[str, Any]) -> float | None:
     from datetime import datetime
 
@@ -120,7 +93,7 @@ def seconds(ti: dict[str, Any]) -> float | None:
     return (end - start).total_seconds()
 
 
-def one_run(api: Api, path: str, train_uri: str) -> dict[str, Any]:
+def one_run(api: Any, path: str, train_uri: str) -> dict[str, Any]:
     run = api.call(
         "POST", f"{path}/dagRuns", {"logical_date": None, "conf": {"train_uri": train_uri}}
     )
@@ -148,9 +121,9 @@ def measure(mode: str, runs: int) -> list[dict[str, Any]]:
     print(f"[{mode}] stack up in {time.monotonic() - started:.0f} s", flush=True)
     try:
         env = json.loads(stack_cli(state_dir, "env").strip().splitlines()[-1])
-        api = Api(env)
+        api = local_stack.AirflowApi(env["airflow_url"], env["admin_user"], env["admin_password"])
         path = f"/api/v2/dags/{urllib.parse.quote(DAG_ID)}"
-        wait_for_dag(api, path)
+        api.wait_for_dag(DAG_ID)
         api.call("PATCH", path, {"is_paused": False})
         results = []
         for train_uri in shuffled_copies(env["s3_url"], runs):

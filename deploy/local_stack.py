@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -877,6 +878,38 @@ def wait_airflow_healthy(state: State, name: str, components: tuple[str, ...]) -
         )
 
     wait_for(state, name, healthy, 300, "api-server healthy with " + ", ".join(components))
+
+
+# -- REST client (for scripts and tests driving a running stack) ---------------------------
+class AirflowApi:
+    """Airflow's REST API v2 with a JWT from ``/auth/token`` (simple auth manager's users)."""
+
+    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 60) -> None:
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        body = {"username": username, "password": password}
+        self.token = self.call("POST", "/auth/token", body, auth=False)["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Accept", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read() or b"null")
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 300) -> dict[str, Any]:
+        """The DAG's details once the dag-processor has parsed it (404 until then)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.call("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
+            except urllib.error.HTTPError as err:
+                if err.code != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
 
 
 # -- commands -------------------------------------------------------------------------------

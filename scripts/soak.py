@@ -135,35 +135,7 @@ def upload_data(s3_url: str) -> list[str]:
 # -- Airflow REST API v2 --------------------------------------------------------------------
 
 
-class AirflowApi:
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base_url = base_url
-        body = {"username": username, "password": password}
-        self.token = self.call("POST", "/auth/token", body, auth=False)["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
-
-
-def wait_for_dag(api: AirflowApi, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            api.call("GET", f"/api/v2/dags/{DAG_ID}")
-            return
-        except urllib.error.HTTPError as err:
-            if err.code != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(3)
-
-
-def run_once(api: AirflowApi, index: int, train_uri: str, timeout_s: float) -> dict[str, Any]:
+def run_once(api: Any, index: int, train_uri: str, timeout_s: float) -> dict[str, Any]:
     path = f"/api/v2/dags/{DAG_ID}/dagRuns"
     started = time.monotonic()
     body = {"logical_date": None, "conf": {"train_uri": train_uri}, "note": f"soak run {index}"}
@@ -188,7 +160,7 @@ def run_once(api: AirflowApi, index: int, train_uri: str, timeout_s: float) -> d
     return record
 
 
-def promotion_outcome(api: AirflowApi, run_path: str) -> str | None:
+def promotion_outcome(api: Any, run_path: str) -> str | None:
     """``outcome`` of the promote task's XCom (promoted, not_promoted, ...), if any."""
     try:
         entry = api.call("GET", f"{run_path}/taskInstances/promote/xcomEntries/return_value")
@@ -399,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         state = local_stack.State.load(state_dir)
         stack_pgids = set(state.pids.values())
         train_uris = upload_data(state.s3_url)
-        api = AirflowApi(state.airflow_url, local_stack.ADMIN_USER, state.admin_password)
-        wait_for_dag(api)
+        api = local_stack.AirflowApi(
+            state.airflow_url, local_stack.ADMIN_USER, state.admin_password
+        )
+        api.wait_for_dag(DAG_ID)
         api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         runs, samples = [], []
         report["processes_before"] = stack_processes(stack_pgids)

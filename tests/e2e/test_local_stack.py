@@ -126,23 +126,7 @@ def stack() -> Iterator[dict[str, str]]:
 # -- Airflow REST API v2 --------------------------------------------------------------------
 
 
-class AirflowApi:
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base_url = base_url
-        token = self.call(
-            "POST", "/auth/token", {"username": username, "password": password}, auth=False
-        )
-        self.token = token["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Accept", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+AirflowApi = local_stack.AirflowApi
 
 
 def status_of(url: str, headers: dict[str, str] | None = None) -> int:
@@ -156,7 +140,9 @@ def status_of(url: str, headers: dict[str, str] | None = None) -> int:
 
 @pytest.fixture(scope="module")
 def api(stack: dict[str, str]) -> AirflowApi:
-    return AirflowApi(stack["airflow_url"], stack["admin_user"], stack["admin_password"])
+    return AirflowApi(
+        stack["airflow_url"], stack["admin_user"], stack["admin_password"], timeout_s=30
+    )
 
 
 def wait_for_run_end(api: AirflowApi, run_path: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
@@ -199,15 +185,7 @@ def upload_training_data(stack: dict[str, str]) -> str:
 def dag_run(api: AirflowApi, stack: dict[str, str]) -> dict[str, Any]:
     """Trigger the CT DAG through the REST API and wait until the run ends."""
     path = f"/api/v2/dags/{urllib.parse.quote(E2E_DAG_ID)}"
-    deadline = time.monotonic() + 240
-    while True:  # the dag-processor parses the folder right after start
-        try:
-            dag = api.call("GET", path)
-            break
-        except urllib.error.HTTPError as err:
-            if err.code != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(3)
+    dag = api.wait_for_dag(E2E_DAG_ID, timeout_s=240)  # parsed right after start
     assert dag["is_paused"], "new DAGs start paused: the run below must be queued first"
     train_uri = upload_training_data(stack)
     # Before today's scheduled run, which the scheduler creates as soon as the DAG is unpaused.
