@@ -72,7 +72,7 @@ from _common import ROOT, report
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "deploy"))
 from _servers import ServerProcess, free_port, start_mlflow_server
-from local_stack import group_alive  # one process-group liveness rule (zombie leaders)
+from local_stack import group_alive, start_logged  # one process-group rule (zombies)
 
 BIN = Path(sys.executable).parent
 DAG_ID = "bench_scheduler_overhead"
@@ -471,18 +471,7 @@ class Stack:
     # -- processes ---------------------------------------------------------------------
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         """Start a service in its own session (process group); output to logs/<name>.log."""
-        logs = self.root / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.root,
-                start_new_session=True,
-            )
+        process = start_logged(argv, self.root / "logs" / f"{name}.log", env, self.root)
         self.processes[name] = process
         return process
 

@@ -410,22 +410,27 @@ def mlflow_env(state: State) -> dict[str, str]:
 # -- processes ------------------------------------------------------------------------------
 
 
-def spawn(
-    state: State, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
-) -> int:
-    """Start ``argv`` in a new session (its own process group), logging to logs/<name>.log."""
-    logs = state.path / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(
+def start_logged(argv: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> Any:
+    """Start ``argv`` in a new session (its own process group, so it can be stopped as a
+    whole), stdin closed, stdout and stderr appended to ``log_path``; returns the Popen."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=str(cwd or state.path),
+            cwd=str(cwd),
             start_new_session=True,
         )
+
+
+def spawn(
+    state: State, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+) -> int:
+    """Start ``argv`` as service ``name`` (see :func:`start_logged`), logging to logs/<name>.log."""
+    process = start_logged(argv, state.path / "logs" / f"{name}.log", env, cwd or state.path)
     state.pids[name] = process.pid
     state.started[name] = _start_ticks(process.pid) or 0
     state.save()

@@ -444,21 +444,28 @@ def _gx_batches(
 ) -> list[tuple[list[int], pd.DataFrame]]:
     """Which expectations (by suite position) GX checks on which frame.
 
-    One batch of everything on ``frame`` or on the columns the suite reads (see
-    :func:`columns_to_validate`). A suite that also checks the table's schema
-    (``expect_table_columns_to_match_set`` and the like, which every bundled and inferred
-    suite has) would force the whole frame; those expectations only read column names, so
-    they get their own batch: a zero-row frame with every column.
+    Everything on ``frame``, or on the columns the suite reads (see
+    :func:`columns_to_validate`) when that drops at least half of them. A suite that also
+    checks the table's schema (``expect_table_columns_to_match_set`` and the like, which every
+    bundled and inferred suite has) would need every column; those expectations only read
+    column names, so they get their own batch: a zero-row frame with every column.
     """
     everything = list(range(len(suite.expectations)))
     names_only = [i for i in everything if _reads_only_column_names(suite.expectations[i])]
-    reads_values = [i for i in everything if i not in set(names_only)]
-    if names_only and reads_values:
-        columns = columns_to_validate(_part_of(suite, reads_values), frame.columns)
-        if columns is not None and _worth_a_subset(columns, frame):
-            _log_subset(len(columns), frame.shape[1])
-            return [(reads_values, frame[columns]), (names_only, frame.iloc[:0])]
-    return [(everything, _frame_for_gx(frame, suite))]
+    split = bool(names_only) and len(names_only) < len(everything)
+    reads_values = [i for i in everything if i not in set(names_only)] if split else everything
+    columns = columns_to_validate(_part_of(suite, reads_values), frame.columns)
+    if columns is None or not _worth_a_subset(columns, frame):
+        return [(everything, frame)]
+    log.info(
+        "Validating %d of %d columns: the suite reads no other column's values.",
+        len(columns),
+        frame.shape[1],
+    )
+    # pandas 2 copies the selected columns (lazily under copy-on-write): at most half the
+    # frame, once, where GX would otherwise work on the whole frame per metric.
+    subset = [(reads_values, frame[columns])]
+    return [*subset, (names_only, frame.iloc[:0])] if split else subset
 
 
 def _worth_a_subset(columns: list[str], frame: pd.DataFrame) -> bool:
@@ -466,23 +473,6 @@ def _worth_a_subset(columns: list[str], frame: pd.DataFrame) -> bool:
     saving is lost in the copy of the selected columns and a second fingerprint (1M x 20,
     16 columns read: 2.71 s and 1128 MB with the subset, 2.60 s and 1011 MB without)."""
     return 2 * len(columns) <= frame.shape[1]
-
-
-def _log_subset(selected: int, width: int) -> None:
-    log.info(
-        "Validating %d of %d columns: the suite reads no other column's values.", selected, width
-    )
-
-
-def _frame_for_gx(frame: pd.DataFrame, suite: SuiteDefinition) -> pd.DataFrame:
-    """``frame`` itself, or a frame of only the columns the suite reads (same index, order)."""
-    columns = columns_to_validate(suite, frame.columns)
-    if columns is None or not _worth_a_subset(columns, frame):
-        return frame
-    _log_subset(len(columns), frame.shape[1])
-    # pandas 2 copies the selected columns (lazily under copy-on-write): at most the size
-    # of those columns, once, where GX would otherwise work on the whole frame per metric.
-    return frame[columns]
 
 
 def _merged_results(payloads: list[dict[str, Any]], suite_name: str) -> dict[str, Any]:

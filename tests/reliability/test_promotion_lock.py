@@ -21,6 +21,23 @@ def _lock(client, model_name, **options):
     return PromotionLock(client, model_name, **{"poll_s": 0.2, **options})
 
 
+def _assert_promotion_refused_while_held(client, model, holder, actor) -> None:
+    """While ``holder`` holds the lock, promoting as ``actor`` gives up after 1 s and the lock
+    still belongs to ``holder``."""
+    from airflow_mlops.core.registry import promote_to_champion
+
+    holder.acquire()
+    try:
+        with pytest.raises(PromotionError, match="could not take the promotion lock"):
+            promote_to_champion(
+                client, model, "1", evaluated_champion=None, actor=actor,
+                lock_options={"wait_s": 1.0, "poll_s": 0.2},
+            )  # fmt: skip
+        assert holder.read().owner == holder.owner
+    finally:
+        holder.release()
+
+
 def test_another_promoter_waits_for_a_live_holder_and_is_told_who_holds_it(mlflow_up):
     from mlflow.tracking import MlflowClient
 
@@ -100,23 +117,14 @@ def test_a_different_task_never_takes_over_a_live_lock(mlflow_up):
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, promote_to_champion
+    from airflow_mlops.core.registry import Actor
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(model)
     holder = _lock(client, model, holder="airflow:ct/run-1/promote", ttl_s=120)
-    holder.acquire()
-    try:
-        other = RunContext(dag_id="ct", run_id="run-2", task_id="promote")
-        with pytest.raises(PromotionError, match="could not take the promotion lock"):
-            promote_to_champion(
-                client, model, "1", evaluated_champion=None, actor=Actor("run 2", other),
-                lock_options={"wait_s": 1.0, "poll_s": 0.2},
-            )  # fmt: skip
-        assert holder.read().owner == holder.owner
-    finally:
-        holder.release()
+    other = RunContext(dag_id="ct", run_id="run-2", task_id="promote")
+    _assert_promotion_refused_while_held(client, model, holder, Actor("run 2", other))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +138,7 @@ def test_the_same_identity_without_a_later_try_never_takes_over_a_live_lock(mlfl
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, promote_to_champion
+    from airflow_mlops.core.registry import Actor
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
@@ -140,13 +148,4 @@ def test_the_same_identity_without_a_later_try_never_takes_over_a_live_lock(mlfl
         client, model, holder="a live holder", ttl_s=120,
         reclaim_key=run_context.idempotency_key, try_number=run_context.try_number,
     )  # fmt: skip
-    holder.acquire()
-    try:
-        with pytest.raises(PromotionError, match="could not take the promotion lock"):
-            promote_to_champion(
-                client, model, "1", evaluated_champion=None, actor=Actor("again", run_context),
-                lock_options={"wait_s": 1.0, "poll_s": 0.2},
-            )  # fmt: skip
-        assert holder.read().owner == holder.owner
-    finally:
-        holder.release()
+    _assert_promotion_refused_while_held(client, model, holder, Actor("again", run_context))
