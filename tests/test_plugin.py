@@ -15,7 +15,10 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -49,23 +52,41 @@ def plugins_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api(plugins_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``[mlops] artifacts_uri`` of the API server: the only local folder it serves reports from."""
+    return tmp_path_factory.mktemp("mlops_artifacts")
+
+
+#: The api-server's settings shared by this module and tests/test_plugin_authz.py.
+BASE_API_ENV = {
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+    "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
+    # The session's MLflow server also holds the models of the other test modules: list
+    # them all, so this module's models are never cut off by the default cap of 50.
+    "AIRFLOW__MLOPS__PAGE_MAX_MODELS": "1000",
+    # Each test writes its own models and reads them at once: no overview cache in tests.
+    "AIRFLOW__MLOPS__PAGE_CACHE_SECONDS": "0.001",
+}
+
+
+@contextmanager
+def airflow_api(
+    plugins_folder: Path, passwords: dict[str, str], env: dict[str, str]
+) -> Iterator[Any]:
     """Airflow's API app (core routes, UI, auth manager, plugins) in a TestClient."""
     from airflow import plugins_manager, settings
     from airflow.api_fastapi import app as api_app
     from fastapi.testclient import TestClient
 
-    passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
-    passwords.write_text(json.dumps({"admin": ADMIN_PASSWORD}))
+    from airflow_mlops.plugins import mlflow_calls
+
+    passwords_file = plugins_folder.parent / f"passwords-{uuid.uuid4().hex[:6]}.json"
+    passwords_file.write_text(json.dumps(passwords))
     env = {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "plugin-test-secret-" + uuid.uuid4().hex,
-        # The session's MLflow server also holds the models of the other test modules: list
-        # them all, so this module's models are never cut off by the default cap of 50.
-        "AIRFLOW__MLOPS__PAGE_MAX_MODELS": "1000",
+        **BASE_API_ENV,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "plugin-test-secret-" + uuid.uuid4().hex * 2,
+        **env,
     }
     saved = {k: os.environ.get(k) for k in env}
     saved_folder, saved_lazy = settings.PLUGINS_FOLDER, settings.LAZY_LOAD_PROVIDERS
@@ -77,10 +98,12 @@ def api(plugins_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         sys.path.append(str(plugins_folder))
     _clear_plugin_caches(plugins_manager)
     api_app.purge_cached_app()
+    mlflow_calls.reset()
     try:
         with TestClient(api_app.create_app(apps="core"), base_url="http://127.0.0.1") as client:
             yield client
     finally:
+        mlflow_calls.reset()
         api_app.purge_cached_app()
         _clear_plugin_caches(plugins_manager)
         settings.PLUGINS_FOLDER, settings.LAZY_LOAD_PROVIDERS = saved_folder, saved_lazy
@@ -89,6 +112,16 @@ def api(plugins_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def api(plugins_folder: Path, artifacts_root: Path) -> Iterator[object]:
+    env = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__MLOPS__ARTIFACTS_URI": str(artifacts_root),
+    }
+    with airflow_api(plugins_folder, {"admin": ADMIN_PASSWORD}, env) as client:
+        yield client
 
 
 def _clear_plugin_caches(plugins_manager: object) -> None:
@@ -106,8 +139,9 @@ def token(api: object) -> str:
 
 
 @pytest.fixture
-def registered_model(mlflow_conn: str, mlflow_server: str, tmp_path: Path) -> dict[str, str]:
-    """A model with a challenger promoted to champion, a drift check run and reports."""
+def registered_model(mlflow_conn: str, mlflow_server: str, artifacts_root: Path) -> dict[str, str]:
+    """A model with a challenger promoted to champion, a drift check run and reports (written
+    under ``[mlops] artifacts_uri``, the only local folder the page serves reports from)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -120,9 +154,11 @@ def registered_model(mlflow_conn: str, mlflow_server: str, tmp_path: Path) -> di
     )
 
     name = f"churn_{uuid.uuid4().hex[:6]}"
-    validation_report = tmp_path / "validation.json"
+    reports = artifacts_root / name
+    reports.mkdir()
+    validation_report = reports / "validation.json"
     validation_report.write_text(json.dumps({"success": True, "evaluated_expectations": 7}))
-    drift_report = tmp_path / "drift.html"
+    drift_report = reports / "drift.html"
     drift_report.write_text("<html><body><h1>Drift report</h1><script>1</script></body></html>")
 
     mlflow.set_tracking_uri(mlflow_server)
@@ -293,7 +329,8 @@ def test_reports_are_served_sandboxed_from_recorded_uris(
     assert drift.status_code == 200, drift.text
     assert "<h1>Drift report</h1>" in drift.text
     assert drift.headers["content-type"].startswith("text/html")
-    assert drift.headers["content-security-policy"].startswith("sandbox")
+    assert drift.headers["content-security-policy"].startswith("sandbox allow-scripts;")
+    assert "allow-popups" not in drift.headers["content-security-policy"]
     path = f"/mlops/reports/models/{registered_model['name']}/versions/{registered_model['version']}/validation"
     validation = api.get(path, headers=auth)  # type: ignore[attr-defined]
     assert validation.status_code == 200, validation.text
@@ -303,6 +340,221 @@ def test_reports_are_served_sandboxed_from_recorded_uris(
         f"/mlops/reports/runs/{registered_model['drift_run_id']}/validation", headers=auth
     )  # type: ignore[attr-defined]
     assert missing.status_code == 404
+
+
+# -- hostile report URIs (issue #14, item 1) --------------------------------------------------
+
+
+def hostile_local_uris(root: Path, outside: Path) -> list[tuple[str, int]]:
+    """(URI, expected status) pairs a tag or an XCom could name, for ``[mlops] artifacts_uri``
+    = ``root``; ``outside`` is a file outside it."""
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "sub" / "escape.html").unlink(missing_ok=True)
+    (root / "sub" / "escape.html").symlink_to(outside)  # a symlink inside, pointing outside
+    return [
+        ("/proc/self/environ", 403),
+        ("/etc/passwd", 403),
+        ("file:///etc/passwd", 403),
+        (f"{root}/../{outside.name}", 400),  # '..' segments
+        (f"{root}/sub/./escape.html", 400),
+        (f"file://otherhost{root}/sub/x.html", 400),  # another machine's path
+        (f"{root}/sub/escape.html", 403),  # the symlink resolves outside
+        (f"{root}-evil/x.html", 403),  # a sibling sharing the root's name as a prefix
+        (str(root / "sub"), 404),  # a directory
+        (str(root), 404),
+        ("ftp://example.com/report.html", 400),  # unknown scheme
+        ("relative/report.html", 400),
+        ("https://evil.example/report.html", 404),  # external: linked, never fetched
+    ]
+
+
+def test_report_uris_outside_artifacts_uri_are_refused(tmp_path: Path) -> None:
+    from airflow_mlops.plugins import reports
+
+    root, outside = tmp_path / "artifacts", tmp_path / "secret.txt"
+    root.mkdir()
+    outside.write_text("SECRET=1")
+    (root / "sub" / "ok.html").parent.mkdir()
+    (root / "sub" / "ok.html").write_text("<h1>ok</h1>")
+    for uri, expected in hostile_local_uris(root, outside):
+        with pytest.raises(reports.ReportRefused) as refused:
+            reports.read_report(uri, str(root), 1024, s3_client=lambda: None)
+        assert refused.value.status == expected, uri
+        assert "SECRET" not in refused.value.reason and str(root) not in refused.value.reason
+    for uri in (str(root / "sub" / "ok.html"), f"file://{root}/sub/ok.html"):
+        assert reports.read_report(uri, str(root), 1024, lambda: None) == b"<h1>ok</h1>"
+    # Without [mlops] artifacts_uri, no URI is served at all (only MLflow artifacts).
+    with pytest.raises(reports.ReportRefused) as refused:
+        reports.read_report(str(root / "sub" / "ok.html"), None, 1024, lambda: None)
+    assert refused.value.status == 403
+
+
+def test_oversized_report_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from airflow_mlops.plugins import reports
+
+    big = tmp_path / "big.html"
+    big.write_bytes(b"x" * 5000)
+    with pytest.raises(reports.ReportRefused) as refused:
+        reports.read_report(str(big), str(tmp_path), 4999, lambda: None)
+    assert refused.value.status == 413
+    # A stream that lies about its size is cut at cap + 1 bytes, never read to its end.
+    pulled: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"y" * 1000
+
+    with pytest.raises(reports.ReportRefused):
+        reports.read_capped(endless(), 2500)
+    assert len(pulled) == 3
+
+
+def test_s3_reports_only_under_the_artifacts_prefix(s3_bucket: str, s3_server: str) -> None:
+    import boto3
+
+    from airflow_mlops.plugins import reports
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    foreign = f"{s3_bucket}-foreign"
+    s3.create_bucket(Bucket=foreign)
+    s3.put_object(Bucket=foreign, Key="reports/r.html", Body=b"foreign secret")
+    s3.put_object(Bucket=s3_bucket, Key="reports/r.html", Body=b"<h1>mine</h1>")
+    s3.put_object(Bucket=s3_bucket, Key="reports-evil/r.html", Body=b"sibling")
+    s3.put_object(Bucket=s3_bucket, Key="secret/r.html", Body=b"secret")
+    s3.put_object(Bucket=s3_bucket, Key="reports/big.html", Body=b"z" * 3000)
+    root = f"s3://{s3_bucket}/reports/"
+    refused = {
+        f"s3://{foreign}/reports/r.html": 403,
+        f"s3://{s3_bucket}/reports-evil/r.html": 403,
+        f"s3://{s3_bucket}/reports/../secret/r.html": 400,
+        f"s3://{s3_bucket}/reports/": 404,
+        f"s3://{s3_bucket}/reports/big.html": 413,
+        f"s3://{s3_bucket}/reports/missing.html": 404,
+        "/etc/passwd": 403,  # a local path while the root is on S3
+    }
+    for uri, expected in refused.items():
+        with pytest.raises(reports.ReportRefused) as err:
+            reports.read_report(uri, root, 2048, lambda: s3)
+        assert err.value.status == expected, uri
+    assert reports.read_report(f"s3://{s3_bucket}/reports/r.html", root, 2048, lambda: s3) == (
+        b"<h1>mine</h1>"
+    )
+
+
+@pytest.fixture
+def tagged_report(mlflow_conn: str, mlflow_server: str) -> Any:
+    """``tagged_report(uri)``: a model whose drift check run names ``uri`` as its report
+    (anyone with MLflow write access can set this tag); returns the run's report route."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+
+    def make(uri: str) -> tuple[str, str]:
+        name = f"hostile_{uuid.uuid4().hex[:6]}"
+        client.create_registered_model(name)
+        run = client.create_run(client.create_experiment(f"exp_{name}"))
+        for key, value in {
+            "mlops.stage": "drift",
+            "mlops.model_name": name,
+            "mlops.drift.detected": "false",
+            "mlops.drift.report_uri": uri,
+        }.items():
+            client.set_tag(run.info.run_id, key, value)
+        return name, f"/mlops/reports/runs/{run.info.run_id}/drift"
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [("/proc/self/environ", 403), ("/etc/passwd", 403), ("file:///proc/self/environ", 403)],
+)
+def test_page_never_serves_local_files_named_by_a_tag(
+    api: object, token: str, tagged_report: Any, uri: str, expected: int
+) -> None:
+    _, route = tagged_report(uri)
+    response = api.get(route, headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    assert response.status_code == expected, response.text
+    assert "root:" not in response.text and "PATH=" not in response.text
+    assert uri not in response.text  # the reason does not echo the path
+
+
+def test_http_report_is_a_link_not_a_redirect(api: object, token: str, tagged_report: Any) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    name, route = tagged_report("https://evil.example/phish")
+    response = api.get(route, headers=auth, follow_redirects=False)  # type: ignore[attr-defined]
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    card = model_card(api.get("/mlops/", headers=auth).text, name)  # type: ignore[attr-defined]
+    link = re.search(r'<a href="https://evil.example/phish"[^>]*>', card)
+    assert link and 'rel="noopener noreferrer"' in link.group(0)
+    assert route not in card  # the page does not route the external report through itself
+
+
+def test_oversized_report_gets_413(
+    api: object,
+    token: str,
+    tagged_report: Any,
+    artifacts_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    big = artifacts_root / f"big_{uuid.uuid4().hex[:6]}.html"
+    big.write_bytes(b"<p>" + b"x" * 4096)
+    _, route = tagged_report(str(big))
+    auth = {"Authorization": f"Bearer {token}"}
+    assert api.get(route, headers=auth).status_code == 200  # type: ignore[attr-defined]
+    monkeypatch.setenv("AIRFLOW__MLOPS__REPORT_MAX_BYTES", "1024")
+    assert api.get(route, headers=auth).status_code == 413  # type: ignore[attr-defined]
+
+
+def test_task_report_route_serves_only_validation_tasks_and_their_roots(
+    api: object, token: str, run_dag: object, tmp_path: Path, artifacts_root: Path
+) -> None:
+    """An XCom is writable by the USER role (PATCH xcomEntries): its URI is checked too."""
+    from airflow.sdk import DAG, task
+
+    from airflow_mlops.operators.validation import DataValidationOperator
+
+    data = tmp_path / "batch.csv"
+    data.write_text("x\n1\n2\n")
+    report = artifacts_root / f"gx_{uuid.uuid4().hex[:6]}.json"
+    suite = {
+        "name": "s",
+        "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}
+        ],
+    }
+    dag_id = f"xcom_reports_{uuid.uuid4().hex[:6]}"
+    with DAG(dag_id=dag_id, schedule=None) as dag:
+
+        @task
+        def lookalike() -> dict[str, object]:
+            """Not the provider's validation operator, pushing the same summary shape."""
+            return {"success": True, "report_uri": str(report)}
+
+        lookalike()
+        DataValidationOperator(
+            task_id="validate", data_uri=str(data), suite=suite, report_uri=str(report)
+        )
+    dag_run = run_dag(dag)  # type: ignore[operator]
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"/mlops/reports/airflow/{dag_id}/{quote(dag_run.run_id, safe='')}"  # type: ignore[attr-defined]
+    assert api.get(f"{base}/validate", headers=auth).status_code == 200  # type: ignore[attr-defined]
+    assert api.get(f"{base}/lookalike", headers=auth).status_code == 404  # type: ignore[attr-defined]
+    # A user patches the validation task's XCom to name the api-server's secrets.
+    xcom = (
+        f"/api/v2/dags/{dag_id}/dagRuns/{quote(dag_run.run_id, safe='')}"  # type: ignore[attr-defined]
+        "/taskInstances/validate/xcomEntries/return_value"
+    )
+    for uri in ("/proc/self/environ", "/etc/passwd"):
+        patched = api.patch(
+            xcom, headers=auth, json={"value": {"success": True, "report_uri": uri}}
+        )  # type: ignore[attr-defined]
+        assert patched.status_code == 200, patched.text
+        response = api.get(f"{base}/validate", headers=auth)  # type: ignore[attr-defined]
+        assert response.status_code == 403, response.text
+        assert "root:" not in response.text and "PATH=" not in response.text
 
 
 def test_nav_entry_is_registered(api: object, token: str) -> None:
@@ -325,8 +577,14 @@ def test_page_says_why_when_mlflow_is_unreachable(
             "extra": {"timeout": 2, "max_retries": 0},
         }
     )
+    from airflow_mlops.plugins import mlflow_calls
+
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", dead)
-    response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    mlflow_calls.reset()  # the page reuses its MLflow client for a minute
+    try:
+        response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
+    finally:
+        mlflow_calls.reset()
     assert response.status_code == 502
     assert "Could not read the MLflow registry" in response.text
     assert "127.0.0.1:9" in response.text
@@ -355,7 +613,7 @@ def test_plugin_module_is_import_light() -> None:
 
 @pytest.fixture
 def pipeline_model(
-    mlflow_conn: str, mlflow_server: str, tmp_path: Path, run_dag: object
+    mlflow_conn: str, mlflow_server: str, tmp_path: Path, run_dag: object, artifacts_root: Path
 ) -> dict[str, str]:
     """A champion trained by DAG ``ct_<model>`` whose validation task really ran in Airflow,
     with two drift reports attached to its run the way ``DriftReportOperator`` attaches them.
@@ -364,6 +622,7 @@ def pipeline_model(
     from airflow.sdk import DAG
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.drift import TAG_LAST_DRIFT, last_drift_tag
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.registry import Actor, promote_to_champion, register_version
     from airflow_mlops.operators.validation import DataValidationOperator
@@ -387,7 +646,7 @@ def pipeline_model(
             task_id="validate",
             data_uri=str(data),
             suite=suite,
-            report_uri=str(tmp_path / "gx_result.json"),
+            report_uri=str(artifacts_root / name / "gx_result.json"),
         )
     dag_run = run_dag(dag)  # type: ignore[operator]
     assert str(dag_run.state) == "success"
@@ -430,6 +689,24 @@ def pipeline_model(
             f"<html><h1>Drift {run_folder}</h1></html>",
             f"{folder}/drift_report.html",
         )
+    # ... and the verdict of the newest one, recorded on the model as the operator records it.
+    newest = f"monitoring/drift/monitor_{name}/scheduled__2026-02-01T00_00_00_00_00/drift"
+    client.set_registered_model_tag(
+        name,
+        TAG_LAST_DRIFT,
+        last_drift_tag(
+            {"dataset": {**summary["dataset"], "drifted_share": 0.0, "drift_share": 0.5}},
+            at="2026-02-01T00:00:00+00:00",
+            airflow_task={
+                "dag_id": f"monitor_{name}",
+                "run_id": "scheduled__2026-02-01T00:00:00+00:00",
+                "task_id": "drift",
+                "map_index": -1,
+            },
+            mlflow_run_id=run.info.run_id,
+            report_artifact=f"{newest}/drift_report.html",
+        ),
+    )
     signal = {"at": "2026-01-01T00:05:00+00:00", "reason": "data drift: 2/3 columns drifted"}
     client.set_registered_model_tag(name, "mlops.last_retrain_signal", json.dumps(signal))
     return {"name": name, "dag_id": dag_id, "run_id": run.info.run_id, "dag_run_id": dag_run.run_id}
@@ -474,15 +751,26 @@ def test_page_reads_the_operators_reports_and_airflow_validation(
 
 
 def test_report_route_serves_reports_only(
-    api: object, token: str, pipeline_model: dict[str, str]
+    api: object, token: str, pipeline_model: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_mlops.plugins.model_overview import is_report_artifact
 
     auth = {"Authorization": f"Bearer {token}"}
-    model_file = api.get(
-        f"/mlops/reports/runs/{pipeline_model['run_id']}/artifacts/model/MLmodel", headers=auth
-    )  # type: ignore[attr-defined]
+    runs = f"/mlops/reports/runs/{pipeline_model['run_id']}/artifacts"
+    model_file = api.get(f"{runs}/model/MLmodel", headers=auth)  # type: ignore[attr-defined]
     assert model_file.status_code == 404
+    folder = f"{runs}/monitoring/drift/monitor_{pipeline_model['name']}"
+    assert api.get(folder, headers=auth).status_code == 404  # type: ignore[attr-defined]
+    report = f"{folder}/scheduled__2026-02-01T00_00_00_00_00/drift/drift_report.html"
+    assert api.get(report, headers=auth).status_code == 200  # type: ignore[attr-defined]
+    monkeypatch.setenv("AIRFLOW__MLOPS__REPORT_MAX_BYTES", "10")
+    assert api.get(report, headers=auth).status_code == 413  # type: ignore[attr-defined]
+    # A run no card shows is not served, even from its report folders.
+    other = api.get(
+        f"/mlops/reports/runs/{uuid.uuid4().hex}/artifacts/{report.split('/artifacts/')[1]}",
+        headers=auth,
+    )  # type: ignore[attr-defined]
+    assert other.status_code == 404
     assert not is_report_artifact("monitoring/../model/MLmodel")
     assert not is_report_artifact("/etc/passwd")
     assert is_report_artifact("monitoring/drift/d/r/t/drift_report.html")
@@ -585,6 +873,7 @@ def test_page_says_which_run_a_validation_verdict_comes_from() -> None:
         "version": lambda name, v: None,
         "run": lambda exp, run: None,
         "report": lambda model, verdict: None,
+        "external": lambda verdict: None,
         "task": _airflow_task_href,
     }
     html = _templates.get_template("mlops.html").render(

@@ -6,6 +6,11 @@ the DAGs that trained a model from the lineage tag ``mlops.airflow.dag_id`` of i
 and reads the newest validation task of those DAGs that really ran, for the DAGs the user may
 read: runs that skipped validation (nothing changed since the champion) are passed over.
 
+It also answers the page's authorization questions that need the metadata database: the
+team owning each DAG (its bundle's team, as Airflow's API resolves it), every DAG id, and
+whether a task instance ran the provider's own validation operator (only those tasks'
+reports are served).
+
 Runs in the API server only (it reads the metadata database); imports happen per call.
 """
 
@@ -20,6 +25,8 @@ from airflow_mlops.plugins.model_overview import Verdict, iso_from_millis
 log = logging.getLogger(__name__)
 
 VALIDATION_OPERATORS: tuple[str, ...] = ("DataValidationOperator",)
+#: Where the provider's validation operator lives (the serialized task records its module).
+VALIDATION_MODULES: tuple[str, ...] = ("airflow_mlops.operators.validation",)
 # A validation task in these states ran; a skipped one ran only if it pushed its summary
 # (on_failure="skip" validates, pushes, then skips). A task skipped without a summary never
 # ran: in a CT DAG, detect_changes skips everything downstream when nothing changed.
@@ -150,3 +157,67 @@ def report_uri_of_task(dag_id: str, run_id: str, task_id: str, map_index: int) -
         raw = session.scalars(_summary_query(dag_id, run_id, task_id, map_index)).first()
     summary = _deserialize(raw)
     return summary.get("report_uri") if isinstance(summary, dict) else None
+
+
+def is_provider_validation_task(dag_id: str, run_id: str, task_id: str, map_index: int) -> bool:
+    """Whether this task instance ran the provider's own ``DataValidationOperator``.
+
+    Its class name is not enough (any DAG may define a class of that name): the serialized
+    DAG version the task ran with must name the provider's module for that task.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run_id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index == map_index,
+            )
+        ).first()
+        if ti is None or ti.operator not in VALIDATION_OPERATORS or ti.dag_version is None:
+            return False
+        serialized = ti.dag_version.serialized_dag
+        data = serialized.data if serialized is not None else None
+    return _task_module(data, task_id) in VALIDATION_MODULES
+
+
+def _task_module(data: Any, task_id: str) -> str | None:
+    """``_task_module`` of ``task_id`` in a serialized DAG (``None`` when not found)."""
+    dag = data.get("dag") if isinstance(data, dict) else None
+    for entry in (dag or {}).get("tasks") or []:
+        task = entry.get("__var", entry) if isinstance(entry, dict) else None
+        if isinstance(task, dict) and task.get("task_id") == task_id:
+            return task.get("_task_module")
+    return None
+
+
+def dag_teams(dag_ids: Iterable[str]) -> dict[str, str | None]:
+    """The team owning each DAG (its bundle's team), as Airflow's API resolves it; None: no team."""
+    from airflow.models.dag import DagModel
+
+    wanted = list(dict.fromkeys(dag_ids))
+    if not wanted:
+        return {}
+    teams = DagModel.get_dag_id_to_team_name_mapping(wanted)
+    return {dag_id: teams.get(dag_id) for dag_id in wanted}
+
+
+def all_dag_ids() -> set[str]:
+    """Every DAG in a bundle, as the auth manager's ``get_authorized_dag_ids`` lists them."""
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return set(
+            session.scalars(
+                select(DagModel.dag_id).join(
+                    DagBundleModel, DagModel.bundle_name == DagBundleModel.name
+                )
+            )
+        )
