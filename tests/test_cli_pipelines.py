@@ -48,3 +48,21 @@ def test_sync_dags_writes_then_reports_in_sync(tmp_path, capsys):
 def test_sync_dags_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["sync-dags", "--pipelines", str(tmp_path / "nope")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_sync_dags_refuses_a_hostile_file_name_and_names_it(tmp_path, capsys):
+    pipelines, dags = tmp_path / "pipelines", tmp_path / "dags"
+    pipelines.mkdir()
+    hostile = 'x" if 0 else __import__("os").mkdir("PWNED") or "x.yaml'
+    (pipelines / hostile).write_text("name: x\n")
+    assert main(["sync-dags", "--pipelines", str(pipelines), "--dags", str(dags)]) == 1
+    err = capsys.readouterr().err
+    assert "pipeline file names must use only" in err and repr(hostile) in err
+    assert not dags.exists()
+
+
+def test_lint_refuses_jinja_outside_templated_keys(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndata: {train_uri: a.csv, target: '{{ conn.x.password }}'}\n")
+    assert main(["lint", str(bad)]) == 1
+    assert "data.target: Jinja" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.errors import ConfigError, PipelineFileNameError
 from airflow_mlops.factories.config import load_config, parse_config
 from airflow_mlops.factories.loader import sync_dag_files
 
@@ -191,3 +192,70 @@ def test_import_errors_isolated_per_broken_yaml(tmp_path):
     (error,) = errors
     assert error["filepath"].endswith("mlops_pipeline__broken.py")
     assert "broken.yaml" in error["error"] and "training.holdout_fraction" in error["error"]
+
+
+# -- generated DAG files: names are data, never code (issue #14, item 4) ----------------------
+HOSTILE_NAMES = [
+    'x" if 0 else __import__("os").mkdir("PWNED") or "x.yaml',
+    "x' if 0 else __import__('os').mkdir('PWNED') or 'x.yaml",
+    'x"""\n__import__("os").mkdir("PWNED")\n""".yaml',
+    "back\\slash.yaml",
+    "brace{__import__('os').mkdir('PWNED')}.yaml",
+    "unicodé.yaml",
+    "new\nline.yaml",
+    "space name.yaml",
+]
+
+
+def _string_constants_only(source: str) -> list[str]:
+    """The call's arguments must be literals: a name, a string and a call of globals()."""
+    tree = ast.parse(source)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    names = sorted(n.func.id for n in calls if isinstance(n.func, ast.Name))
+    assert names == ["dags_from_yaml", "globals"], names
+    (call,) = [c for c in calls if c.func.id == "dags_from_yaml"]
+    assert isinstance(call.args[1], ast.Constant) and isinstance(call.args[1].value, str)
+    return [call.args[1].value]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_sync_refuses_hostile_pipeline_file_names(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    pipelines, dags = tmp_path / "pipelines", tmp_path / "dags"
+    pipelines.mkdir()
+    (pipelines / "ok.yaml").write_text("name: ok\n")
+    (pipelines / name).write_text("name: x\n")
+    with pytest.raises(PipelineFileNameError) as err:
+        sync_dag_files(pipelines, dags)
+    assert repr(name) in str(err.value)
+    assert not dags.exists(), "nothing is written when one name is refused"
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ['pipe"lines', "pipe'lines", 'p"""q', "back\\slash", "br{ace}", "unicodé", "new\nline"],
+)
+def test_generated_files_hold_the_path_as_a_literal(tmp_path, monkeypatch, folder):
+    """Folder names are not restricted, so the path must be written as a Python literal."""
+    monkeypatch.chdir(tmp_path)
+    pipelines, dags = tmp_path / folder / "pipelines", tmp_path / "dags"
+    pipelines.mkdir(parents=True)
+    (pipelines / "__import__.yaml").write_text("name: x\n")
+    sync_dag_files(pipelines, dags)
+    (generated,) = dags.glob("*.py")
+    (literal,) = _string_constants_only(generated.read_text())
+    assert (dags / literal).resolve() == (pipelines / "__import__.yaml").resolve()
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+@pytest.mark.parametrize("pair", [("a-b.yaml", "a_b.yaml"), ("a.yaml", "a.yml")])
+def test_sync_refuses_two_yamls_for_one_generated_file(tmp_path, pair):
+    pipelines, dags = tmp_path / "pipelines", tmp_path / "dags"
+    pipelines.mkdir()
+    for name in pair:
+        (pipelines / name).write_text("name: a\n")
+    with pytest.raises(PipelineFileNameError, match="share one generated DAG file") as err:
+        sync_dag_files(pipelines, dags)
+    assert all(name in str(err.value) for name in pair)
+    assert not dags.exists()

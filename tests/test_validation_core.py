@@ -691,8 +691,8 @@ def test_columns_to_validate_is_the_referenced_frame_columns(expectations, expec
             expectation(
                 "expect_column_values_to_not_be_null",
                 column="a",
-                row_condition='f=="x"',
-                condition_parser="pandas",
+                row_condition='col("f")=="x"',
+                condition_parser="great_expectations",
             ),
             id="row-condition",
         ),
@@ -844,8 +844,8 @@ def test_row_condition_on_another_column_validates_the_whole_frame(frames_given_
                 column="f03",
                 min_value=0,
                 max_value=1,
-                row_condition='segment=="a"',
-                condition_parser="pandas",
+                row_condition='col("segment")=="a"',
+                condition_parser="great_expectations",
             ),
             expectation("expect_column_values_to_not_be_null", column="f04"),
         ]
@@ -946,3 +946,51 @@ def test_a_subset_is_used_only_when_it_drops_half_the_columns_or_more(
         assert batches_given_to_gx == [(some, 3), (some, 3), (every, 0)]
     else:
         assert batches_given_to_gx == [(every, 3), (every, 3)]
+
+
+# -- suites are configuration, not code (issue #14, item 5) ------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"row_condition": 'f=="x"', "condition_parser": "pandas"}, "condition_parser 'pandas'"),
+        ({"row_condition": "f.str.len() > 0", "condition_parser": "spark"}, "'spark'"),
+        (
+            {"row_condition": {"type": "pass_through", "pass_through_filter": 'f=="x"'}},
+            "PassThroughCondition is refused",
+        ),
+        (
+            {
+                "row_condition": {
+                    "type": "comparison",
+                    "column": {"name": "f` + 1 + `g"},
+                    "operator": "==",
+                    "parameter": "x",
+                }
+            },
+            "contains a backtick",
+        ),
+    ],
+    ids=["pandas-parser", "spark-parser", "pass-through", "backtick-column"],
+)
+def test_suite_refuses_row_conditions_that_reach_dataframe_query(tmp_path, kwargs, message):
+    """pandas' DataFrame.query evaluates attribute calls: a suite must never reach it raw."""
+    entry = expectation("expect_column_values_to_not_be_null", column="a", **kwargs)
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(json.dumps({"name": "s", "expectations": [entry]}))
+    with pytest.raises(ConfigError, match=message):
+        v.read_suite_file(suite_file)
+
+
+def test_gx_parsed_row_condition_still_filters_rows():
+    frame = pd.DataFrame({"a": [1.0, None, 3.0], "f": ["x", "y", "x"]})
+    suite = v.parse_suite(
+        [
+            expectation(
+                "expect_column_values_to_not_be_null",
+                column="a",
+                row_condition='col("f")=="x"',
+                condition_parser="great_expectations",
+            )
+        ]
+    )
+    assert v.validate_frame(frame, suite).success  # the null is in a row where f == "y"

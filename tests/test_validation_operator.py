@@ -16,6 +16,7 @@ from airflow.sdk import DAG, task
 from airflow_mlops.core.errors import (
     ConfigError,
     DataNotFoundError,
+    DataUriNotAllowedError,
     DataValidationFailed,
     UnreadableDataError,
     UnsupportedFormatError,
@@ -280,7 +281,14 @@ def test_broken_data_fails_the_task_even_under_warn(tmp_path, run_dag, kind, err
             '{"name": "s", "expectations": [{"type": "expect_rows_to_be_nice", "kwargs": {}}]}',
             "expectations[0] (expect_rows_to_be_nice) unknown expectation type",
         ),
+        (
+            '{"name": "s", "expectations": [{"type": "expect_column_values_to_not_be_null", '
+            '"kwargs": {"column": "a", "row_condition": "a.str.len() > 0", '
+            '"condition_parser": "pandas"}}]}',
+            "uses condition_parser 'pandas', which is refused",
+        ),
     ],
+    ids=["json", "unknown-type", "pandas-parser"],
 )
 def test_invalid_suite_fails_before_reading_data(tmp_path, run_dag, suite_text, message):
     suite = tmp_path / "suite.json"
@@ -465,3 +473,21 @@ def test_result_is_attached_to_the_mlflow_run_idempotently(
     local = client.download_artifacts(run_id, "validation/validate/summary.json", str(tmp_path))
     summary = json.loads(Path(local).read_text())
     assert summary["failed_expectations"] == 1 and summary["on_failure"] == "warn"
+
+
+def test_a_data_uri_outside_the_allowed_prefixes_fails_before_anything_is_read(tmp_path, run_dag):
+    allowed = tmp_path / "data"
+    allowed.mkdir()
+    report = tmp_path / "report.json"
+    dag_run, dag = run_validation(
+        run_dag,
+        data_uri="/etc/passwd",
+        suite=[{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}}],
+        report_uri=str(report),
+        allowed_data_prefixes=[str(allowed)],
+    )
+    assert states(dag_run) == {"validate": "failed", "consume": "upstream_failed"}
+    error = FAILURES[dag.dag_id]
+    assert isinstance(error, DataUriNotAllowedError), error
+    assert "data_uri '/etc/passwd' is outside" in str(error)
+    assert not report.exists()

@@ -155,11 +155,54 @@ def expectation_problem(entry: Any) -> str | None:
         config = ExpectationConfiguration(
             type=etype, kwargs=dict(kwargs), meta=dict(entry.get("meta") or {})
         )
-        config.to_domain_obj()
+        domain = config.to_domain_obj()
     except gx.exceptions.ExpectationNotFoundError:
         return f"unknown expectation type {etype!r}"
     except Exception as err:  # pydantic / GX configuration errors of every flavour
         return f"invalid kwargs for {etype}: {_one_line(err)}"
+    return row_condition_problem(kwargs, getattr(domain, "row_condition", None))
+
+
+#: ``condition_parser`` values accepted: GX parses these into condition objects itself.
+#: ``pandas`` (and ``spark``) hand the raw string to ``DataFrame.query``, which evaluates
+#: attribute and method calls: a suite file would run code on the worker.
+SAFE_CONDITION_PARSERS = ("great_expectations", "great_expectations__experimental__")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def row_condition_problem(kwargs: Mapping[str, Any], condition: Any) -> str | None:
+    """Why a row condition is refused, or None. ``condition`` is GX's parsed form."""
+    parser = kwargs.get("condition_parser")
+    if parser is not None and parser not in SAFE_CONDITION_PARSERS:
+        return (
+            f"uses condition_parser {parser!r}, which is refused: pandas' query() evaluates "
+            f"attribute calls in the condition; use one of {list(SAFE_CONDITION_PARSERS)} "
+            '(row_condition like col("segment")=="a")'
+        )
+    if condition is None or (isinstance(condition, str) and not condition.strip()):
+        return None
+    if isinstance(condition, str):
+        return "has a row_condition GX did not parse: set condition_parser: great_expectations"
+    return _condition_node_problem(condition)
+
+
+def _condition_node_problem(condition: Any) -> str | None:
+    from great_expectations.expectations import row_conditions as rc
+
+    stack = [condition]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (rc.AndCondition, rc.OrCondition)):
+            stack.extend(node.conditions)
+        elif isinstance(node, (rc.ComparisonCondition, rc.NullityCondition)):
+            if "`" in node.column.name:
+                return f"row_condition column {node.column.name!r} contains a backtick"
+            value = getattr(node, "parameter", None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not all(isinstance(v, _SCALARS) for v in values):
+                return f"row_condition parameter {value!r} must be a scalar or a list of scalars"
+        else:  # PassThroughCondition hands its string to DataFrame.query, like pandas.
+            return f"row_condition of type {type(node).__name__} is refused"
     return None
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import PromotionPolicy
+from airflow_mlops.factories.templating import check_config_templates
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 # A pipeline file is a few hundred values; YAML aliases can make a 500-byte file expand to
@@ -53,6 +54,22 @@ class DataConfig(_Section):
     )
     inference_uri: str | None = Field(None, description="Data to score with the champion.")
     predictions_uri: str | None = Field(None, description="Where batch predictions are written.")
+    allowed_prefixes: list[str] | None = Field(
+        None,
+        description="Local folders or s3:// prefixes every data URI must lie under, checked "
+        "at run time after trigger params are applied. Default: the folders of the data "
+        "URIs written in this file.",
+    )
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _absolute_prefixes(cls, prefixes: list[str] | None) -> list[str] | None:
+        for prefix in prefixes or []:
+            if not (prefix.startswith("s3://") or prefix.startswith("/")):
+                raise ValueError(f"{prefix!r} must be an absolute local path or an s3:// prefix")
+            if prefix.startswith("s3://") and not prefix.removeprefix("s3://").strip("/"):
+                raise ValueError(f"{prefix!r} names no bucket")
+        return prefixes
 
 
 class ValidationConfig(_Section):
@@ -61,6 +78,25 @@ class ValidationConfig(_Section):
         None, description="GX 1.x suite JSON file or a list of expectation configs."
     )
     on_failure: Literal["fail", "skip", "warn"] = "fail"
+
+    @field_validator("suite")
+    @classmethod
+    def _no_code_in_row_conditions(cls, suite: Any) -> Any:
+        """Early, GX-free form of the suite check the validation task repeats at run time."""
+        for index, entry in enumerate(suite if isinstance(suite, list) else []):
+            kwargs = entry.get("kwargs") if isinstance(entry, dict) else None
+            if not isinstance(kwargs, dict):
+                continue
+            parser = kwargs.get("condition_parser")
+            if parser not in (None, "great_expectations", "great_expectations__experimental__"):
+                raise ValueError(
+                    f"expectation {index}: condition_parser {parser!r} is refused (pandas' "
+                    "query() runs attribute calls); use condition_parser: great_expectations"
+                )
+            condition = kwargs.get("row_condition")
+            if isinstance(condition, dict) and condition.get("type") == "pass_through":
+                raise ValueError(f"expectation {index}: a pass_through row_condition is refused")
+        return suite
 
 
 class SearchConfig(_Section):
@@ -180,6 +216,22 @@ class PipelineConfig(_Section):
         return PromotionPolicy.model_validate({"change_thresholds": {metric: {"min_delta": 0.0}}})
 
     @property
+    def allowed_data_prefixes(self) -> list[str]:
+        """``data.allowed_prefixes``, else the folder of every data URI written in the file."""
+        if self.data.allowed_prefixes is not None:
+            return list(self.data.allowed_prefixes)
+        monitoring = self.monitoring
+        uris = [
+            self.data.train_uri,
+            self.data.inference_uri,
+            self.data.predictions_uri,
+            monitoring.current_uri,
+            monitoring.reference_uri,
+            monitoring.decay.labels_uri if monitoring.decay else None,
+        ]
+        return list(dict.fromkeys(_folder_of(uri) for uri in uris if uri))
+
+    @property
     def registered_model_name(self) -> str:
         return self.model_name or self.name
 
@@ -202,6 +254,16 @@ class PipelineConfig(_Section):
         return config_hash({"config": self.model_dump(mode="json"), "provider": __version__})
 
 
+def _folder_of(uri: str) -> str:
+    """The folder holding ``uri``, cut before any template (``.../{{ ds }}/x.parquet``)."""
+    for marker in ("{{", "{%", "{#"):
+        uri = uri.split(marker, 1)[0]
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return f"s3://{bucket}/{key.rsplit('/', 1)[0]}" if "/" in key else f"s3://{bucket}"
+    return uri.rsplit("/", 1)[0] or "/"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"Invalid pipeline config {source}:"]
     for item in err.errors():
@@ -214,6 +276,8 @@ def _resolve_local_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """Relative local paths in ``data``, ``validation`` and ``monitoring`` are relative to the file."""
 
     def resolve(value: Any, where: str) -> Any:
+        if isinstance(value, list) and where == "data.allowed_prefixes":
+            return [resolve(item, where) for item in value]
         if isinstance(value, str) and value and "://" not in value and "{{" not in value:
             if "\x00" in value:
                 raise ConfigError(f"{where} contains a NUL character: {value!r}")
@@ -222,7 +286,13 @@ def _resolve_local_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         return value
 
     keys = {
-        "data": ("train_uri", "new_data_uri", "inference_uri", "predictions_uri"),
+        "data": (
+            "train_uri",
+            "new_data_uri",
+            "inference_uri",
+            "predictions_uri",
+            "allowed_prefixes",
+        ),
         "validation": ("suite",),
         "monitoring": ("current_uri", "reference_uri"),
     }
@@ -251,6 +321,10 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise ConfigError(f"Invalid pipeline config {source}: expected a mapping at the top level.")
     _check_size(raw, source)
+    try:
+        check_config_templates(raw)
+    except ConfigError as err:
+        raise type(err)(f"Invalid pipeline config {source}: {err}") from None
     if base_dir is not None:
         try:
             raw = _resolve_local_paths(raw, base_dir)

@@ -119,9 +119,19 @@ def _ct_tasks(config: PipelineConfig, prefix: str) -> None:
 
 
 def _single_model_chain(
-    config: PipelineConfig, model: str, train_uri: str, conns: dict[str, Any]
+    config: PipelineConfig,
+    model: str,
+    train_uri: str,
+    conns: dict[str, Any],
+    data_prefixes: list[str] | None = None,
 ) -> Any:
-    """Wire the per-model steps; returns the last task so callers can attach more."""
+    """Wire the per-model steps; returns the last task so callers can attach more.
+
+    Every task that reads or writes data gets the pipeline's allowed data prefixes
+    (``data_prefixes``, default :attr:`PipelineConfig.allowed_data_prefixes`): a trigger
+    param such as ``train_uri`` is checked against them once rendered.
+    """
+    prefixes = data_prefixes if data_prefixes is not None else config.allowed_data_prefixes
     from airflow_mlops.operators.changes import DetectChangesOperator
     from airflow_mlops.operators.registry import promotion_tasks
     from airflow_mlops.operators.training import TrainModelOperator
@@ -133,6 +143,7 @@ def _single_model_chain(
         train_uri=train_uri,
         model_name=model,
         config_hash=fingerprint,
+        allowed_data_prefixes=prefixes,
         **conns,
     )
     chain: list[Any] = [detect]
@@ -143,6 +154,7 @@ def _single_model_chain(
                 data_uri=train_uri,
                 suite=config.validation.suite,
                 on_failure=config.validation.on_failure,
+                allowed_data_prefixes=prefixes,
                 **conns,
             )
         )
@@ -163,6 +175,7 @@ def _single_model_chain(
         time_column=training.time_column,
         search=training.search.model_dump() if training.search else None,
         extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
+        allowed_data_prefixes=prefixes,
         **conns,
     )
     chain.append(train)
@@ -187,6 +200,7 @@ def _single_model_chain(
             input_uri=config.data.inference_uri,
             output_uri=config.data.predictions_uri,
             model_name=model,
+            allowed_data_prefixes=prefixes,
             **conns,
         )
         last >> predict

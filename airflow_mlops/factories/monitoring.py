@@ -71,6 +71,7 @@ def _monitoring_tasks(config: PipelineConfig) -> None:
         debounce_seconds=int(monitoring.debounce_hours * 3600),
         ct_dag_id=config.ct_dag_id,
         on_drift="emit",
+        allowed_data_prefixes=config.allowed_data_prefixes,
         **conns,
     )
     if monitoring.decay:
@@ -82,5 +83,6 @@ def _monitoring_tasks(config: PipelineConfig) -> None:
             metric=monitoring.decay.metric,
             debounce_seconds=int(monitoring.debounce_hours * 3600),
             ct_dag_id=config.ct_dag_id,
+            allowed_data_prefixes=config.allowed_data_prefixes,
             **conns,
         )

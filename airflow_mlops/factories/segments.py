@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import task, task_group
 
 from airflow_mlops.factories.config import PipelineConfig
+from airflow_mlops.operators.base import ARTIFACTS_ROOT_PREFIX
 
 
 def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
@@ -25,13 +26,15 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
     def split(**context: Any) -> list[dict[str, Any]]:
         from airflow_mlops.core.segments import split_segments
         from airflow_mlops.hooks.storage import StorageHook
-        from airflow_mlops.operators.base import MlopsBaseOperator
+        from airflow_mlops.operators.base import MlopsBaseOperator, check_data_uri
 
+        train_uri = context["params"]["train_uri"]
+        check_data_uri(train_uri, config.allowed_data_prefixes, "params.train_uri")
         storage = StorageHook(aws_conn_id=conns["aws_conn_id"]).get_storage()
         prefix_uri = MlopsBaseOperator.default_report_uri_for(context, "segments")
         parts = split_segments(
             storage,
-            context["params"]["train_uri"],
+            train_uri,
             segments.column,
             list(segments.values),
             prefix_uri,
@@ -42,7 +45,9 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
 
     @task_group(group_id="segment")
     def per_segment(segment_model: Any, segment_uri: Any) -> None:
-        last = _single_model_chain(config, segment_model, segment_uri, conns)
+        # Segment files are written by split_segments under the artifacts root.
+        prefixes = [*config.allowed_data_prefixes, ARTIFACTS_ROOT_PREFIX]
+        last = _single_model_chain(config, segment_model, segment_uri, conns, prefixes)
         last >> _summary_task(config, prefix=f"{prefix}segment.", model=segment_model)
 
     per_segment.expand_kwargs(split())

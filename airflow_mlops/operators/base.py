@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.errors import ConfigError, DataUriNotAllowedError
 from airflow_mlops.core.lineage import RunContext
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID, MlflowHook
 from airflow_mlops.hooks.storage import StorageHook
@@ -34,6 +34,21 @@ def configured_artifacts_root() -> str | None:
     )
 
 
+def configured_deployment() -> str:
+    """``[mlops] deployment`` (default ``default``): part of every idempotency key, so two
+    Airflow deployments sharing one MLflow never reuse each other's runs or versions."""
+    from airflow.sdk import conf
+
+    from airflow_mlops.core.lineage import DEFAULT_DEPLOYMENT
+
+    value = conf.get("mlops", "deployment", fallback=None) or DEFAULT_DEPLOYMENT
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ConfigError(
+            f"[mlops] deployment {value!r} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'"
+        )
+    return value
+
+
 def default_artifacts_root() -> str:
     """Where reports go when an operator is given no explicit URI.
 
@@ -44,6 +59,82 @@ def default_artifacts_root() -> str:
         return configured
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
     return os.path.join(home, "mlops_artifacts")
+
+
+def allowed_estimator_modules() -> tuple[str, ...]:
+    """``[mlops] allowed_estimator_modules``: comma-separated modules (besides ``sklearn`` and
+    ``xgboost``) that estimator and preprocessing dotted paths may name. A setting, not a
+    pipeline key: the pipeline YAML is not trusted to widen what gets imported."""
+    from airflow.sdk import conf
+
+    text = conf.get("mlops", "allowed_estimator_modules", fallback="") or ""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+#: Placeholder in ``allowed_data_prefixes`` for the artifacts root, resolved at execute time
+#: (the factories add it for data the provider wrote itself, such as segment files).
+ARTIFACTS_ROOT_PREFIX = "<mlops artifacts root>"
+#: Template fields ending in ``_uri`` that do not name input/output data.
+NON_DATA_URI_FIELDS = frozenset({"report_uri", "model_uri", "artifacts_uri"})
+
+
+def normalize_data_uri(uri: str, field: str) -> str:
+    """A canonical form of a local path or ``s3://`` URI for prefix checks.
+
+    Local: ``file://`` without a host (or ``localhost``), absolute, symlinks and ``..``
+    resolved. ``s3://``: bucket and key, no ``.``/``..``/empty segments. Anything else is
+    refused, so a check can never be passed by spelling a URI differently.
+    """
+    text = str(uri).strip()
+    if not text or "\x00" in text:
+        raise DataUriNotAllowedError(f"{field} {uri!r} is not a usable data URI")
+    if text.startswith("s3://"):
+        bucket, _, key = text.removeprefix("s3://").partition("/")
+        segments = key.split("/")
+        if not bucket or any(s in (".", "..") for s in segments) or "" in segments[:-1]:
+            raise DataUriNotAllowedError(
+                f"{field} {uri!r} is not a plain s3://bucket/key URI (no '.', '..' or '//')"
+            )
+        return f"s3://{bucket}/{key}"
+    if text.startswith("file://"):
+        host, _, path = text.removeprefix("file://").partition("/")
+        if host not in ("", "localhost"):
+            raise DataUriNotAllowedError(f"{field} {uri!r} names another host ({host!r})")
+        text = "/" + path
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):
+        raise DataUriNotAllowedError(
+            f"{field} {uri!r}: only local paths and s3:// URIs can be checked against the "
+            "allowed data prefixes"
+        )
+    if not os.path.isabs(text):
+        raise DataUriNotAllowedError(f"{field} {uri!r} must be an absolute path")
+    return os.path.realpath(text)
+
+
+def is_under_prefix(uri: str, prefix: str) -> bool:
+    """Folder semantics: ``s3://b/data`` covers ``s3://b/data/x.csv``, not ``s3://b/data2``."""
+    folder = prefix.rstrip("/")
+    return uri == folder or uri.startswith(folder + "/") or (folder == "" and uri.startswith("/"))
+
+
+def check_data_uri(uri: str, allowed_prefixes: Sequence[str], field: str) -> str:
+    """``uri`` normalised, or :class:`DataUriNotAllowedError` naming the field and the prefixes.
+
+    Every operator that reads or writes pipeline data calls this after rendering (see
+    :meth:`MlopsBaseOperator.pre_execute`), so a trigger parameter cannot point a task at
+    ``/etc`` or another team's bucket.
+    """
+    normalized = normalize_data_uri(uri, field)
+    prefixes = [
+        default_artifacts_root() if p == ARTIFACTS_ROOT_PREFIX else p for p in allowed_prefixes
+    ]
+    allowed = [normalize_data_uri(p, "allowed data prefix") for p in prefixes]
+    if not any(is_under_prefix(normalized, p) for p in allowed):
+        raise DataUriNotAllowedError(
+            f"{field} {uri!r} is outside the pipeline's allowed data prefixes {prefixes}: "
+            "set data.allowed_prefixes in the pipeline YAML to read it"
+        )
+    return normalized
 
 
 def as_mapping(value: Any, field: str) -> dict[str, Any]:
@@ -72,6 +163,10 @@ class MlopsBaseOperator(BaseOperator):
     :param mlflow_conn_id: MLflow connection (default ``mlflow_default``, or the embedded
         local store when that connection is not defined).
     :param aws_conn_id: AWS connection used for ``s3://`` URIs.
+    :param allowed_data_prefixes: when set, every data URI field (a template field ending in
+        ``_uri``, except report/model/artifacts URIs) must lie under one of these local
+        folders or ``s3://`` prefixes once rendered; checked in :meth:`pre_execute`. Not
+        templated: a trigger parameter cannot widen it. The pipeline factories always set it.
     """
 
     template_fields: Sequence[str] = ("mlflow_conn_id", "aws_conn_id")
@@ -82,11 +177,36 @@ class MlopsBaseOperator(BaseOperator):
         *,
         mlflow_conn_id: str = DEFAULT_CONN_ID,
         aws_conn_id: str | None = "aws_default",
+        allowed_data_prefixes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.mlflow_conn_id = mlflow_conn_id
         self.aws_conn_id = aws_conn_id
+        self.allowed_data_prefixes = (
+            None if allowed_data_prefixes is None else list(allowed_data_prefixes)
+        )
+
+    @property
+    def data_uri_fields(self) -> list[str]:
+        """Template fields holding data URIs; new ``*_uri`` fields are checked by default."""
+        return [
+            f for f in self.template_fields if f.endswith("_uri") and f not in NON_DATA_URI_FIELDS
+        ]
+
+    def check_data_uris(self) -> None:
+        """Refuse any rendered data URI outside :attr:`allowed_data_prefixes` (when set)."""
+        if self.allowed_data_prefixes is None:
+            return
+        for name in self.data_uri_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, str) and value:
+                check_data_uri(value, self.allowed_data_prefixes, name)
+
+    def pre_execute(self, context: Context) -> None:
+        """Runs after templates are rendered, right before :meth:`execute`."""
+        super().pre_execute(context)
+        self.check_data_uris()
 
     @cached_property
     def mlflow_hook(self) -> MlflowHook:
@@ -107,6 +227,7 @@ class MlopsBaseOperator(BaseOperator):
             task_id=ti.task_id,
             try_number=int(getattr(ti, "try_number", 1) or 1),
             map_index=-1 if map_index is None else int(map_index),
+            deployment=configured_deployment(),
         )
 
     def default_report_uri(self, context: Context, name: str) -> str:

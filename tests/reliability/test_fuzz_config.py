@@ -90,6 +90,8 @@ VALUES = st.one_of(
         ["", "../../etc/passwd", "s3://", "s3://bucket", "{{ params.x }}", "* * * * *",
          "@daily", "sklearn.nope.Nope", "os.system", "é", "manual", "auto", "random",
          "classification", "models:/x@champion", "file:///etc/passwd", "a\x00b", "x" * 101,
+         "{{ conn.x.password }}", "{% for x in y %}{{ x }}{% endfor %}", "/x/{{ ds }}.csv",
+         "s3://other-bucket/x.csv", "xgboost.XGBClassifier",
          {"column": "benign", "values": ["a", "b"]}]
     ),
     st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=4),
