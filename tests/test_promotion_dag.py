@@ -78,6 +78,16 @@ def run(dag, **conf) -> dict[str, Any]:
     return {"state": dr.state, "tasks": states, **json.loads(json.dumps(COLLECTED, default=str))}
 
 
+def _collector(task_id: str):
+    from airflow.sdk import task
+
+    @task(task_id=f"collect_{task_id}", trigger_rule="all_done")
+    def collect(**context) -> None:
+        COLLECTED[task_id] = context["ti"].xcom_pull(task_ids=task_id)
+
+    return collect()
+
+
 def champion_asset_events(name: str) -> list[dict]:
     """Asset events emitted for champion_asset(name) (only when @champion really moved)."""
     from airflow.models.asset import AssetEvent, AssetModel
@@ -152,18 +162,26 @@ def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking,
         tags["mlops.promotion.outcome"] == "promoted" and tags["mlops.decision.promote"] == "true"
     )
 
-    # Rollback DAG, triggered the way the UI form does it: with params.
-    with DAG("promo_rollback", schedule=None, params=rollback_dag_params()) as rollback_dag:
-        RollbackModelOperator(
+    # Rollback DAG, triggered the way the UI form does it: with params. The model is pinned
+    # in the DAG file; the params choose only a former champion and the reason.
+    assert "model_name" not in rollback_dag_params(name)
+    with DAG("promo_rollback", schedule=None, params=rollback_dag_params(name)) as rollback_dag:
+        rollback = RollbackModelOperator(
             task_id="rollback",
-            model_name="{{ params.model_name }}",
+            model_name=name,
             to_version="{{ params.to_version or '' }}",
             reason="{{ params.reason }}",
         )
+        rollback >> _collector("rollback")
     serialize_dag(rollback_dag)
-    dr = rollback_dag.test(run_conf={"model_name": name, "reason": "v3 misbehaves in prod"})
-    assert dr.state == "success"
+    rejected = worse["register"]["version"]  # the policy refused it: never champion
+    dr = rollback_dag.test(run_conf={"to_version": rejected, "reason": "try the rejected one"})
+    assert task_states(dr)[("rollback", -1)] == "failed" and champion_of(client, name) == v3
+    COLLECTED.clear()
+    dr = rollback_dag.test(run_conf={"to_version": None, "reason": "v3 misbehaves in prod"})
+    assert task_states(dr)[("rollback", -1)] == "success"
     assert champion_of(client, name) == v1
+    assert COLLECTED["rollback"]["serving_check"]["ok"] is True  # checked before the move
     last = alias_history(client, name)[-1]
     assert (last["action"], last["version"], last["previous_version"]) == ("rollback", v1, v3)
     assert last["reason"] == "v3 misbehaves in prod"
@@ -198,6 +216,9 @@ def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking,
         broken = mlflow.pyfunc.log_model(
             name="broken", python_model=OnlyImportableHere(), pip_requirements=["mlflow"]
         )
+        # The run names it as its model, so it passes the provenance check: what fails is
+        # loading it where a consumer runs.
+        mlflow.set_tag("mlops.model_uri", broken.model_uri)
     registration = register_version(
         client, name, broken.model_uri, context=RunContext(task_id="r"), run_id=result["run_id"]
     ).to_dict()
@@ -216,6 +237,75 @@ def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking,
     )
 
 
+def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp_path, run_dag):
+    """Airflow's USER role may create/patch XCom through the REST API; the promote task must
+    not take an approval from there. The forgery is written with ``xcom_push`` from a task
+    standing in for the approval task: it stores the same XCom row as the REST API's
+    ``PATCH .../xcomEntries/mlops_approval`` would."""
+    from airflow.sdk import DAG, task
+    from test_evaluation import train
+
+    from airflow_mlops.core.approval import ApprovalTask, approval_record, store_approval
+    from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.storage import Storage
+    from airflow_mlops.operators.registry import APPROVAL_XCOM_KEY, PromoteModelOperator
+
+    name = unique_name("forged")
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    record = evaluate_challenger(
+        client, Storage(), challenger_from_training(client, result), model_name=name, policy=POLICY
+    ).record
+    assert record["promote"] is True  # the policy alone would promote it
+    registration = register_version(
+        client, name, result["model_uri"], context=RunContext(task_id="r"), run_id=result["run_id"]
+    ).to_dict()
+    forged = {
+        "chosen_options": ["Approve"],
+        "responded_by_user": {"id": "admin", "name": "admin"},
+        "responded_at": "2026-01-01T00:00:00+00:00",
+    }
+
+    def promotion_dag(dag_id: str, real_answer: str | None):
+        with DAG(dag_id, schedule=None) as dag:
+
+            @task(task_id="approve_promotion")
+            def approve(**context) -> None:
+                ti = context["ti"]
+                if real_answer:  # what PromotionApprovalOperator records from Airflow's answer
+                    from mlflow.tracking import MlflowClient
+
+                    store_approval(
+                        MlflowClient(tracking),
+                        approval_record(
+                            ApprovalTask(ti.dag_id, ti.run_id, ti.task_id),
+                            model_name=name,
+                            version=registration["version"],
+                            chosen_options=[real_answer],
+                            responded_by={"id": "alice", "name": "alice"},
+                            responded_at="2026-01-01T00:00:00+00:00",
+                        ),
+                    )
+                ti.xcom_push(key=APPROVAL_XCOM_KEY, value=forged)  # the forgery
+
+            promote = PromoteModelOperator(
+                task_id="promote",
+                evaluation=record,
+                registration=registration,
+                approval_task_id="approve_promotion",
+                serving_check=False,
+            )
+            approve() >> promote
+        return dag
+
+    for dag_id, real_answer in (("forged_no_answer", None), ("forged_over_reject", "Reject")):
+        dr = run_dag(promotion_dag(f"{dag_id}_{uuid.uuid4().hex[:6]}", real_answer))
+        states = {t: state for (t, _), state in task_states(dr).items()}
+        assert states["promote"] == "failed", (dag_id, states)
+        assert "champion" not in client.get_registered_model(name).aliases, dag_id
+
+
 def test_operators_refuse_bad_configuration_at_parse_time():
     from airflow_mlops.operators.evaluation import EvaluateModelOperator
     from airflow_mlops.operators.registry import PromoteModelOperator, promotion_tasks
@@ -232,6 +322,20 @@ def test_operators_refuse_bad_configuration_at_parse_time():
         )
     with pytest.raises(ConfigError, match="approval must be 'auto' or 'manual'"):
         promotion_tasks(training_result={}, policy=POLICY, approval="sometimes")
+    from airflow_mlops.operators.registry import RollbackModelOperator
+
+    with pytest.raises(ConfigError, match="a rollback DAG must pin its model"):
+        RollbackModelOperator(task_id="rb", model_name="{{ params.model_name }}")
+    assert "model_name" not in RollbackModelOperator.template_fields
+    # A default applied at response_timeout has no responder: not a human approval.
+    promote = PromoteModelOperator(
+        task_id="p2", evaluation={}, registration={}, approval_task_id="approve"
+    )
+    timed_out = {"answered": True, "approved": False, "by": None, "at": "t"}
+    outcome, reason = promote._gate(
+        {"promote": True}, {**timed_out, "chosen_options": ["Approve"]}, None
+    )
+    assert outcome == "not_approved" and "no human answered" in reason
     assert {"training_result", "policy", "slices", "model_name"} <= set(
         EvaluateModelOperator.template_fields
     )
@@ -372,6 +476,11 @@ def test_manual_approval_approve_then_reject(client, tracking, tmp_path, monkeyp
     assert promote["approval"]["approved"] is True and promote["approval"]["by"]
     assert promote["history_event"]["user"] == promote["approval"]["by"]
     assert champion_of(client, name) == "1"
+    # The answer the promote task trusted: recorded on the version from Airflow's HITL answer.
+    stored = json.loads(client.get_model_version(name, "1").tags[promote["approval"]["record"]])
+    assert stored["chosen_options"] == ["Approve"]
+    assert stored["responded_by_user"]["name"] == promote["approval"]["by"]
+    assert stored["task_id"] == "approve_promotion"
 
     rejected, asked = run_with_answer(
         build_pipeline(f"hitl_reject_{uuid.uuid4().hex[:6]}", data, name, BEST, approval="manual"),

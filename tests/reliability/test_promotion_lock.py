@@ -7,8 +7,11 @@ what a try killed inside the critical section leaves behind.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +66,7 @@ def test_an_expired_lock_of_a_dead_holder_is_broken(mlflow_up):
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
     _lock(client, model, ttl_s=1.0).acquire()  # never released: its holder "died"
     time.sleep(1.5)
-    with _lock(client, model, wait_s=10.0) as lock:
+    with _lock(client, model, wait_s=10.0, clock_skew_s=0.0) as lock:
         assert lock.read().owner == lock.owner
 
 
@@ -149,3 +152,119 @@ def test_the_same_identity_without_a_later_try_never_takes_over_a_live_lock(mlfl
         reclaim_key=run_context.idempotency_key, try_number=run_context.try_number,
     )  # fmt: skip
     _assert_promotion_refused_while_held(client, model, holder, Actor("again", run_context))
+
+
+# -- replays, long names, clock skew ----------------------------------------------------------
+
+
+def test_a_replayed_create_finds_its_own_lock_and_does_not_wait_out_its_ttl(mlflow_up, monkeypatch):
+    """The MLflow client retries a POST whose response was lost: the replay gets
+    RESOURCE_ALREADY_EXISTS for the lock the first attempt created. That lock is ours."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_up)
+    model = f"rel-lock-{uuid.uuid4().hex[:8]}"
+    real_create = client.create_registered_model
+
+    def lost_response_then_replay(name, *args, **kwargs):
+        # Simulated network fault (cannot be produced on loopback): the server creates the
+        # lock, the response is lost, and the client's retry of the same request is refused.
+        real_create(name, *args, **kwargs)
+        raise MlflowException("already exists (replayed request)", RESOURCE_ALREADY_EXISTS)
+
+    monkeypatch.setattr(client, "create_registered_model", lost_response_then_replay)
+    started = time.monotonic()
+    lock = _lock(client, model, ttl_s=600, wait_s=2.0)
+    lock.acquire()  # before the fix: waits 2 s for "another holder", then PromotionError
+    try:
+        assert time.monotonic() - started < 2.0
+        assert lock.read().owner == lock.owner
+        lock.verify()
+    finally:
+        lock.release()
+    assert lock.read() is None
+
+
+def test_a_lock_expired_by_less_than_the_clock_skew_is_not_broken(mlflow_up):
+    """A holder whose clock runs behind writes an expiry already in the waiter's past."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.registry import TAG_LOCK_EXPIRES_AT, PromotionLock, lock_name
+
+    client = MlflowClient(mlflow_up)
+    model = f"rel-lock-{uuid.uuid4().hex[:8]}"
+    holder = _lock(client, model, holder="slow-clock host", ttl_s=600)
+    holder.acquire()
+    try:
+        # Its expiry, by the waiter's clock, passed 20 s ago.
+        client.set_registered_model_tag(
+            lock_name(model), TAG_LOCK_EXPIRES_AT, f"{time.time() - 20:.3f}"
+        )
+        with pytest.raises(PromotionError, match="slow-clock host"):
+            _lock(client, model, wait_s=1.0).acquire()  # default skew: 60 s
+        assert holder.read().owner == holder.owner
+        # Beyond the configured skew the lock counts as expired and is broken.
+        with PromotionLock(client, model, wait_s=5.0, poll_s=0.2, clock_skew_s=10.0) as lock:
+            assert lock.read().owner == lock.owner
+    finally:
+        holder.release()
+
+
+def test_lock_names_fit_the_registry_name_column_for_every_accepted_model_name():
+    from airflow_mlops.core.model_uri import model_uri_for
+    from airflow_mlops.core.registry import LOCK_SUFFIX, lock_name
+
+    short = "churn"
+    assert lock_name(short) == f"churn{LOCK_SUFFIX}"  # unchanged for ordinary names
+    longest = "m" * 256
+    model_uri_for(longest, version=1)  # accepted as a model name
+    for name in (longest, "a" * 246, "a" * 245 + "b", "x" * 250 + " y.z-"):
+        assert len(lock_name(name)) <= 256, name
+        assert lock_name(name) == lock_name(name)  # deterministic
+        assert lock_name(name).endswith(LOCK_SUFFIX)
+    assert lock_name("a" * 246) != lock_name("a" * 245 + "b")  # same prefix, other lock
+
+
+def _local_stack():
+    """deploy/local_stack.py, which installs and starts PostgreSQL for ``local-stack prod``."""
+    path = Path(__file__).resolve().parents[2] / "deploy" / "local_stack.py"
+    if "local_stack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("local_stack", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["local_stack"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["local_stack"]
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_256_character_model_name_works_on_postgresql(tmp_path):
+    """SQLite ignores ``VARCHAR(256)``; PostgreSQL refuses a longer registered-model name.
+
+    MLflow's SQL store is used in-process on a real PostgreSQL (no tracking server: the
+    store is what enforces the column; a server adds 30 s and nothing to this check).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.registry import PromotionLock, lock_name
+
+    stack = _local_stack()
+    state = stack.new_state("prod", tmp_path / "stack", tmp_path / "dags", auto_ports=True)
+    stack.start_postgres(state)
+    try:
+        uri = (
+            f"postgresql+psycopg2://mlflow:{state.db_passwords['mlflow']}"
+            f"@127.0.0.1:{state.ports['postgres']}/mlflow"
+        )
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        model = "m" * 250 + f"-{uuid.uuid4().hex[:5]}"  # 256 characters: the longest allowed
+        client.create_registered_model(model)
+        with pytest.raises(Exception, match=r"256|too long"):  # the lock's name before the fix
+            client.create_registered_model(f"{model}.mlops-lock")
+        with PromotionLock(client, model, wait_s=5.0) as lock:
+            assert lock.read().owner == lock.owner
+            assert client.get_registered_model(lock_name(model)).name == lock.name
+        assert lock.read() is None
+    finally:
+        stack.stop_group("postgres", state.pids["postgres"], state.started.get("postgres"))

@@ -1,0 +1,176 @@
+"""The answer to a manual promotion approval, kept where an Airflow user cannot rewrite it.
+
+An XCom is not a trustworthy record of a human decision: Airflow's ``USER`` role may create
+and patch XCom entries through the REST API. Airflow's own human-in-the-loop record
+(``hitl_detail``: the chosen option and the *authenticated* responder, written by the API
+server) is, but a task process cannot read another task's record: the Execution API's
+``/hitlDetails/{ti_id}`` route only answers a task about itself.
+
+So the approval task copies its own answer, as Airflow hands it back (the resume event the
+API server builds from the authenticated response), to a tag on the model version being
+approved. Only MLflow writers can change that tag, and they are trusted anyway: they can move
+``@champion`` directly. The promote task reads the tag, checks it names the same DAG run,
+approval task, model and version, and refuses an approval XCom that disagrees with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from airflow_mlops.core.errors import PromotionError
+
+TAG_APPROVAL_PREFIX = "mlops.approval."
+APPROVE = "Approve"
+
+
+class ApprovalError(PromotionError):
+    """An approval is unreadable, names another run or model, or its XCom was forged."""
+
+
+@dataclass(frozen=True)
+class ApprovalTask:
+    """The approval task instance whose answer a promotion needs."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+
+    @property
+    def tag_key(self) -> str:
+        """Model-version tag holding this task instance's answer (fixed length, any ids)."""
+        identity = json.dumps([self.dag_id, self.run_id, self.task_id, self.map_index])
+        return TAG_APPROVAL_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return (
+            record.get("dag_id") == self.dag_id
+            and record.get("run_id") == self.run_id
+            and record.get("task_id") == self.task_id
+            and record.get("map_index", -1) == self.map_index
+        )
+
+
+def approval_record(
+    task: ApprovalTask,
+    *,
+    model_name: str,
+    version: str,
+    chosen_options: list[str],
+    responded_by: Mapping[str, Any] | None,
+    responded_at: str | None,
+    try_number: int | None = None,
+) -> dict[str, Any]:
+    """The answer as stored on the version (JSON-safe)."""
+    user = dict(responded_by) if responded_by else None
+    return {
+        "dag_id": task.dag_id,
+        "run_id": task.run_id,
+        "task_id": task.task_id,
+        "map_index": task.map_index,
+        "try_number": try_number,
+        "model_name": model_name,
+        "version": str(version),
+        "chosen_options": list(chosen_options),
+        "responded_by_user": (
+            None if user is None else {"id": str(user.get("id")), "name": user.get("name")}
+        ),
+        "responded_at": responded_at,
+    }
+
+
+def store_approval(client: MlflowClient, record: Mapping[str, Any]) -> str:
+    """Write ``record`` on its model version; returns the tag key."""
+    task = ApprovalTask(record["dag_id"], record["run_id"], record["task_id"], record["map_index"])
+    key = task.tag_key
+    client.set_model_version_tag(
+        record["model_name"], record["version"], key, json.dumps(record, separators=(",", ":"))
+    )
+    return key
+
+
+def forget_approval(
+    client: MlflowClient, model_name: str, version: str, task: ApprovalTask
+) -> None:
+    """Delete the answer ``task`` recorded on the version, if any."""
+    try:
+        client.delete_model_version_tag(model_name, str(version), task.tag_key)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def read_approval(
+    client: MlflowClient, model_name: str, version: str, task: ApprovalTask
+) -> dict[str, Any] | None:
+    """The answer ``task`` recorded on the version, or None when it recorded none."""
+    try:
+        mv = client.get_model_version(model_name, str(version))
+    except MlflowException as err:
+        raise ApprovalError(
+            f"cannot read the approval of version {version} of {model_name}: {err}"
+        ) from err
+    raw = (mv.tags or {}).get(task.tag_key)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("chosen_options"), list):
+        raise ApprovalError(
+            f"approval tag {task.tag_key} on version {version} of {model_name} is not an "
+            "approval record"
+        )
+    if not task.matches(record) or (record.get("model_name"), record.get("version")) != (
+        model_name,
+        str(version),
+    ):
+        raise ApprovalError(
+            f"approval tag {task.tag_key} on version {version} of {model_name} belongs to "
+            f"{record.get('dag_id')}/{record.get('run_id')}/{record.get('task_id')} for "
+            f"{record.get('model_name')} v{record.get('version')}, not to this promotion"
+        )
+    return record
+
+
+def responder_name(record: Mapping[str, Any]) -> str | None:
+    user = record.get("responded_by_user") or {}
+    return user.get("name") or user.get("id") or None
+
+
+def check_xcom_agrees(record: Mapping[str, Any] | None, xcom: Any, task: ApprovalTask) -> None:
+    """Refuse an approval XCom that claims an answer the registry record does not hold.
+
+    The XCom is never used to decide; a disagreement means someone wrote it by hand.
+    """
+    if not isinstance(xcom, Mapping) or not xcom.get("chosen_options"):
+        return
+    where = f"XCom of approval task {task.task_id!r} (run {task.run_id})"
+    if record is None:
+        raise ApprovalError(
+            f"the {where} claims the answer {list(xcom['chosen_options'])!r} but the task "
+            "recorded no human-in-the-loop answer in the registry: the XCom was written by "
+            "hand (forged). @champion was not moved."
+        )
+    claimed = (list(xcom["chosen_options"]), _user_id(xcom.get("responded_by_user")))
+    recorded = (list(record["chosen_options"]), _user_id(record.get("responded_by_user")))
+    if claimed != recorded:
+        raise ApprovalError(
+            f"the {where} says {claimed[0]!r} by {claimed[1]!r} but Airflow's "
+            f"human-in-the-loop answer was {recorded[0]!r} by {recorded[1]!r}: the XCom was "
+            "changed after the fact. @champion was not moved."
+        )
+
+
+def _user_id(user: Any) -> str | None:
+    if not isinstance(user, Mapping) or user.get("id") is None:
+        return None
+    return str(user["id"])
