@@ -28,26 +28,40 @@ from airflow_mlops.core.storage import Storage
 def register_linear_model(
     tracking_uri: str, name: str, coef_a: float, coef_b: float
 ) -> tuple[Any, str]:
-    """Log y = coef_a*a + coef_b*b as an sklearn model, register it: (version, logged model id)."""
+    """Log y = coef_a*a + coef_b*b as an sklearn model, register it: (version, logged model id).
+
+    The run carries the tags the provider's training writes and the version is registered by
+    ``register_version``, so it passes the provenance check every load makes (no signing key
+    is configured here; ``tests/test_provenance.py`` covers signatures and foreign models).
+    """
     import mlflow
     from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
     from sklearn.linear_model import LinearRegression
 
+    from airflow_mlops.core.lineage import TAG_MODEL_URI, TAG_STAGE, RunContext
     from airflow_mlops.core.mlflow_settings import MlflowSettings, mlflow_environment
+    from airflow_mlops.core.registry import register_version
 
     x = pd.DataFrame({"a": np.arange(10.0), "b": np.arange(10.0) ** 2})
     y = coef_a * x["a"] + coef_b * x["b"]
     model = LinearRegression().fit(x, y)
+    ctx = RunContext(dag_id="prediction-tests", run_id=uuid.uuid4().hex, task_id="train")
     with mlflow_environment(MlflowSettings(tracking_uri=tracking_uri)):
         mlflow.set_experiment("airflow-mlops-prediction-tests")
-        with mlflow.start_run():
+        with mlflow.start_run(tags={**ctx.as_tags(), TAG_STAGE: "training"}) as run:
             info = mlflow.sklearn.log_model(
                 model,
                 name="model",
                 pip_requirements=["scikit-learn", "skops"],  # no 15 s inference subprocess
                 signature=infer_signature(x, model.predict(x)),
             )
-        return mlflow.register_model(info.model_uri, name), info.model_id
+            mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        registration = register_version(
+            client, name, info.model_uri, context=ctx, run_id=run.info.run_id
+        )
+        return registration, info.model_id
 
 
 def xcom_value(dag_run: Any, task_id: str, key: str = "return_value") -> Any:

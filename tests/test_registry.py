@@ -16,6 +16,7 @@ from test_evaluation import BEST, STUMP, TREE, WORST, make_dataset, train, uniqu
 
 from airflow_mlops.core.errors import PromotionError
 from airflow_mlops.core.lineage import RunContext
+from airflow_mlops.core.registry import RollbackRefused
 
 POLICY = {"change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.0}}}
 
@@ -300,7 +301,7 @@ def test_expired_lock_is_broken_and_a_live_one_times_out(client, tracking):
     with pytest.raises(PromotionError, match="held by dead worker until"):
         PromotionLock(client, name, ttl_s=60, wait_s=0.0).acquire()
     time.sleep(1.2)
-    with PromotionLock(client, name, holder="next", wait_s=10) as lock:
+    with PromotionLock(client, name, holder="next", wait_s=10, clock_skew_s=0.0) as lock:
         assert lock.read().holder == "next"
         with pytest.raises(PromotionError, match="lost the promotion lock"):
             dead.verify()  # the dead holder may not write any more
@@ -454,8 +455,120 @@ def test_rollback_refusals_name_the_problem(client, tracking, tmp_path):
         rollback_champion(client, name, actor("rb2"))
     explicit = rollback_champion(client, name, actor("rb3"), to_version=v1)
     assert explicit.outcome == "rolled_back" and explicit.previous_version == v2
-    with pytest.raises(PromotionError, match=r"cannot roll back @champion of .* to version 99"):
+    with pytest.raises(RollbackRefused, match=r"version 99 of .* never held @champion"):
         rollback_champion(client, name, actor("rb4"), to_version="99")
+
+
+def test_rollback_only_returns_to_a_former_champion_that_passes_the_serving_check(
+    client, tracking, tmp_path
+):
+    from airflow_mlops.core.registry import (
+        RollbackRefused,
+        promote_to_champion,
+        rollback_champion,
+        set_challenger,
+    )
+
+    name = unique_name()
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    v1 = register_as(client, name, result["model_uri"], "a")
+    v2 = register_as(client, name, result["model_uri"], "b")
+    rejected = register_as(client, name, result["model_uri"], "c")
+    promote_to_champion(client, name, v1, evaluated_champion=None, actor=actor("p1"))
+    promote_to_champion(client, name, v2, evaluated_champion=v1, actor=actor("p2"))
+    set_challenger(client, name, rejected, actor("c"))  # a challenger the policy rejected
+    with pytest.raises(RollbackRefused, match=rf"version {rejected} of .* never held @champion"):
+        rollback_champion(client, name, actor("rb"), to_version=rejected)
+    assert str(client.get_registered_model(name).aliases["champion"]) == v2
+
+    checked: list[str] = []
+
+    def failing_check(version: str) -> None:
+        checked.append(version)
+        raise PromotionError(f"serving check of version {version} failed")
+
+    with pytest.raises(PromotionError, match=f"serving check of version {v1} failed"):
+        rollback_champion(client, name, actor("rb2"), serving_check=failing_check)
+    assert checked == [v1]
+    assert str(client.get_registered_model(name).aliases["champion"]) == v2  # not moved
+    moved = rollback_champion(client, name, actor("rb3"), serving_check=checked.append)
+    assert moved.outcome == "rolled_back" and checked == [v1, v1]
+    assert str(client.get_registered_model(name).aliases["champion"]) == v1
+
+
+# -- retries after a crash between two registry writes -------------------------------------
+
+
+class Crash(BaseException):
+    """The task process dies here (BaseException: no handler of the code under test runs)."""
+
+
+def crash_on_summary_write(monkeypatch, client) -> None:
+    """Kill the next ``record_alias_event`` after its per-version event, before its summary:
+    a fault injected in the client because a process cannot be killed between two calls."""
+    from airflow_mlops.core.registry import TAG_ALIAS_HISTORY
+
+    real = client.set_registered_model_tag
+
+    def set_tag(name, key, value):
+        if key == TAG_ALIAS_HISTORY:
+            monkeypatch.setattr(client, "set_registered_model_tag", real)  # only once
+            raise Crash
+        return real(name, key, value)
+
+    monkeypatch.setattr(client, "set_registered_model_tag", set_tag)
+
+
+def test_retries_complete_the_history_a_crashed_try_left_half_written(
+    client, tracking, tmp_path, monkeypatch
+):
+    from airflow_mlops.core.registry import (
+        alias_history,
+        promote_to_champion,
+        recent_alias_history,
+        rollback_champion,
+        set_challenger,
+    )
+
+    name = unique_name()
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    v1 = register_as(client, name, result["model_uri"], "a")
+    v2 = register_as(client, name, result["model_uri"], "b")
+
+    def retried(move, *args, **kwargs):
+        """Run ``move``, crash it between its two history writes, then retry it."""
+        crash_on_summary_write(monkeypatch, client)
+        with pytest.raises(Crash):
+            move(client, name, *args, **kwargs)
+        return move(client, name, *args, **kwargs)
+
+    def summary_ids() -> list[str]:
+        return [e["id"] for e in recent_alias_history(client, name)]
+
+    # @champion: the alias and the per-version event were written, the summary was not.
+    first = retried(promote_to_champion, v1, evaluated_champion=None, actor=actor("p", run_id="r1"))
+    assert first.outcome == "already_champion"
+    assert first.event["id"] in summary_ids()
+    assert [e["id"] for e in alias_history(client, name)] == summary_ids()  # nothing twice
+
+    # @challenger ("already set"), same crash.
+    challenger = retried(set_challenger, v2, actor("reg", run_id="r2"))
+    assert challenger.outcome == "already_set" and challenger.event["id"] in summary_ids()
+
+    # @challenger moved and the try died before any history write: the retry records it.
+    client.set_registered_model_alias(name, "challenger", v1)
+    healed = set_challenger(client, name, v1, actor("reg", run_id="r3"))
+    assert healed.outcome == "already_set" and healed.event is not None
+    assert healed.event["version"] == v1 and healed.event["previous_version"] == v2
+    assert healed.event["id"] in summary_ids()
+
+    # Rollback, same crash: one rollback event, in the summary too.
+    promote_to_champion(client, name, v2, evaluated_champion=v1, actor=actor("p", run_id="r4"))
+    rolled = retried(rollback_champion, actor("rb", run_id="r5"))
+    assert rolled.outcome == "already_rolled_back" and rolled.version == v1
+    rollbacks = [e for e in alias_history(client, name) if e["action"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["id"] in summary_ids()
+    assert [e["id"] for e in alias_history(client, name)] == summary_ids()
 
 
 # -- serving check --------------------------------------------------------------------------
@@ -487,6 +600,7 @@ def test_serving_check_loads_in_a_fresh_process(client, tracking, tmp_path):
 def test_serving_check_reports_a_model_consumers_cannot_load(client, tracking):
     import mlflow
 
+    from airflow_mlops.core.provenance import ModelTrust
     from airflow_mlops.core.registry import register_version
     from airflow_mlops.core.serving import serving_check
 
@@ -498,7 +612,26 @@ def test_serving_check_reports_a_model_consumers_cannot_load(client, tracking):
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # fine in this process...
     assert len(loaded.predict(pd.DataFrame({"a": [1.0, 2.0]}))) == 2
     version = register_version(client, name, info.model_uri, context=RunContext()).version
-    check = serving_check(f"models:/{name}/{version}", pd.DataFrame({"a": [1.0, 2.0]}))
+    # Logged by hand, not trained by the provider: the check of the checker opts in to it.
+    check = serving_check(
+        f"models:/{name}/{version}",
+        pd.DataFrame({"a": [1.0, 2.0]}),
+        trust=ModelTrust(trust_unsigned=True),
+    )
     assert check["ok"] is False  # ...but not where the consumer runs
     assert "test_registry" in check["error"], check
     json.dumps(check)
+
+
+def test_the_lock_clock_skew_comes_from_the_mlops_settings(monkeypatch):
+    from airflow_mlops.core.errors import ConfigError
+    from airflow_mlops.core.registry import DEFAULT_LOCK_CLOCK_SKEW_S
+    from airflow_mlops.operators.registry import _lock_options
+
+    monkeypatch.delenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", raising=False)
+    assert _lock_options(900, 60)["clock_skew_s"] == DEFAULT_LOCK_CLOCK_SKEW_S
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", "5")
+    assert _lock_options(900, 60) == {"ttl_s": 900.0, "wait_s": 60.0, "clock_skew_s": 5.0}
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", "-1")
+    with pytest.raises(ConfigError, match=r"\[mlops\] lock_clock_skew must be seconds >= 0"):
+        _lock_options(900, 60)

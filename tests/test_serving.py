@@ -16,7 +16,17 @@ import pandas as pd
 import pytest
 
 from airflow_mlops.core import serving
-from airflow_mlops.core.serving import checker_starts, serving_check, stop_serving_checker
+from airflow_mlops.core.provenance import ModelTrust
+from airflow_mlops.core.serving import checker_starts, stop_serving_checker
+
+# These tests are about the checker process, with models logged by hand: they opt in to
+# loading unsigned models. tests/test_provenance.py shows a check refusing a foreign model.
+TRUST_ANY = ModelTrust(trust_unsigned=True)
+
+
+def check(uri: str, sample: pd.DataFrame, **kwargs) -> dict:
+    return serving.serving_check(uri, sample, trust=TRUST_ANY, **kwargs)
+
 
 SAMPLE = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
 
@@ -62,8 +72,8 @@ def test_checks_share_one_checker_and_each_starts_clean(tracking):
             return model_input.iloc[:, 0]
 
     before = checker_starts()
-    first = serving_check(log(Polluter()), SAMPLE)
-    second = serving_check(log(RefusesPollution()), SAMPLE)
+    first = check(log(Polluter()), SAMPLE)
+    second = check(log(RefusesPollution()), SAMPLE)
     assert first["ok"] is True, first
     assert second["ok"] is True, second  # forked from the clean checker, not from check 1
     assert second["predictions"] == 3
@@ -77,11 +87,11 @@ def test_a_crashing_model_fails_only_its_own_check(tracking):
 
             os._exit(3)
 
-    crashed = serving_check(log(Crashes()), SAMPLE)
+    crashed = check(log(Crashes()), SAMPLE)
     assert crashed["ok"] is False
     assert "exited with 3 and no result" in crashed["error"], crashed
     starts = checker_starts()
-    after = serving_check(log(good_model()), SAMPLE)
+    after = check(log(good_model()), SAMPLE)
     assert after["ok"] is True, after
     assert checker_starts() == starts  # the child died, the checker did not
 
@@ -94,23 +104,23 @@ def test_a_model_that_hangs_times_out_and_the_checker_survives(tracking):
             time.sleep(120)
 
     hung_uri, good_uri = log(Hangs()), log(good_model())
-    serving_check(good_uri, SAMPLE)  # start the checker outside the timed check
+    check(good_uri, SAMPLE)  # start the checker outside the timed check
     starts = checker_starts()
-    hung = serving_check(hung_uri, SAMPLE, timeout_s=3)
+    hung = check(hung_uri, SAMPLE, timeout_s=3)
     assert hung["ok"] is False
     assert hung["error"] == "the serving check timed out after 3s"
-    assert serving_check(good_uri, SAMPLE)["ok"] is True
+    assert check(good_uri, SAMPLE)["ok"] is True
     assert checker_starts() == starts  # the child was killed, not the checker
 
 
 def test_a_killed_checker_is_restarted(tracking):
     uri = log(good_model())
-    assert serving_check(uri, SAMPLE)["ok"] is True
+    assert check(uri, SAMPLE)["ok"] is True
     starts = checker_starts()
     pid = serving._CHECKER._proc.pid
     os.kill(pid, signal.SIGKILL)
     serving._CHECKER._proc.wait()
-    again = serving_check(uri, SAMPLE)
+    again = check(uri, SAMPLE)
     assert again["ok"] is True, again
     assert checker_starts() == starts + 1
     assert serving._CHECKER._proc.pid != pid
@@ -127,10 +137,10 @@ def test_each_check_sees_the_callers_current_environment(tracking, monkeypatch):
 
     uri = log(NeedsProbe())
     monkeypatch.setenv("MLOPS_TEST_PROBE", "first")
-    first = serving_check(uri, SAMPLE)  # the checker starts with "first"
+    first = check(uri, SAMPLE)  # the checker starts with "first"
     assert first["ok"] is False and "probe is first" in first["error"], first
     monkeypatch.setenv("MLOPS_TEST_PROBE", "second")  # as MlflowHook.session() changes env
-    second = serving_check(uri, SAMPLE)
+    second = check(uri, SAMPLE)
     assert second["ok"] is True, second
 
 
@@ -149,8 +159,8 @@ def test_the_sample_follows_the_signature_that_training_writes_for_integer_colum
             signature=signature,
             pip_requirements=["mlflow"],
         ).model_uri
-    refused = serving_check(uri, raw[["count", "x"]])  # int64 as read from the holdout
+    refused = check(uri, raw[["count", "x"]])  # int64 as read from the holdout
     assert refused["ok"] is False and "int64 to float64" in refused["error"], refused
     sample = serving_sample(raw, uri, "label")
     assert list(sample.columns) == ["count", "x"] and str(sample["count"].dtype) == "float64"
-    assert serving_check(uri, sample)["ok"] is True
+    assert check(uri, sample)["ok"] is True

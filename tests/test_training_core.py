@@ -20,6 +20,7 @@ from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
 from airflow_mlops.core.mlflow_settings import MlflowSettings, mlflow_environment
 from airflow_mlops.core.storage import Storage, sha256_bytes
 from airflow_mlops.core.training import (
+    ARTIFACTS_URI_ENV,
     MLFLOW_PARENT_RUN_ID,
     STAGE_TRAINING,
     TAG_DATA_ROWS,
@@ -350,6 +351,41 @@ def test_retry_returns_the_finished_run_instead_of_training_again(client, experi
     assert other.run_id != first.run_id and not other.reused
 
 
+def test_a_finished_run_is_reused_only_for_the_same_data_and_configuration(
+    client, experiment, tmp_path
+):
+    """Issue #14 item 7: the key alone (dag/run/task) must not bring back the wrong model."""
+    data = tmp_path / "train.parquet"
+    make_frame(seed=1).to_parquet(data, index=False)
+    config = config_for(str(data), experiment, "label", params={"max_iter": 20})
+    first = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
+
+    make_frame(seed=2).to_parquet(data, index=False)  # the data file was fixed
+    refit = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
+    assert not refit.reused and refit.run_id != first.run_id
+    tags = client.get_run(refit.run_id).data.tags
+    assert tags[TAG_DATA_SHA256] == sha256_bytes(data.read_bytes())
+    assert tags[TAG_DATA_SHA256] != client.get_run(first.run_id).data.tags[TAG_DATA_SHA256]
+
+    other_params = config_for(str(data), experiment, "label", params={"max_iter": 30})
+    retuned = train_model(other_params, context(), Storage(), client, experiment_id=experiment[1])
+    assert not retuned.reused and retuned.run_id not in {first.run_id, refit.run_id}
+    # Same data and configuration again: each matching run is found, not retrained.
+    again = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
+    assert again.reused and again.run_id == refit.run_id
+
+
+def test_deployments_sharing_one_mlflow_never_reuse_each_others_runs(client, experiment, train_uri):
+    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    staging = RunContext(dag_id="ct", run_id="run-1", task_id="train", deployment="staging")
+    production = RunContext(dag_id="ct", run_id="run-1", task_id="train", deployment="prod")
+    assert staging.idempotency_key != production.idempotency_key
+    first = train_model(config, staging, Storage(), client, experiment_id=experiment[1])
+    second = train_model(config, production, Storage(), client, experiment_id=experiment[1])
+    assert not second.reused and second.run_id != first.run_id
+    assert client.get_run(second.run_id).data.tags["mlops.deployment"] == "prod"
+
+
 def test_a_run_left_running_by_a_killed_try_is_failed_then_replaced(client, experiment, train_uri):
     ctx = context()
     leftover = client.create_run(
@@ -438,8 +474,9 @@ def test_metrics_are_logged_in_batches_never_one_request_per_metric(
     [
         ({"target": "missing"}, DataError, "target column 'missing' is not in"),
         ({"estimator": "sklearn.ensemble.NoSuchForest"}, ConfigError, "has no 'NoSuchForest'"),
-        ({"estimator": "not_a_module.Model"}, ConfigError, "cannot be imported"),
-        ({"estimator": "collections.OrderedDict"}, ConfigError, "not a scikit-learn compatible"),
+        ({"estimator": "not_a_module.Model"}, ConfigError, "not in an allowed module"),
+        ({"estimator": "collections.OrderedDict"}, ConfigError, "not in an allowed module"),
+        ({"estimator": "sklearn.base.BaseEstimator"}, ConfigError, "no attribute|not a scikit|fit"),
         ({"params": {"n_trees": 5}}, ConfigError, r"params \['n_trees'\] are not parameters"),
         (
             {
@@ -510,7 +547,7 @@ def test_bad_data_fails_before_any_run(client, experiment, tmp_path, frame, targ
 
 
 def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
-    client, experiment, s3_server, s3_bucket
+    client, experiment, s3_server, s3_bucket, monkeypatch
 ):
     import boto3
 
@@ -524,9 +561,14 @@ def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
         experiment_name=experiment[0],
         params={"max_iter": 20},
     )
+    # Remote data needs a configured artifacts root: never "next to the data" (issue #14).
+    monkeypatch.delenv(ARTIFACTS_URI_ENV, raising=False)
+    with pytest.raises(ConfigError, match=r"remote but no artifacts location"):
+        train_model(config, context(), storage, client, experiment_id=experiment[1])
+    monkeypatch.setenv(ARTIFACTS_URI_ENV, f"s3://{s3_bucket}/mlops")
     result = train_model(config, context(), storage, client, experiment_id=experiment[1])
 
-    prefix = f"s3://{s3_bucket}/data/_mlops/{context().idempotency_key}/"
+    prefix = f"s3://{s3_bucket}/mlops/training/{context().idempotency_key}/"
     assert result.holdout_uri == prefix + "holdout.parquet"
     assert result.reference_uri == prefix + "reference.parquet"
     stored = storage.read_table(result.holdout_uri)
@@ -587,9 +629,16 @@ def test_pinned_requirements_cover_the_estimator_library():
     assert all("==" in p for p in pins)
 
 
-def test_default_artifacts_uri_is_beside_the_data():
-    assert default_artifacts_uri("s3://b/d/train.csv", "k") == "s3://b/d/_mlops/k"
-    assert default_artifacts_uri("/data/in/train.csv", "k") == "/data/in/_mlops/k"
+def test_default_artifacts_uri_is_never_beside_the_data(monkeypatch):
+    monkeypatch.delenv(ARTIFACTS_URI_ENV, raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", "/home/af")
+    assert default_artifacts_uri("/data/in/train.csv", "k") == "/home/af/mlops_artifacts/training/k"
+    with pytest.raises(ConfigError, match="set \\[mlops\\] artifacts_uri"):
+        default_artifacts_uri("s3://someone-else/d/train.csv", "k")
+    monkeypatch.setenv(ARTIFACTS_URI_ENV, "s3://ours/mlops")
+    assert (
+        default_artifacts_uri("s3://someone-else/d/train.csv", "k") == "s3://ours/mlops/training/k"
+    )
 
 
 def test_git_commit_read_from_env_or_git_folder(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import serialize_dag
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -116,11 +117,12 @@ class CrashAfterTraining(TrainModelOperator):
 
 
 @pytest.mark.parametrize("configured", [True, False])
-def test_holdout_goes_under_the_configured_artifacts_root_else_next_to_the_data(
+def test_holdout_goes_under_the_configured_artifacts_root_never_next_to_the_data(
     configured, mlflow_conn, run_dag, train_uri, experiment_name, tmp_path, monkeypatch
 ):
-    """A configured ``[mlops] artifacts_uri`` (often shared S3) wins over the data's folder,
-    which may be read-only or not visible to the worker that evaluates."""
+    """A configured ``[mlops] artifacts_uri`` (often shared S3), else the Airflow home: never
+    the data's folder, which may be someone else's bucket, read-only or not visible to the
+    worker that evaluates (issue #14, item 5)."""
     root = tmp_path / "artifacts-root"
     if configured:
         monkeypatch.setenv("AIRFLOW__MLOPS__ARTIFACTS_URI", str(root))
@@ -141,7 +143,9 @@ def test_holdout_goes_under_the_configured_artifacts_root_else_next_to_the_data(
         assert holdout.is_relative_to(root / dag_id), holdout
         assert holdout.parent.name == "training"
     else:
-        assert holdout.is_relative_to(Path(train_uri).parent / "_mlops"), holdout
+        home = Path(os.environ["AIRFLOW_HOME"]) / "mlops_artifacts" / "training"
+        assert holdout.is_relative_to(home), holdout
+    assert not holdout.is_relative_to(Path(train_uri).parent), holdout
     assert len(pd.read_parquet(holdout)) == 80  # default holdout_fraction 0.2 of 400 rows
 
 
@@ -280,3 +284,55 @@ def test_docs_page_exists():
     page = Path(__file__).parents[1] / "docs" / "operators" / "training.md"
     text = page.read_text()
     assert "xgboost.XGBClassifier" in text and "mlops.holdout.sha256" in text
+
+
+def test_clear_and_rerun_after_the_data_file_is_fixed_retrains(
+    mlflow_conn, mlflow_server, tmp_path, experiment_name, monkeypatch
+):
+    """Issue #14 item 7, through Airflow: the same DAG run (same logical date, so the same
+    dag/run/task key) run again after its data file was fixed trains a new model instead of
+    returning the model of the bad data; run again unchanged, it reuses that new run."""
+    from datetime import datetime, timezone
+
+    from airflow_mlops.core.lineage import TAG_DATA_SHA256
+
+    data = tmp_path / "customers.csv"
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"age": rng.integers(18, 80, 200), "income": rng.normal(50, 10, 200)})
+    frame["churned"] = (frame["age"] < 40).astype(int)
+    broken = frame.assign(churned=1 - frame["churned"])  # labels flipped by a bad export
+    broken.to_csv(data, index=False)
+    dag = build_dag(
+        "train_rerun",
+        train_uri=str(data),
+        target="churned",
+        experiment_name=experiment_name,
+        estimator="sklearn.linear_model.LogisticRegression",
+    )
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    # With a signing connection, the operator signs what it logs (issue #14 item 6).
+    signing = {"conn_type": "generic", "password": "operator-signing-key-0123"}
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_SIGNING", json.dumps(signing))
+
+    def run_once() -> dict:
+        serialize_dag(dag)
+        assert dag.test(logical_date=when, run_after=when).state == "success"
+        (result,) = COLLECTED[-1:]
+        return result
+
+    first = run_once()
+    frame.to_csv(data, index=False)  # the data file is fixed; the run is cleared and re-run
+    fixed = run_once()
+    unchanged = run_once()
+
+    assert fixed["idempotency_key"] == first["idempotency_key"]  # same task instance
+    assert not fixed["reused"] and fixed["run_id"] != first["run_id"]
+    assert fixed["model_uri"] != first["model_uri"]
+    assert unchanged["reused"] and unchanged["run_id"] == fixed["run_id"]
+    client = MlflowClient(mlflow_server)
+    old_sha, new_sha = (
+        client.get_run(r["run_id"]).data.tags[TAG_DATA_SHA256] for r in (first, fixed)
+    )
+    assert old_sha != new_sha
+    logged = client.get_logged_model(fixed["model_uri"].removeprefix("models:/"))
+    assert logged.tags["mlops.signature"].startswith("hmac-sha256:v1:")

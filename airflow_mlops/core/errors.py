@@ -39,8 +39,16 @@ class MlflowConnectionError(MlopsError, ConnectionError):
     """The MLflow tracking server cannot be reached or refused our credentials."""
 
 
+class MlflowCallError(MlopsError):
+    """An MLflow call failed and its message held a credential: this is the scrubbed copy."""
+
+
 class ModelUriError(MlopsError, ValueError):
     """A model URI was refused: only ``models:/`` URIs of the configured registry load."""
+
+
+class UntrustedModelError(MlopsError):
+    """A model version was refused before loading: this provider cannot show it created it."""
 
 
 class PromotionError(MlopsError):
@@ -53,3 +61,19 @@ class SchemaDriftError(DataError):
 
 class EmptyBatchError(DataError):
     """The current batch has no rows: there is nothing to compare."""
+
+
+class PipelineFileNameError(ConfigError):
+    """A pipeline YAML file name cannot be turned into a generated DAG file safely."""
+
+
+class TemplateNotAllowedError(ConfigError):
+    """A pipeline config value carries Jinja where templating is not allowed (or too much)."""
+
+
+class EstimatorNotAllowedError(ConfigError):
+    """An estimator or preprocessing path is outside the allowed modules, or not an estimator."""
+
+
+class DataUriNotAllowedError(ConfigError):
+    """A data URI (often a trigger parameter) is outside the pipeline's allowed data prefixes."""

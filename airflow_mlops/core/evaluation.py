@@ -40,6 +40,7 @@ from airflow_mlops.core.lineage import (
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
 from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
 from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
+from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
 from airflow_mlops.core.storage import Storage, TableRead
 
 log = logging.getLogger(__name__)
@@ -227,20 +228,41 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
 # -- scoring --------------------------------------------------------------------------------
 
 
-def load_model_for_scoring(model_uri: str) -> tuple[Any, Any]:
+def load_model_for_scoring(
+    model_uri: str, *, client: MlflowClient | None = None, trust: ModelTrust | None = None
+) -> tuple[Any, Any]:
     """Load a model by registry URI; the sklearn flavour when present (for probabilities).
 
     Returns ``(model, model_info)``. Any other flavour loads through ``mlflow.pyfunc`` and
-    yields predictions only (no ``roc_auc``/``log_loss``).
+    yields predictions only (no ``roc_auc``/``log_loss``). The model is downloaded and
+    checked first (``trust``, see :mod:`airflow_mlops.core.provenance`); an untrusted one
+    raises :class:`~airflow_mlops.core.errors.UntrustedModelError` before any unpickling.
+    ``client`` defaults to one on the current MLflow configuration.
     """
+    import shutil
+    import tempfile
+    import weakref
+
     import mlflow
+    from mlflow.models import Model
 
     uri = parse_model_uri(model_uri).uri
+    client = client or MlflowClient()
     try:
-        info = mlflow.models.get_model_info(uri)
+        work_dir = tempfile.mkdtemp(prefix="mlops-model-")
+        local = verified_local_copy(client, uri, work_dir, trust)
+        info = Model.load(local)
         if "sklearn" in (info.flavors or {}):
-            return mlflow.sklearn.load_model(uri), info
-        return mlflow.pyfunc.load_model(uri), info
+            model = mlflow.sklearn.load_model(local)
+        else:
+            model = mlflow.pyfunc.load_model(local)
+        # The files must outlive the load (some flavours read them lazily): they go with
+        # the model object, or now when it cannot be weakly referenced.
+        try:
+            weakref.finalize(model, shutil.rmtree, work_dir, True)
+        except TypeError:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        return model, info
     except MlflowException as err:
         raise DataError(f"model {uri} cannot be loaded from the registry: {err}") from err
 
@@ -346,11 +368,13 @@ def evaluate_challenger(
     slices: Mapping[str, Sequence[Any]] | None = None,
     champion_alias: str = CHAMPION_ALIAS,
     champion: Champion | str | None = "resolve",
+    trust: ModelTrust | None = None,
 ) -> Evaluation:
     """Score the challenger and the champion on the recorded holdout and decide.
 
     ``champion="resolve"`` reads the alias now; pass a :class:`Champion` (or None) to score
     against a specific version, as promotion does when the alias moved since evaluation.
+    Both models are checked under ``trust`` before they load (see ``core.provenance``).
     """
     policy = parse_policy(policy)
     holdout = load_holdout(storage, challenger)
@@ -360,7 +384,7 @@ def evaluate_challenger(
     if champion == "resolve":
         champion = resolve_champion(client, model_name, champion_alias)
 
-    model, info = load_model_for_scoring(challenger.model_uri)
+    model, info = load_model_for_scoring(challenger.model_uri, client=client, trust=trust)
     X = model_input(
         frame,
         input_columns(info, challenger.features),
@@ -371,7 +395,9 @@ def evaluate_challenger(
 
     champion_score = None
     if champion is not None:
-        champion_model, champion_info = load_model_for_scoring(champion.model_uri)
+        champion_model, champion_info = load_model_for_scoring(
+            champion.model_uri, client=client, trust=trust
+        )
         fallback = _champion_features(client, champion)
         X_b = model_input(
             frame,

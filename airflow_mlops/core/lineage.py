@@ -20,6 +20,10 @@ TAG_RUN_ID = f"{TAG_PREFIX}airflow.run_id"
 TAG_TASK_ID = f"{TAG_PREFIX}airflow.task_id"
 TAG_TRY_NUMBER = f"{TAG_PREFIX}airflow.try_number"
 TAG_MAP_INDEX = f"{TAG_PREFIX}airflow.map_index"
+# The deployment (``[mlops] deployment``) whose runs these are: part of the idempotency key, so
+# staging and production sharing one MLflow never reuse each other's runs or versions.
+TAG_DEPLOYMENT = f"{TAG_PREFIX}deployment"
+DEFAULT_DEPLOYMENT = "default"
 TAG_PROVIDER_VERSION = f"{TAG_PREFIX}provider_version"
 TAG_GIT_COMMIT = f"{TAG_PREFIX}git_commit"
 TAG_CONFIG_HASH = f"{TAG_PREFIX}config_hash"
@@ -49,6 +53,9 @@ TAG_SPLIT_TIME_CUTOFF = "mlops.split.time_cutoff"
 TAG_SEARCH_BEST_PARAMS = "mlops.search.best_params"  # JSON object
 TAG_TRIAL_INDEX = "mlops.search.trial_index"
 TAG_ERROR = "mlops.error"
+# Written on model versions by registration (core.registry re-uses these names).
+TAG_SOURCE_MODEL_URI = "mlops.source_model_uri"
+TAG_SOURCE_RUN_ID = "mlops.source_run_id"
 HOLDOUT_METRIC_PREFIX = "holdout_"
 MODEL_ARTIFACT_NAME = "model"
 
@@ -62,11 +69,13 @@ class RunContext:
     task_id: str = "manual"
     try_number: int = 1
     map_index: int = -1
+    deployment: str = DEFAULT_DEPLOYMENT
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across retries of the same task instance; differs between runs."""
-        raw = f"{self.dag_id}|{self.run_id}|{self.task_id}|{self.map_index}"
+        """Stable across retries of the same task instance; differs between runs and between
+        deployments (a staging and a production Airflow may share one MLflow)."""
+        raw = f"{self.deployment}|{self.dag_id}|{self.run_id}|{self.task_id}|{self.map_index}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def as_tags(self) -> dict[str, str]:
@@ -79,6 +88,7 @@ class RunContext:
             TAG_TASK_ID: self.task_id,
             TAG_TRY_NUMBER: str(self.try_number),
             TAG_MAP_INDEX: str(self.map_index),
+            TAG_DEPLOYMENT: self.deployment,
             TAG_PROVIDER_VERSION: __version__,
         }
 

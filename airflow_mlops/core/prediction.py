@@ -38,6 +38,7 @@ from airflow_mlops.core.errors import (
     UnreadableDataError,
 )
 from airflow_mlops.core.model_uri import ModelUri, parse_model_uri
+from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
 from airflow_mlops.core.storage import (
     Storage,
     is_s3_uri,
@@ -442,11 +443,15 @@ def _publish(storage: Storage, tmp_path: Path, output_uri: str, local_output: bo
 # -- the whole job ---------------------------------------------------------------------------
 
 
-def load_model(pinned_uri: str, dst_dir: str) -> Any:
-    """Load a pinned registry URI as a pyfunc model, downloading into ``dst_dir``."""
+def load_model(
+    client: MlflowClient, pinned_uri: str, dst_dir: str, trust: ModelTrust | None = None
+) -> Any:
+    """Download a pinned registry URI into ``dst_dir``, check who created it (``trust``,
+    see :mod:`airflow_mlops.core.provenance`) and only then load it as a pyfunc model."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(pinned_uri, dst_path=dst_dir)
+    local = verified_local_copy(client, pinned_uri, dst_dir, trust)
+    return mlflow.pyfunc.load_model(local)
 
 
 def run_batch_prediction(
@@ -460,16 +465,19 @@ def run_batch_prediction(
     feature_columns: Sequence[str] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     allowed_registry_uri: str | None = None,
+    trust: ModelTrust | None = None,
 ) -> PredictionResult:
     """Resolve ``model_uri`` to a version, load it, score ``input_uri``, write ``output_uri``.
 
-    Call with MLflow configured for the right server (inside ``MlflowHook.session()``).
+    Call with MLflow configured for the right server (inside ``MlflowHook.session()``). The
+    version is refused before anything is unpickled unless ``trust`` accepts it
+    (:class:`~airflow_mlops.core.errors.UntrustedModelError`).
     """
     resolved = resolve_model_version(client, model_uri, allowed_registry_uri=allowed_registry_uri)
     # The downloaded artifacts are removed after scoring, so a long-lived worker does not
     # accumulate model copies; they must outlive scoring (some flavours read files lazily).
     with tempfile.TemporaryDirectory(prefix="mlops-model-") as model_dir:
-        model = load_model(resolved.pinned_uri, model_dir)
+        model = load_model(client, resolved.pinned_uri, model_dir, trust)
         return score_dataset(
             model=model,
             resolved=resolved,

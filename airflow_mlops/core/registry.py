@@ -2,7 +2,11 @@
 
 **Registration** is idempotent: every version we create carries the task's idempotency key
 as the tag ``mlops.idempotency_key`` (set atomically with the version), and a retry finds
-that version instead of creating another one.
+that version instead of creating another one, if it was registered from the same logged
+model and run (a task re-run after retraining registers the new model). A create request
+replayed by MLflow's client retry can leave two versions: the lowest is kept and the other
+deleted. The logged model's signature (``mlops.signature``, see ``core.provenance``) is
+copied onto the version.
 
 **Alias moves** (``@challenger``, ``@champion``, rollbacks) happen under a per-model
 *promotion lock* and with compare-and-set:
@@ -13,8 +17,11 @@ that version instead of creating another one.
   named ``<model>.mlops-lock`` carrying tags ``mlops.lock.owner`` (a random id) and
   ``mlops.lock.expires_at``. Acquire = create it; release = delete it (only if we still own
   it). A lock whose holder died expires after ``ttl_s`` and may be broken by the next
-  promoter. Before each alias write the holder re-reads the lock to confirm it still owns
-  it with time to spare.
+  promoter once ``clock_skew_s`` more has passed on its own clock. Before each alias write
+  the holder re-reads the lock to confirm it still owns it with time to spare (measured on
+  its monotonic clock too). A lock carrying this acquisition's own owner id is ours (a
+  replayed create). Names that would exceed ``VARCHAR(256)`` are shortened with a digest
+  (:func:`lock_name`).
 - Inside the lock, the champion is re-read just before the move. If it differs from the
   version the challenger was evaluated against, the challenger is re-scored against the
   new champion (``reevaluate`` callback, bounded) or the move stops with
@@ -36,6 +43,7 @@ moves ``@champion``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +64,7 @@ from airflow_mlops.core.errors import ConfigError, PromotionError
 from airflow_mlops.core.evaluation import current_alias_version
 from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY, RunContext
 from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
+from airflow_mlops.core.provenance import signature_tags
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,12 @@ TAG_LOCK_KEY = "mlops.lock.idempotency_key"
 TAG_LOCK_TRY = "mlops.lock.try_number"
 TAG_SERVING_CHECK = "mlops.serving_check"
 LOCK_SUFFIX = ".mlops-lock"
+# Registered-model names are VARCHAR(256) in MLflow's SQL stores, and a model name may
+# already use all 256: longer lock names are shortened with a digest of the full name.
+LOCK_NAME_MAX_CHARS = 256
+# Waiters on different hosts compare the holder's expiry with their own clock: a lock
+# counts as expired only this long after its recorded expiry (see PromotionLock).
+DEFAULT_LOCK_CLOCK_SKEW_S = 60.0
 
 # Registered-model tag values live in a VARCHAR(5000) column in MLflow's SQL stores.
 HISTORY_SUMMARY_MAX_CHARS = 4800
@@ -168,23 +183,32 @@ def register_version(
     """Register ``model_uri`` (a ``models:/m-<id>`` logged model) as a version, once.
 
     A retry of the same task instance (same idempotency key) finds the version it created
-    instead of creating a second one. The version is returned only once it is READY.
+    instead of creating a second one, but only a version of the same model and run: a task
+    cleared and re-run after retraining registers its new model. A replayed create request
+    (MLflow's client retries POSTs) that left two versions is repaired: the lowest version
+    is kept and the others are deleted. The signature training put on the logged model
+    (``mlops.signature``) is copied onto the version. The version is returned only once
+    it is READY.
     """
     parsed = parse_model_uri(model_uri)
     model_uri_for(model_name, version=1)  # validates the registered model name
     key = context.idempotency_key
+    logged = client.get_logged_model(parsed.model_id) if parsed.model_id else None
+    # The version links to the run that logged the model even when the caller omits it.
+    run_id = run_id or (logged.source_run_id if logged is not None else None) or None
     ensure_registered_model(client, model_name)
-    existing = find_version_by_key(client, model_name, key)
+    existing = find_registered_version(client, model_name, key, parsed.uri, run_id)
     created = existing is None
     if existing is None:
         tags = {
+            **dict(extra_tags or {}),
+            **signature_tags(logged.tags if logged is not None else None),
             **context.as_tags(),
             TAG_SOURCE_MODEL_URI: parsed.uri,
             **({TAG_SOURCE_RUN_ID: run_id} if run_id else {}),
-            **dict(extra_tags or {}),
         }
         # Tags go in the create call itself: a crash right after it still leaves the key.
-        existing = client.create_model_version(
+        client.create_model_version(
             name=model_name,
             source=parsed.uri,
             run_id=run_id,
@@ -193,13 +217,15 @@ def register_version(
             await_creation_for=0,
             model_id=parsed.model_id,
         )
+        existing = keep_first_version(client, model_name, key, parsed.uri, run_id)
         log.info("Registered %s as version %s of %s.", parsed.uri, existing.version, model_name)
     else:
         log.info(
-            "Version %s of %s already carries idempotency key %s: reusing it.",
+            "Version %s of %s already carries idempotency key %s for %s: reusing it.",
             existing.version,
             model_name,
             key,
+            parsed.uri,
         )
     ready = wait_until_ready(client, model_name, str(existing.version), timeout_s=ready_timeout_s)
     return Registration(
@@ -211,6 +237,61 @@ def register_version(
         run_id=ready.run_id or run_id,
         idempotency_key=key,
     )
+
+
+def _versions_of(
+    client: MlflowClient, model_name: str, key: str, source_uri: str, run_id: str | None
+) -> list[ModelVersion]:
+    """Versions with this key registered from ``source_uri`` (and ``run_id``), oldest first."""
+    clause = (
+        f"tags.`{TAG_IDEMPOTENCY_KEY}` = {_quote(key)} "
+        f"AND tags.`{TAG_SOURCE_MODEL_URI}` = {_quote(source_uri)}"
+    )
+    found = [
+        mv
+        for mv in iter_versions(client, model_name, clause)
+        if run_id is None or (mv.run_id or None) in (None, run_id)
+    ]
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def find_registered_version(
+    client: MlflowClient, model_name: str, key: str, source_uri: str, run_id: str | None
+) -> ModelVersion | None:
+    """The version an earlier try of this task registered from the same model, or None."""
+    found = _versions_of(client, model_name, key, source_uri, run_id)
+    return found[0] if found else None
+
+
+def keep_first_version(
+    client: MlflowClient, model_name: str, key: str, source_uri: str, run_id: str | None
+) -> ModelVersion:
+    """After a create: keep the lowest version of this key and source, delete the others.
+
+    Only a replayed create request makes more than one (Airflow runs one try of a task
+    instance at a time), so the others were never returned to anybody.
+    """
+    found = _versions_of(client, model_name, key, source_uri, run_id)
+    if not found:
+        raise PromotionError(
+            f"version of {model_name} just created for key {key} is not found by a search"
+        )
+    first, duplicates = found[0], found[1:]
+    for duplicate in duplicates:
+        try:
+            client.delete_model_version(model_name, str(duplicate.version))
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # another retry deleted it
+                raise
+    if duplicates:
+        log.warning(
+            "A replayed create left versions %s of %s for key %s: kept v%s, deleted the rest.",
+            [mv.version for mv in found],
+            model_name,
+            key,
+            first.version,
+        )
+    return first
 
 
 def wait_until_ready(
@@ -243,6 +324,21 @@ def wait_until_ready(
 # -- the promotion lock ---------------------------------------------------------------------
 
 
+def lock_name(model_name: str) -> str:
+    """The lock's registered-model name: ``<model>.mlops-lock``, at most 256 characters.
+
+    A name that would not fit keeps a prefix of the model name and replaces the rest with a
+    SHA-256 digest of the full name, so the same model always maps to the same lock and two
+    long names sharing a prefix do not share a lock.
+    """
+    name = f"{model_name}{LOCK_SUFFIX}"
+    if len(name) <= LOCK_NAME_MAX_CHARS:
+        return name
+    digest = "~" + hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:32]
+    keep = LOCK_NAME_MAX_CHARS - len(digest) - len(LOCK_SUFFIX)
+    return f"{model_name[:keep]}{digest}{LOCK_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class LockState:
     owner: str
@@ -265,6 +361,14 @@ class PromotionLock:
         for its TTL: Airflow never runs two tries of one task instance together, so that
         holder is dead. A lock of the same try number (two scripts sharing the default
         ``RunContext``) or without a recorded try number is waited for like any other.
+    :param clock_skew_s: how far apart the clocks of two promoters may be. Another holder's
+        lock is broken only ``clock_skew_s`` after its recorded expiry (waiter's clock); the
+        holder itself measures its remaining time on its own monotonic clock. Two writers
+        can overlap only if clocks differ by more than ``clock_skew_s`` + the 30 s margin
+        of :meth:`verify`.
+
+    A lock found already holding *this* acquisition's owner id is ours: the MLflow client
+    retries a create whose response was lost, and the replay finds the lock it made.
     """
 
     def __init__(
@@ -278,20 +382,27 @@ class PromotionLock:
         poll_s: float = 0.5,
         reclaim_key: str | None = None,
         try_number: int | None = None,
+        clock_skew_s: float = DEFAULT_LOCK_CLOCK_SKEW_S,
     ) -> None:
-        if ttl_s <= 0 or wait_s < 0 or poll_s <= 0:
-            raise ConfigError("lock ttl_s and poll_s must be > 0 and wait_s >= 0")
+        if ttl_s <= 0 or wait_s < 0 or poll_s <= 0 or clock_skew_s < 0:
+            raise ConfigError(
+                "lock ttl_s and poll_s must be > 0, wait_s and clock_skew_s >= 0; got "
+                f"ttl_s={ttl_s!r}, wait_s={wait_s!r}, poll_s={poll_s!r}, "
+                f"clock_skew_s={clock_skew_s!r}"
+            )
         self.client = client
         self.model_name = model_name
-        self.name = f"{model_name}{LOCK_SUFFIX}"
+        self.name = lock_name(model_name)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.ttl_s = ttl_s
         self.wait_s = wait_s
         self.poll_s = poll_s
         self.reclaim_key = reclaim_key
         self.try_number = try_number
+        self.clock_skew_s = clock_skew_s
         self.owner: str | None = None
         self.expires_at = 0.0
+        self._deadline = 0.0  # monotonic: the holder's own view of its expiry, skew-free
 
     def __enter__(self) -> PromotionLock:
         self.acquire()
@@ -344,6 +455,8 @@ class PromotionLock:
         deadline = time.monotonic() + self.wait_s
         waited_for: LockState | None = None
         while True:
+            # Measured before the request: the lock cannot have been created earlier.
+            deadline_mono = time.monotonic() + self.ttl_s
             expires_at = time.time() + self.ttl_s
             try:
                 self.client.create_registered_model(
@@ -361,14 +474,17 @@ class PromotionLock:
                         "holder is dead."
                     ),
                 )
-                self.owner, self.expires_at = owner, expires_at
-                log.info("Acquired promotion lock %s (owner %s).", self.name, owner)
+                self._acquired(owner, expires_at, deadline_mono)
                 return
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             state = self.read()
-            if state is not None and state.expires_at < time.time():
+            if state is not None and state.owner == owner:
+                # Our own create, replayed by the client after a lost response.
+                self._acquired(owner, state.expires_at, deadline_mono)
+                return
+            if state is not None and self._expired(state):
                 self._break(state)
                 continue
             if state is not None and self._left_by_an_earlier_try(state):
@@ -396,6 +512,14 @@ class PromotionLock:
                 )
             time.sleep(self.poll_s * (1.0 + random.random()))
 
+    def _acquired(self, owner: str, expires_at: float, deadline_mono: float) -> None:
+        self.owner, self.expires_at, self._deadline = owner, expires_at, deadline_mono
+        log.info("Acquired promotion lock %s (owner %s).", self.name, owner)
+
+    def _expired(self, state: LockState) -> bool:
+        """Expired by the waiter's clock, allowing for ``clock_skew_s`` between the hosts."""
+        return state.expires_at + self.clock_skew_s < time.time()
+
     def _break(self, stale: LockState, why: str = "expired") -> None:
         """Delete a dead holder's lock, but only if it is still that same lock."""
         current = self.read()
@@ -418,7 +542,8 @@ class PromotionLock:
                 f"lost the promotion lock {self.name!r} (it expired and was taken over); the "
                 "alias was not changed. Raise the lock TTL if promotions take this long."
             )
-        if state.expires_at - time.time() < margin_s:
+        remaining = min(state.expires_at - time.time(), self._deadline - time.monotonic())
+        if remaining < margin_s:
             raise PromotionError(
                 f"the promotion lock {self.name!r} expires in less than {margin_s:.0f}s; the "
                 "alias was not changed. Raise the lock TTL."
@@ -560,6 +685,29 @@ def record_alias_event(
     return event
 
 
+def ensure_in_summary(client: MlflowClient, model_name: str, event: Mapping[str, Any]) -> bool:
+    """Add ``event`` to the registered-model summary if a crashed try never wrote it there.
+
+    :func:`record_alias_event` writes the per-version event first and the summary second; a
+    try that died in between leaves an event the summary lacks. Call with the lock held.
+    Returns True when the summary was repaired.
+    """
+    summary = recent_alias_history(client, model_name)
+    if any(e.get("id") == event.get("id") for e in summary):
+        return False
+    repaired = sorted([*summary, _compact(event)], key=lambda e: str(e.get("at")))
+    client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(repaired))
+    log.warning(
+        "The alias history summary of %s lacked event %s (@%s -> v%s) written by an earlier "
+        "try: repaired.",
+        model_name,
+        event.get("id"),
+        event.get("alias"),
+        event.get("version"),
+    )
+    return True
+
+
 def latest_alias_event(client: MlflowClient, model_name: str, alias: str) -> dict[str, Any] | None:
     """The newest move of ``alias``: from the summary, else from the full history."""
     for source in (recent_alias_history, alias_history):
@@ -647,9 +795,8 @@ def set_challenger(
     ) as lock:
         current = current_alias_version(client, model_name, alias)
         if current == str(version):
-            event = _find_event_by_key(
-                client, model_name, str(version), alias, actor.context.idempotency_key
-            )
+            lock.verify()
+            event = _retry_event(client, model_name, alias, str(version), actor, action="set")
             return AliasMove(
                 "already_set", model_name, alias, str(version), current, current, event
             )
@@ -701,11 +848,8 @@ def promote_to_champion(
             current = current_alias_version(client, model_name, alias)
             if current == version:
                 # A retry after a successful move, or someone else promoted it already.
-                event = _find_event_by_key(
-                    client, model_name, version, alias, actor.context.idempotency_key
-                )
-                if event is None:
-                    event = _record_unrecorded_move(client, model_name, alias, version, actor)
+                lock.verify()
+                event = _retry_event(client, model_name, alias, version, actor, action="promote")
                 return AliasMove(
                     "already_champion",
                     model_name,
@@ -757,6 +901,21 @@ def promote_to_champion(
             )
 
 
+def _retry_event(
+    client: MlflowClient, model_name: str, alias: str, version: str, actor: Actor, *, action: str
+) -> dict[str, Any] | None:
+    """The alias already points at ``version``: complete the history an earlier try left.
+
+    The earlier try may have died after the alias write (no event: record it now) or between
+    the per-version event and the summary (event found: put it in the summary).
+    """
+    event = _find_event_by_key(client, model_name, version, alias, actor.context.idempotency_key)
+    if event is None:
+        return _record_unrecorded_move(client, model_name, alias, version, actor, action=action)
+    ensure_in_summary(client, model_name, event)
+    return event
+
+
 def _record_unrecorded_move(
     client: MlflowClient,
     model_name: str,
@@ -786,6 +945,85 @@ def _record_unrecorded_move(
     )
 
 
+class RollbackRefused(PromotionError):
+    """The rollback target never held the alias (per the history), or cannot serve."""
+
+
+def was_champion(
+    client: MlflowClient, model_name: str, version: str, alias: str = CHAMPION
+) -> bool:
+    """Whether the alias history records a move of ``alias`` to ``version``.
+
+    The summary (``mlops.alias_history``) is read first; the per-version events, which are
+    never trimmed, decide when the summary does not mention the version.
+    """
+    for source in (recent_alias_history, alias_history):
+        if any(
+            e.get("alias") == alias and str(e.get("version")) == str(version)
+            for e in source(client, model_name)
+        ):
+            return True
+    return False
+
+
+def _rollback_target(
+    model_name: str,
+    alias: str,
+    current: str | None,
+    last: Mapping[str, Any] | None,
+    to_version: str | None,
+) -> str:
+    """The version to roll back to: ``to_version``, else the previous champion."""
+    if to_version is not None:
+        return str(to_version)
+    if current is None:
+        raise PromotionError(f"{model_name} has no @{alias}: nothing to roll back")
+    if (
+        last is not None
+        and last.get("version") != current
+        and last.get("previous_version") == current
+    ):
+        # An earlier try set @alias back and died before recording it.
+        return current
+    if last is None or last.get("version") != current:
+        raise PromotionError(
+            f"the alias history of {model_name} does not say how @{alias} reached "
+            f"version {current} (moved outside airflow-mlops?); pass to_version "
+            "explicitly to roll back"
+        )
+    target = last.get("previous_version")
+    if target is None:
+        raise PromotionError(
+            f"version {current} was the first @{alias} of {model_name}: there is no "
+            "previous champion to roll back to"
+        )
+    return str(target)
+
+
+def _check_rollback_target(
+    client: MlflowClient, model_name: str, alias: str, target: str
+) -> ModelVersion:
+    """Refuse a target that never held ``alias`` or is not READY."""
+    if not was_champion(client, model_name, target, alias):
+        raise RollbackRefused(
+            f"version {target} of {model_name} never held @{alias} according to its alias "
+            f"history ({TAG_ALIAS_HISTORY} and the {TAG_ALIAS_EVENT_PREFIX}* events): a rollback "
+            "may only return to a former champion. @champion was not moved."
+        )
+    try:
+        mv = client.get_model_version(model_name, target)
+    except MlflowException as err:
+        raise PromotionError(
+            f"cannot roll back @{alias} of {model_name} to version {target}: {err}"
+        ) from err
+    if str(mv.status) != "READY":
+        raise PromotionError(f"version {target} of {model_name} is {mv.status}, not READY")
+    return mv
+
+
+ServingCheck = Callable[[str], None]
+
+
 def rollback_champion(
     client: MlflowClient,
     model_name: str,
@@ -794,11 +1032,15 @@ def rollback_champion(
     to_version: str | None = None,
     alias: str = CHAMPION,
     lock_options: Mapping[str, Any] | None = None,
+    serving_check: ServingCheck | None = None,
 ) -> AliasMove:
-    """Point ``@champion`` back at the previous champion (from the history) in one step.
+    """Point ``@champion`` back at a former champion (default: the previous one) in one step.
 
     Without ``to_version`` the target is the ``previous_version`` of the move that put the
-    current champion in place. Idempotent: a retry of the same task finds its own event.
+    current champion in place. Only versions the alias history shows as former holders of
+    the alias are accepted (:class:`RollbackRefused` otherwise). ``serving_check(version)``
+    runs before the move and must raise to stop it. Idempotent: a retry of the same task
+    finds its own event and completes the history a dead try left half-written.
     """
     with PromotionLock(
         client,
@@ -807,55 +1049,25 @@ def rollback_champion(
         **dict(lock_options or {}),
     ) as lock:
         current = current_alias_version(client, model_name, alias)
-        last = latest_alias_event(client, model_name, alias)
         key = actor.context.idempotency_key
-        if (
-            last
-            and last.get("action") == "rollback"
-            and last.get("idempotency_key") == key
-            and last.get("version") == current
-        ):
+        own = (
+            None if current is None else _find_event_by_key(client, model_name, current, alias, key)
+        )
+        if own is not None and own.get("action") == "rollback":
+            lock.verify()
+            ensure_in_summary(client, model_name, own)
             return AliasMove(
                 "already_rolled_back",
                 model_name,
                 alias,
                 current,
-                last.get("previous_version"),
+                own.get("previous_version"),
                 current,
-                last,
+                own,
             )
-        target = None if to_version is None else str(to_version)
-        if target is None:
-            if current is None:
-                raise PromotionError(f"{model_name} has no @{alias}: nothing to roll back")
-            if (
-                last is not None
-                and last.get("version") != current
-                and last.get("previous_version") == current
-            ):
-                # An earlier try set @alias back and died before recording it (below).
-                target = current
-            elif last is None or last.get("version") != current:
-                raise PromotionError(
-                    f"the alias history of {model_name} does not say how @{alias} reached "
-                    f"version {current} (moved outside airflow-mlops?); pass to_version "
-                    "explicitly to roll back"
-                )
-            else:
-                target = last.get("previous_version")
-            if target is None:
-                raise PromotionError(
-                    f"version {current} was the first @{alias} of {model_name}: there is no "
-                    "previous champion to roll back to"
-                )
-        try:
-            mv = client.get_model_version(model_name, target)
-        except MlflowException as err:
-            raise PromotionError(
-                f"cannot roll back @{alias} of {model_name} to version {target}: {err}"
-            ) from err
-        if str(mv.status) != "READY":
-            raise PromotionError(f"version {target} of {model_name} is {mv.status}, not READY")
+        last = latest_alias_event(client, model_name, alias)
+        target = _rollback_target(model_name, alias, current, last, to_version)
+        _check_rollback_target(client, model_name, alias, target)
         if current == target:
             if last is not None and last.get("version") != current:
                 lock.verify()
@@ -866,6 +1078,8 @@ def rollback_champion(
                     "rolled_back", model_name, alias, current, last.get("version"), current, event
                 )
             return AliasMove("already_rolled_back", model_name, alias, target, current, current)
+        if serving_check is not None:
+            serving_check(target)
         lock.verify()
         set_alias_checked(client, model_name, alias, target)
         event = record_alias_event(

@@ -10,7 +10,8 @@ Starting that interpreter and importing MLflow, pandas and scikit-learn costs 3-
 was 55 % of a segment model's time. So each Python process keeps one **checker**: a
 long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
 child per check. Every child starts from the same clean state (the libraries, nothing
-else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` and predicts
+else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
+parent downloaded and checked, see :mod:`airflow_mlops.core.provenance`) and predicts
 the sample; a model that breaks its child cannot affect the next check. The checker
 exits when its parent closes the pipe (the task process ended) or at interpreter exit.
 """
@@ -28,13 +29,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from airflow_mlops.core.errors import DataError
+from airflow_mlops.core.errors import DataError, UntrustedModelError
 from airflow_mlops.core.model_uri import parse_model_uri
 from airflow_mlops.core.prediction import widen_integer_columns
+from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 # Time the checker may take to start (interpreter + imports) on a loaded machine.
 START_TIMEOUT_S = 180.0
@@ -235,17 +240,33 @@ def serving_sample(
 
 
 def serving_check(
-    model_uri: str, sample: pd.DataFrame, *, timeout_s: float = 600.0
+    model_uri: str,
+    sample: pd.DataFrame,
+    *,
+    timeout_s: float = 600.0,
+    trust: ModelTrust | None = None,
+    client: MlflowClient | None = None,
 ) -> dict[str, Any]:
     """Load ``model_uri`` in a clean process, as a consumer would, and predict ``sample``.
 
-    Returns ``{"ok": bool, "model_uri", "rows", "predictions", "seconds", "error"?}``; never
-    raises for a model failure (the caller decides), only for a bad URI.
+    The model is downloaded from the registry here and checked under ``trust`` (see
+    :mod:`airflow_mlops.core.provenance`) first; the child loads that checked copy, so an
+    untrusted model is never unpickled, not even in the child. Returns ``{"ok": bool,
+    "model_uri", "rows", "predictions", "seconds", "error"?}``; never raises for a model
+    failure or refusal (the caller decides), only for a bad URI.
     """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     uri = parse_model_uri(model_uri).uri
     with tempfile.TemporaryDirectory(prefix="mlops-serving-check-") as tmp:
+        started = time.monotonic()
+        try:
+            local = verified_local_copy(client or MlflowClient(), uri, tmp + "/model", trust)
+        except (UntrustedModelError, MlflowException) as err:
+            return _failed(uri, f"{type(err).__name__}: {err}", started)
         request = {
-            "uri": uri,
+            "uri": local,
             "sample_path": str(Path(tmp) / "sample.parquet"),
             "out_path": str(Path(tmp) / "result.json"),
             "log_path": str(Path(tmp) / "check.log"),
@@ -256,7 +277,6 @@ def serving_check(
             "timeout_s": timeout_s,
         }
         sample.to_parquet(request["sample_path"], index=False)
-        started = time.monotonic()
         try:
             exit_status = _CHECKER.run(request, timeout_s)
         except CheckerError as err:

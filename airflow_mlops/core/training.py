@@ -13,10 +13,13 @@ One call, :func:`train_model`, goes from a table URI to a finished MLflow run th
   compares against.
 
 Retry safety: every run carries the task's idempotency key. Before training we look for a
-run with the same key: a FINISHED one is returned as is (no retraining, no second run); a
-RUNNING one is the leftover of a killed try and is marked FAILED. All inputs are validated
-before any run starts, and any error inside the run marks it FAILED before re-raising, so
-no run is ever left RUNNING by a failure we can observe.
+run with the same key: a FINISHED one that trained on the same data (sha256) and
+configuration is returned as is (no retraining, no second run); one trained on other
+inputs is left alone and a new run trains; a RUNNING one is the leftover of a killed try
+and is marked FAILED, and after our run is created any other RUNNING run of the key (a
+replayed create request) is marked KILLED. All inputs are validated before any run starts,
+and any error inside the run marks it FAILED before re-raising, so no run is ever left
+RUNNING by a failure we can observe.
 
 No Airflow import here: the orchestrator is described by :class:`RunContext`.
 """
@@ -30,10 +33,10 @@ import inspect
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -56,7 +59,12 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
+from airflow_mlops.core.errors import (
+    ConfigError,
+    DataError,
+    EstimatorNotAllowedError,
+    MlopsError,
+)
 from airflow_mlops.core.lineage import (
     HOLDOUT_METRIC_PREFIX,
     MODEL_ARTIFACT_NAME,
@@ -75,6 +83,7 @@ from airflow_mlops.core.lineage import (
     TAG_IDEMPOTENCY_KEY,
     TAG_MODEL_NAME,
     TAG_MODEL_URI,
+    TAG_PIPELINE_CONFIG_HASH,
     TAG_REFERENCE_SHA256,
     TAG_REFERENCE_URI,
     TAG_SEARCH_BEST_PARAMS,
@@ -94,7 +103,7 @@ from airflow_mlops.core.metrics import (
     predict_for_metrics,
     validate_task,
 )
-from airflow_mlops.core.storage import Storage, is_s3_uri, join_uri
+from airflow_mlops.core.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,11 @@ MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 
 STAGE_TRAINING = "training"
 STAGE_TRIAL = "training.trial"
+#: Modules estimators may come from without configuration (``[mlops]
+#: allowed_estimator_modules`` adds more).
+BUILTIN_ESTIMATOR_MODULES = ("sklearn", "xgboost")
+#: Environment form of ``[mlops] artifacts_uri`` (core reads no Airflow config).
+ARTIFACTS_URI_ENV = "AIRFLOW__MLOPS__ARTIFACTS_URI"
 DEFAULT_ESTIMATORS = {
     "classification": "sklearn.ensemble.HistGradientBoostingClassifier",
     "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
@@ -233,6 +247,8 @@ class TrainingConfig:
     serialization_format: str = "cloudpickle"
     input_example_rows: int = 5
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    #: More modules dotted paths may name, from ``[mlops] allowed_estimator_modules``.
+    allowed_modules: Sequence[str] = ()
 
     def validate(self) -> None:
         for name in ("train_uri", "target", "experiment_name"):
@@ -268,6 +284,7 @@ class TrainingConfig:
         """JSON-safe description of the configuration (for ``mlops.config_hash``)."""
         data = asdict(self)
         data.pop("extra_tags")  # labels of the run, not part of what is trained
+        data.pop("allowed_modules")  # a deployment's policy, not part of what is trained
         data["estimator"] = describe_callable(self.estimator)
         data["preprocessing"] = describe_callable(self.preprocessing)
         return json.loads(json.dumps(data, default=str))
@@ -320,6 +337,7 @@ def train_model(
     source_dir: str | None = None,
     on_run_started: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    signing_key: bytes | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the holdout and log to MLflow; idempotent per ``context``.
 
@@ -327,21 +345,34 @@ def train_model(
     ``session()`` does both): ``mlflow.sklearn.log_model`` uses the process-wide URI.
     ``on_run_started(run_id)`` lets the caller remember the run to fail it when killed;
     ``should_stop()`` is polled between stages and before finishing, so a run whose task
-    was killed is never marked FINISHED afterwards.
+    was killed is never marked FINISHED afterwards. With ``signing_key`` the logged model is
+    signed (:mod:`airflow_mlops.core.provenance`) before the run finishes.
+
+    A finished run of the same task instance is reused only if it trained on the same data
+    (URI and sha256) with the same configuration: a task cleared and re-run after its data
+    file was fixed trains again.
     """
     config.validate()
     experiment_id = experiment_id or get_or_create_experiment(client, config.experiment_name)
     key = context.idempotency_key
 
     earlier = runs_for_key(client, experiment_id, key)
-    previous = latest_finished(earlier)
+    # Leftovers of killed tries are dead whatever happens next (even if reading fails).
+    fail_leftover_runs(client, experiment_id, earlier)
+    # Everything that can be wrong with the inputs is found from here, before any run exists.
+    table = storage.read_table(config.train_uri)
+    expected = reuse_fingerprint(config, table.sha256)
+    previous = latest_finished(earlier, expected)
     if previous is not None:
         log.info("Run %s already finished for key %s: reusing it.", previous.info.run_id, key)
         return result_from_run(previous, key)
-    fail_leftover_runs(client, experiment_id, earlier)
-
-    # Everything that can be wrong with the inputs is found here, before any run exists.
-    table = storage.read_table(config.train_uri)
+    stale = [r.info.run_id for r in earlier if r.info.status == "FINISHED"]
+    if stale:
+        log.info(
+            "Finished run(s) %s of this task trained on other data or configuration: "
+            "training again.",
+            stale,
+        )
     prepared = prepare_data(config, table.frame, table.sha256, table.rows)
     pipeline = build_pipeline(config, prepared.task, prepared.X_train)
     check_estimator_accepts_target(pipeline, prepared)
@@ -352,13 +383,14 @@ def train_model(
         **{str(k): str(v) for k, v in config.extra_tags.items()},
         **context.as_tags(),
         **lineage_tags(config, prepared, artifacts_uri),
-        TAG_CONFIG_HASH: config_hash(config.fingerprint()),
+        **expected,
     }
     commit = detect_git_commit(source_dir)
     if commit:
         tags[TAG_GIT_COMMIT] = commit
     run = client.create_run(experiment_id, tags=tags, run_name=_run_name(config, context))
     run_id = run.info.run_id
+    kill_replayed_duplicates(client, experiment_id, key, run_id)
     if on_run_started is not None:
         on_run_started(run_id)
     stop = should_stop or (lambda: False)
@@ -378,6 +410,8 @@ def train_model(
         result = TrainingResult(
             **{**result, "experiment_id": experiment_id, "idempotency_key": key}
         )
+        if signing_key is not None:
+            sign_trained_model(client, result.model_uri, signing_key)
         _raise_if_stopped(stop)
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         return result
@@ -500,9 +534,73 @@ def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any
     )
 
 
-def latest_finished(runs: Sequence[Any]) -> Any:
-    """The newest FINISHED run among ``runs`` (newest first), or ``None``."""
-    return next((r for r in runs if r.info.status == "FINISHED"), None)
+def reuse_fingerprint(config: TrainingConfig, data_sha256: str) -> dict[str, str]:
+    """The tags a finished run must carry, exactly, to be reused for ``config``: the data
+    (URI and sha256), the training configuration and, when given, the pipeline's."""
+    fingerprint = {
+        TAG_DATA_URI: config.train_uri,
+        TAG_DATA_SHA256: data_sha256,
+        TAG_CONFIG_HASH: config_hash(config.fingerprint()),
+    }
+    pipeline_hash = config.extra_tags.get(TAG_PIPELINE_CONFIG_HASH)
+    if pipeline_hash:
+        fingerprint[TAG_PIPELINE_CONFIG_HASH] = str(pipeline_hash)
+    return fingerprint
+
+
+def latest_finished(runs: Sequence[Any], expected: Mapping[str, str] | None = None) -> Any:
+    """The newest FINISHED run among ``runs`` (newest first) whose tags hold ``expected``."""
+    wanted = dict(expected or {})
+    return next(
+        (
+            r
+            for r in runs
+            if r.info.status == "FINISHED"
+            and all(r.data.tags.get(k) == v for k, v in wanted.items())
+        ),
+        None,
+    )
+
+
+def kill_replayed_duplicates(
+    client: MlflowClient, experiment_id: str, key: str, run_id: str
+) -> list[str]:
+    """Mark KILLED the other RUNNING runs of this key: MLflow's client retries POSTs, so a
+    replayed create-run can leave a second run that nobody would ever finish.
+
+    Airflow never runs two tries of one task instance together, and leftovers of earlier
+    tries were failed before ``run_id`` was created, so any other RUNNING run is a replay.
+    """
+    killed = []
+    for run in runs_for_key(client, experiment_id, key):
+        if run.info.run_id == run_id or run.info.status != "RUNNING":
+            continue
+        try:
+            client.log_batch(
+                run.info.run_id,
+                tags=[RunTag(TAG_ERROR, f"duplicate of run {run_id} (replayed create request)")],
+            )
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            killed.append(run.info.run_id)
+        except Exception:  # never fail the training for a leftover; it is only logged
+            log.exception("Could not mark duplicate MLflow run %s KILLED", run.info.run_id)
+    if killed:
+        log.warning("Marked duplicate run(s) %s of key %s KILLED (replayed create).", killed, key)
+    return killed
+
+
+def sign_trained_model(client: MlflowClient, model_uri: str, signing_key: bytes) -> None:
+    """Sign the logged model's stored files (see :mod:`airflow_mlops.core.provenance`)."""
+    import tempfile
+
+    from airflow_mlops.core.model_uri import parse_model_uri
+    from airflow_mlops.core.provenance import sign_logged_model
+
+    model_id = parse_model_uri(model_uri).model_id
+    if model_id is None:
+        raise MlopsError(f"cannot sign {model_uri!r}: it is not a logged model (models:/m-<id>)")
+    with tempfile.TemporaryDirectory(prefix="mlops-sign-") as work_dir:
+        sign_logged_model(client, model_id, signing_key, work_dir)
 
 
 def fail_leftover_runs(client: MlflowClient, experiment_id: str, runs: Sequence[Any]) -> list[str]:
@@ -794,21 +892,57 @@ def reference_frame(X_train: pd.DataFrame, max_rows: int, seed: int) -> pd.DataF
     return X_train.sample(n=max_rows, random_state=seed).reset_index(drop=True)
 
 
-def default_artifacts_uri(train_uri: str, key: str) -> str:
-    """``<folder of the training data>/_mlops/<idempotency key>``: stable across retries."""
-    if is_s3_uri(train_uri):
-        parent = train_uri.rsplit("/", 1)[0]
-    else:
-        parent = str(Path(train_uri.removeprefix("file://")).resolve().parent)
-    return join_uri(parent, "_mlops", key)
+def default_artifacts_uri(train_uri: str, key: str, root: str | None = None) -> str:
+    """``<artifacts root>/training/<idempotency key>``: stable across retries.
+
+    Never "next to the data": the data's bucket may belong to someone else, or be read-only.
+    ``root`` defaults to ``AIRFLOW__MLOPS__ARTIFACTS_URI``, else a local folder under
+    ``$AIRFLOW_HOME`` that only suits local data: remote data without a configured root is
+    refused, since other workers could not read a holdout written to this machine.
+    """
+    root = root or os.environ.get(ARTIFACTS_URI_ENV) or None
+    if root is None:
+        if "://" in train_uri and not train_uri.startswith("file://"):
+            raise ConfigError(
+                f"train_uri {train_uri} is remote but no artifacts location is configured: set "
+                "[mlops] artifacts_uri (or pass artifacts_uri) for the holdout and reference files"
+            )
+        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+        root = os.path.join(home, "mlops_artifacts")
+    return join_uri(root, "training", key)
 
 
 # -- Estimator and pipeline -----------------------------------------------------------------
-def import_object(path: str, field_name: str) -> Any:
-    """Import ``package.module.Name``; a clear ConfigError names the field otherwise."""
+def allowed_module_prefixes(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """Modules dotted paths may be imported from: scikit-learn, XGBoost and ``extra`` (the
+    ``[mlops] allowed_estimator_modules`` setting), without trailing dots."""
+    return (*BUILTIN_ESTIMATOR_MODULES, *(m.strip().rstrip(".") for m in extra if m.strip()))
+
+
+def check_module_allowed(path: str, field_name: str, allowed: Sequence[str] = ()) -> None:
+    """Refuse a dotted path outside the allowed modules *before* importing anything: an import
+    runs the module's code, and a pipeline YAML is configuration, not code."""
+    parts = path.strip().split(".")
+    if any(not part.isidentifier() or part.startswith("_") for part in parts):
+        raise EstimatorNotAllowedError(
+            f"{field_name} {path!r} must be a dotted path of public names like "
+            "'package.module.Name'"
+        )
+    module_name = ".".join(parts[:-1])
+    prefixes = allowed_module_prefixes(allowed)
+    if not any(module_name == p or module_name.startswith(p + ".") for p in prefixes):
+        raise EstimatorNotAllowedError(
+            f"{field_name} {path!r} is not in an allowed module {list(prefixes)}: add its "
+            "module to [mlops] allowed_estimator_modules to use it"
+        )
+
+
+def import_object(path: str, field_name: str, allowed: Sequence[str] = ()) -> Any:
+    """Import ``package.module.Name`` from an allowed module; a clear error names the field."""
     module_name, _, attr = path.strip().rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"{field_name} {path!r} must be a dotted path like 'package.module.Name'")
+    check_module_allowed(path, field_name, allowed)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -819,11 +953,22 @@ def import_object(path: str, field_name: str) -> Any:
         raise ConfigError(f"{field_name} {path!r}: module {module_name!r} has no {attr!r}") from err
 
 
-def resolve_estimator(spec: EstimatorSpec, task: str, params: Mapping[str, Any]) -> Any:
-    """An unfitted estimator (or Pipeline) from a dotted path, class or factory, with params."""
+def resolve_estimator(
+    spec: EstimatorSpec, task: str, params: Mapping[str, Any], allowed: Sequence[str] = ()
+) -> Any:
+    """An unfitted estimator (or Pipeline) from a dotted path, class or factory, with params.
+
+    A dotted path must name an estimator class (anything with ``fit`` and ``get_params``)
+    from an allowed module (:func:`check_module_allowed`); factories are accepted only from
+    the user's ``allowed`` modules, since scikit-learn/XGBoost functions are not factories.
+    Nothing is constructed or called before those checks.
+    """
     spec = spec if spec is not None else DEFAULT_ESTIMATORS[task]
     label = describe_callable(spec)
-    target = import_object(spec, "estimator") if isinstance(spec, str) else spec
+    target = spec
+    if isinstance(spec, str):
+        target = import_object(spec, "estimator", allowed)
+        _check_imported_estimator(spec, target, allowed)
     if inspect.isclass(target):
         estimator = _construct(target, params, label)
         params = {}
@@ -845,6 +990,27 @@ def resolve_estimator(spec: EstimatorSpec, task: str, params: Mapping[str, Any])
         set_estimator_params(estimator, params, label)
     validate_estimator_params(estimator, label)
     return estimator
+
+
+def _check_imported_estimator(path: str, target: Any, allowed: Sequence[str]) -> None:
+    if inspect.isclass(target):
+        if not all(callable(getattr(target, m, None)) for m in ("fit", "get_params")):
+            raise EstimatorNotAllowedError(
+                f"estimator {path!r} is a class but not an estimator: it has no fit/get_params"
+            )
+        return
+    builtin = any(path == m or path.startswith(m + ".") for m in BUILTIN_ESTIMATOR_MODULES)
+    user_modules = allowed_module_prefixes(allowed)[len(BUILTIN_ESTIMATOR_MODULES) :]
+    user = any(path.startswith(m + ".") for m in user_modules)
+    if builtin and not user:
+        raise EstimatorNotAllowedError(
+            f"estimator {path!r} is not an estimator class: from scikit-learn and XGBoost only "
+            "classes are accepted (factories only from [mlops] allowed_estimator_modules)"
+        )
+    if not callable(target) and not _is_estimator(target):
+        raise EstimatorNotAllowedError(
+            f"estimator {path!r} is neither an estimator class nor a factory function"
+        )
 
 
 def _is_estimator(obj: Any) -> bool:
@@ -949,7 +1115,9 @@ def build_preprocessor(X: pd.DataFrame, max_categories: int) -> ColumnTransforme
 
 def build_pipeline(config: TrainingConfig, task: str, X_train: pd.DataFrame) -> Pipeline:
     """``Pipeline([("preprocess", ...), ("model", estimator)])``; no preprocess step if None."""
-    estimator = resolve_estimator(config.estimator, task, dict(config.params))
+    estimator = resolve_estimator(
+        config.estimator, task, dict(config.params), config.allowed_modules
+    )
     preprocess = resolve_preprocessing(config, X_train)
     steps = (
         [("model", estimator)]
@@ -965,7 +1133,11 @@ def resolve_preprocessing(config: TrainingConfig, X_train: pd.DataFrame) -> Any:
         return None
     if spec == "default":
         return build_preprocessor(X_train, config.max_one_hot_categories)
-    factory = import_object(spec, "preprocessing") if isinstance(spec, str) else spec
+    factory = (
+        import_object(spec, "preprocessing", config.allowed_modules)
+        if isinstance(spec, str)
+        else spec
+    )
     if not callable(factory):
         raise ConfigError(f"preprocessing {spec!r} must be 'default', None or a callable")
     transformer = factory(X_train)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.policy import PromotionPolicy, parse_policy
+from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
@@ -60,6 +61,9 @@ class EvaluateModelOperator(MlopsBaseOperator):
         checks (templated).
     :param champion_alias: alias of the model in production (templated), default ``champion``.
     :param decision_artifact: artifact path of the record on the run (templated).
+    :param trust_unsigned_models: load models this provider did not train and sign
+        (default False: the challenger or champion is refused with ``UntrustedModelError``
+        before it is unpickled; see ``docs/security.md``).
     """
 
     template_fields: Sequence[str] = (
@@ -83,6 +87,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         slices: Mapping[str, Sequence[Any]] | str | None = None,
         champion_alias: str = "champion",
         decision_artifact: str = "mlops/decision.json",
+        trust_unsigned_models: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +101,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         self.slices = slices
         self.champion_alias = champion_alias
         self.decision_artifact = decision_artifact
+        self.trust_unsigned_models = trust_unsigned_models
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core import evaluation as ev
@@ -104,6 +110,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         policy = parse_policy(self.policy)
         slices = as_slices(self.slices)
         hook = self.mlflow_hook
+        trust = model_trust(self.trust_unsigned_models is True)
         with hook.session() as client:
             challenger = ev.challenger_from_training(client, training_result)
             model_name = self.model_name or challenger.model_name
@@ -120,6 +127,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
                 policy=policy,
                 slices=slices,
                 champion_alias=self.champion_alias,
+                trust=trust,
             )
             record = evaluation.record
             artifact_uri = ev.log_record(client, challenger.run_id, record, self.decision_artifact)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.model_uri import model_uri_for, validate_model_uri
+from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator
 
@@ -49,6 +50,9 @@ class BatchPredictionOperator(MlopsBaseOperator):
     :param feature_columns: columns fed to the model (templated); default: the model
         signature's inputs, else every column but the keys.
     :param chunk_rows: rows scored per chunk (bounds memory).
+    :param trust_unsigned_models: load a version this provider did not train and sign
+        (default False: such a version is refused with ``UntrustedModelError`` before it
+        is unpickled; see ``docs/security.md``).
     """
 
     template_fields: Sequence[str] = (
@@ -76,6 +80,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
         key_columns: Sequence[str] | None = None,
         feature_columns: Sequence[str] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        trust_unsigned_models: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,6 +92,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
         self.key_columns = list(key_columns) if key_columns is not None else []
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
         self.chunk_rows = chunk_rows
+        self.trust_unsigned_models = trust_unsigned_models
         if (model_name is None) == (model_uri is None):
             raise ConfigError(
                 f"{self.task_id}: give exactly one of model_name (with alias) or model_uri."
@@ -110,6 +116,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
         except (TypeError, ValueError):
             raise ConfigError(f"chunk_rows must be an integer, got {self.chunk_rows!r}.") from None
         hook = self.mlflow_hook
+        trust = model_trust(self.trust_unsigned_models is True)
         with hook.session() as client:
             result = run_batch_prediction(
                 client=client,
@@ -121,6 +128,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
                 feature_columns=self.feature_columns,
                 chunk_rows=chunk_rows,
                 allowed_registry_uri=hook.settings.registry_uri or hook.tracking_uri,
+                trust=trust,
             )
             experiment_id = (
                 client.get_run(result.model_run_id).info.experiment_id

@@ -39,11 +39,31 @@ APPROVE_OPTION = "Approve"
 
 def _lock_options(ttl: Any, wait: Any) -> dict[str, float]:
     try:
-        return {"ttl_s": float(ttl), "wait_s": float(wait)}
+        options = {"ttl_s": float(ttl), "wait_s": float(wait)}
     except (TypeError, ValueError):
         raise ConfigError(
             f"lock_ttl and lock_wait must be seconds, got {ttl!r}, {wait!r}"
         ) from None
+    return {**options, "clock_skew_s": _lock_clock_skew()}
+
+
+def _lock_clock_skew() -> float:
+    """``[mlops] lock_clock_skew`` (seconds, default 60): the clock difference between
+    workers that a promotion lock tolerates before another worker may break it."""
+    from airflow.sdk import conf
+
+    from airflow_mlops.core.registry import DEFAULT_LOCK_CLOCK_SKEW_S
+
+    raw = conf.get("mlops", "lock_clock_skew", fallback=None)
+    if raw in (None, ""):
+        return DEFAULT_LOCK_CLOCK_SKEW_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ConfigError(f"[mlops] lock_clock_skew must be seconds >= 0, got {raw!r}")
+    return value
 
 
 def _emit_champion_moved(context: Context, model_name: str, extra: dict[str, Any]) -> None:
@@ -163,6 +183,34 @@ class RegisterModelOperator(MlopsBaseOperator):
         }
 
 
+def run_serving_check(
+    operator: MlopsBaseOperator,
+    client: Any,
+    run_id: str,
+    model_name: str,
+    version: str,
+    *,
+    rows: int,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Load ``models:/<name>/<version>`` in a clean process and predict a holdout sample of
+    its training run (``core.serving``); returns the check's result."""
+    from airflow_mlops.core.evaluation import challenger_from_training, load_holdout
+    from airflow_mlops.core.serving import serving_check, serving_sample
+
+    challenger = challenger_from_training(client, {"run_id": run_id})
+    holdout = load_holdout(operator.storage, challenger)
+    model_uri = f"models:/{model_name}/{version}"
+    sample = serving_sample(holdout.frame, model_uri, challenger.target, rows)
+    from airflow_mlops.hooks.signing import model_trust
+
+    result = serving_check(
+        model_uri, sample, timeout_s=timeout_s, trust=model_trust(), client=client
+    )
+    operator.log.info("Serving check of %s: %s", model_uri, result)
+    return result
+
+
 def approval_body(evaluation: Mapping[str, Any], registration: Mapping[str, Any]) -> str:
     """Markdown shown to the approver: verdict, both models' metrics, every rule."""
     champion = evaluation.get("champion")
@@ -222,8 +270,10 @@ class PromoteModelOperator(MlopsBaseOperator):
 
     :param evaluation: ``EvaluateModelOperator``'s result (templated).
     :param registration: ``RegisterModelOperator``'s result (templated).
-    :param approval_task_id: task id of a ``PromotionApprovalOperator``; when set, only an
-        ``Approve`` answer from it lets the champion move (templated).
+    :param approval_task_id: task id of a ``PromotionApprovalOperator`` in the same DAG run;
+        when set, only an ``Approve`` answer from an authenticated Airflow user, as recorded
+        by that task in the registry, lets the champion move; an approval XCom that disagrees
+        with the record fails the task (``ApprovalError``) (templated).
     :param on_champion_changed: ``reevaluate`` or ``fail`` (templated).
     :param max_reevaluations: bound on re-scoring rounds under the lock.
     :param serving_check: run the clean-process serving check (templated).
@@ -311,25 +361,46 @@ class PromoteModelOperator(MlopsBaseOperator):
             )
         return evaluation, registration
 
-    def _approval(self, context: Context) -> dict[str, Any] | None:
-        """The approver's answer as stored by the approval task, or None when not required."""
+    def _approval(
+        self, context: Context, client: Any, model_name: str, version: str
+    ) -> dict[str, Any] | None:
+        """The human answer recorded by the approval task, or None when none is required.
+
+        Read from the registry record the approval task wrote from Airflow's human-in-the-loop
+        response (:mod:`airflow_mlops.core.approval`), never from XCom: an approval XCom that
+        disagrees with that record (or exists without one) raises ``ApprovalError``.
+        """
+        from airflow_mlops.core.approval import (
+            ApprovalTask,
+            check_xcom_agrees,
+            read_approval,
+            responder_name,
+        )
+
         if not self.approval_task_id:
             return None
         ti = context["ti"]
-        answer = ti.xcom_pull(task_ids=self.approval_task_id, key=APPROVAL_XCOM_KEY)
-        if answer is None:  # a plain ApprovalOperator: its return value (present on Approve)
-            answer = ti.xcom_pull(task_ids=self.approval_task_id)
-        if not isinstance(answer, Mapping) or not answer.get("chosen_options"):
+        map_index = getattr(ti, "map_index", -1)
+        task = ApprovalTask(
+            ti.dag_id, ti.run_id, str(self.approval_task_id), -1 if map_index is None else map_index
+        )
+        record = read_approval(client, model_name, version, task)
+        xcom = ti.xcom_pull(task_ids=task.task_id, key=APPROVAL_XCOM_KEY)
+        if xcom is None:  # a plain ApprovalOperator's return value: checked the same way
+            xcom = ti.xcom_pull(task_ids=task.task_id)
+        check_xcom_agrees(record, xcom, task)
+        if record is None or not record["chosen_options"]:
             return {"required": True, "approved": False, "answered": False, "by": None, "at": None}
-        user = answer.get("responded_by_user") or {}
-        at = answer.get("responded_at")
+        by = responder_name(record)
         return {
             "required": True,
             "answered": True,
-            "approved": list(answer["chosen_options"]) == [APPROVE_OPTION],
-            "chosen_options": list(answer["chosen_options"]),
-            "by": user.get("name") or user.get("id"),
-            "at": at.isoformat() if hasattr(at, "isoformat") else at,
+            # A default applied at timeout has no responder: it is not a human approval.
+            "approved": record["chosen_options"] == [APPROVE_OPTION] and by is not None,
+            "chosen_options": list(record["chosen_options"]),
+            "by": by,
+            "at": record.get("responded_at"),
+            "record": task.tag_key,
         }
 
     # -- execution ------------------------------------------------------------------------
@@ -340,7 +411,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         evaluation, registration = self._inputs()
         model_name, version = registration["model_name"], str(registration["version"])
         run_id = evaluation["challenger"]["run_id"]
-        approval = self._approval(context)
+        hook = self.mlflow_hook
+        with hook.session() as client:
+            approval = self._approval(context, client, model_name, version)
         record = {
             "decision": {k: v for k, v in evaluation.items() if k != "decision_artifact_uri"},
             "decision_artifact_uri": evaluation.get("decision_artifact_uri"),
@@ -350,7 +423,6 @@ class PromoteModelOperator(MlopsBaseOperator):
             "serving_check": None,
             "promotion": None,
         }
-        hook = self.mlflow_hook
         with hook.session() as client:
             champion_before = current_alias_version(
                 client, model_name, evaluation.get("champion_alias", "champion")
@@ -437,27 +509,30 @@ class PromoteModelOperator(MlopsBaseOperator):
                 f"no answer from approval task {self.approval_task_id!r}; {unchanged}",
             )
         if approval is not None and not approval["approved"]:
+            if approval["by"] is None:
+                return (
+                    "not_approved",
+                    f"no human answered approval task {self.approval_task_id!r} (the default "
+                    f"{approval['chosen_options']} applied at {approval['at']}); {unchanged}",
+                )
             return (
                 "rejected",
-                f"rejected by {approval['by'] or 'unknown user'} at {approval['at']}; {unchanged}",
+                f"rejected by {approval['by']} at {approval['at']}; {unchanged}",
             )
         return None, None
 
     def _serving_check(
         self, client: Any, run_id: str, registration: dict[str, Any]
     ) -> dict[str, Any]:
-        from airflow_mlops.core.evaluation import challenger_from_training, load_holdout
-        from airflow_mlops.core.serving import serving_check, serving_sample
-
-        challenger = challenger_from_training(client, {"run_id": run_id})
-        holdout = load_holdout(self.storage, challenger)
-        model_uri = f"models:/{registration['model_name']}/{registration['version']}"
-        sample = serving_sample(
-            holdout.frame, model_uri, challenger.target, int(self.serving_sample_rows)
+        return run_serving_check(
+            self,
+            client,
+            run_id,
+            registration["model_name"],
+            str(registration["version"]),
+            rows=int(self.serving_sample_rows),
+            timeout_s=float(self.serving_timeout),
         )
-        result = serving_check(model_uri, sample, timeout_s=float(self.serving_timeout))
-        self.log.info("Serving check of %s: %s", model_uri, result)
-        return result
 
     def _move(
         self,
@@ -496,6 +571,7 @@ class PromoteModelOperator(MlopsBaseOperator):
             challenger_from_training,
             evaluate_challenger,
         )
+        from airflow_mlops.hooks.signing import model_trust
 
         def reevaluate(new_champion: str | None) -> dict[str, Any]:
             challenger = challenger_from_training(
@@ -517,6 +593,7 @@ class PromoteModelOperator(MlopsBaseOperator):
                 slices=evaluation.get("slices"),
                 champion_alias=evaluation.get("champion_alias", "champion"),
                 champion=champion,
+                trust=model_trust(),
             ).record
 
         return reevaluate
@@ -542,26 +619,36 @@ class PromoteModelOperator(MlopsBaseOperator):
 
 
 class RollbackModelOperator(MlopsBaseOperator):
-    """Point ``@champion`` back at the previous champion, from the alias history, in one step.
+    """Point ``@champion`` back at a former champion, from the alias history, in one step.
 
-    Meant to be triggered from the UI: put ``model_name``, ``to_version`` and ``reason`` in
-    DAG params and template them (see :func:`rollback_dag_params`). Idempotent on retry;
-    recorded in the alias history with the reason and the triggering user. Returns (XCom)
-    ``{model_name, outcome, champion_version, previous_champion_version, reason,
-    history_event}`` with ``outcome`` ``rolled_back`` or ``already_rolled_back``.
+    Meant to be triggered from the UI: the model is fixed in the DAG file, only the target
+    version and the reason come from DAG params (see :func:`rollback_dag_params`). The target
+    must be a version the alias history shows as a former ``@champion``
+    (``RollbackRefused`` otherwise: a rejected challenger can never be rolled "back" to), and
+    it must pass the clean-process **serving check** (like a promotion) before the alias
+    moves. Idempotent on retry; recorded in the alias history with the reason and the
+    triggering user. Returns (XCom) ``{model_name, outcome, champion_version,
+    previous_champion_version, reason, serving_check, history_event}`` with ``outcome``
+    ``rolled_back`` or ``already_rolled_back``.
 
-    :param model_name: registered model name (templated).
+    :param model_name: registered model name. Not templated: a trigger param must not be able
+        to choose which model's champion moves.
     :param to_version: explicit target version (templated); default: the previous champion.
     :param reason: why, stored in the history (templated).
+    :param serving_check: run the clean-process serving check before the move (templated).
+    :param serving_sample_rows: holdout rows predicted by the serving check (templated).
+    :param serving_timeout: seconds allowed to the serving check (templated).
     """
 
     template_fields: Sequence[str] = (
         *MlopsBaseOperator.template_fields,
-        "model_name",
         "to_version",
         "reason",
         "lock_ttl",
         "lock_wait",
+        "serving_check",
+        "serving_sample_rows",
+        "serving_timeout",
     )
     operator_extra_links = mlflow_links()
     ui_color = "#f5d5e8"
@@ -572,32 +659,40 @@ class RollbackModelOperator(MlopsBaseOperator):
         model_name: str,
         to_version: str | int | None = None,
         reason: str = "rollback",
-        lock_ttl: float = 300.0,
-        lock_wait: float = 600.0,
+        lock_ttl: float = 900.0,
+        lock_wait: float = 1800.0,
+        serving_check: bool = True,
+        serving_sample_rows: int = 100,
+        serving_timeout: float = 600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**_with_champion_alias_outlet(kwargs))
-        self.model_name = model_name
+        self.model_name = _pinned_model_name(model_name, kwargs.get("task_id"))
         self.to_version = to_version
         self.reason = reason
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
+        self.serving_check = serving_check
+        self.serving_sample_rows = serving_sample_rows
+        self.serving_timeout = serving_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.registry import rollback_champion
 
-        if not self.model_name:
-            raise ConfigError(f"{self.task_id}: model_name is required")
         to_version = None if self.to_version in (None, "", "None") else str(self.to_version)
         actor = self._actor(context)
         hook = self.mlflow_hook
+        checks: list[dict[str, Any]] = []
         with hook.session() as client:
             move = rollback_champion(
                 client,
-                str(self.model_name),
+                self.model_name,
                 actor,
                 to_version=to_version,
                 lock_options=_lock_options(self.lock_ttl, self.lock_wait),
+                serving_check=(
+                    self._serving_checker(client, checks) if _truthy(self.serving_check) else None
+                ),
             )
         self.log.info(
             "%s: @champion %s -> %s (%s)",
@@ -609,7 +704,7 @@ class RollbackModelOperator(MlopsBaseOperator):
         if move.outcome == "rolled_back":
             _emit_champion_moved(
                 context,
-                str(self.model_name),
+                self.model_name,
                 {
                     "version": move.version,
                     "previous_version": move.previous_version,
@@ -619,17 +714,48 @@ class RollbackModelOperator(MlopsBaseOperator):
         persist_mlflow_links(
             context,
             tracking_uri=hook.tracking_uri,
-            model_name=str(self.model_name),
+            model_name=self.model_name,
             model_version=move.version,
         )
         return {
-            "model_name": str(self.model_name),
+            "model_name": self.model_name,
             "outcome": move.outcome,
             "champion_version": move.current_version,
             "previous_champion_version": move.previous_version,
             "reason": str(self.reason),
+            "serving_check": checks[-1] if checks else None,
             "history_event": move.event,
         }
+
+    def _serving_checker(self, client: Any, checks: list[dict[str, Any]]) -> Any:
+        """The callback ``rollback_champion`` runs on the target before moving the alias."""
+
+        def check(version: str) -> None:
+            from airflow_mlops.core.registry import RollbackRefused
+
+            mv = client.get_model_version(self.model_name, version)
+            if not mv.run_id:
+                raise RollbackRefused(
+                    f"version {version} of {self.model_name} has no training run, so no holdout "
+                    "to run the serving check on; @champion was not moved"
+                )
+            result = run_serving_check(
+                self,
+                client,
+                mv.run_id,
+                self.model_name,
+                version,
+                rows=int(self.serving_sample_rows),
+                timeout_s=float(self.serving_timeout),
+            )
+            checks.append(result)
+            if not result["ok"]:
+                raise RollbackRefused(
+                    f"serving check of models:/{self.model_name}/{version} failed: "
+                    f"{result['error']}. @champion was not moved."
+                )
+
+        return check
 
     def _actor(self, context: Context) -> Actor:
         from airflow_mlops.core.registry import Actor
@@ -641,16 +767,33 @@ class RollbackModelOperator(MlopsBaseOperator):
         )
 
 
+def _pinned_model_name(model_name: Any, task_id: Any) -> str:
+    """The rollback's model, fixed in the DAG file: refuse empty or templated names."""
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise ConfigError(f"{task_id}: model_name is required, got {model_name!r}")
+    if "{{" in model_name or "{%" in model_name:
+        raise ConfigError(
+            f"{task_id}: model_name {model_name!r} is templated; a rollback DAG must pin its "
+            "model (a trigger param would let any user with trigger rights move another "
+            "model's @champion)"
+        )
+    return model_name
+
+
 def rollback_dag_params(model_name: str | None = None) -> dict[str, Any]:
-    """DAG ``params`` for a rollback DAG triggered from the UI form."""
+    """DAG ``params`` for a rollback DAG triggered from the UI form: target version and reason.
+
+    The model is not a param: pass it to :class:`RollbackModelOperator` in the DAG file.
+    ``model_name`` only names it in the form's descriptions.
+    """
     from airflow.sdk import Param
 
+    of = f" of {model_name}" if model_name else ""
     return {
-        "model_name": Param(
-            model_name or "", type="string", minLength=1, description="Registered model"
-        ),
         "to_version": Param(
-            None, type=["null", "string", "integer"], description="Empty: previous champion"
+            None,
+            type=["null", "string", "integer"],
+            description=f"Former @champion version{of}; empty: the previous champion",
         ),
         "reason": Param(
             "rollback from the Airflow UI", type="string", minLength=1, description="Why (audited)"
@@ -718,6 +861,7 @@ def promotion_tasks(
             task_id=f"{p}approve_promotion",
             evaluation=evaluate.output,
             registration=register.output,
+            mlflow_conn_id=mlflow_conn_id,
             **dict(approval_kwargs or {}),
         )
         gate = EmptyOperator(task_id=f"{p}approval_gate")

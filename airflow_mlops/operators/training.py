@@ -8,8 +8,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.hooks.signing import model_signing_key
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator, configured_artifacts_root
+from airflow_mlops.operators.base import (
+    MlopsBaseOperator,
+    allowed_estimator_modules,
+    configured_artifacts_root,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,13 +29,22 @@ class TrainModelOperator(MlopsBaseOperator):
     holdout rows, fitted inside a ``Pipeline`` (default preprocessing: impute, one-hot for
     categoricals), scored on the holdout and logged with params, metrics, signature, input
     example, pinned pip requirements and lineage tags. The holdout and the drift reference
-    are written under ``artifacts_uri`` (default: ``[mlops] artifacts_uri``, else next to the
-    data) and their hashes are tagged.
+    are written under ``artifacts_uri`` (default: ``[mlops] artifacts_uri``, else
+    ``$AIRFLOW_HOME/mlops_artifacts`` for local data; never next to the data) and their
+    hashes are tagged. Dotted estimator paths must name ``sklearn``/``xgboost`` classes or
+    come from ``[mlops] allowed_estimator_modules``.
     See ``docs/operators/training.md`` and :mod:`airflow_mlops.core.training`.
 
-    Retries are safe: the run carries the task's idempotency key; a retry returns the
-    finished run of an earlier try instead of training again, and marks a RUNNING leftover
-    of a killed try FAILED. ``on_kill`` (SIGTERM, timeout) marks the active run FAILED.
+    Retries are safe: the run carries the task's idempotency key (which includes
+    ``[mlops] deployment``); a retry returns the finished run of an earlier try instead of
+    training again, but only if that run trained on the same data (URI and sha256) and
+    configuration, so a task cleared after its data was fixed trains again. A RUNNING
+    leftover of a killed try is marked FAILED, a duplicate left by a replayed create-run
+    request KILLED. ``on_kill`` (SIGTERM, timeout) marks the active run FAILED.
+
+    With a signing connection (``[mlops] signing_conn_id``, default ``mlops_signing``) the
+    logged model is signed (tag ``mlops.signature``), so later tasks can tell it from a
+    model someone else put in the registry (see ``docs/security.md``).
 
     Returns (XCom) ``{run_id, experiment_id, model_uri, holdout_uri, holdout_sha256,
     reference_uri, task, metrics, best_params, idempotency_key, reused}``.
@@ -57,7 +71,7 @@ class TrainModelOperator(MlopsBaseOperator):
         "n_jobs"}`` (templated); each trial is logged as a nested run.
     :param artifacts_uri: where the holdout/reference files go (templated); default
         ``<[mlops] artifacts_uri>/<dag>/<run>/<task>/training/`` when that option is set,
-        else ``<data folder>/_mlops/<idempotency key>/``.
+        else ``$AIRFLOW_HOME/mlops_artifacts/training/<idempotency key>/`` (local data only).
     :param reference_max_rows: cap of the drift reference sample (templated).
     :param serialization_format: ``cloudpickle`` (default), ``skops`` or ``pickle``.
     :param extra_tags: more tags for the training run (e.g. the pipeline's config hash);
@@ -165,6 +179,7 @@ class TrainModelOperator(MlopsBaseOperator):
             reference_max_rows=_number(self.reference_max_rows, int, "reference_max_rows"),
             serialization_format=self.serialization_format,
             extra_tags=self.extra_tags,
+            allowed_modules=allowed_estimator_modules(),
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -181,6 +196,7 @@ class TrainModelOperator(MlopsBaseOperator):
             )
         self._killed = False
         hook = self.mlflow_hook
+        signing_key = model_signing_key()
         with hook.session() as client:
             experiment_id = hook.get_or_create_experiment(config.experiment_name)
             result = train_model(
@@ -192,6 +208,7 @@ class TrainModelOperator(MlopsBaseOperator):
                 source_dir=_dag_folder(context),
                 on_run_started=self._remember_run,
                 should_stop=lambda: self._killed,
+                signing_key=signing_key,
             )
         self._active_run_id = None
         self.log.info(

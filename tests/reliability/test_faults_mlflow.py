@@ -14,9 +14,11 @@ move is in the alias history.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -382,3 +384,80 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
         e for e in registry.alias_history(client, scene["model_name"]) if e["action"] == "rollback"
     ]
     assert len(events) == 1 and events[0]["previous_version"] == newer
+
+
+# -- replayed create requests (MLflow's client retries POSTs) ---------------------------------
+# A network replay cannot be produced on demand, so these tests make it happen: the MLflow
+# client's create method is wrapped to send the same request twice, as its retry does when
+# the first response is lost. The server, the store and our code are real.
+
+
+@contextlib.contextmanager
+def _replay_twice(method: str) -> Iterator[list[Any]]:
+    """Inside the block, ``MlflowClient.<method>`` sends every request twice; yields the
+    objects created (the first response is the one the retry lost)."""
+    from mlflow.tracking import MlflowClient
+
+    original = getattr(MlflowClient, method)
+    created: list[Any] = []
+
+    def replayed(self, *args, **kwargs):
+        created.append(original(self, *args, **kwargs))  # the response that was lost
+        created.append(original(self, *args, **kwargs))  # the replay's, which the caller sees
+        return created[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MlflowClient, method, replayed)
+        yield created
+
+
+def test_a_replayed_create_run_request_leaves_no_run_running(client, tracking, tmp_path):
+    from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY
+    from airflow_mlops.core.training import TAG_ERROR
+
+    data = tmp_path / "train.csv"
+    clean_frame().to_csv(data, index=False)
+    experiment = _unique("replay-run")
+    with _replay_twice("create_run") as created:
+        result = train_candidate(
+            tracking, str(data), STUMP, model_name=_unique("m"), experiment=experiment
+        )
+
+    assert len(created) == 2, "the create was sent twice"
+    runs = {r.info.run_id: r for r in runs_of(tracking, experiment)}
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "KILLED"]
+    assert runs[result["run_id"]].info.status == "FINISHED"
+    (duplicate,) = [r for r in runs.values() if r.info.status == "KILLED"]
+    assert duplicate.data.tags[TAG_IDEMPOTENCY_KEY] == result["idempotency_key"]
+    assert "replayed create" in duplicate.data.tags[TAG_ERROR]
+
+
+def test_a_replayed_create_version_request_leaves_one_version_per_key(client, tracking, tmp_path):
+    from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY, RunContext
+    from airflow_mlops.core.registry import register_version
+
+    data = tmp_path / "train.csv"
+    clean_frame().to_csv(data, index=False)
+    name, experiment = _unique("replay-version"), _unique("replay-version")
+    first = train_candidate(tracking, str(data), STUMP, model_name=name, experiment=experiment)
+    ctx = RunContext(dag_id="reliability", run_id=_unique("r"), task_id="register")
+
+    with _replay_twice("create_model_version") as created:
+        registration = register_version(
+            client, name, first["model_uri"], context=ctx, run_id=first["run_id"]
+        )
+
+    assert [mv.version for mv in created] == ["1", "2"], "the create was sent twice"
+    assert registration.version == "1" and registration.created
+    assert [mv.version for mv in versions_of(tracking, name)] == ["1"], "the duplicate is gone"
+    retry = register_version(client, name, first["model_uri"], context=ctx, run_id=first["run_id"])
+    assert retry.version == "1" and not retry.created
+
+    # Same key, but the training task was cleared and trained another model: a new version.
+    second = train_candidate(tracking, str(data), BEST, model_name=name, experiment=experiment)
+    again = register_version(
+        client, name, second["model_uri"], context=ctx, run_id=second["run_id"]
+    )
+    assert again.created and again.version == "3"
+    keys = {mv.tags[TAG_IDEMPOTENCY_KEY] for mv in versions_of(tracking, name)}
+    assert keys == {ctx.idempotency_key}

@@ -161,6 +161,8 @@ def test_sigterm_during_training_fails_the_run_and_the_retry_trains_exactly_one_
     monkeypatch.syspath_prepend(str(tmp_path))
     marker = tmp_path / "slow-once.marker"
     monkeypatch.setenv("SLOW_ONCE_MARKER", str(marker))
+    # Estimators outside sklearn/xgboost need the allow-list setting (issue #14, item 5).
+    monkeypatch.setenv("AIRFLOW__MLOPS__ALLOWED_ESTIMATOR_MODULES", "sigterm_dag")
     experiment = f"rel-sigterm-{uuid.uuid4().hex[:8]}"
     dag_id = f"rel_sigterm_{uuid.uuid4().hex[:6]}"
     result_path = tmp_path / "result.json"

@@ -1,0 +1,260 @@
+"""Which models the workers may unpickle: only the ones this provider trained.
+
+Loading an MLflow model unpickles it, so whoever can write a model version to the registry
+can run code on every worker that loads it. Before any load, the model is downloaded into a
+private folder, checked, and only then loaded *from that folder*, so the bytes checked are
+the bytes unpickled (no window between the check and the load).
+
+Two checks, the strong one when a signing key is configured:
+
+- **Signature** (``[mlops] signing_conn_id``, default connection ``mlops_signing``, whose
+  password is the key). Training signs the model it logged: ``mlops.signature`` =
+  HMAC-SHA256 over :func:`artifact_digest` of the model's files as stored in MLflow.
+  Registration copies the tag onto the version. A load recomputes the digest of the
+  downloaded files and refuses a missing or wrong signature: a hand-registered model, or a
+  signed one whose files were re-uploaded, is refused. Only holders of the key can sign.
+- **Provenance** (no signing connection): the version must carry the tags this provider's
+  registration writes (``mlops.idempotency_key``, ``mlops.source_run_id``), and its run must
+  be one of this provider's training runs that logged exactly this model. Anyone with MLflow
+  write access can forge tags, so this only stops accidents and casual substitution.
+
+Anything refused raises :class:`~airflow_mlops.core.errors.UntrustedModelError` naming the
+model, the version and why, unless the task opted in with ``trust_unsigned_models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.errors import UntrustedModelError
+from airflow_mlops.core.lineage import (
+    TAG_IDEMPOTENCY_KEY,
+    TAG_MODEL_URI,
+    TAG_SOURCE_MODEL_URI,
+    TAG_SOURCE_RUN_ID,
+    TAG_STAGE,
+)
+from airflow_mlops.core.model_uri import ModelUri, parse_model_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TAG_SIGNATURE = "mlops.signature"
+TAG_ARTIFACT_DIGEST = "mlops.artifact_digest"
+SIGNATURE_SCHEME = "hmac-sha256:v1"
+# MLflow writes this file into the download of a registered version (name and version, YAML);
+# it is not part of what was logged, and nothing unpickles it.
+_DOWNLOAD_ONLY_FILES = frozenset({"registered_model_meta"})
+_HASH_BLOCK = 1 << 20
+_OPT_IN_HINT = (
+    "Only models this provider trained load; set trust_unsigned_models=True on the task to "
+    "load it anyway (see docs/security.md)"
+)
+
+
+@dataclass(frozen=True)
+class ModelTrust:
+    """What a task accepts: a signing key (strong check), else provenance tags; or anything."""
+
+    signing_key: bytes | None = field(default=None, repr=False)
+    trust_unsigned: bool = False
+
+    @property
+    def mode(self) -> str:
+        if self.trust_unsigned:
+            return "trust-unsigned"
+        return "signature" if self.signing_key else "provenance"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the registry says about the model to load."""
+
+    label: str
+    download_uri: str
+    tags: Mapping[str, str]
+    run_id: str | None
+    model_id: str | None
+    source: str | None
+
+
+# -- digest and signature --------------------------------------------------------------------
+
+
+def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the sorted ``relative/path\\0sha256-of-bytes\\n`` lines of every file.
+
+    Symlinks are refused (a stored model has none, and one could point outside the folder).
+    """
+    root = Path(model_dir)
+    lines = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            raise UntrustedModelError(f"model folder {root} holds a symlink {relative!r}")
+        if not path.is_file() or relative in _DOWNLOAD_ONLY_FILES:
+            continue
+        lines.append(f"{relative}\0{_sha256_file(path)}\n")
+    if not lines:
+        raise UntrustedModelError(f"model folder {root} holds no files")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def signature_for(key: bytes, digest: str) -> str:
+    """``hmac-sha256:v1:<hex>`` of the artifact digest under ``key``."""
+    mac = hmac.new(key, f"airflow-mlops/model\n{digest}".encode(), hashlib.sha256)
+    return f"{SIGNATURE_SCHEME}:{mac.hexdigest()}"
+
+
+def download_model(model_uri: str, dst_dir: str) -> str:
+    """Copy the model's files into ``dst_dir`` (no unpickling); return the local folder."""
+    import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_dir)
+
+
+def sign_logged_model(client: MlflowClient, model_id: str, key: bytes, work_dir: str) -> str:
+    """Sign the files MLflow stores for logged model ``model_id``; tag it; return the tag.
+
+    The files are read back from MLflow, not from the training process's memory, so the
+    signature covers exactly what a later load downloads.
+    """
+    local = download_model(f"models:/{model_id}", work_dir)
+    digest = artifact_digest(local)
+    signature = signature_for(key, digest)
+    client.set_logged_model_tags(model_id, {TAG_SIGNATURE: signature, TAG_ARTIFACT_DIGEST: digest})
+    return signature
+
+
+def signature_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """The signature tags among a logged model's ``tags``, for registration to copy."""
+    return {k: tags[k] for k in (TAG_SIGNATURE, TAG_ARTIFACT_DIGEST) if k in (tags or {})}
+
+
+# -- the check before any load ---------------------------------------------------------------
+
+
+def verified_local_copy(
+    client: MlflowClient, model_uri: str, dst_dir: str, trust: ModelTrust | None = None
+) -> str:
+    """Download ``model_uri`` into ``dst_dir``, check it under ``trust``; return the folder.
+
+    Load the model from the returned folder only. Raises :class:`UntrustedModelError`.
+    """
+    trust = trust or ModelTrust()
+    target = _describe(client, parse_model_uri(model_uri))
+    if trust.trust_unsigned:
+        log.warning(
+            "Loading %s without checking who created it (trust_unsigned_models).", target.label
+        )
+        return download_model(target.download_uri, dst_dir)
+    if trust.signing_key is None:
+        _check_provenance(client, target)
+        return download_model(target.download_uri, dst_dir)
+    signature = target.tags.get(TAG_SIGNATURE) or _logged_model_tags(client, target).get(
+        TAG_SIGNATURE
+    )
+    if not signature:
+        raise _refuse(target, f"it carries no {TAG_SIGNATURE} tag (not signed by this provider)")
+    local = download_model(target.download_uri, dst_dir)
+    expected = signature_for(trust.signing_key, artifact_digest(local))
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise _refuse(
+            target,
+            f"its files do not match its {TAG_SIGNATURE} (changed after signing, or signed "
+            "with another key)",
+        )
+    log.info("Signature of %s verified.", target.label)
+    return local
+
+
+def _refuse(target: _Target, why: str) -> UntrustedModelError:
+    return UntrustedModelError(f"Refused to load {target.label}: {why}. {_OPT_IN_HINT}.")
+
+
+def _describe(client: MlflowClient, parsed: ModelUri) -> _Target:
+    if parsed.model_id is not None:
+        logged = client.get_logged_model(parsed.model_id)
+        return _Target(
+            label=f"logged model {parsed.model_id}",
+            download_uri=parsed.uri,
+            tags=dict(logged.tags or {}),
+            run_id=logged.source_run_id or None,
+            model_id=parsed.model_id,
+            source=parsed.uri,
+        )
+    assert parsed.name is not None
+    if parsed.alias is not None:
+        version = client.get_model_version_by_alias(parsed.name, parsed.alias)
+    else:
+        version = client.get_model_version(parsed.name, str(parsed.version))
+    return _Target(
+        label=f"model {parsed.name!r} version {version.version}",
+        download_uri=f"models:/{parsed.name}/{version.version}",
+        tags=dict(version.tags or {}),
+        run_id=version.run_id or None,
+        model_id=getattr(version, "model_id", None) or None,
+        source=version.source,
+    )
+
+
+def _logged_model_tags(client: MlflowClient, target: _Target) -> Mapping[str, str]:
+    if not target.model_id or target.download_uri.startswith("models:/m-"):
+        return {}
+    return dict(client.get_logged_model(target.model_id).tags or {})
+
+
+def _check_provenance(client: MlflowClient, target: _Target) -> None:
+    """The weaker check: the tags this provider's training and registration write."""
+    is_logged_model = target.download_uri.startswith("models:/m-")
+    expected_model_uri = target.download_uri if is_logged_model else None
+    if not is_logged_model:
+        missing = [t for t in (TAG_IDEMPOTENCY_KEY, TAG_SOURCE_RUN_ID) if not target.tags.get(t)]
+        if missing:
+            raise _refuse(target, f"it lacks the provider's registration tags {missing}")
+        if target.tags[TAG_SOURCE_RUN_ID] != target.run_id:
+            raise _refuse(
+                target,
+                f"its {TAG_SOURCE_RUN_ID} {target.tags[TAG_SOURCE_RUN_ID]!r} is not its run "
+                f"{target.run_id!r}",
+            )
+        expected_model_uri = target.tags.get(TAG_SOURCE_MODEL_URI) or target.source
+        if target.source != expected_model_uri:
+            raise _refuse(target, f"its source {target.source!r} is not {expected_model_uri!r}")
+    if not target.run_id:
+        raise _refuse(target, "it names no training run")
+    run_tags = _run_tags(client, target)
+    if run_tags.get(TAG_STAGE) != "training" or not run_tags.get(TAG_IDEMPOTENCY_KEY):
+        raise _refuse(target, f"its run {target.run_id} is not a training run of this provider")
+    if run_tags.get(TAG_MODEL_URI) != expected_model_uri:
+        raise _refuse(
+            target,
+            f"its run {target.run_id} logged {run_tags.get(TAG_MODEL_URI)!r}, not "
+            f"{expected_model_uri!r}",
+        )
+
+
+def _run_tags(client: MlflowClient, target: _Target) -> Mapping[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(str(target.run_id)).data.tags
+    except MlflowException as err:
+        raise _refuse(target, f"its run {target.run_id} cannot be read ({err.message})") from err
