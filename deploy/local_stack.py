@@ -7,7 +7,8 @@ backend, artifacts in S3) and moto's S3-compatible server.
 ``prod``: the topology of ``docker-compose.yaml``: PostgreSQL and Redis from Debian's packages
 (installed with apt-get when missing), Airflow on PostgreSQL with the CeleryExecutor (api-server,
 scheduler, dag-processor, triggerer and two Celery workers), an MLflow server on PostgreSQL
-with S3 artifacts, and moto's S3 server with the artifact bucket created.
+with S3 artifacts and basic authentication on (Airflow signs in as its own MLflow user), and
+moto's S3 server with the artifact bucket created.
 
 Usage (through the ``deploy/local-stack`` wrapper)::
 
@@ -53,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PLUGIN_CLASS = "airflow_mlops.plugins.mlops_page.MlopsPlugin"
 ADMIN_USER = "admin"
+MLFLOW_ADMIN = "admin"  # MLflow's bootstrap admin (basic auth)
+MLFLOW_USER = "airflow"  # the MLflow user of Airflow's mlflow_default connection
 BUCKET = "mlflow"
 S3_KEY = "local-stack"  # moto accepts any credentials; these name the stack in its logs
 CELERY_WORKERS = ("worker-1", "worker-2")
@@ -110,6 +113,10 @@ class State:
     fernet_key: str
     jwt_secret: str
     db_passwords: dict[str, str] = field(default_factory=dict)
+    # prod: MLflow basic-auth users (``admin``, and ``airflow`` for Airflow's connection) and
+    # the secret key of MLflow's Flask sessions.
+    mlflow_passwords: dict[str, str] = field(default_factory=dict)
+    mlflow_secret_key: str = ""
     pids: dict[str, int] = field(default_factory=dict)  # service -> process group id
     # service -> start time (clock ticks since boot) of the group leader, so a stale state
     # file never makes ``stop`` signal an unrelated process that reused the number.
@@ -183,6 +190,8 @@ def new_state(shape: str, root: Path, dags_folder: Path, auto_ports: bool) -> St
         fernet_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         jwt_secret=secrets.token_urlsafe(64),
         db_passwords={"airflow": secrets.token_urlsafe(16), "mlflow": secrets.token_urlsafe(16)},
+        mlflow_passwords={user: secrets.token_urlsafe(24) for user in (MLFLOW_ADMIN, MLFLOW_USER)},
+        mlflow_secret_key=secrets.token_urlsafe(32),
     )
 
 
@@ -190,18 +199,27 @@ def new_state(shape: str, root: Path, dags_folder: Path, auto_ports: bool) -> St
 
 
 def service_commands(
-    *, mlflow_backend_uri: str, artifacts_destination: str, host: str, port: int, allowed_hosts: str
+    *,
+    mlflow_backend_uri: str,
+    artifacts_destination: str,
+    host: str,
+    port: int,
+    allowed_hosts: str,
+    mlflow_auth: bool = True,
 ) -> dict[str, list[str]]:
     """The command of every long-running service of the production-shaped topology.
 
     Addresses that differ between the local stack and docker-compose are arguments; the rest
     (what runs, with which options) is the same in both, and ``tests/test_compose.py`` checks it.
     Airflow's own addresses and ports come from ``AIRFLOW__*`` variables, not the command.
+    ``mlflow_auth``: MLflow's basic-auth app (on in both production shapes; the ``quick``
+    sandbox turns it off).
     """
     commands = {
         "mlflow": [
             "mlflow",
             "server",
+            *(["--app-name", "basic-auth"] if mlflow_auth else []),
             "--backend-store-uri",
             mlflow_backend_uri,
             "--artifacts-destination",
@@ -350,6 +368,7 @@ def airflow_env(state: State) -> dict[str, str]:
             {
                 "conn_type": "mlflow",
                 "host": state.mlflow_url,
+                **mlflow_login(state),
                 "extra": {"timeout": 30, "max_retries": 2},
             }
         ),
@@ -362,6 +381,9 @@ def airflow_env(state: State) -> dict[str, str]:
             }
         ),
         "GX_ANALYTICS_ENABLED": "False",
+        # Holdouts of training data in S3 need a configured root (never beside the data);
+        # every process of the stack shares this disk.
+        "AIRFLOW__MLOPS__ARTIFACTS_URI": str(home / "mlops_artifacts"),
     }
     if plugin_registration() == "provider-info":
         # Airflow loads plugins declared in provider info only when providers are not lazy.
@@ -397,7 +419,7 @@ def base_env() -> dict[str, str]:
 
 
 def mlflow_env(state: State) -> dict[str, str]:
-    return {
+    env = {
         **base_env(),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_S3_ENDPOINT_URL": state.s3_url,
@@ -405,6 +427,62 @@ def mlflow_env(state: State) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": S3_KEY,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    if mlflow_auth_on(state):
+        env.update(
+            {
+                "MLFLOW_AUTH_CONFIG_PATH": str(state.path / "mlflow" / "basic_auth.ini"),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": state.mlflow_secret_key,
+                "MLFLOW_AUTH_ADMIN_PASSWORD": state.mlflow_passwords[MLFLOW_ADMIN],
+            }
+        )
+    return env
+
+
+def mlflow_auth_on(state: State) -> bool:
+    """prod runs MLflow with basic auth, like docker-compose; quick stays an open sandbox."""
+    return state.shape == "prod"
+
+
+def mlflow_login(state: State) -> dict[str, str]:
+    """Login/password fields of Airflow's ``mlflow_default`` connection (prod only)."""
+    if not mlflow_auth_on(state):
+        return {}
+    return {"login": MLFLOW_USER, "password": state.mlflow_passwords[MLFLOW_USER]}
+
+
+def ensure_mlflow_user(base_url: str, admin_password: str, user: str, password: str) -> None:
+    """Create MLflow user ``user`` (an existing one stays) and make it an MLflow admin.
+
+    Admin because MLflow 3.17's basic-auth app answers 403, not 404, when a non-admin asks for
+    an alias of a model that does not exist yet, which the first run of a pipeline does.
+    """
+    try:
+        _mlflow_auth_call(
+            base_url, admin_password, "POST", "users/create", username=user, password=password
+        )
+    except urllib.error.HTTPError as err:
+        body = err.read().decode(errors="replace")
+        if "RESOURCE_ALREADY_EXISTS" not in body:
+            raise StackError(
+                f"creating MLflow user {user!r} failed: HTTP {err.code}: {body[:300]}"
+            ) from None
+    _mlflow_auth_call(
+        base_url, admin_password, "PATCH", "users/update-admin", username=user, is_admin=True
+    )
+
+
+def _mlflow_auth_call(
+    base_url: str, admin_password: str, method: str, route: str, **body: Any
+) -> None:
+    token = base64.b64encode(f"{MLFLOW_ADMIN}:{admin_password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{base_url}/api/2.0/mlflow/{route}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=30):
+        pass
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -813,9 +891,24 @@ def start_mlflow(state: State) -> None:
         host="127.0.0.1",
         port=port,
         allowed_hosts=f"127.0.0.1:{port},localhost:{port}",
+        mlflow_auth=mlflow_auth_on(state),
     )["mlflow"]
-    spawn(state, "mlflow", _resolve(argv), mlflow_env(state))
+    env = mlflow_env(state)
+    argv = _resolve(argv)
+    if mlflow_auth_on(state):
+        # The entry point of docker-compose's mlflow service writes the auth settings (users
+        # and permissions in the MLflow database) and then runs the server.
+        env["MLFLOW_AUTH_DATABASE_URI"] = backend
+        argv = ["bash", str(REPO / "deploy" / "docker" / "mlflow-auth.sh"), *argv]
+    spawn(state, "mlflow", argv, env)
     wait_for(state, "mlflow", lambda: http_ok(f"{state.mlflow_url}/health"), 180, "healthy")
+    if mlflow_auth_on(state):
+        ensure_mlflow_user(
+            state.mlflow_url,
+            state.mlflow_passwords[MLFLOW_ADMIN],
+            MLFLOW_USER,
+            state.mlflow_passwords[MLFLOW_USER],
+        )
 
 
 # -- Airflow --------------------------------------------------------------------------------
@@ -934,6 +1027,9 @@ def start(
     state = new_state(shape, root, dags_folder, auto_ports)
     if existing:  # keep the database passwords of the existing PostgreSQL cluster
         state.db_passwords = existing.db_passwords or state.db_passwords
+        # MLflow's users live in its database: keep their passwords with it.
+        state.mlflow_passwords = existing.mlflow_passwords or state.mlflow_passwords
+        state.mlflow_secret_key = existing.mlflow_secret_key or state.mlflow_secret_key
     state.preload = preload
     state.save()
     prepare_plugins_folder(state)
@@ -978,6 +1074,11 @@ def print_status(state: State) -> None:
     print(f"Airflow UI: {state.airflow_url}   login: {ADMIN_USER} / {state.admin_password}")
     print(f"MLOps page: {state.airflow_url}/plugin/mlops   (app: {state.airflow_url}/mlops/)")
     print(f"MLflow UI:  {state.mlflow_url}")
+    if mlflow_auth_on(state):
+        print(
+            f"            login: {MLFLOW_ADMIN} / {state.mlflow_passwords[MLFLOW_ADMIN]}   "
+            f"(Airflow signs in as {MLFLOW_USER!r})"
+        )
     print(f"S3 (moto):  {state.s3_url}   bucket s3://{BUCKET}  key/secret: {S3_KEY}/{S3_KEY}")
     if state.shape == "prod":
         print(
@@ -1030,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "airflow_url": state.airflow_url,
                             "mlflow_url": state.mlflow_url,
+                            # Airflow's MLflow login (prod); absent when MLflow is open.
+                            **{f"mlflow_{k}": v for k, v in mlflow_login(state).items()},
                             "s3_url": state.s3_url,
                             "admin_user": ADMIN_USER,
                             "admin_password": state.admin_password,

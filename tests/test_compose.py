@@ -109,7 +109,8 @@ def defaults() -> dict[str, str]:
 
 def test_every_service_of_the_topology_is_defined(config: dict[str, Any]) -> None:
     services = set(config["services"])
-    expected = {"postgres", "redis", "s3", "s3-init", "mlflow", "airflow-init", *AIRFLOW_SERVICES}
+    expected = {"postgres", "redis", "s3", "s3-init", "mlflow", "mlflow-init", "airflow-init"}
+    expected |= set(AIRFLOW_SERVICES)
     assert expected <= services, f"missing: {sorted(expected - services)}"
 
 
@@ -160,6 +161,7 @@ def test_airflow_services_share_one_celery_configuration(config: dict[str, Any])
     )
     mlflow_conn = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
     assert (mlflow_conn["conn_type"], mlflow_conn["host"]) == ("mlflow", "http://mlflow:5000")
+    assert mlflow_conn["login"] == "airflow" and mlflow_conn["password"]
     aws_conn = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
     assert aws_conn["conn_type"] == "aws" and aws_conn["extra"]["endpoint_url"] == "http://s3:9000"
 
@@ -231,3 +233,29 @@ def test_env_example_documents_every_variable(defaults: dict[str, str]) -> None:
 
     used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", (REPO / "docker-compose.yaml").read_text()))
     assert used <= set(defaults), f"undocumented in .env.example: {sorted(used - set(defaults))}"
+
+
+def test_mlflow_runs_with_basic_auth_and_airflow_signs_in(
+    config: dict[str, Any], defaults: dict[str, str]
+) -> None:
+    """Issue #14 item 6: MLflow refuses anonymous writes; Airflow has its own MLflow user."""
+    mlflow = config["services"]["mlflow"]
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == defaults["MLFLOW_ADMIN_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == defaults["MLFLOW_FLASK_SECRET_KEY"]
+    assert env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow")
+    # The entry point writes the auth settings, then runs the command.
+    assert mlflow["entrypoint"][-2:] == ["bash", "/opt/mlflow-auth.sh"]
+    script = REPO / "deploy" / "docker" / "mlflow-auth.sh"
+    assert any(v.startswith(f"{script}:/opt/mlflow-auth.sh") for v in mlflow["volumes"])
+    assert 'exec "$@"' in script.read_text()
+    init = config["services"]["mlflow-init"]
+    assert init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert init["environment"]["MLFLOW_AIRFLOW_PASSWORD"] == defaults["MLFLOW_AIRFLOW_PASSWORD"]
+    for name in AIRFLOW_SERVICES:
+        service = config["services"][name]
+        assert service["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"
+        conn = json.loads(service["environment"]["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+        assert (conn["login"], conn["password"]) == ("airflow", defaults["MLFLOW_AIRFLOW_PASSWORD"])

@@ -1,9 +1,15 @@
 """How to reach MLflow: settings resolved from an Airflow connection (or the embedded default).
 
-Plain Python with no Airflow import. MLflow's REST client reads credentials, TLS and
-retry settings from environment variables at request time; :func:`mlflow_environment`
-applies them for the duration of a block and restores the process environment after,
-so settings never leak from one task to the next in a long-lived worker.
+Plain Python with no Airflow import. Credentials never live in a URI that is shown: an
+``http(s)://user:pw@host`` host is split into the URI and the login/password, and
+:func:`redact_uri` / :func:`redact_text` mask the user-info of any other URI (``postgresql://
+u:pw@db/mlflow``) wherever one is displayed, logged or raised.
+
+Clients get the credentials per client (:mod:`airflow_mlops.core.mlflow_client`). Only
+MLflow's *fluent* API (``mlflow.start_run``, ``log_model``) reads them from the process
+environment: :func:`mlflow_environment` applies them for the duration of a block in a task
+process and restores the environment after, so settings never leak from one task to the next
+in a long-lived worker.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from airflow_mlops.core.errors import ConfigError, MlflowConnectionError
+from airflow_mlops.core.errors import ConfigError, MlflowCallError, MlflowConnectionError
 
 EMBEDDED_DIR_NAME = "mlflow"
 DEFAULT_TIMEOUT_S = 30
@@ -39,6 +47,60 @@ _MANAGED_ENV = (
 )
 
 
+MASK = "***"
+
+# ``scheme://user-info@``: the user-info runs to the last '@' before the path, query, fragment
+# or a blank, which is how URL parsers split a netloc; applied to any text that may hold a URI.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s]*)@")
+
+
+def _masked_userinfo(userinfo: str) -> str:
+    user, sep, _ = userinfo.partition(":")
+    # A user-info without ':' may be a token (``https://<token>@host``): mask all of it.
+    return f"{user}:{MASK}" if sep else MASK
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user-info masked: ``postgresql://u:***@db/mlflow``.
+
+    URIs without user-info (``sqlite:///…``, ``databricks://profile``) come back unchanged.
+    """
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{_masked_userinfo(m['userinfo'])}@", uri)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` (an error message, a log line) with URI user-info and every secret masked."""
+    text = redact_uri(text)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def uri_secrets(uri: str | None) -> list[str]:
+    """The secret part of ``uri``'s user-info, as written and percent-decoded."""
+    match = _USERINFO.search(uri or "")
+    if match is None:
+        return []
+    user, sep, password = match["userinfo"].partition(":")
+    secret = password if sep else user
+    return [s for s in dict.fromkeys((secret, unquote(secret))) if s]
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user-info, user, password)`` for an ``http(s)://`` URI.
+
+    Other schemes come back whole: a database URI needs its user-info to connect.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in {"http", "https"} or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    bare = urlunsplit(parts._replace(netloc=host))
+    return bare, unquote(user) or None, unquote(password) if sep else None
+
+
 @dataclass(frozen=True)
 class MlflowSettings:
     """Everything needed to talk to one MLflow tracking server and registry."""
@@ -59,9 +121,23 @@ class MlflowSettings:
     def is_http(self) -> bool:
         return self.tracking_uri.startswith(("http://", "https://"))
 
+    def __repr__(self) -> str:
+        # The URIs may hold a database password: mask it like everywhere else.
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return redact_text(f"MlflowSettings({shown})", self.secrets)
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI to show people: any user-info password masked."""
+        return redact_uri(self.tracking_uri)
+
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.password, self.token) if s]
+        """Every secret of the settings, for the log masker and error scrubbing."""
+        found = [s for s in (self.password, self.token) if s]
+        for uri in (self.tracking_uri, self.registry_uri, self.artifact_root, self.s3_endpoint_url):
+            found += uri_secrets(uri)
+        return list(dict.fromkeys(found))
 
     def environment(self) -> dict[str, str | None]:
         """Environment variables MLflow reads; ``None`` means 'must be unset'."""
@@ -159,11 +235,23 @@ def settings_from_connection(
             f"MLflow connection {conn_id!r} has unknown extra field(s) {unknown}; "
             f"known fields: {sorted(known)}."
         )
+    host, uri_user, uri_password = split_credentials(host.strip()) if host else (host, None, None)
+    if (uri_user or uri_password) and (login or password):
+        raise ConfigError(
+            f"MLflow connection {conn_id!r} has credentials both in its host "
+            f"({redact_uri(host or '')}) and in login/password: keep only login/password."
+        )
+    registry_uri = extra.get("registry_uri") or None
+    if registry_uri and split_credentials(registry_uri)[0] != registry_uri:
+        raise ConfigError(
+            f"MLflow connection {conn_id!r}: extra 'registry_uri' ({redact_uri(registry_uri)}) "
+            "must not carry credentials; the connection's login/password apply to it."
+        )
     return MlflowSettings(
         tracking_uri=tracking_uri_from_parts(host, port, conn_id),
-        registry_uri=extra.get("registry_uri") or None,
-        username=login or None,
-        password=password or None,
+        registry_uri=registry_uri,
+        username=login or uri_user or None,
+        password=password or uri_password or None,
         token=extra.get("token") or None,
         s3_endpoint_url=extra.get("s3_endpoint_url") or None,
         verify_tls=_as_bool(extra.get("verify_tls", True), "verify_tls"),
@@ -195,7 +283,13 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def mlflow_environment(settings: MlflowSettings) -> Iterator[None]:
-    """Point MLflow's fluent API and clients at ``settings`` for the duration of the block."""
+    """Point MLflow's fluent API at ``settings`` for the duration of the block.
+
+    Task processes only: the variables, credentials included, are process-wide while the
+    block runs, which is safe where one process runs one task. Threads of long-lived
+    processes (API server, triggerer) use a per-client connection instead
+    (:func:`airflow_mlops.core.mlflow_client.connection_client`).
+    """
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -249,10 +343,12 @@ _UNREACHABLE_MARKERS = (
 def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> BaseException | None:
     """Turn MLflow's transport and auth errors into a clear MlflowConnectionError.
 
-    Returns ``None`` for errors that are not about reaching or authenticating to MLflow.
+    Credentials never reach the message (URI user-info and the connection's secrets are
+    masked); any other error whose text holds one comes back as a scrubbed MlflowCallError.
+    Returns ``None`` for other errors that are not about reaching or authenticating to MLflow.
     """
-    text = str(err)
-    uri = settings.tracking_uri
+    text = redact_text(str(err), settings.secrets)
+    uri = settings.display_uri
     if any(marker in text for marker in _UNREACHABLE_MARKERS):
         return MlflowConnectionError(
             f"MLflow tracking server {uri} is unreachable "
@@ -269,6 +365,9 @@ def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> Base
         return MlflowConnectionError(
             f"MLflow tracking server {uri} denied permission: {_first_line(text)}"
         )
+    if text != str(err):
+        # Not about reaching MLflow, but the message held a credential: raise it scrubbed.
+        return MlflowCallError(f"MLflow call to {uri} failed: {type(err).__name__}: {text}")
     return None
 
 

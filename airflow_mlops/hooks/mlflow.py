@@ -26,9 +26,18 @@ DEFAULT_CONN_ID = "mlflow_default"
 class MlflowHook(BaseHook):
     """Talk to an MLflow tracking server and model registry through an Airflow connection.
 
-    Use ``with hook.session() as client:``; inside the block ``mlflow.*`` fluent calls and the
-    yielded ``MlflowClient`` use this connection. Credentials are applied as environment
-    variables only for the block and are masked in task logs.
+    Two ways in:
+
+    - ``with hook.client() as client:`` (or ``hook.get_conn()``): an ``MlflowClient`` that
+      carries this connection's credentials itself. Nothing is written to ``os.environ``, so
+      it is safe in threads of long-lived processes (the API server, the triggerer).
+    - ``with hook.session() as client:``: the same client, and MLflow's *fluent* API
+      (``mlflow.start_run``, ``log_model``, ``models:/`` loads) also points at this connection
+      for the block. The fluent API reads credentials from process environment variables, so
+      use ``session()`` only in task processes (one task per process).
+
+    Secrets (password, token, the password of a URI's user-info) are registered with the log
+    masker when the connection is read; :attr:`display_uri` is the URI to show people.
 
     With no ``mlflow_default`` connection defined, the hook uses the embedded default: a
     SQLite tracking store and artifact folder under ``$AIRFLOW_HOME/mlflow/``.
@@ -91,44 +100,64 @@ class MlflowHook(BaseHook):
 
     @property
     def tracking_uri(self) -> str:
+        """The tracking URI as configured; may hold a database password: never show it."""
         return self.settings.tracking_uri
 
-    def get_conn(self) -> MlflowClient:
-        """A client bound to this connection's URIs (credentials apply inside ``session()``)."""
-        from mlflow.tracking import MlflowClient
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI to show, log or raise: user-info passwords masked."""
+        return self.settings.display_uri
 
-        return MlflowClient(
-            tracking_uri=self.settings.tracking_uri,
-            registry_uri=self.settings.registry_uri or self.settings.tracking_uri,
-        )
+    def get_conn(self) -> MlflowClient:
+        """A client bound to this connection: its own URIs and its own credentials."""
+        from airflow_mlops.core.mlflow_client import connection_client
+
+        return connection_client(self.settings)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[MlflowClient]:
+        """A client for this connection, safe in any thread: no process-wide state changes.
+
+        Transport and authentication failures are re-raised as ``MlflowConnectionError``
+        naming the tracking URI (credentials masked).
+        """
+        with self._translated_errors():
+            yield self.get_conn()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[MlflowClient]:
-        """Configure MLflow for this connection for the block; restore everything after.
+        """Configure MLflow's fluent API for this connection for the block; restore after.
 
-        Transport and authentication failures are re-raised as ``MlflowConnectionError``
-        naming the tracking URI.
+        Task processes only (see the class docstring); errors as in :meth:`client`.
         """
+        from airflow_mlops.core.mlflow_settings import mlflow_environment
+
+        with mlflow_environment(self.settings), self._translated_errors():
+            yield self.get_conn()
+
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
         from airflow_mlops.core.mlflow_settings import (
             ensure_embedded_store,
-            mlflow_environment,
+            redact_text,
             translate_mlflow_error,
         )
 
         settings = self.settings
-        with mlflow_environment(settings):
-            try:
-                if settings.embedded or settings.tracking_uri.startswith("sqlite:"):
-                    ensure_embedded_store(settings)
-                yield self.get_conn()
-            except Exception as err:
-                clearer = translate_mlflow_error(err, settings)
-                if clearer is None:
-                    raise
-                raise clearer from err
+        try:
+            if settings.embedded or settings.tracking_uri.startswith("sqlite:"):
+                ensure_embedded_store(settings)
+            yield
+        except Exception as err:
+            clearer = translate_mlflow_error(err, settings)
+            if clearer is None:
+                raise
+            # An original that quotes a credential stays out of the traceback.
+            quotes_secret = redact_text(str(err), settings.secrets) != str(err)
+            raise clearer from (None if quotes_secret else err)
 
     def get_or_create_experiment(self, name: str) -> str:
-        """Experiment id for ``name``, creating it if needed. Call inside ``session()``."""
+        """Experiment id for ``name``, creating it if needed (with this connection's client)."""
         from mlflow.exceptions import MlflowException
 
         client = self.get_conn()
@@ -149,12 +178,15 @@ class MlflowHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Answer the Test button of the connection form."""
+        from airflow_mlops.core.mlflow_settings import redact_text
+
         try:
-            with self.session() as client:
+            with self.client() as client:
                 client.search_experiments(max_results=1)
         except Exception as err:
-            return False, str(err)
-        return True, f"Connected to MLflow at {self.tracking_uri}."
+            secrets = self.settings.secrets if "settings" in self.__dict__ else ()
+            return False, redact_text(str(err), secrets)
+        return True, f"Connected to MLflow at {self.display_uri}."
 
 
 def _extra_dict(extra: Any, conn_id: str) -> dict[str, Any]:

@@ -251,9 +251,9 @@ def _read_registry(client: Any) -> dict[str, Any]:
 
     max_models = int(_setting("page_max_models", "50") or 50)
     return {
-        "tracking_uri": _mlflow_hook().tracking_uri,
+        "tracking_uri": _mlflow_hook().display_uri,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "models": collect_overview(client, max_models=max_models),
+        "models": collect_overview(client, max_models=max_models, map_fn=mlflow_calls.thread_map),
     }
 
 
@@ -446,10 +446,20 @@ async def report_of_task(
     dag_id: str, run_id: str, task_id: str, user: UserDep, map_index: int = -1
 ) -> Response:
     """The report a provider's validation task recorded in its XCom (for users who may read
-    that DAG's task results, as Airflow's XCom API decides)."""
-    from airflow_mlops.plugins.airflow_facts import is_provider_validation_task, report_uri_of_task
+    that DAG's task results, as Airflow's XCom API decides).
 
-    def find() -> str | None:
+    The ``USER`` role may patch that XCom: a URI other than the task's own rendered
+    ``report_uri`` is served only from the DAG's own folder of the artifacts root (where the
+    operator's default report goes), never from another DAG's.
+    """
+    from airflow_mlops.operators.base import path_safe
+    from airflow_mlops.plugins.airflow_facts import (
+        is_provider_validation_task,
+        rendered_report_uri,
+        report_uri_of_task,
+    )
+
+    def find() -> tuple[str | None, str | None]:
         if not access_for(user, []).may_read_xcom(dag_id):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -460,12 +470,15 @@ async def report_of_task(
                 status.HTTP_404_NOT_FOUND,
                 "Only the reports of the provider's validation tasks are served.",
             )
-        return report_uri_of_task(dag_id, run_id, task_id, map_index)
+        uri = report_uri_of_task(dag_id, run_id, task_id, map_index)
+        if uri and uri == rendered_report_uri(dag_id, run_id, task_id, map_index):
+            return uri, None
+        return uri, path_safe(dag_id)
 
-    uri = await _blocking(find)
+    uri, subfolder = await _blocking(find)
     if not uri:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No report is recorded for this task.")
-    return await _served_uri(str(uri))
+    return await _served_uri(str(uri), subfolder)
 
 
 # -- reading reports ------------------------------------------------------------------------
@@ -499,11 +512,16 @@ def _read_run_artifact(client: Any, run_id: str, path: str, cap: int) -> bytes:
         return reports.read_local(located, cap)
 
 
-async def _served_uri(uri: str | None) -> Response:
-    """A recorded report URI, served only from under ``[mlops] artifacts_uri``."""
+async def _served_uri(uri: str | None, subfolder: str | None = None) -> Response:
+    """A recorded report URI, served only from under ``[mlops] artifacts_uri`` (or its
+    ``subfolder``)."""
+    from airflow_mlops.core.storage import join_uri
+
     if not uri:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No report is recorded there.")
     root, cap = _setting("artifacts_uri"), report_max_bytes()
+    if root and subfolder:
+        root = join_uri(root, subfolder)
     body = await _blocking(lambda: _read_or_refuse(uri, root, cap))
     return _report_body(body, uri)
 

@@ -5,15 +5,14 @@ that the sensors' ``poke`` and the triggers' loops share, so both modes decide t
 
 MLflow's client is synchronous: each poll runs in a worker thread through asgiref's
 ``sync_to_async`` (so a connection lookup inside it can reach Airflow's API from the
-triggerer), and the event loop never blocks. ``MlflowHook.session()`` configures MLflow
-through process environment variables; the triggerer runs many triggers in one process, so
-polls are serialised by a lock to keep one trigger's credentials out of another's request.
+triggerer), and the event loop never blocks. The triggerer runs many triggers in one
+process, so polls use ``MlflowHook.client()``: each client carries its own connection's
+credentials and nothing is placed in the process environment for other triggers to see.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ READY = "READY"
 PENDING_REGISTRATION = "PENDING_REGISTRATION"
 FAILED_REGISTRATION = "FAILED_REGISTRATION"
 
-_MLFLOW_SESSION_LOCK = threading.Lock()
 _NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
@@ -146,7 +144,7 @@ class _RegistryPollTrigger(BaseTrigger):
 
         if self._hook is None:
             self._hook = MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
-        with _MLFLOW_SESSION_LOCK, self._hook.session() as client:
+        with self._hook.client() as client:
             return self._check(client)
 
     async def _run_in_thread(self, func: Callable[[], dict[str, Any]]) -> dict[str, Any]:

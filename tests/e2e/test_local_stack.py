@@ -25,6 +25,7 @@ Select or skip with the marker: ``pytest -m e2e`` / ``pytest -m "not e2e"``.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import importlib.util
 import json
@@ -294,10 +295,27 @@ def test_scheduled_run_with_nothing_new_is_skipped(scheduled_run: dict[str, Any]
     assert summary["champion_version"] == "1", summary
 
 
-def test_champion_alias_is_set_by_this_run(stack: dict[str, str], dag_run: dict[str, Any]) -> None:
+def test_mlflow_requires_authentication(stack: dict[str, str]) -> None:
+    """MLflow runs with basic auth: anonymous and wrong-password calls are refused."""
+    search = stack["mlflow_url"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert status_of(search, {}) == 401
+    wrong = base64.b64encode(f"{stack['mlflow_login']}:wrong".encode()).decode()
+    assert status_of(search, {"Authorization": f"Basic {wrong}"}) == 401
+    right = base64.b64encode(
+        f"{stack['mlflow_login']}:{stack['mlflow_password']}".encode()
+    ).decode()
+    assert status_of(search, {"Authorization": f"Basic {right}"}) == 200
+
+
+def test_champion_alias_is_set_by_this_run(
+    stack: dict[str, str], dag_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Checked with MLflow's own client: the champion came from the run we triggered."""
     from mlflow.tracking import MlflowClient
 
+    # This test process talks to one MLflow only: the environment is the plain way in.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack["mlflow_login"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack["mlflow_password"])
     client = MlflowClient(tracking_uri=stack["mlflow_url"])
     champion = client.get_model_version_by_alias(E2E_MODEL_NAME, "champion")
     assert str(champion.status) == "READY"
