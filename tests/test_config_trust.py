@@ -89,6 +89,50 @@ def test_a_yaml_file_with_a_connection_template_names_file_and_field(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("section", "text", "message"),
+    [
+        ("data", "predictions_uri: !!binary {b64}", r"data\.predictions_uri.*\['conn'\]"),
+        ("training", "estimator: !!binary {b64}", r"training\.estimator: Jinja"),
+        ("training", "params: {{!!binary {b64}: 1}}", "Jinja"),
+    ],
+    ids=["templated-key", "other-key", "mapping-key"],
+)
+def test_a_template_hidden_in_a_yaml_binary_scalar_is_refused(tmp_path, section, text, message):
+    """``!!binary`` loads as bytes, which pydantic decodes into the ``str`` field."""
+    import base64
+
+    b64 = base64.b64encode(b"/out/{{ conn.x.password }}").decode()
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: m\ndata:\n  train_uri: /d/in/train.parquet\n  target: y\n"
+        + ("" if section == "data" else f"{section}:\n")
+        + f"  {text.format(b64=b64)}\n"
+    )
+    with pytest.raises(TemplateNotAllowedError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('  features: !!set {"{{ var.value.x }}": null}', r"data\.features\.0: Jinja"),
+        (  # training.params values are Any: the tuple would reach the operator as is
+            'training:\n  params: {C: !!omap [{"{{ var.value.x }}": 1}]}',
+            r"training\.params\.C\.0\.0: Jinja",
+        ),
+    ],
+    ids=["set", "omap"],
+)
+def test_a_template_in_a_yaml_set_or_ordered_map_is_refused(tmp_path, line, message):
+    """``!!set`` loads as a set and ``!!omap``/``!!pairs`` as tuples: pydantic accepts both
+    as lists, and Airflow renders them inside template fields."""
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: m\ndata:\n  train_uri: /d/in/train.parquet\n  target: y\n{line}\n")
+    with pytest.raises(TemplateNotAllowedError, match=message):
+        load_config(path)
+
+
 # -- estimators -------------------------------------------------------------------------------
 @pytest.fixture
 def user_modules(tmp_path, monkeypatch):
@@ -225,6 +269,25 @@ def test_default_prefixes_are_the_folders_of_the_yaml_uris_and_can_be_declared()
     assert templated.allowed_data_prefixes == ["/d/in", "s3://out/preds"]
 
 
+@pytest.mark.parametrize(
+    ("data", "folder"),
+    [
+        ({"predictions_uri": "/out{{ ds }}.parquet"}, "'/'"),  # would allow every file
+        ({"train_uri": "/train.parquet"}, "'/'"),
+        ({"predictions_uri": "file:///p.parquet"}, "'file://'"),
+        ({"predictions_uri": "s3://{{ params.bucket }}/p.parquet"}, "'s3://'"),
+        ({"predictions_uri": "preds/{{ ds }}.parquet"}, "'preds'"),  # relative: never resolved
+    ],
+)
+def test_a_default_prefix_must_be_a_checkable_folder(data, folder):
+    raw = minimal(data=data)
+    with pytest.raises(ConfigError, match=rf"gives no folder to allow by default \({folder}\)"):
+        parse_config(raw, source="p.yaml", base_dir=Path("/srv/pipelines"))
+    # Declaring the prefixes is the way out.
+    declared = minimal(data={**data, "allowed_prefixes": ["/d/in"]})
+    parse_config(declared, source="p.yaml", base_dir=Path("/srv/pipelines"))
+
+
 def test_every_data_task_of_the_generated_dags_carries_the_prefixes():
     from airflow_mlops.factories import continuous_training_dag, monitoring_dag
 
@@ -274,6 +337,24 @@ def test_a_trigger_param_outside_the_prefixes_fails_the_task_in_the_task_runner(
     assert run_dag(dag).state == "success"
     assert run_dag(dag, data_uri="/etc/passwd").state == "failed"
     assert run_dag(dag, data_uri="s3://other-bucket/x.csv").state == "failed"
+
+
+def test_segment_data_is_read_only_from_the_own_dags_artifacts_folder(monkeypatch, tmp_path):
+    """The segment URIs come from an XCom (the USER role may patch it): they may name the
+    files this DAG wrote, never another pipeline's holdout under the shared root."""
+    from airflow.sdk import DAG
+
+    from airflow_mlops.operators.base import DAG_ARTIFACTS_PREFIX
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__ARTIFACTS_URI", str(tmp_path))
+    with DAG("ct_segments", schedule=None):
+        read = ReadsData(task_id="read", data_uri="", allowed_data_prefixes=[DAG_ARTIFACTS_PREFIX])
+    read.data_uri = str(tmp_path / "ct_segments" / "run" / "split" / "segments" / "a.parquet")
+    read.check_data_uris()
+    for other in ("other_team_ct/run/train/training/holdout.parquet", "ct_segments_x/a.parquet"):
+        read.data_uri = str(tmp_path / other)
+        with pytest.raises(DataUriNotAllowedError, match="data_uri"):
+            read.check_data_uris()
 
 
 def test_an_inline_suite_with_the_pandas_condition_parser_is_refused_at_load():

@@ -389,6 +389,26 @@ def test_report_uris_outside_artifacts_uri_are_refused(tmp_path: Path) -> None:
     assert refused.value.status == 403
 
 
+def test_only_html_and_json_reports_are_served_from_the_artifacts_root(tmp_path: Path) -> None:
+    """The root also holds holdout/reference/prediction data: a forged tag or XCom naming one
+    must not make the page a download of another pipeline's data. A %00 is a 400, not a 500."""
+    from airflow_mlops.plugins import reports
+
+    run = tmp_path / "other_team_ct" / "run" / "train" / "training"
+    run.mkdir(parents=True)
+    for name in ("holdout.parquet", "reference.csv", "notes.txt"):
+        (run / name).write_bytes(b"SECRET rows")
+    (run / "report.HTML").write_text("<h1>ok</h1>")
+    for name in ("holdout.parquet", "reference.csv", "notes.txt"):
+        with pytest.raises(reports.ReportRefused) as refused:
+            reports.read_report(str(run / name), str(tmp_path), 1024, lambda: None)
+        assert refused.value.status == 403, name
+    assert reports.read_report(str(run / "report.HTML"), str(tmp_path), 1024, lambda: None)
+    with pytest.raises(reports.ReportRefused) as refused:
+        reports.read_report(f"file://{run}/report.HTML%00.x", str(tmp_path), 1024, lambda: None)
+    assert refused.value.status == 400
+
+
 def test_oversized_report_is_refused_before_it_is_read(tmp_path: Path) -> None:
     from airflow_mlops.plugins import reports
 
@@ -423,6 +443,7 @@ def test_s3_reports_only_under_the_artifacts_prefix(s3_bucket: str, s3_server: s
     s3.put_object(Bucket=s3_bucket, Key="reports-evil/r.html", Body=b"sibling")
     s3.put_object(Bucket=s3_bucket, Key="secret/r.html", Body=b"secret")
     s3.put_object(Bucket=s3_bucket, Key="reports/big.html", Body=b"z" * 3000)
+    s3.put_object(Bucket=s3_bucket, Key="reports/holdout.parquet", Body=b"data")
     root = f"s3://{s3_bucket}/reports/"
     refused = {
         f"s3://{foreign}/reports/r.html": 403,
@@ -431,6 +452,7 @@ def test_s3_reports_only_under_the_artifacts_prefix(s3_bucket: str, s3_server: s
         f"s3://{s3_bucket}/reports/": 404,
         f"s3://{s3_bucket}/reports/big.html": 413,
         f"s3://{s3_bucket}/reports/missing.html": 404,
+        f"s3://{s3_bucket}/reports/holdout.parquet": 403,  # data, not a report
         "/etc/passwd": 403,  # a local path while the root is on S3
     }
     for uri, expected in refused.items():
@@ -555,6 +577,20 @@ def test_task_report_route_serves_only_validation_tasks_and_their_roots(
         response = api.get(f"{base}/validate", headers=auth)  # type: ignore[attr-defined]
         assert response.status_code == 403, response.text
         assert "root:" not in response.text and "PATH=" not in response.text
+    # Or at another DAG's report under the same root (another team's data samples): a URI
+    # that is not the task's own rendered report_uri is served only from its DAG's folder.
+    other = artifacts_root / "other_team_ct" / "run" / "validate" / "validation_result.json"
+    own = artifacts_root / dag_id / "run" / "validate" / "validation_result.json"
+    for path in (other, own):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"secret": "rows"}')
+    for uri, expected in ((other, 403), (own, 200)):
+        patched = api.patch(
+            xcom, headers=auth, json={"value": {"success": True, "report_uri": str(uri)}}
+        )  # type: ignore[attr-defined]
+        assert patched.status_code == 200, patched.text
+        response = api.get(f"{base}/validate", headers=auth)  # type: ignore[attr-defined]
+        assert response.status_code == expected, (uri, response.text)
 
 
 def test_nav_entry_is_registered(api: object, token: str) -> None:

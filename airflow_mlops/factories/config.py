@@ -196,6 +196,37 @@ class PipelineConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _default_data_prefixes_are_folders(self) -> PipelineConfig:
+        """Without ``data.allowed_prefixes``, each data URI's folder becomes an allowed prefix:
+        refuse one that allows every file (``/x.csv``, ``/out{{ ds }}.csv``: the folder is
+        ``/``) or that no task can check (relative, templated bucket, other scheme)."""
+        if self.data.allowed_prefixes is not None:
+            return self
+        for field, uri in self._data_uris():
+            folder = _folder_of(uri)
+            if not _is_checkable_folder(folder):
+                raise ValueError(
+                    f"{field} {uri!r} gives no folder to allow by default ({folder!r}): "
+                    "declare data.allowed_prefixes"
+                )
+        return self
+
+    def _data_uris(self) -> list[tuple[str, str]]:
+        """(dotted field, URI) of every data URI written in the file."""
+        monitoring = self.monitoring
+        uris = {
+            "data.train_uri": self.data.train_uri,
+            "data.inference_uri": self.data.inference_uri,
+            "data.predictions_uri": self.data.predictions_uri,
+            "monitoring.current_uri": monitoring.current_uri,
+            "monitoring.reference_uri": monitoring.reference_uri,
+            "monitoring.decay.labels_uri": monitoring.decay.labels_uri
+            if monitoring.decay
+            else None,
+        }
+        return [(field, uri) for field, uri in uris.items() if uri]
+
     @field_validator("tags")
     @classmethod
     def _unique_tags(cls, tags: list[str]) -> list[str]:
@@ -220,16 +251,7 @@ class PipelineConfig(_Section):
         """``data.allowed_prefixes``, else the folder of every data URI written in the file."""
         if self.data.allowed_prefixes is not None:
             return list(self.data.allowed_prefixes)
-        monitoring = self.monitoring
-        uris = [
-            self.data.train_uri,
-            self.data.inference_uri,
-            self.data.predictions_uri,
-            monitoring.current_uri,
-            monitoring.reference_uri,
-            monitoring.decay.labels_uri if monitoring.decay else None,
-        ]
-        return list(dict.fromkeys(_folder_of(uri) for uri in uris if uri))
+        return list(dict.fromkeys(_folder_of(uri) for _, uri in self._data_uris()))
 
     @property
     def registered_model_name(self) -> str:
@@ -262,6 +284,16 @@ def _folder_of(uri: str) -> str:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         return f"s3://{bucket}/{key.rsplit('/', 1)[0]}" if "/" in key else f"s3://{bucket}"
     return uri.rsplit("/", 1)[0] or "/"
+
+
+def _is_checkable_folder(folder: str) -> bool:
+    """An absolute local folder other than ``/``, or an ``s3://`` bucket (``file://`` too)."""
+    if folder.startswith("s3://"):
+        return bool(folder.removeprefix("s3://").split("/", 1)[0])
+    if folder.startswith("file://"):
+        host, _, path = folder.removeprefix("file://").partition("/")
+        folder = "/" + path if host in ("", "localhost") else ""
+    return folder.startswith("/") and bool(folder.strip("/"))
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from airflow.sdk import task, task_group
 
 from airflow_mlops.factories.config import PipelineConfig
-from airflow_mlops.operators.base import ARTIFACTS_ROOT_PREFIX
+from airflow_mlops.operators.base import DAG_ARTIFACTS_PREFIX
 
 
 def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
@@ -45,8 +45,8 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
 
     @task_group(group_id="segment")
     def per_segment(segment_model: Any, segment_uri: Any) -> None:
-        # Segment files are written by split_segments under the artifacts root.
-        prefixes = [*config.allowed_data_prefixes, ARTIFACTS_ROOT_PREFIX]
+        # Segment files are written by split_segments under this DAG's artifacts folder.
+        prefixes = [*config.allowed_data_prefixes, DAG_ARTIFACTS_PREFIX]
         last = _single_model_chain(config, segment_model, segment_uri, conns, prefixes)
         last >> _summary_task(config, prefix=f"{prefix}segment.", model=segment_model)
 

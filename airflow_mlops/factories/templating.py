@@ -86,17 +86,34 @@ def _allowed_expression(node: Any) -> bool:
     )
 
 
+def _as_text(value: Any) -> str | None:
+    """``value`` as the string pydantic would make of it, or None for a non-string.
+
+    YAML ``!!binary`` scalars load as bytes, which pydantic's lax ``str`` fields decode: a
+    template hidden that way must be seen by the check too.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return None
+
+
 def _strings(value: Any, where: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
-    """Every string of the config (mapping keys included) with its dotted location."""
+    """Every string of the config (mapping keys, bytes, sets and tuples included) with its
+    dotted location."""
     stack: list[tuple[tuple[str, ...], Any]] = [(where, value)]
     while stack:
         path, node = stack.pop()
-        if isinstance(node, str):
-            yield path, node
+        if (text := _as_text(node)) is not None:
+            yield path, text
         elif isinstance(node, dict):
             for key, child in node.items():
-                if isinstance(key, str):
-                    yield (*path, key), key
-                stack.append(((*path, str(key)), child))
-        elif isinstance(node, list):
+                name = _as_text(key)
+                if name is not None:
+                    yield (*path, name), name
+                stack.append(((*path, name if name is not None else str(key)), child))
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            # YAML's !!set, !!omap and !!pairs load as sets and tuples, which pydantic turns
+            # into lists and Airflow renders inside template fields all the same.
             stack.extend(((*path, str(i)), child) for i, child in enumerate(node))

@@ -71,9 +71,11 @@ def allowed_estimator_modules() -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-#: Placeholder in ``allowed_data_prefixes`` for the artifacts root, resolved at execute time
-#: (the factories add it for data the provider wrote itself, such as segment files).
-ARTIFACTS_ROOT_PREFIX = "<mlops artifacts root>"
+#: Placeholder in ``allowed_data_prefixes`` for the task's own DAG folder under the artifacts
+#: root (``<root>/<dag_id>``), resolved at execute time: the factories add it for data the
+#: provider wrote itself in that DAG, such as segment files. Never the whole root: it holds
+#: every other pipeline's holdout, reference and prediction files.
+DAG_ARTIFACTS_PREFIX = "<mlops artifacts of this dag>"
 #: Template fields ending in ``_uri`` that do not name input/output data.
 NON_DATA_URI_FIELDS = frozenset({"report_uri", "model_uri", "artifacts_uri"})
 
@@ -117,8 +119,12 @@ def is_under_prefix(uri: str, prefix: str) -> bool:
     return uri == folder or uri.startswith(folder + "/") or (folder == "" and uri.startswith("/"))
 
 
-def check_data_uri(uri: str, allowed_prefixes: Sequence[str], field: str) -> str:
+def check_data_uri(
+    uri: str, allowed_prefixes: Sequence[str], field: str, dag_id: str | None = None
+) -> str:
     """``uri`` normalised, or :class:`DataUriNotAllowedError` naming the field and the prefixes.
+
+    :data:`DAG_ARTIFACTS_PREFIX` stands for ``<artifacts root>/<dag_id>`` (``dag_id`` needed).
 
     Every operator that reads or writes pipeline data calls this after rendering (see
     :meth:`MlopsBaseOperator.pre_execute`), so a trigger parameter cannot point a task at
@@ -126,7 +132,7 @@ def check_data_uri(uri: str, allowed_prefixes: Sequence[str], field: str) -> str
     """
     normalized = normalize_data_uri(uri, field)
     prefixes = [
-        default_artifacts_root() if p == ARTIFACTS_ROOT_PREFIX else p for p in allowed_prefixes
+        dag_artifacts_folder(dag_id) if p == DAG_ARTIFACTS_PREFIX else p for p in allowed_prefixes
     ]
     allowed = [normalize_data_uri(p, "allowed data prefix") for p in prefixes]
     if not any(is_under_prefix(normalized, p) for p in allowed):
@@ -135,6 +141,16 @@ def check_data_uri(uri: str, allowed_prefixes: Sequence[str], field: str) -> str
             "set data.allowed_prefixes in the pipeline YAML to read it"
         )
     return normalized
+
+
+def dag_artifacts_folder(dag_id: str | None) -> str:
+    """``<artifacts root>/<dag_id>``: where :meth:`MlopsBaseOperator.default_report_uri` of
+    every task of that DAG writes."""
+    from airflow_mlops.core.storage import join_uri
+
+    if not dag_id:
+        raise DataUriNotAllowedError(f"{DAG_ARTIFACTS_PREFIX} needs the task's dag_id")
+    return join_uri(default_artifacts_root(), path_safe(dag_id))
 
 
 def as_mapping(value: Any, field: str) -> dict[str, Any]:
@@ -149,7 +165,8 @@ def as_mapping(value: Any, field: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _path_safe(value: str) -> str:
+def path_safe(value: str) -> str:
+    """``value`` as one folder name of the artifacts root (also used by the MLOps page)."""
     safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", value)
     # '.' and '..' navigate instead of naming a folder (Airflow accepts a run id of '..'
     # when [core] allow_double_dot_in_ids is set), and '' would drop a level: never let
@@ -201,7 +218,7 @@ class MlopsBaseOperator(BaseOperator):
         for name in self.data_uri_fields:
             value = getattr(self, name, None)
             if isinstance(value, str) and value:
-                check_data_uri(value, self.allowed_data_prefixes, name)
+                check_data_uri(value, self.allowed_data_prefixes, name, self.dag_id)
 
     def pre_execute(self, context: Context) -> None:
         """Runs after templates are rendered, right before :meth:`execute`."""
@@ -240,7 +257,7 @@ class MlopsBaseOperator(BaseOperator):
         from airflow_mlops.core.storage import join_uri
 
         run = cls.run_context(context)
-        parts = [_path_safe(run.dag_id), _path_safe(run.run_id), _path_safe(run.task_id)]
+        parts = [path_safe(run.dag_id), path_safe(run.run_id), path_safe(run.task_id)]
         if run.map_index >= 0:
             parts.append(str(run.map_index))
         return join_uri(default_artifacts_root(), *parts, name)

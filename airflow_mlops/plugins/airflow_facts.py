@@ -159,6 +159,29 @@ def report_uri_of_task(dag_id: str, run_id: str, task_id: str, map_index: int) -
     return summary.get("report_uri") if isinstance(summary, dict) else None
 
 
+def rendered_report_uri(dag_id: str, run_id: str, task_id: str, map_index: int) -> str | None:
+    """The ``report_uri`` the task was configured with, as it rendered it (None: the default).
+
+    Read from Airflow's rendered-fields record, which the task writes and no REST API edits:
+    unlike the XCom, a user cannot point it at another DAG's report.
+    """
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rendered
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        fields = session.scalars(
+            select(Rendered.rendered_fields).where(
+                Rendered.dag_id == dag_id,
+                Rendered.run_id == run_id,
+                Rendered.task_id == task_id,
+                Rendered.map_index == map_index,
+            )
+        ).first()
+    value = fields.get("report_uri") if isinstance(fields, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def is_provider_validation_task(dag_id: str, run_id: str, task_id: str, map_index: int) -> bool:
     """Whether this task instance ran the provider's own ``DataValidationOperator``.
 

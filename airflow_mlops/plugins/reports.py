@@ -6,14 +6,15 @@ URI as given. It serves only:
 
 - MLflow artifacts of a run the page shows, under the report folders
   (:data:`airflow_mlops.plugins.model_overview.REPORT_ARTIFACT_ROOTS`), read through MLflow;
-- objects under the configured ``[mlops] artifacts_uri`` (a local folder or an ``s3://``
-  prefix). The URI is normalised before the prefix check: ``..``/``.``/empty segments are
+- HTML and JSON objects (:data:`REPORT_SUFFIXES`) under the configured ``[mlops]
+  artifacts_uri`` (a local folder or an ``s3://`` prefix), never the data files the same root
+  holds (holdout, reference, segments, predictions). The URI is normalised before the prefix check: ``..``/``.``/empty segments are
   refused, ``file://`` must name no other host, local paths are resolved (symlinks
   followed) and checked again, and the opened file is checked a third time through its file
   descriptor; S3 keys are compared on whole path segments of the same bucket.
 
-Reads stop at ``[mlops] report_max_bytes`` + 1 bytes (413): a body is never held in memory
-beyond the cap. ``http(s)://`` report URIs are never fetched nor redirected to: the page shows
+Reads go in 64 KiB chunks and stop at the first chunk past ``[mlops] report_max_bytes`` (413):
+a body is never held in memory beyond the cap plus one chunk. ``http(s)://`` report URIs are never fetched nor redirected to: the page shows
 them as plain links. Every refusal is a :class:`ReportRefused` with an HTTP status and a short
 reason that does not echo the URI (it may be a secret path).
 
@@ -36,6 +37,10 @@ CHUNK_BYTES = 64 * 1024
 EXTERNAL_SCHEMES = ("http://", "https://")
 #: Media types a report may be served as; anything else is sent as a download.
 SERVED_MEDIA_TYPES = frozenset({"text/html", "application/json", "text/plain", "text/csv"})
+#: The only files served from under ``[mlops] artifacts_uri``: the provider's reports are HTML
+#: or JSON. The same root holds holdout, reference, segment and prediction data (parquet,
+#: csv): a forged tag or XCom must not turn the page into a download of another team's data.
+REPORT_SUFFIXES = (".html", ".htm", ".json")
 
 
 class ReportRefused(Exception):
@@ -103,6 +108,8 @@ def _local_path(uri: str) -> str:
         if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
             raise ReportRefused(400, "Only local file:///path report URIs are served.")
         uri = unquote(parsed.path)
+        if "\x00" in uri:  # %00: os calls would raise ValueError (a 500), not refuse
+            raise ReportRefused(400, "The report URI is empty or malformed.")
     elif "://" in uri or ":" in uri.split("/", 1)[0]:
         raise ReportRefused(400, "Unsupported report URI scheme.")
     if not uri.startswith("/"):
@@ -164,8 +171,9 @@ def read_capped(chunks: Iterator[bytes], cap: int) -> bytes:
     return bytes(body)
 
 
-def read_local(report: LocalReport, cap: int) -> bytes:
-    """Read a located local report: a regular file still under its root once opened."""
+def read_local(report: LocalReport, cap: int, suffixes: tuple[str, ...] | None = None) -> bytes:
+    """Read a located local report: a regular file still under its root once opened, and
+    named with one of ``suffixes`` when given."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(report.path, flags)
@@ -175,11 +183,18 @@ def read_local(report: LocalReport, cap: int) -> bytes:
         raise ReportRefused(403, "The report cannot be opened.") from err
     try:
         _check_opened_file(fd, report.root, cap)
+        if suffixes is not None:
+            _check_report_name(report.path.name, suffixes)
     except BaseException:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as file:
         return read_capped(iter(lambda: file.read(CHUNK_BYTES), b""), cap)
+
+
+def _check_report_name(name: str, suffixes: tuple[str, ...]) -> None:
+    if not name.lower().endswith(suffixes):
+        raise ReportRefused(403, "Only HTML and JSON reports are served from artifacts_uri.")
 
 
 def _check_opened_file(fd: int, root: Path, cap: int) -> None:
@@ -221,8 +236,9 @@ def read_report(uri: str, root: str | None, cap: int, s3_client: Callable[[], An
     """The bytes of the report at ``uri`` if it lies under ``root``, else :class:`ReportRefused`."""
     located = locate(uri, root)
     if isinstance(located, S3Report):
+        _check_report_name(located.key, REPORT_SUFFIXES)
         return read_s3(s3_client(), located, cap)
-    return read_local(located, cap)
+    return read_local(located, cap, REPORT_SUFFIXES)
 
 
 def media_type(name: str) -> str:
