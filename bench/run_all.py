@@ -30,6 +30,8 @@ BENCHMARKS = [
     ("bench_drift.py", [], ["--rows", "100000"]),
     ("bench_e2e.py", [], ["--rows", "100000", "--repeats", "1"]),
     ("bench_scaling.py", [], []),
+    # 50 models x 365 daily monitoring runs (~7 min to write them), then the real api-server.
+    ("bench_page.py", [], ["--days", "30", "--cold", "10", "--warm", "100"]),
     ("bench_xcom.py", [], []),  # last: reads the XCom sizes the DAG benchmarks above saved
 ]
 # Not in `make bench` (the 20-minute budget), run by hand when needed: bench_training.py (the

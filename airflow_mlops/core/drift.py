@@ -70,6 +70,10 @@ TAG_FEATURES_URI = "mlops.features.uri"
 TAG_TARGET = "mlops.target"
 TAG_TASK = "mlops.task"
 TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"
+#: Registered-model tag holding the newest drift verdict (read by the MLOps page).
+TAG_LAST_DRIFT = "mlops.last_drift"
+#: Registered-model tag values are VARCHAR(5000) on MLflow's SQL stores.
+MAX_MODEL_TAG_CHARS = 5000
 
 OnDrift = Literal["emit", "fail", "skip", "branch"]
 ON_DRIFT_POLICIES: tuple[str, ...] = ("emit", "fail", "skip", "branch")
@@ -1105,6 +1109,49 @@ def validate_debounce_seconds(value: Any) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(f"debounce_seconds must be >= 0, got {value!r}")
     return seconds
+
+
+def last_drift_tag(
+    summary: Mapping[str, Any],
+    *,
+    at: str,
+    airflow_task: Mapping[str, Any],
+    mlflow_run_id: str | None = None,
+    report_artifact: str | None = None,
+    report_uri: str | None = None,
+    champion_version: str | None = None,
+    max_chars: int = MAX_MODEL_TAG_CHARS,
+) -> str:
+    """The value of :data:`TAG_LAST_DRIFT`: the verdict, where its report is, who made it.
+
+    JSON that fits a registered-model tag (``max_chars``): drifted column names are dropped
+    first, then the URIs, when the value would be too long. The page reads it with one
+    registry call instead of listing the report folders of every monitoring run.
+    """
+    dataset = summary["dataset"]
+    record: dict[str, Any] = {
+        "detected": bool(dataset["drifted"]),
+        "drifted_columns": int(dataset["drifted_columns"]),
+        "tested_columns": int(dataset["tested_columns"]),
+        "drifted_share": float(dataset["drifted_share"]),
+        "drift_share": float(dataset["drift_share"]),
+        "at": at,
+        "champion_version": champion_version,
+        "mlflow_run_id": mlflow_run_id,
+        "report_artifact": report_artifact,
+        "report_uri": report_uri,
+        "airflow": {k: airflow_task.get(k) for k in ("dag_id", "run_id", "task_id", "map_index")},
+        "columns": list(summary.get("drifted_columns", []))[:20],
+    }
+    for optional in ("columns", "report_uri", "report_artifact"):
+        value = json.dumps(record, allow_nan=False)
+        if len(value) <= max_chars:
+            return value
+        record.pop(optional)
+    value = json.dumps(record, allow_nan=False)
+    if len(value) > max_chars:
+        raise MlopsError(f"The drift verdict does not fit a {max_chars}-character tag: {value!r}")
+    return value
 
 
 def drift_reason(summary: Mapping[str, Any]) -> str:

@@ -502,13 +502,17 @@ class DriftReportOperator(RetrainSignalOperator):
         # Not write_json: it sorts keys, and the columns' order is the data's order.
         self.storage.write_text(summary_uri, json.dumps(summary, indent=2, allow_nan=False))
         self.log.info("Drift report written to %s, summary to %s", html_uri, summary_uri)
+        report_artifact = None
         if champion is not None and champion.run_id and self.attach_to_mlflow:
             folder = self.mlflow_artifact_folder(context, "drift")
+            report_artifact = f"{folder}/{DRIFT_REPORT_NAME}"
             with self.mlflow_hook.session() as client:
-                client.log_text(champion.run_id, result.html, f"{folder}/{DRIFT_REPORT_NAME}")
+                client.log_text(champion.run_id, result.html, report_artifact)
                 client.log_dict(champion.run_id, summary, f"{folder}/{DRIFT_SUMMARY_NAME}")
             self.log.info("Report attached to MLflow run %s under %s/", champion.run_id, folder)
             self.link_champion(context, champion)
+        if champion is not None:
+            self.record_drift_in_mlflow(context, summary, champion, report_artifact, html_uri)
 
         reason = core.drift_reason(summary)
         self.log.info("%s", reason)
@@ -531,6 +535,42 @@ class DriftReportOperator(RetrainSignalOperator):
             drifted_columns=xcom["drifted_columns"][:20],
             summary_uri=summary_uri,
         )
+
+    def record_drift_in_mlflow(
+        self,
+        context: Context,
+        summary: Mapping[str, Any],
+        champion: ChampionFacts,
+        report_artifact: str | None,
+        report_uri: str,
+    ) -> None:
+        """Overwrite the model's ``mlops.last_drift`` tag with this verdict (a retry rewrites
+        the same task's verdict), so the MLOps page reads it without listing artifacts."""
+        from mlflow.exceptions import MlflowException
+
+        from airflow_mlops.core.drift import TAG_LAST_DRIFT, last_drift_tag
+
+        run = self.run_context(context)
+        value = last_drift_tag(
+            summary,
+            at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            airflow_task={
+                "dag_id": run.dag_id,
+                "run_id": run.run_id,
+                "task_id": run.task_id,
+                "map_index": run.map_index,
+            },
+            mlflow_run_id=champion.run_id if report_artifact else None,
+            report_artifact=report_artifact,
+            report_uri=report_uri,
+            champion_version=champion.version,
+        )
+        try:
+            with self.mlflow_hook.session() as client:
+                client.set_registered_model_tag(self.model_name, TAG_LAST_DRIFT, value)
+        except MlflowException as err:
+            # The XCom and the reports hold the verdict; the tag only speeds up the page.
+            self.log.warning("Could not tag %s with the drift verdict: %s", self.model_name, err)
 
 
 class ModelPerformanceOperator(RetrainSignalOperator):
@@ -664,8 +704,11 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             if self.on_empty == "skip":
                 raise AirflowSkipException(message)
             raise EmptyBatchError(message)
+        from airflow_mlops.hooks.signing import model_trust
+
+        trust = model_trust()
         with self.mlflow_hook.session():
-            model, info = load_model_for_scoring(champion.model_uri)
+            model, info = load_model_for_scoring(champion.model_uri, trust=trust)
         features = input_columns(info, champion.features(self.storage))
         score = core.score_labelled_batch(
             model, labelled, features, target, task, min_rows=settings.min_labelled_rows

@@ -10,10 +10,11 @@ Where the facts come from (the conventions of the rest of the provider):
   ``mlops.alias_history`` (:mod:`airflow_mlops.core.registry`);
 - key metrics: the ``holdout_<metric>`` metrics of the version's training run
   (:mod:`airflow_mlops.core.training`, :mod:`airflow_mlops.core.metrics`);
-- drift: the newest report the drift operator attached to the champion's run
-  (``monitoring/drift/<dag>/<run>/<task>/drift_summary.json`` and ``drift_report.html``,
-  :mod:`airflow_mlops.operators.monitoring`), and the registered-model tag
-  ``mlops.last_retrain_signal``;
+- drift: the registered-model tag ``mlops.last_drift``, which the drift operator overwrites
+  with its verdict, the task that produced it and the report it attached to the champion's
+  run (:mod:`airflow_mlops.operators.monitoring`), and the tag ``mlops.last_retrain_signal``.
+  Reading it costs no call beyond listing the models, however many monitoring runs there
+  were (reports of runs older than the tag, found only by listing artifacts, are not read);
 - verdicts recorded as tags, for runs and models created outside the operators:
   ``mlops.<kind>.verdict`` / ``.success`` / ``.detected`` and ``mlops.<kind>.report_uri``
   (``<kind>`` is ``validation`` or ``drift``) on the newest run tagged ``mlops.stage=<kind>``
@@ -32,9 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,10 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"  # core.drift.TAG_LAST_RETRAIN_SIGNAL
-# Where DriftReportOperator attaches its report to the champion's run (operators.monitoring).
-DRIFT_ARTIFACT_ROOT = "monitoring/drift"
-DRIFT_SUMMARY_NAME = "drift_summary.json"
-DRIFT_REPORT_NAME = "drift_report.html"
+TAG_LAST_DRIFT = "mlops.last_drift"  # core.drift.TAG_LAST_DRIFT
 #: Artifact folders the page may serve from a run (reports only, never the model).
 REPORT_ARTIFACT_ROOTS = ("monitoring/", "validation/")
 HOLDOUT_METRIC_PREFIX = "holdout_"
@@ -72,6 +70,9 @@ PREFERRED_METRICS: tuple[str, ...] = (
 MAX_KEY_METRICS = 6
 MAX_HISTORY_EVENTS = 20
 MAX_EXPERIMENTS_SEARCHED = 100
+#: Newest check runs of a kind listed at once for all models (one search instead of one per
+#: model); a model with no run among them is searched alone unless that was all of them.
+MAX_CHECK_RUNS_PREFETCHED = 200
 
 _TRUE = {"true", "1", "yes", "passed", "pass", "success", "ok"}
 _FALSE = {"false", "0", "no", "failed", "fail", "failure"}
@@ -229,31 +230,42 @@ def _json_object(raw: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-_STAMP = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[_:](\d{2})[_:](\d{2})")
+def drift_verdict_from_tag(raw: str | None) -> Verdict | None:
+    """A drift :class:`Verdict` from the ``mlops.last_drift`` tag; None when absent or bad.
 
-
-def iso_from_run_folder(name: str) -> str | None:
-    """``manual__2026-11-22T08_54_52.79_00_00`` (a path-safe Airflow run id) -> ISO time."""
-    found = _STAMP.search(name)
-    if not found:
+    The report is offered only as an artifact of the recorded MLflow run (the page serves
+    those from report folders only), never through the URI the tag names.
+    """
+    record = _json_object(raw)
+    if record is None or not isinstance(record.get("detected"), bool):
         return None
-    day, hour, minute, second = found.groups()
-    return f"{day}T{hour}:{minute}:{second}+00:00"
-
-
-def drift_verdict_from_summary(summary: Mapping[str, Any]) -> Verdict:
-    """A drift :class:`Verdict` from the summary written by the drift operator."""
-    dataset = summary.get("dataset") if isinstance(summary.get("dataset"), Mapping) else {}
-    drifted = dataset.get("drifted") if isinstance(dataset.get("drifted"), bool) else None
-    detail = None
-    if dataset.get("tested_columns") is not None:
-        detail = (
-            f"{dataset.get('drifted_columns', '?')}/{dataset['tested_columns']} columns drifted"
-        )
-    verdict = None if drifted is None else ("drift detected" if drifted else "no drift")
-    return Verdict(
-        kind="drift", verdict=verdict, ok=None if drifted is None else not drifted, detail=detail
+    detected = record["detected"]
+    verdict = Verdict(
+        kind="drift",
+        verdict="drift detected" if detected else "no drift",
+        ok=not detected,
+        at=_text(record.get("at")),
     )
+    drifted, tested = record.get("drifted_columns"), record.get("tested_columns")
+    if isinstance(tested, int) and isinstance(drifted, int):
+        verdict.detail = f"{drifted}/{tested} columns drifted"
+    run_id, artifact = _text(record.get("mlflow_run_id")), _text(record.get("report_artifact"))
+    if run_id and artifact and is_report_artifact(artifact):
+        verdict.run_id, verdict.report_artifact = run_id, artifact
+    task = record.get("airflow")
+    if isinstance(task, dict) and all(isinstance(task.get(k), str) for k in ("dag_id", "task_id")):
+        map_index = task.get("map_index")
+        verdict.airflow_task = {
+            "dag_id": task["dag_id"],
+            "run_id": _text(task.get("run_id")),
+            "task_id": task["task_id"],
+            "map_index": map_index if isinstance(map_index, int) else -1,
+        }
+    return verdict
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def is_report_artifact(path: str) -> bool:
@@ -300,11 +312,24 @@ def _search_registered_models(client: MlflowClient, limit: int) -> list[Any]:
     return models[:limit]
 
 
+@dataclass
+class Prefetched:
+    """Model versions and runs read in bulk for one overview (missing ones are read alone)."""
+
+    versions: dict[tuple[str, str], Any] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)
+
+
 def _version_info(
-    client: MlflowClient, name: str, alias: str, version: str
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    prefetched: Prefetched | None = None,
 ) -> tuple[VersionInfo, dict[str, str]]:
     """The version's facts, and the tags of the version and of its run (for verdicts)."""
-    mv = client.get_model_version(name, version)
+    known = prefetched or Prefetched()
+    mv = known.versions.get((name, version)) or client.get_model_version(name, version)
     info = VersionInfo(
         alias=alias,
         version=str(mv.version),
@@ -314,7 +339,7 @@ def _version_info(
     )
     tags: dict[str, str] = {}
     if mv.run_id:
-        run = client.get_run(mv.run_id)
+        run = known.runs.get(mv.run_id) or client.get_run(mv.run_id)
         info.experiment_id = run.info.experiment_id
         info.metrics = key_metrics(run.data.metrics or {})
         tags.update(run.data.tags or {})
@@ -340,7 +365,10 @@ def _latest_check_run(
     )
     if not runs:
         return None
-    run = runs[0]
+    return _check_run_verdict(runs[0], kind)
+
+
+def _check_run_verdict(run: Any, kind: str) -> Verdict:
     verdict = verdict_from_tags(kind, run.data.tags or {}) or Verdict(kind=kind)
     verdict.run_id = run.info.run_id
     verdict.experiment_id = run.info.experiment_id
@@ -348,46 +376,63 @@ def _latest_check_run(
     return verdict
 
 
-def _subfolders(client: MlflowClient, run_id: str, path: str) -> list[str]:
-    return [f.path for f in client.list_artifacts(run_id, path) if f.is_dir]
+class CheckRuns:
+    """The newest check run of each model, from one search per kind for all models.
 
-
-def latest_drift_artifact(client: MlflowClient, run_id: str) -> Verdict | None:
-    """The newest drift report attached to ``run_id`` by the drift operator, if any.
-
-    Layout: ``monitoring/drift/<dag>/<run>/<task>[/<map_index>]/drift_summary.json``; the
-    newest is the one whose Airflow run id carries the latest timestamp.
+    The first search lists the newest :data:`MAX_CHECK_RUNS_PREFETCHED` runs of the kind (all
+    models); a model found there needs no search of its own. When that search saw every run
+    of the kind, a model it did not find has none; otherwise that model is searched alone.
+    Thread-safe: an overview may read its models in parallel.
     """
-    folders: list[str] = []
-    for dag_folder in _subfolders(client, run_id, DRIFT_ARTIFACT_ROOT):
-        for run_folder in _subfolders(client, run_id, dag_folder):
-            folders.extend(_subfolders(client, run_id, run_folder))
-    if not folders:
-        return None
-    newest = max(folders, key=lambda f: (iso_from_run_folder(f.split("/")[3]) or "", f))
-    files = {Path(f.path).name: f.path for f in client.list_artifacts(run_id, newest)}
-    if DRIFT_SUMMARY_NAME not in files:  # a mapped task: one level deeper
-        deeper = _subfolders(client, run_id, newest)
-        if not deeper:
+
+    def __init__(self, client: MlflowClient, experiment_ids: list[str]) -> None:
+        self.client = client
+        self.experiment_ids = experiment_ids
+        self._newest: dict[str, tuple[dict[str, Verdict], bool]] = {}
+        self._lock = threading.Lock()
+
+    def latest(self, name: str, kind: str) -> Verdict | None:
+        newest, complete = self._prefetched(kind)
+        if name in newest:
+            return replace(newest[name])  # each overview gets its own copy
+        if complete:
             return None
-        newest = sorted(deeper)[-1]
-        files = {Path(f.path).name: f.path for f in client.list_artifacts(run_id, newest)}
-    if DRIFT_SUMMARY_NAME not in files:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mlops-page-") as tmp:
-        local = client.download_artifacts(run_id, files[DRIFT_SUMMARY_NAME], tmp)
-        summary = json.loads(Path(local).read_text())
-    verdict = drift_verdict_from_summary(summary)
-    verdict.at = iso_from_run_folder(newest.split("/")[3])
-    verdict.run_id = run_id
-    verdict.report_artifact = files.get(DRIFT_REPORT_NAME) or files[DRIFT_SUMMARY_NAME]
-    parts = newest.split("/")
-    verdict.airflow_task = {"dag_id": parts[2], "run_folder": parts[3], "task_id": parts[4]}
-    return verdict
+        return _latest_check_run(self.client, self.experiment_ids, name, kind)
+
+    def _prefetched(self, kind: str) -> tuple[dict[str, Verdict], bool]:
+        with self._lock:
+            if kind not in self._newest:
+                self._newest[kind] = self._search(kind)
+            return self._newest[kind]
+
+    def _search(self, kind: str) -> tuple[dict[str, Verdict], bool]:
+        if not self.experiment_ids:
+            return {}, True
+        runs = self.client.search_runs(
+            experiment_ids=self.experiment_ids,
+            filter_string=f"tags.`{TAG_STAGE}` = '{kind}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=MAX_CHECK_RUNS_PREFETCHED,
+        )
+        newest: dict[str, Verdict] = {}
+        for run in runs:  # newest first: the first run seen of a model is its newest
+            name = (run.data.tags or {}).get(TAG_MODEL_NAME)
+            if name and name not in newest:
+                newest[name] = _check_run_verdict(run, kind)
+        return newest, not getattr(runs, "token", None)
 
 
-def overview_of_model(client: MlflowClient, model: Any, experiment_ids: list[str]) -> ModelOverview:
-    """The overview of one registered model (``model`` from ``search_registered_models``)."""
+def overview_of_model(
+    client: MlflowClient,
+    model: Any,
+    experiment_ids: list[str],
+    check_runs: CheckRuns | None = None,
+    prefetched: Prefetched | None = None,
+) -> ModelOverview:
+    """The overview of one registered model (``model`` from ``search_registered_models``).
+
+    ``check_runs`` shares the check-run searches between the models of one overview.
+    """
     from airflow_mlops.core.registry import CHALLENGER, CHAMPION, TAG_ALIAS_HISTORY
 
     overview = ModelOverview(name=model.name, description=model.description or None)
@@ -395,7 +440,7 @@ def overview_of_model(client: MlflowClient, model: Any, experiment_ids: list[str
     version_tags: dict[str, dict[str, str]] = {}
     for alias in (CHAMPION, CHALLENGER):
         if alias in aliases:
-            info, tags = _version_info(client, model.name, alias, str(aliases[alias]))
+            info, tags = _version_info(client, model.name, alias, str(aliases[alias]), prefetched)
             overview.versions.append(info)
             version_tags[alias] = tags
     overview.history = history_events((model.tags or {}).get(TAG_ALIAS_HISTORY))
@@ -403,13 +448,16 @@ def overview_of_model(client: MlflowClient, model: Any, experiment_ids: list[str
     overview.lineage_dag_ids = sorted(
         {tags[TAG_DAG_ID] for tags in version_tags.values() if tags.get(TAG_DAG_ID)}
     )
+    recorded_drift = drift_verdict_from_tag((model.tags or {}).get(TAG_LAST_DRIFT))
     for kind in CHECK_KINDS:
-        verdict = _latest_check_run(client, experiment_ids, model.name, kind)
-        champion = overview.version(CHAMPION)
-        if verdict is None and kind == "drift" and champion and champion.run_id:
-            verdict = latest_drift_artifact(client, champion.run_id)
-            if verdict is not None:
-                verdict.experiment_id = champion.experiment_id
+        if kind == "drift" and recorded_drift is not None:
+            verdict: Verdict | None = recorded_drift  # the operator's own record: no search
+            run = next((v for v in overview.versions if v.run_id == recorded_drift.run_id), None)
+            recorded_drift.experiment_id = run.experiment_id if run else None
+        elif check_runs is not None:
+            verdict = check_runs.latest(model.name, kind)
+        else:
+            verdict = _latest_check_run(client, experiment_ids, model.name, kind)
         if verdict is None:
             # No dedicated check run: what the champion's (else challenger's) run recorded.
             for alias in (CHAMPION, CHALLENGER):
@@ -427,22 +475,87 @@ def overview_of_model(client: MlflowClient, model: Any, experiment_ids: list[str
     return overview
 
 
-def collect_overview(client: MlflowClient, *, max_models: int = 50) -> list[ModelOverview]:
+def collect_overview(
+    client: MlflowClient,
+    *,
+    max_models: int = 50,
+    map_fn: Callable[[Callable[[Any], ModelOverview], list[Any]], list[ModelOverview]]
+    | None = None,
+) -> list[ModelOverview]:
     """Overviews of up to ``max_models`` registered models, by name.
 
     A model whose details cannot be read gets its row with ``error`` set, so one broken
-    model does not hide the others; failing to list the models at all raises.
+    model does not hide the others; failing to list the models at all raises. ``map_fn``
+    (``map_fn(fn, models) -> list``, in order) may read the models in parallel, e.g.
+    :func:`airflow_mlops.plugins.mlflow_calls.thread_map`; by default one after another.
     """
     models = _search_registered_models(client, max_models)
     experiment_ids = _experiment_ids(client) if models else []
-    overviews = []
-    for model in models:
+    check_runs = CheckRuns(client, experiment_ids)
+    mapper = map_fn or (lambda fn, items: [fn(item) for item in items])
+    prefetched = _prefetch(client, models, experiment_ids, mapper)
+
+    def one(model: Any) -> ModelOverview:
         try:
-            overviews.append(overview_of_model(client, model, experiment_ids))
+            return overview_of_model(client, model, experiment_ids, check_runs, prefetched)
         except Exception as err:
             log.warning("Could not read registered model %s", model.name, exc_info=True)
-            overviews.append(ModelOverview(name=model.name, error=f"{type(err).__name__}: {err}"))
-    return overviews
+            return ModelOverview(name=model.name, error=f"{type(err).__name__}: {err}")
+
+    return mapper(one, models)
+
+
+def _prefetch(
+    client: MlflowClient, models: list[Any], experiment_ids: list[str], mapper: Callable
+) -> Prefetched:
+    """The champion/challenger versions of all models, then all their runs in a few searches
+    (instead of one ``get_run`` per version). Failures are left to the per-model reads."""
+    from airflow_mlops.core.registry import CHALLENGER, CHAMPION
+
+    wanted = [
+        (m.name, str(v))
+        for m in models
+        for a, v in (m.aliases or {}).items()
+        if a in (CHAMPION, CHALLENGER)
+    ]
+
+    def version(key: tuple[str, str]) -> Any:
+        try:
+            return client.get_model_version(*key)
+        except Exception:
+            return None  # the model's own read reports the error on its row
+
+    found = dict(zip(wanted, mapper(version, wanted), strict=True))
+    versions = {k: mv for k, mv in found.items() if mv is not None}
+    run_ids = sorted({mv.run_id for mv in versions.values() if mv.run_id})
+    return Prefetched(versions=versions, runs=_runs_by_id(client, experiment_ids, run_ids))
+
+
+_RUN_ID = re.compile(r"^[0-9a-zA-Z_-]{1,64}$")
+RUNS_PER_SEARCH = 100
+
+
+def _runs_by_id(client: MlflowClient, experiment_ids: list[str], run_ids: list[str]) -> dict:
+    """Runs by id, ``RUNS_PER_SEARCH`` per search (runs outside ``experiment_ids``, deleted
+    runs and odd ids are left out: they are read one by one later)."""
+    ids = [r for r in run_ids if _RUN_ID.match(r)]
+    runs: dict[str, Any] = {}
+    if not experiment_ids:
+        return runs
+    for start in range(0, len(ids), RUNS_PER_SEARCH):
+        chunk = ids[start : start + RUNS_PER_SEARCH]
+        quoted = ", ".join(f"'{r}'" for r in chunk)
+        try:
+            found = client.search_runs(
+                experiment_ids=experiment_ids,
+                filter_string=f"attributes.run_id IN ({quoted})",
+                max_results=len(chunk),
+            )
+        except Exception:
+            log.warning("Could not read %d runs at once; reading them one by one", len(chunk))
+            continue
+        runs.update({run.info.run_id: run for run in found})
+    return runs
 
 
 def report_uri_of_run(client: MlflowClient, run_id: str, kind: str) -> str | None:

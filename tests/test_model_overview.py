@@ -1,0 +1,246 @@
+"""The drift verdict the page shows comes from one registered-model tag, not from listing the
+report folders of every monitoring run (a year of daily runs is 365 folders per model)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airflow_mlops.core.drift import MAX_MODEL_TAG_CHARS, TAG_LAST_DRIFT, last_drift_tag
+from airflow_mlops.plugins import model_overview as mo
+
+SUMMARY = {
+    "dataset": {
+        "drifted": True,
+        "drift_share": 0.5,
+        "drifted_share": 0.75,
+        "drifted_columns": 3,
+        "tested_columns": 4,
+    },
+    "drifted_columns": ["a", "b", "c"],
+}
+TASK = {"dag_id": "monitor_churn", "run_id": "scheduled__2026-03-01", "task_id": "drift"}
+
+
+def test_tag_round_trips_into_the_page_verdict() -> None:
+    raw = last_drift_tag(
+        SUMMARY,
+        at="2026-03-01T00:10:00+00:00",
+        airflow_task={**TASK, "map_index": 2},
+        mlflow_run_id="r" * 32,
+        report_artifact="monitoring/drift/monitor_churn/s/drift/2/drift_report.html",
+        report_uri="s3://bucket/reports/drift_report.html",
+    )
+    verdict = mo.drift_verdict_from_tag(raw)
+    assert verdict is not None
+    assert (verdict.verdict, verdict.ok, verdict.detail) == (
+        "drift detected",
+        False,
+        "3/4 columns drifted",
+    )
+    assert verdict.at == "2026-03-01T00:10:00+00:00"
+    assert verdict.airflow_task == {**TASK, "map_index": 2}
+    assert (verdict.run_id, verdict.report_artifact) == (
+        "r" * 32,
+        json.loads(raw)["report_artifact"],
+    )
+    assert verdict.report_uri is None  # the tag's URI is never served, only the run's artifact
+
+
+def test_tag_fits_a_registered_model_tag_whatever_the_columns() -> None:
+    many = {**SUMMARY, "drifted_columns": [f"column_{'x' * 400}_{i}" for i in range(500)]}
+    raw = last_drift_tag(
+        many,
+        at="2026-03-01T00:10:00+00:00",
+        airflow_task={**TASK, "run_id": "r" * 250, "map_index": -1},
+        report_uri="s3://bucket/" + "p" * 3000,
+    )
+    assert len(raw) <= MAX_MODEL_TAG_CHARS
+    assert json.loads(raw)["detected"] is True
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [None, "", "not json", "[]", '{"detected": "yes"}'],
+)
+def test_missing_or_bad_tag_gives_no_verdict(raw: str | None) -> None:
+    assert mo.drift_verdict_from_tag(raw) is None
+
+
+def test_tag_pointing_outside_the_report_folders_offers_no_report() -> None:
+    raw = json.dumps({"detected": False, "mlflow_run_id": "r1", "report_artifact": "model/MLmodel"})
+    verdict = mo.drift_verdict_from_tag(raw)
+    assert verdict is not None and verdict.ok is True
+    assert verdict.report_artifact is None
+
+
+# -- the operator records it; the page reads it with no artifact listing ----------------------
+
+
+class NoArtifactListing:
+    """A real MlflowClient that fails the test if the page lists or downloads artifacts."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"list_artifacts", "download_artifacts"}:
+            raise AssertionError(f"the page called {name}")
+        return getattr(self._client, name)
+
+
+@pytest.fixture
+def cheap_champion(mlflow_conn: str, mlflow_server: str, tmp_path: Path) -> dict[str, str]:
+    """A champion version whose run carries training's tags (no model file is needed)."""
+    from mlflow.tracking import MlflowClient
+
+    rng = np.random.default_rng(0)
+    reference = tmp_path / "reference.parquet"
+    pd.DataFrame({"x": rng.normal(size=300), "y": rng.normal(size=300)}).to_parquet(reference)
+    current = tmp_path / "current.parquet"
+    pd.DataFrame({"x": rng.normal(5, size=300), "y": rng.normal(size=300)}).to_parquet(current)
+
+    name = f"overview_{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"exp_{name}")
+    run = client.create_run(
+        experiment_id,
+        tags={"mlops.reference.uri": str(reference), "mlops.features": '["x", "y"]'},
+    )
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    version = client.create_model_version(
+        name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias(name, "champion", version.version)
+    return {"name": name, "run_id": run.info.run_id, "current": str(current)}
+
+
+def test_drift_task_records_its_verdict_and_the_page_reads_it_without_listing(
+    run_dag: Any, cheap_champion: dict[str, str], mlflow_server: str, tmp_path: Path
+) -> None:
+    from airflow.sdk import DAG
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.operators.monitoring import DriftReportOperator
+
+    name = cheap_champion["name"]
+    with DAG(f"monitor_{name}", schedule=None) as dag:
+        DriftReportOperator(
+            task_id="drift",
+            model_name=name,
+            current_uri=cheap_champion["current"],
+            report_uri=str(tmp_path / "reports"),
+            on_drift="skip",
+        )
+    dag_run = run_dag(dag)
+
+    client = MlflowClient(mlflow_server)
+    model = client.get_registered_model(name)
+    record = json.loads(model.tags[TAG_LAST_DRIFT])
+    assert record["detected"] is True and record["drifted_columns"] == 1
+    assert record["airflow"] == {
+        "dag_id": dag.dag_id,
+        "run_id": dag_run.run_id,
+        "task_id": "drift",
+        "map_index": -1,
+    }
+    assert record["mlflow_run_id"] == cheap_champion["run_id"]
+    folder = record["report_artifact"].rsplit("/", 1)[0]
+    attached = [a.path for a in client.list_artifacts(cheap_champion["run_id"], folder)]
+    assert record["report_artifact"] in attached  # the report the tag points at is there
+
+    overview = mo.overview_of_model(NoArtifactListing(client), model, experiment_ids=[])
+    drift = overview.checks["drift"]
+    assert (drift.verdict, drift.ok, drift.detail) == (
+        "drift detected",
+        False,
+        "1/2 columns drifted",
+    )
+    assert drift.report_artifact == record["report_artifact"]
+    assert drift.airflow_task["run_id"] == dag_run.run_id
+
+
+def test_check_runs_are_searched_once_for_all_models(
+    mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One search finds every model's newest check run; a model cut off by the page of the
+    newest runs is searched alone, and a model with none costs nothing more."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"checks_{uuid.uuid4().hex[:8]}")
+    a, b = f"a_{uuid.uuid4().hex[:6]}", f"b_{uuid.uuid4().hex[:6]}"
+    for name, day, ok in ((b, 1, "true"), (a, 2, "false"), (a, 3, "true"), (a, 4, "false")):
+        client.create_run(
+            experiment_id,
+            start_time=day * 86_400_000,
+            tags={
+                "mlops.stage": "validation",
+                "mlops.model_name": name,
+                "mlops.validation.success": ok,
+            },
+        )
+    searches = []
+    counting = type(
+        "Counting",
+        (),
+        {
+            "search_runs": lambda self, **kw: (
+                searches.append(kw["filter_string"]) or client.search_runs(**kw)
+            )
+        },
+    )()
+
+    checks = mo.CheckRuns(counting, [experiment_id])
+    assert checks.latest(a, "validation").ok is False  # day 4, the newest of a
+    assert checks.latest(b, "validation").ok is True
+    assert checks.latest("nobody", "validation") is None
+    assert len(searches) == 1
+
+    monkeypatch.setattr(mo, "MAX_CHECK_RUNS_PREFETCHED", 2)  # the page holds a's runs only
+    searches.clear()
+    checks = mo.CheckRuns(counting, [experiment_id])
+    assert checks.latest(a, "validation").ok is False
+    assert checks.latest(b, "validation").ok is True  # found by its own search
+    assert len(searches) == 2 and b in searches[1]
+
+
+def test_versions_runs_are_read_in_one_search(mlflow_server: str) -> None:
+    """An overview reads the runs of all its versions with one search, not one get_run each,
+    and shows the same facts as reading them one by one."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"runs_{uuid.uuid4().hex[:8]}")
+    name = f"batch_{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    for alias, f1 in (("champion", 0.8), ("challenger", 0.9)):
+        run = client.create_run(experiment_id, tags={"mlops.airflow.dag_id": f"ct_{name}"})
+        client.log_metric(run.info.run_id, "holdout_f1", f1)
+        version = client.create_model_version(
+            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        )
+        client.set_registered_model_alias(name, alias, version.version)
+    model = client.get_registered_model(name)
+
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, attr: str) -> Any:
+            calls.append(attr)
+            return getattr(client, attr)
+
+    one_by_one = mo.overview_of_model(client, model, [experiment_id])
+    prefetched = mo._prefetch(Counting(), [model], [experiment_id], lambda f, xs: list(map(f, xs)))
+    overview = mo.overview_of_model(Counting(), model, [experiment_id], None, prefetched)
+    assert calls.count("get_run") == 0 and calls.count("search_runs") == 1 + 2  # + 2 checks
+    assert overview.to_dict() == one_by_one.to_dict()
+    assert overview.version("challenger").metrics == {"f1": 0.9}
+    assert overview.lineage_dag_ids == [f"ct_{name}"]
