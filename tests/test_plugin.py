@@ -191,13 +191,15 @@ def registered_model(mlflow_conn: str, mlflow_server: str, artifacts_root: Path)
                 "mlops.drift.report_uri": str(drift_report),
             }
         )
-    return {
+    result = {
         "name": name,
         "version": version.version,
         "run_id": run.info.run_id,
         "drift_run_id": drift_run.info.run_id,
         "experiment_id": experiment_id,
     }
+    _page_sees_new_models()
+    return result
 
 
 @pytest.fixture
@@ -219,7 +221,16 @@ def unrelated_champion(mlflow_conn: str, mlflow_server: str) -> str:
         name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
     )
     client.set_registered_model_alias(name, "champion", version.version)
+    _page_sees_new_models()
     return name
+
+
+def _page_sees_new_models() -> None:
+    """The page caches the registry for a moment (and a refresh may already be under way):
+    a model made by a test must be read afresh by the next request."""
+    from airflow_mlops.plugins import mlflow_calls
+
+    mlflow_calls.forget_cached()
 
 
 class _Constant:
@@ -483,6 +494,7 @@ def tagged_report(mlflow_conn: str, mlflow_server: str) -> Any:
             "mlops.drift.report_uri": uri,
         }.items():
             client.set_tag(run.info.run_id, key, value)
+        _page_sees_new_models()
         return name, f"/mlops/reports/runs/{run.info.run_id}/drift"
 
     return make
@@ -745,6 +757,7 @@ def pipeline_model(
     )
     signal = {"at": "2026-01-01T00:05:00+00:00", "reason": "data drift: 2/3 columns drifted"}
     client.set_registered_model_tag(name, "mlops.last_retrain_signal", json.dumps(signal))
+    _page_sees_new_models()
     return {"name": name, "dag_id": dag_id, "run_id": run.info.run_id, "dag_run_id": dag_run.run_id}
 
 

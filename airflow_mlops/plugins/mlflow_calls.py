@@ -178,6 +178,12 @@ def db_executor() -> _BoundedExecutor:
     return _executor("mlops-page-db", DB_WORKERS, DB_PENDING)
 
 
+def forget_cached() -> None:
+    """Drop cached and in-flight loads, so the next visit reads the registry afresh."""
+    _cache.clear()
+    _inflight.clear()
+
+
 def reset() -> None:
     """Drop executors, clients and cache (tests; a reconfigured process)."""
     with _executors_lock:
@@ -186,8 +192,7 @@ def reset() -> None:
         _executors.clear()
     with _client_lock:
         _clients.clear()
-    _cache.clear()
-    _inflight.clear()
+    forget_cached()
 
 
 async def _run(executor: _BoundedExecutor, fn: Callable[[], T], timeout: float | None) -> T:
