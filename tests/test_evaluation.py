@@ -64,10 +64,10 @@ def train(
 
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.storage import Storage
-    from airflow_mlops.core.training import TrainingConfig, train_model
+    from airflow_mlops.core.training import TrainingJob, train_model
 
     mlflow.set_tracking_uri(tracking_uri)
-    config = TrainingConfig(
+    config = TrainingJob(
         train_uri=data_uri,
         target="label",
         experiment_name=experiment,

@@ -62,10 +62,14 @@ def test_invalid_yaml_is_named(tmp_path):
 
 
 def test_default_policy_follows_task():
-    assert list(parse_config(minimal()).promotion_policy.change_thresholds) == ["f1"]
+    # Without training.task the task is known only once the model is built (issue #15): the
+    # evaluate task applies the default of the trained task, never a guess from the name.
+    assert parse_config(minimal()).promotion_policy is None
     regression = parse_config(minimal(training={"estimator": "xgboost.XGBRegressor"}))
-    assert regression.task == "regression"
-    assert list(regression.promotion_policy.change_thresholds) == ["rmse"]
+    assert regression.promotion_policy is None
+    for task, metric in (("classification", "f1"), ("regression", "rmse")):
+        explicit = parse_config(minimal(training={"task": task}))
+        assert list(explicit.promotion_policy.change_thresholds) == [metric]
 
 
 def test_fingerprint_changes_with_config_only():
@@ -110,6 +114,22 @@ def test_segments_build_a_mapped_group():
     dag = continuous_training_dag(PIPELINES / "diabetes_by_sex.yaml")
     assert "split_segments" in dag.task_ids
     assert {"segment.train", "segment.promote", "segment.summary"} <= set(dag.task_ids)
+
+
+def test_factories_import_graph_has_no_cycle():
+    """continuous_training and segments share the chain through factories/chain.py, so neither
+    imports the other (they did, lazily, in both directions)."""
+    from test_imports import import_cycles, import_graph
+
+    package = "airflow_mlops.factories"
+    graph = {
+        module: {t for t in targets if t.startswith(package)}
+        for module, targets in import_graph().items()
+        if module.startswith(package)
+    }
+    assert f"{package}.chain" in graph[f"{package}.segments"]
+    assert f"{package}.continuous_training" not in graph[f"{package}.segments"]
+    assert import_cycles(graph) == []
 
 
 def test_monitoring_dag_only_when_there_is_data_to_monitor(tmp_path):

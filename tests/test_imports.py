@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import airflow_mlops
@@ -76,3 +78,110 @@ def test_registry_and_change_detection_do_not_pay_for_scikit_learn():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+# -- import graph -----------------------------------------------------------------------------
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the package (``core/`` included), by dotted name."""
+    root = Path(airflow_mlops.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def imported_names(path: Path) -> Iterator[str]:
+    """Dotted names of every ``import`` in the file, module level or inside functions
+    (a lazy import is still an edge: it runs whenever that function does)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports."""
+    modules = package_modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {owner(n) for n in imported_names(path) if n.startswith("airflow_mlops")}
+        graph[name] = {t for t in targets if t is not None and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_the_import_graph_has_no_cycles():
+    graph = import_graph()
+    assert "airflow_mlops.core.approval" in graph["airflow_mlops.operators.approval"]
+    assert not import_cycles(graph)
+
+
+def test_import_cycles_are_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_core_has_no_airflow_import():
+    offenders = {
+        name: sorted(n for n in imported_names(path) if n == "airflow" or n.startswith("airflow."))
+        for name, path in package_modules().items()
+        if name.startswith("airflow_mlops.core")
+    }
+    assert not {name: found for name, found in offenders.items() if found}
+
+
+def test_the_approval_protocol_is_shared_not_imported_across_operators():
+    """Both operators take the option names, XCom key and body text from core.approval;
+    importing the registry operators must not import Airflow's human-in-the-loop operator."""
+    graph = import_graph()
+    assert "airflow_mlops.operators.registry" not in graph["airflow_mlops.operators.approval"]
+    assert "airflow_mlops.operators.approval" not in graph["airflow_mlops.operators.registry"]
+    code = (
+        "import sys, airflow_mlops.operators.registry\n"
+        "print('airflow.providers.standard.operators.hitl' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -38,7 +38,7 @@ def tracking(mlflow_conn: str, tracking: str) -> str:
 def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, approval: str = "auto"):
     from airflow.sdk import DAG, task
 
-    from airflow_mlops.operators.registry import promotion_tasks
+    from airflow_mlops.factories.promotion import promotion_tasks
     from airflow_mlops.operators.training import TrainModelOperator
 
     with DAG(dag_id, schedule=None) as dag:
@@ -116,7 +116,8 @@ def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking,
     from airflow.sdk import DAG
 
     from airflow_mlops.core.registry import alias_history
-    from airflow_mlops.operators.registry import RollbackModelOperator, rollback_dag_params
+    from airflow_mlops.factories.promotion import rollback_dag_params
+    from airflow_mlops.operators.registry import RollbackModelOperator
 
     name = unique_name("pipe")
     data = make_dataset(tmp_path / "d.csv")
@@ -245,12 +246,17 @@ def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp
     from airflow.sdk import DAG, task
     from test_evaluation import train
 
-    from airflow_mlops.core.approval import ApprovalTask, approval_record, store_approval
+    from airflow_mlops.core.approval import (
+        APPROVAL_XCOM_KEY,
+        ApprovalTask,
+        approval_record,
+        store_approval,
+    )
     from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.registry import register_version
     from airflow_mlops.core.storage import Storage
-    from airflow_mlops.operators.registry import APPROVAL_XCOM_KEY, PromoteModelOperator
+    from airflow_mlops.operators.registry import PromoteModelOperator
 
     name = unique_name("forged")
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
@@ -307,8 +313,10 @@ def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp
 
 
 def test_operators_refuse_bad_configuration_at_parse_time():
+    from airflow_mlops.core.promotion import promotion_gate
+    from airflow_mlops.factories.promotion import promotion_tasks
     from airflow_mlops.operators.evaluation import EvaluateModelOperator
-    from airflow_mlops.operators.registry import PromoteModelOperator, promotion_tasks
+    from airflow_mlops.operators.registry import PromoteModelOperator
 
     with pytest.raises(ConfigError, match="the policy has no rule"):
         EvaluateModelOperator(task_id="e", training_result={}, policy={})
@@ -328,12 +336,9 @@ def test_operators_refuse_bad_configuration_at_parse_time():
         RollbackModelOperator(task_id="rb", model_name="{{ params.model_name }}")
     assert "model_name" not in RollbackModelOperator.template_fields
     # A default applied at response_timeout has no responder: not a human approval.
-    promote = PromoteModelOperator(
-        task_id="p2", evaluation={}, registration={}, approval_task_id="approve"
-    )
     timed_out = {"answered": True, "approved": False, "by": None, "at": "t"}
-    outcome, reason = promote._gate(
-        {"promote": True}, {**timed_out, "chosen_options": ["Approve"]}, None
+    outcome, reason = promotion_gate(
+        {"promote": True}, {**timed_out, "chosen_options": ["Approve"]}, None, "approve"
     )
     assert outcome == "not_approved" and "no human answered" in reason
     assert {"training_result", "policy", "slices", "model_name"} <= set(
@@ -342,7 +347,7 @@ def test_operators_refuse_bad_configuration_at_parse_time():
 
 
 def test_approval_body_shows_the_decision():
-    from airflow_mlops.operators.registry import approval_body
+    from airflow_mlops.core.approval import approval_body
 
     evaluation = {
         "reason": "promoted: all 2 applicable rule(s) passed",

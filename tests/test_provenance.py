@@ -85,12 +85,12 @@ def signed(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.registry import register_version
-    from airflow_mlops.core.training import TrainingConfig, train_model
+    from airflow_mlops.core.training import TrainingJob, train_model
 
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
     folder = tmp_path_factory.mktemp("signed")
-    config = TrainingConfig(
+    config = TrainingJob(
         train_uri=make_dataset(folder / "d.csv"),
         target="label",
         experiment_name="provenance-tests",
@@ -203,9 +203,9 @@ def test_a_re_uploaded_model_file_is_refused(client, tracking, tmp_path, signed,
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from airflow_mlops.core.registry import register_version
-    from airflow_mlops.core.training import TrainingConfig, train_model
+    from airflow_mlops.core.training import TrainingJob, train_model
 
-    config = TrainingConfig(
+    config = TrainingJob(
         train_uri=str(signed["data"] / "d.csv"),
         target="label",
         experiment_name="provenance-tests",

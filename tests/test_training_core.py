@@ -38,10 +38,8 @@ from airflow_mlops.core.training import (
     TAG_STAGE,
     TAG_TARGET,
     TAG_TASK,
-    SearchSpec,
-    SplitPolicy,
-    TrainingConfig,
     TrainingInterrupted,
+    TrainingJob,
     default_artifacts_uri,
     detect_git_commit,
     pinned_requirements,
@@ -49,6 +47,7 @@ from airflow_mlops.core.training import (
     to_distribution,
     train_model,
 )
+from airflow_mlops.core.training_config import SearchConfig
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -96,16 +95,11 @@ def experiment(client: MlflowClient) -> tuple[str, str]:
     return name, client.create_experiment(name)
 
 
-def config_for(
-    train_uri: str, experiment: tuple[str, str], target: str, **kwargs
-) -> TrainingConfig:
+def config_for(train_uri: str, experiment: tuple[str, str], target: str, **kwargs) -> TrainingJob:
     # "day" is a datetime: excluded, unless it is the split's time column (dropped automatically).
-    time_split = kwargs.get("split") is not None and kwargs["split"].time_column == "day"
-    extra = [] if time_split else ["day"]
+    extra = [] if kwargs.get("time_column") == "day" else ["day"]
     kwargs.setdefault("exclude", [t for t in TARGETS if t != target] + extra)
-    return TrainingConfig(
-        train_uri=train_uri, target=target, experiment_name=experiment[0], **kwargs
-    )
+    return TrainingJob(train_uri=train_uri, target=target, experiment_name=experiment[0], **kwargs)
 
 
 def context(run_id: str = "run-1", try_number: int = 1) -> RunContext:
@@ -163,9 +157,9 @@ def test_sklearn_classification_logs_model_metrics_and_lineage(client, experimen
     assert run.data.params["model.n_estimators"] == "25"
     assert run.data.metrics["holdout_accuracy"] == pytest.approx(result.metrics["accuracy"])
 
-    # Holdout: 20 % of rows, stratified; reference: the training features only.
+    # Holdout: 25 % of rows (the default), stratified; reference: the training features only.
     holdout, reference = pd.read_parquet(result.holdout_uri), pd.read_parquet(result.reference_uri)
-    assert len(holdout) == 120 and len(reference) == 480
+    assert len(holdout) == 150 and len(reference) == 450
     assert list(reference.columns) == json.loads(tags[TAG_FEATURES])
     assert holdout["label"].mean() == pytest.approx(data["label"].mean(), abs=0.01)
 
@@ -188,7 +182,7 @@ def test_xgboost_classification_with_random_search_logs_nested_trials(
         "tier",
         estimator="xgboost.XGBClassifier",
         params={"n_estimators": 20, "n_jobs": 1},
-        search=SearchSpec(
+        search=SearchConfig(
             method="random",
             space={
                 "max_depth": {"distribution": "randint", "low": 2, "high": 4},
@@ -241,8 +235,9 @@ def test_sklearn_regression_grid_search_with_out_of_time_holdout(client, experim
         experiment,
         "amount",
         estimator="sklearn.linear_model.Ridge",
-        split=SplitPolicy(holdout_fraction=0.25, time_column="day"),
-        search=SearchSpec(method="grid", space={"alpha": [0.1, 1.0, 10.0]}, cv=3),
+        holdout_fraction=0.25,
+        time_column="day",
+        search=SearchConfig(method="grid", space={"alpha": [0.1, 1.0, 10.0]}, cv=3),
     )
     result = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
 
@@ -288,7 +283,7 @@ def test_string_multiclass_with_a_user_factory_and_no_default_preprocessing(
     frame["city"] = frame["city"].fillna("unknown")
     path = Path(train_uri).with_name("train_filled.parquet")
     frame.to_parquet(path, index=False)
-    config = TrainingConfig(**{**config.__dict__, "train_uri": str(path)})
+    config = config.model_copy(update={"train_uri": str(path)})
 
     result = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
     assert result.metrics["roc_auc"] > 0.8
@@ -321,7 +316,7 @@ def test_remaining_library_task_search_combinations(
     client, experiment, train_uri, estimator, target, params, space
 ):
     """With the tests above: sklearn and XGBoost x classification and regression x search."""
-    search = SearchSpec(method="grid", space=space, cv=2) if space else None
+    search = SearchConfig(method="grid", space=space, cv=2) if space else None
     config = config_for(
         train_uri, experiment, target, estimator=estimator, params=params, search=search
     )
@@ -334,7 +329,7 @@ def test_remaining_library_task_search_combinations(
 
 # -- retry safety ----------------------------------------------------------------------------
 def test_retry_returns_the_finished_run_instead_of_training_again(client, experiment, train_uri):
-    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    config = config_for(train_uri, experiment, "label", params={"n_estimators": 20})
     first = train_model(
         config, context(try_number=1), Storage(), client, experiment_id=experiment[1]
     )
@@ -357,7 +352,7 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_configuration(
     """Issue #14 item 7: the key alone (dag/run/task) must not bring back the wrong model."""
     data = tmp_path / "train.parquet"
     make_frame(seed=1).to_parquet(data, index=False)
-    config = config_for(str(data), experiment, "label", params={"max_iter": 20})
+    config = config_for(str(data), experiment, "label", params={"n_estimators": 20})
     first = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
 
     make_frame(seed=2).to_parquet(data, index=False)  # the data file was fixed
@@ -367,7 +362,7 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_configuration(
     assert tags[TAG_DATA_SHA256] == sha256_bytes(data.read_bytes())
     assert tags[TAG_DATA_SHA256] != client.get_run(first.run_id).data.tags[TAG_DATA_SHA256]
 
-    other_params = config_for(str(data), experiment, "label", params={"max_iter": 30})
+    other_params = config_for(str(data), experiment, "label", params={"n_estimators": 30})
     retuned = train_model(other_params, context(), Storage(), client, experiment_id=experiment[1])
     assert not retuned.reused and retuned.run_id not in {first.run_id, refit.run_id}
     # Same data and configuration again: each matching run is found, not retrained.
@@ -376,7 +371,7 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_configuration(
 
 
 def test_deployments_sharing_one_mlflow_never_reuse_each_others_runs(client, experiment, train_uri):
-    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    config = config_for(train_uri, experiment, "label", params={"n_estimators": 20})
     staging = RunContext(dag_id="ct", run_id="run-1", task_id="train", deployment="staging")
     production = RunContext(dag_id="ct", run_id="run-1", task_id="train", deployment="prod")
     assert staging.idempotency_key != production.idempotency_key
@@ -394,7 +389,7 @@ def test_a_run_left_running_by_a_killed_try_is_failed_then_replaced(client, expe
     leftover_trial = client.create_run(
         experiment[1], tags={MLFLOW_PARENT_RUN_ID: leftover.info.run_id}, run_name="trial"
     )
-    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    config = config_for(train_uri, experiment, "label", params={"n_estimators": 20})
     result = train_model(
         config, context(try_number=2), Storage(), client, experiment_id=experiment[1]
     )
@@ -409,7 +404,7 @@ def test_a_run_left_running_by_a_killed_try_is_failed_then_replaced(client, expe
 
 def test_a_stop_request_fails_the_run_and_never_finishes_it(client, experiment, train_uri):
     started: list[str] = []
-    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    config = config_for(train_uri, experiment, "label", params={"n_estimators": 20})
     with pytest.raises(TrainingInterrupted):
         train_model(
             config,
@@ -454,7 +449,7 @@ def test_metrics_are_logged_in_batches_never_one_request_per_metric(
         return real(host_creds, endpoint, method, *args, **kwargs)
 
     monkeypatch.setattr(rest_utils, "http_request", counting)
-    config = config_for(train_uri, experiment, "label", params={"max_iter": 20})
+    config = config_for(train_uri, experiment, "label", params={"n_estimators": 20})
     train_model(config, context(), Storage(), client, experiment_id=experiment[1])
 
     assert not [e for e in endpoints if e.endswith(("/runs/log-metric", "/runs/log-parameter"))]
@@ -492,7 +487,7 @@ def test_metrics_are_logged_in_batches_never_one_request_per_metric(
             r"\['max_dept'\]",
         ),
         ({"task": "regression", "target": "tier_name"}, DataError, "non-numeric dtype"),
-        ({"split": SplitPolicy(holdout_fraction=1.5)}, ConfigError, "holdout_fraction"),
+        ({"holdout_fraction": 1.5}, ConfigError, "holdout_fraction"),
         ({"features": ["x1", "nope"]}, DataError, r"features \['nope'\]"),
         ({"features": ["x1", "day"], "exclude": []}, ConfigError, "datetimes"),
         (
@@ -501,7 +496,7 @@ def test_metrics_are_logged_in_batches_never_one_request_per_metric(
             "labels 0..2",
         ),
         (
-            {"search": SearchSpec(space={"no_such_param": [1, 2]})},
+            {"search": SearchConfig(space={"no_such_param": [1, 2]})},
             ConfigError,
             "model__no_such_param",
         ),
@@ -512,10 +507,10 @@ def test_bad_configuration_fails_before_any_run(
 ):
     others = [t for t in TARGETS if t != change.get("target", "label")]
     base = {"target": "label", "exclude": [*others, "day"]}
-    config = TrainingConfig(
-        train_uri=train_uri, experiment_name=experiment[0], **{**base, **change}
-    )
     with pytest.raises(error, match=message):
+        config = TrainingJob.from_values(
+            {"train_uri": train_uri, "experiment_name": experiment[0], **base, **change}
+        )
         train_model(config, context(), Storage(), client, experiment_id=experiment[1])
     assert client.search_runs([experiment[1]]) == []
 
@@ -533,14 +528,14 @@ def test_bad_configuration_fails_before_any_run(
         (
             pd.DataFrame({"x": range(40), "z": [None] * 40, "y": [0, 1] * 20}),
             "y",
-            r"feature columns \['z'\] of .*bad.csv have no value in any of the 32 training rows",
+            r"feature columns \['z'\] of .*bad.csv have no value in any of the 30 training rows",
         ),
     ],
 )
 def test_bad_data_fails_before_any_run(client, experiment, tmp_path, frame, target, message):
     path = tmp_path / "bad.csv"
     frame.to_csv(path, index=False)
-    config = TrainingConfig(train_uri=str(path), target=target, experiment_name=experiment[0])
+    config = TrainingJob(train_uri=str(path), target=target, experiment_name=experiment[0])
     with pytest.raises(DataError, match=message):
         train_model(config, context(), Storage(), client, experiment_id=experiment[1])
     assert client.search_runs([experiment[1]]) == []
@@ -554,12 +549,12 @@ def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     storage = Storage(s3_client_factory=lambda: s3)
     storage.write_table(make_frame(), f"s3://{s3_bucket}/data/train.parquet")
-    config = TrainingConfig(
+    config = TrainingJob(
         train_uri=f"s3://{s3_bucket}/data/train.parquet",
         target="label",
         exclude=[t for t in TARGETS if t != "label"] + ["day"],
         experiment_name=experiment[0],
-        params={"max_iter": 20},
+        params={"n_estimators": 10},
     )
     # Remote data needs a configured artifacts root: never "next to the data" (issue #14).
     monkeypatch.delenv(ARTIFACTS_URI_ENV, raising=False)
@@ -572,23 +567,24 @@ def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
     assert result.holdout_uri == prefix + "holdout.parquet"
     assert result.reference_uri == prefix + "reference.parquet"
     stored = storage.read_table(result.holdout_uri)
-    assert stored.sha256 == result.holdout_sha256 and stored.rows == 120
+    assert stored.sha256 == result.holdout_sha256 and stored.rows == 150
 
 
 # -- pure helpers ----------------------------------------------------------------------------
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="split has unknown field"):
-        SplitPolicy.from_value({"fraction": 0.3})
+    job = {"train_uri": "x.csv", "target": "y", "experiment_name": "e"}
+    with pytest.raises(ConfigError, match="training job has unknown field 'fraction'"):
+        TrainingJob.from_values({**job, "fraction": 0.3})
     with pytest.raises(ConfigError, match=r"search\.method"):
-        SearchSpec(method="bayes", space={"a": [1]}).validate()
+        TrainingJob.from_values({**job, "search": {"method": "bayes", "space": {"a": [1]}}})
     with pytest.raises(ConfigError, match=r"search\.cv"):
-        SearchSpec(space={"a": [1]}, cv=1).validate()
+        TrainingJob.from_values({**job, "search": {"space": {"a": [1]}, "cv": 1}})
     with pytest.raises(ConfigError, match="serialization_format"):
-        TrainingConfig("x.csv", "y", "e", serialization_format="joblib").validate()
+        TrainingJob.from_values({**job, "serialization_format": "joblib"})
     with pytest.raises(ConfigError, match="must not contain the target"):
-        TrainingConfig("x.csv", "y", "e", features=["a", "y"]).validate()
-    with pytest.raises(ConfigError, match="task must be one of"):
-        TrainingConfig("x.csv", "y", "e", task="ranking").validate()
+        TrainingJob.from_values({**job, "features": ["a", "y"]})
+    with pytest.raises(ConfigError, match="task: Input should be 'classification' or"):
+        TrainingJob.from_values({**job, "task": "ranking"})
 
 
 def test_search_distributions():
@@ -613,7 +609,7 @@ def test_resolve_estimator_accepts_class_path_and_factory():
     by_factory = resolve_estimator(lambda: RandomForestRegressor(), "regression", {"max_depth": 3})
     assert by_path.max_depth == by_class.max_depth == by_factory.max_depth == 3
     default = resolve_estimator(None, "classification", {})
-    assert type(default).__name__ == "HistGradientBoostingClassifier"
+    assert type(default).__name__ == "RandomForestClassifier"
     with pytest.raises(ConfigError, match=r"factory .* raised"):
         resolve_estimator(lambda: 1 / 0, "regression", {})
 

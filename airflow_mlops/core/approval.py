@@ -11,6 +11,11 @@ API server builds from the authenticated response), to a tag on the model versio
 approved. Only MLflow writers can change that tag, and they are trusted anyway: they can move
 ``@champion`` directly. The promote task reads the tag, checks it names the same DAG run,
 approval task, model and version, and refuses an approval XCom that disagrees with it.
+
+This module is also the protocol both operators share (option names, the display XCom key,
+the text shown to the approver), so it stays import-light: MLflow is imported by the
+functions that call it, and ``operators/approval.py`` and ``operators/registry.py`` import
+this module instead of each other.
 """
 
 from __future__ import annotations
@@ -19,15 +24,38 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import PromotionError
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "APPROVAL_XCOM_KEY",
+    "APPROVE",
+    "REJECT",
+    "TAG_APPROVAL_PREFIX",
+    "ApprovalError",
+    "ApprovalTask",
+    "approval_body",
+    "approval_decision",
+    "approval_record",
+    "check_xcom_agrees",
+    "forget_approval",
+    "read_approval",
+    "responder_name",
+    "store_approval",
+]
+
 TAG_APPROVAL_PREFIX = "mlops.approval."
+# The options of Airflow's ApprovalOperator (APPROVE / REJECT); operators/approval.py refuses
+# to import if they ever differ, so that importing this module does not import Airflow's
+# human-in-the-loop operator.
 APPROVE = "Approve"
+REJECT = "Reject"
+# XCom key of the answer the approval task pushes for display; never trusted to decide.
+APPROVAL_XCOM_KEY = "mlops_approval"
 
 
 class ApprovalError(PromotionError):
@@ -100,6 +128,8 @@ def forget_approval(
     client: MlflowClient, model_name: str, version: str, task: ApprovalTask
 ) -> None:
     """Delete the answer ``task`` recorded on the version, if any."""
+    from mlflow.exceptions import MlflowException
+
     try:
         client.delete_model_version_tag(model_name, str(version), task.tag_key)
     except MlflowException as err:
@@ -111,6 +141,8 @@ def read_approval(
     client: MlflowClient, model_name: str, version: str, task: ApprovalTask
 ) -> dict[str, Any] | None:
     """The answer ``task`` recorded on the version, or None when it recorded none."""
+    from mlflow.exceptions import MlflowException
+
     try:
         mv = client.get_model_version(model_name, str(version))
     except MlflowException as err:
@@ -174,3 +206,67 @@ def _user_id(user: Any) -> str | None:
     if not isinstance(user, Mapping) or user.get("id") is None:
         return None
     return str(user["id"])
+
+
+def approval_decision(
+    client: MlflowClient, model_name: str, version: str, task: ApprovalTask, xcom: Any
+) -> dict[str, Any]:
+    """What the promotion may do, from the answer ``task`` recorded on the version.
+
+    Decided from the registry record only; ``xcom`` (what the approval task's XCom holds
+    now) is checked against it and a disagreement raises :class:`ApprovalError`. A default
+    applied at timeout has no responder: it is not a human approval.
+    """
+    record = read_approval(client, model_name, version, task)
+    check_xcom_agrees(record, xcom, task)
+    if record is None or not record["chosen_options"]:
+        return {"required": True, "approved": False, "answered": False, "by": None, "at": None}
+    by = responder_name(record)
+    return {
+        "required": True,
+        "answered": True,
+        "approved": record["chosen_options"] == [APPROVE] and by is not None,
+        "chosen_options": list(record["chosen_options"]),
+        "by": by,
+        "at": record.get("responded_at"),
+        "record": task.tag_key,
+    }
+
+
+def approval_body(evaluation: Mapping[str, Any], registration: Mapping[str, Any]) -> str:
+    """Markdown shown to the approver: verdict, both models' metrics, every rule."""
+    champion = evaluation.get("champion")
+    champion_text = f"version {champion['version']}" if champion else "none (first model)"
+    holdout = evaluation.get("holdout") or {}
+    lines = [
+        f"**Model:** `{registration['model_name']}` version **{registration['version']}** "
+        f"(`{registration.get('model_uri', '')}`)",
+        f"**Current champion:** {champion_text}",
+        f"**Policy verdict:** {evaluation.get('reason')}",
+        f"**Holdout:** `{holdout.get('uri')}` ({holdout.get('rows')} rows)",
+        "",
+        "| metric | challenger | champion |",
+        "|---|---|---|",
+    ]
+    challenger_metrics = evaluation.get("challenger_metrics") or {}
+    champion_metrics = evaluation.get("champion_metrics") or {}
+    for metric in sorted(set(challenger_metrics) | set(champion_metrics)):
+        lines.append(
+            f"| {metric} | {_num(challenger_metrics.get(metric))} "
+            f"| {_num(champion_metrics.get(metric))} |"
+        )
+    lines += ["", "| rule | verdict | detail |", "|---|---|---|"]
+    for rule in evaluation.get("rules") or []:
+        lines.append(f"| {rule.get('rule')} | {rule.get('verdict')} | {rule.get('detail')} |")
+    if evaluation.get("decision_artifact_uri"):
+        lines += ["", f"Full decision record: `{evaluation['decision_artifact_uri']}`"]
+    lines += [
+        "",
+        f"**{APPROVE}** moves @champion (with a compare-and-set re-check); **{REJECT}** leaves "
+        "it unchanged.",
+    ]
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -215,6 +215,12 @@ def parse_policy(policy: PromotionPolicy | Mapping[str, Any] | str) -> Promotion
         raise ConfigError(f"invalid promotion policy: {problems}") from err
 
 
+def default_policy(task: str) -> PromotionPolicy:
+    """At least as good as the champion on f1 (classification) or rmse (regression)."""
+    metric = "rmse" if task == "regression" else "f1"
+    return PromotionPolicy.model_validate({"change_thresholds": {metric: {"min_delta": 0.0}}})
+
+
 # -- decision -------------------------------------------------------------------------------
 
 

@@ -36,8 +36,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
@@ -45,7 +45,8 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
-from sklearn.base import clone
+from pydantic import Field, model_validator
+from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import (
@@ -97,13 +98,15 @@ from airflow_mlops.core.lineage import (
     config_hash,
     detect_git_commit,
 )
-from airflow_mlops.core.metrics import (
-    compute_metrics,
-    infer_task,
-    predict_for_metrics,
-    validate_task,
-)
+from airflow_mlops.core.metrics import compute_metrics, infer_task, predict_for_metrics
 from airflow_mlops.core.storage import Storage, join_uri
+from airflow_mlops.core.training_config import (
+    DEFAULT_ESTIMATORS,
+    SearchConfig,
+    TrainingConfig,
+    build,
+    describe_callable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +119,6 @@ STAGE_TRIAL = "training.trial"
 BUILTIN_ESTIMATOR_MODULES = ("sklearn", "xgboost")
 #: Environment form of ``[mlops] artifacts_uri`` (core reads no Airflow config).
 ARTIFACTS_URI_ENV = "AIRFLOW__MLOPS__ARTIFACTS_URI"
-DEFAULT_ESTIMATORS = {
-    "classification": "sklearn.ensemble.HistGradientBoostingClassifier",
-    "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
-}
-SERIALIZATION_FORMATS = ("cloudpickle", "skops", "pickle")
 # Below these a split is refused: metrics such as r2 and roc_auc need two holdout rows, and a
 # model fitted on fewer rows than this is not worth logging.
 MIN_TRAIN_ROWS = 4
@@ -135,159 +133,70 @@ class TrainingInterrupted(MlopsError):
 
 
 # -- Configuration --------------------------------------------------------------------------
+class TrainingJob(TrainingConfig):
+    """One training task: the :class:`TrainingConfig` (same fields, same defaults) plus the
+    data it reads, the labels of its run and the deployment's limits. Built with
+    :meth:`from_values` for errors that name the field; every value is checked at construction.
+
+    ``estimator``: dotted path to a class or factory (``xgboost.XGBClassifier``,
+    ``my_pkg.models.build``), or the class/callable itself; ``None`` picks a RandomForest
+    model for the task. Classes get ``params`` as constructor arguments; factories are called
+    without arguments and ``params`` are applied with ``set_params``. ``preprocessing``:
+    ``"default"`` (median impute numerics, most-frequent impute + one-hot categoricals),
+    ``None``/``"none"`` (the estimator gets the raw columns), or a dotted path / callable
+    ``f(X: DataFrame) -> transformer``.
+    """
+
+    train_uri: str = Field(pattern=r"\S")
+    target: str = Field(pattern=r"\S")
+    experiment_name: str = Field(pattern=r"\S")  # type: ignore[assignment]
+    model_name: str | None = None
+    features: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    artifacts_uri: str | None = None
+    reference_max_rows: int = Field(100_000, ge=1)
+    max_one_hot_categories: int = Field(50, ge=1)
+    serialization_format: Literal["cloudpickle", "skops", "pickle"] = "cloudpickle"
+    input_example_rows: int = Field(5, ge=1)
+    extra_tags: dict[str, str] = Field(default_factory=dict)
+    #: More modules dotted paths may name, from ``[mlops] allowed_estimator_modules``.
+    allowed_modules: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _target_is_no_feature(self) -> TrainingJob:
+        if self.features is not None and self.target in self.features:
+            raise ValueError(f"features must not contain the target column {self.target!r}")
+        return self
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], label: str = "training job") -> TrainingJob:
+        return build(cls, values, label)
+
+    @property
+    def split(self) -> SplitPolicy:
+        return SplitPolicy(self.holdout_fraction, self.seed, self.stratify, self.time_column)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-safe description of the configuration (for ``mlops.config_hash``); the run's
+        labels (``extra_tags``) and the deployment's ``allowed_modules`` are not part of it."""
+        return self.model_dump(mode="json", exclude={"extra_tags", "allowed_modules"})
+
+
 @dataclass(frozen=True)
 class SplitPolicy:
-    """How the holdout is cut from the training data.
+    """How the holdout is cut (the split fields of :class:`TrainingConfig`).
 
     Random split: ``holdout_fraction`` of the rows, drawn with ``seed``, stratified by the
-    target for classification (unless ``stratify=False``). Out-of-time split: with
+    target for classification (unless ``stratify`` is false). Out-of-time split: with
     ``time_column``, the latest ``holdout_fraction`` of rows by time are held out and every
     training row is strictly earlier than every holdout row; the time column is not a
     feature unless listed in ``features``.
     """
 
-    holdout_fraction: float = 0.2
-    seed: int = 42
-    stratify: bool = True
-    time_column: str | None = None
-
-    def validate(self) -> None:
-        if not isinstance(self.holdout_fraction, (int, float)) or not (
-            0.0 < float(self.holdout_fraction) < 1.0
-        ):
-            raise ConfigError(
-                f"split.holdout_fraction must be a number strictly between 0 and 1, "
-                f"got {self.holdout_fraction!r}"
-            )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"split.seed must be an integer, got {self.seed!r}")
-
-    @classmethod
-    def from_value(cls, value: SplitPolicy | Mapping[str, Any] | None) -> SplitPolicy:
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"split must be a mapping or SplitPolicy, got {type(value).__name__}")
-        return cls(**_known_fields(cls, value, "split"))
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    """Optional hyperparameter search, cross-validated; each trial becomes a nested run.
-
-    ``space`` maps parameter names to candidates. Names without ``__`` are parameters of
-    the estimator (``max_depth``); names starting with ``model__`` or ``preprocess__``
-    address the pipeline directly. For ``grid`` every value is a list. For ``random`` a
-    value is a list (sampled uniformly), a scipy distribution, or a JSON-friendly dict
-    ``{"distribution": "uniform" | "loguniform" | "randint", "low": a, "high": b}``
-    (``randint`` includes ``high``).
-    """
-
-    method: str = "random"
-    space: Mapping[str, Any] = field(default_factory=dict)
-    n_iter: int = 10
-    cv: int = 3
-    scoring: str | None = None
-    n_jobs: int = 1
-
-    def validate(self) -> None:
-        if self.method not in ("random", "grid"):
-            raise ConfigError(f"search.method must be 'random' or 'grid', got {self.method!r}")
-        if not isinstance(self.space, Mapping) or not self.space:
-            raise ConfigError("search.space must be a non-empty mapping of parameter -> candidates")
-        for name, value in (("search.n_iter", self.n_iter), ("search.cv", self.cv)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.cv < 2:
-            raise ConfigError(f"search.cv must be at least 2 folds, got {self.cv}")
-
-    @classmethod
-    def from_value(cls, value: SearchSpec | Mapping[str, Any] | None) -> SearchSpec | None:
-        if value is None or isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"search must be a mapping or SearchSpec, got {type(value).__name__}")
-        return cls(**_known_fields(cls, value, "search"))
-
-
-EstimatorSpec = str | Callable[..., Any] | None
-PreprocessingSpec = str | Callable[..., Any] | None
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Everything :func:`train_model` needs; every field is checked by :meth:`validate`.
-
-    ``estimator``: dotted path to a class or factory (``xgboost.XGBClassifier``,
-    ``my_pkg.models.build``), or the class/callable itself; ``None`` picks a
-    HistGradientBoosting model for the task. Classes get ``params`` as constructor
-    arguments; factories are called without arguments and ``params`` are applied with
-    ``set_params``. ``preprocessing``: ``"default"`` (median impute numerics, most-frequent
-    impute + one-hot categoricals), ``None``/``"none"`` (the estimator gets the raw columns),
-    or a dotted path / callable ``f(X: DataFrame) -> transformer``.
-    """
-
-    train_uri: str
-    target: str
-    experiment_name: str
-    model_name: str | None = None
-    features: Sequence[str] | None = None
-    exclude: Sequence[str] = ()
-    estimator: EstimatorSpec = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    task: str | None = None
-    preprocessing: PreprocessingSpec = "default"
-    split: SplitPolicy = field(default_factory=SplitPolicy)
-    search: SearchSpec | None = None
-    artifacts_uri: str | None = None
-    reference_max_rows: int = 100_000
-    max_one_hot_categories: int = 50
-    serialization_format: str = "cloudpickle"
-    input_example_rows: int = 5
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-    #: More modules dotted paths may name, from ``[mlops] allowed_estimator_modules``.
-    allowed_modules: Sequence[str] = ()
-
-    def validate(self) -> None:
-        for name in ("train_uri", "target", "experiment_name"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
-        if self.task is not None:
-            validate_task(self.task)
-        if self.features is not None and (
-            isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features)
-        ):
-            raise ConfigError(f"features must be a list of column names, got {self.features!r}")
-        if isinstance(self.exclude, str) or not all(isinstance(c, str) for c in self.exclude):
-            raise ConfigError(f"exclude must be a list of column names, got {self.exclude!r}")
-        if self.features is not None and self.target in self.features:
-            raise ConfigError(f"features must not contain the target column {self.target!r}")
-        if not isinstance(self.params, Mapping):
-            raise ConfigError(f"params must be a mapping, got {type(self.params).__name__}")
-        if self.serialization_format not in SERIALIZATION_FORMATS:
-            raise ConfigError(
-                f"serialization_format must be one of {list(SERIALIZATION_FORMATS)}, "
-                f"got {self.serialization_format!r}"
-            )
-        for name in ("reference_max_rows", "max_one_hot_categories", "input_example_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        self.split.validate()
-        if self.search is not None:
-            self.search.validate()
-
-    def fingerprint(self) -> dict[str, Any]:
-        """JSON-safe description of the configuration (for ``mlops.config_hash``)."""
-        data = asdict(self)
-        data.pop("extra_tags")  # labels of the run, not part of what is trained
-        data.pop("allowed_modules")  # a deployment's policy, not part of what is trained
-        data["estimator"] = describe_callable(self.estimator)
-        data["preprocessing"] = describe_callable(self.preprocessing)
-        return json.loads(json.dumps(data, default=str))
+    holdout_fraction: float
+    seed: int
+    stratify: bool
+    time_column: str | None
 
 
 # -- Results --------------------------------------------------------------------------------
@@ -324,11 +233,13 @@ class PreparedData:
     data_sha256: str
     data_rows: int
     time_cutoff: str | None = None
+    #: The estimator built to learn the task, when it was built before the split.
+    estimator: Any = None
 
 
 # -- Public entry point ---------------------------------------------------------------------
 def train_model(
-    config: TrainingConfig,
+    config: TrainingJob,
     context: RunContext,
     storage: Storage,
     client: MlflowClient,
@@ -352,7 +263,6 @@ def train_model(
     (URI and sha256) with the same configuration: a task cleared and re-run after its data
     file was fixed trains again.
     """
-    config.validate()
     experiment_id = experiment_id or get_or_create_experiment(client, config.experiment_name)
     key = context.idempotency_key
 
@@ -374,7 +284,7 @@ def train_model(
             stale,
         )
     prepared = prepare_data(config, table.frame, table.sha256, table.rows)
-    pipeline = build_pipeline(config, prepared.task, prepared.X_train)
+    pipeline = build_pipeline(config, prepared.task, prepared.X_train, prepared.estimator)
     check_estimator_accepts_target(pipeline, prepared)
     search = build_search(config, pipeline, prepared) if config.search else None
     artifacts_uri = config.artifacts_uri or default_artifacts_uri(config.train_uri, key)
@@ -422,7 +332,7 @@ def train_model(
 
 
 def _train_in_run(
-    config: TrainingConfig,
+    config: TrainingJob,
     prepared: PreparedData,
     pipeline: Pipeline,
     search: Any,
@@ -534,7 +444,7 @@ def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any
     )
 
 
-def reuse_fingerprint(config: TrainingConfig, data_sha256: str) -> dict[str, str]:
+def reuse_fingerprint(config: TrainingJob, data_sha256: str) -> dict[str, str]:
     """The tags a finished run must carry, exactly, to be reused for ``config``: the data
     (URI and sha256), the training configuration and, when given, the pipeline's."""
     fingerprint = {
@@ -663,9 +573,7 @@ def result_from_run(run: Any, key: str) -> TrainingResult:
 
 
 # -- Data preparation -----------------------------------------------------------------------
-def prepare_data(
-    config: TrainingConfig, frame: pd.DataFrame, sha256: str, rows: int
-) -> PreparedData:
+def prepare_data(config: TrainingJob, frame: pd.DataFrame, sha256: str, rows: int) -> PreparedData:
     """Select columns, check the target, infer the task and split. Raises before any run."""
     columns = [str(c) for c in frame.columns]
     if config.target not in columns:
@@ -681,7 +589,13 @@ def prepare_data(
             f"target column {config.target!r} has {null_targets} missing value(s) in "
             f"{config.train_uri}: drop or fill them before training"
         )
-    task = config.task or infer_task(target)
+    estimator = None
+    if config.task is None and config.estimator is not None:
+        # Built before the split: its kind decides stratification; reused for the pipeline.
+        estimator = resolve_estimator(
+            config.estimator, "classification", dict(config.params), config.allowed_modules
+        )
+    task = resolve_task(config, target, estimator)
     check_target(task, target, config.target)
     check_finite(frame, [*features, config.target], config.train_uri)
     if config.preprocessing == "default":
@@ -700,15 +614,49 @@ def prepare_data(
         data_sha256=sha256,
         data_rows=rows,
         time_cutoff=cutoff,
+        estimator=estimator,
     )
 
 
-def select_features(config: TrainingConfig, columns: list[str]) -> list[str]:
+def resolve_task(config: TrainingJob, target: pd.Series, estimator: Any = None) -> str:
+    """``config.task`` if set, else the constructed estimator's kind (scikit-learn's
+    ``is_classifier`` / ``is_regressor``; XGBoost and Pipelines answer too), else the
+    target's (:func:`~airflow_mlops.core.metrics.infer_task`), which is logged. Never the
+    estimator's name."""
+    if config.task is not None:
+        return config.task
+    if estimator is not None:
+        if is_classifier(estimator):
+            return "classification"
+        if is_regressor(estimator):
+            return "regression"
+    task = infer_task(target)
+    why = (
+        "non-numeric, boolean or few distinct whole values"
+        if task == "classification"
+        else "numeric with many distinct values"
+    )
+    source = (
+        f"estimator {describe_callable(config.estimator)} is neither a classifier nor a regressor"
+        if estimator is not None
+        else f"no estimator is set (default: {DEFAULT_ESTIMATORS[task]})"
+    )
+    log.info(
+        "Task %r inferred from target column %r (%s): %s; set task to choose.",
+        task,
+        config.target,
+        why,
+        source,
+    )
+    return task
+
+
+def select_features(config: TrainingJob, columns: list[str]) -> list[str]:
     """``features`` if given, else every column but target, ``exclude`` and the time column."""
     time_column = config.split.time_column
     if time_column is not None and time_column not in columns:
         raise DataError(
-            f"split.time_column {time_column!r} is not in {config.train_uri} (columns: {columns[:50]})"
+            f"training.time_column {time_column!r} is not in {config.train_uri} (columns: {columns[:50]})"
         )
     if config.features is not None:
         missing = [f for f in config.features if f not in columns]
@@ -795,7 +743,7 @@ def split_data(
     target: str,
     task: str,
     policy: SplitPolicy,
-    search: SearchSpec | None,
+    search: SearchConfig | None,
 ) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series, str | None]:
     """Cut the holdout; fail with the numbers when the data is too small to split."""
     n = len(frame)
@@ -803,7 +751,7 @@ def split_data(
     min_train = max(MIN_TRAIN_ROWS, search.cv if search else 0)
     if n_holdout < MIN_HOLDOUT_ROWS or n - n_holdout < min_train:
         raise DataError(
-            f"dataset too small to split: {n} rows with holdout_fraction "
+            f"dataset too small to split: {n} rows with training.holdout_fraction "
             f"{policy.holdout_fraction} leave {n - n_holdout} training and {n_holdout} holdout "
             f"rows; need at least {min_train} training and {MIN_HOLDOUT_ROWS} holdout rows"
         )
@@ -833,7 +781,7 @@ def _split_by_time(
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     time_values = frame[policy.time_column]
     if time_values.isna().any():
-        raise DataError(f"split.time_column {policy.time_column!r} has missing values")
+        raise DataError(f"training.time_column {policy.time_column!r} has missing values")
     ordered = frame.sort_values(policy.time_column, kind="stable")
     cutoff = ordered[policy.time_column].iloc[len(ordered) - n_holdout]
     # Rows tied with the cutoff go to the holdout: training is strictly earlier.
@@ -842,7 +790,7 @@ def _split_by_time(
     if len(train) < MIN_TRAIN_ROWS:
         raise DataError(
             f"dataset too small to split by time: only {len(train)} row(s) are earlier than "
-            f"the cutoff {cutoff!r} of split.time_column {policy.time_column!r}"
+            f"the cutoff {cutoff!r} of training.time_column {policy.time_column!r}"
         )
     return train, holdout, str(cutoff)
 
@@ -854,17 +802,17 @@ def _check_stratifiable(y: pd.Series, n_holdout: int, n_train: int, target: str)
         raise DataError(
             f"dataset too small to split: class(es) {list(rare.index)[:10]} of target "
             f"{target!r} have a single row; a stratified split needs 2 rows per class "
-            "(add data or set split.stratify=False)"
+            "(add data, or set stratify to false: training.stratify in a pipeline file)"
         )
     if n_holdout < len(counts) or n_train < len(counts):
         raise DataError(
             f"dataset too small to split: {len(counts)} classes need at least that many rows "
             f"on each side, got {n_train} training and {n_holdout} holdout rows "
-            "(raise holdout_fraction or add data)"
+            "(raise training.holdout_fraction or add data)"
         )
 
 
-def _check_training_classes(y_train: pd.Series, target: str, search: SearchSpec | None) -> None:
+def _check_training_classes(y_train: pd.Series, target: str, search: SearchConfig | None) -> None:
     counts = y_train.value_counts()
     if len(counts) < 2:
         raise DataError(
@@ -874,7 +822,7 @@ def _check_training_classes(y_train: pd.Series, target: str, search: SearchSpec 
     if search is not None and counts.min() < search.cv:
         raise DataError(
             f"dataset too small for {search.cv}-fold cross-validation: class "
-            f"{counts.idxmin()!r} has {counts.min()} training rows (lower search.cv or add data)"
+            f"{counts.idxmin()!r} has {counts.min()} training rows (lower training.search.cv or add data)"
         )
 
 
@@ -954,7 +902,10 @@ def import_object(path: str, field_name: str, allowed: Sequence[str] = ()) -> An
 
 
 def resolve_estimator(
-    spec: EstimatorSpec, task: str, params: Mapping[str, Any], allowed: Sequence[str] = ()
+    spec: str | Callable[..., Any] | None,
+    task: str,
+    params: Mapping[str, Any],
+    allowed: Sequence[str] = (),
 ) -> Any:
     """An unfitted estimator (or Pipeline) from a dotted path, class or factory, with params.
 
@@ -1010,6 +961,18 @@ def _check_imported_estimator(path: str, target: Any, allowed: Sequence[str]) ->
     if not callable(target) and not _is_estimator(target):
         raise EstimatorNotAllowedError(
             f"estimator {path!r} is neither an estimator class nor a factory function"
+        )
+
+
+def _check_user_module(path: str, field_name: str, allowed: Sequence[str]) -> None:
+    """A dotted path to a function that will be *called* must come from the user's own
+    ``[mlops] allowed_estimator_modules``: scikit-learn/XGBoost functions are not such
+    factories, and a pipeline file must not call them (``sklearn.datasets.fetch_openml``)."""
+    user_modules = allowed_module_prefixes(allowed)[len(BUILTIN_ESTIMATOR_MODULES) :]
+    if not any(path.strip().startswith(m + ".") for m in user_modules):
+        raise EstimatorNotAllowedError(
+            f"{field_name} {path!r} is not in [mlops] allowed_estimator_modules "
+            f"{list(user_modules)}: dotted {field_name} paths name your own functions only"
         )
 
 
@@ -1113,11 +1076,17 @@ def build_preprocessor(X: pd.DataFrame, max_categories: int) -> ColumnTransforme
     return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
 
 
-def build_pipeline(config: TrainingConfig, task: str, X_train: pd.DataFrame) -> Pipeline:
-    """``Pipeline([("preprocess", ...), ("model", estimator)])``; no preprocess step if None."""
-    estimator = resolve_estimator(
-        config.estimator, task, dict(config.params), config.allowed_modules
-    )
+def build_pipeline(
+    config: TrainingJob, task: str, X_train: pd.DataFrame, estimator: Any = None
+) -> Pipeline:
+    """``Pipeline([("preprocess", ...), ("model", estimator)])``; no preprocess step if None.
+
+    ``estimator``: one already built from ``config`` (:func:`prepare_data` builds it to learn
+    the task); else it is built here."""
+    if estimator is None:
+        estimator = resolve_estimator(
+            config.estimator, task, dict(config.params), config.allowed_modules
+        )
     preprocess = resolve_preprocessing(config, X_train)
     steps = (
         [("model", estimator)]
@@ -1127,12 +1096,14 @@ def build_pipeline(config: TrainingConfig, task: str, X_train: pd.DataFrame) -> 
     return Pipeline(steps)
 
 
-def resolve_preprocessing(config: TrainingConfig, X_train: pd.DataFrame) -> Any:
+def resolve_preprocessing(config: TrainingJob, X_train: pd.DataFrame) -> Any:
     spec = config.preprocessing
     if spec is None or spec == "none":
         return None
     if spec == "default":
         return build_preprocessor(X_train, config.max_one_hot_categories)
+    if isinstance(spec, str):
+        _check_user_module(spec, "preprocessing", config.allowed_modules)
     factory = (
         import_object(spec, "preprocessing", config.allowed_modules)
         if isinstance(spec, str)
@@ -1171,7 +1142,7 @@ def check_estimator_accepts_target(pipeline: Pipeline, prepared: PreparedData) -
         )
 
 
-def build_search(config: TrainingConfig, pipeline: Pipeline, prepared: PreparedData) -> Any:
+def build_search(config: TrainingJob, pipeline: Pipeline, prepared: PreparedData) -> Any:
     """A scikit-learn search over the pipeline; its trials are logged as nested runs."""
     spec = config.search
     assert spec is not None
@@ -1255,9 +1226,7 @@ def default_scoring(task: str, pipeline: Pipeline) -> str:
 
 
 # -- MLflow logging -------------------------------------------------------------------------
-def lineage_tags(
-    config: TrainingConfig, prepared: PreparedData, artifacts_uri: str
-) -> dict[str, str]:
+def lineage_tags(config: TrainingJob, prepared: PreparedData, artifacts_uri: str) -> dict[str, str]:
     """Tags known before training starts (hashes of written files are added later)."""
     features_json = json.dumps(prepared.features)
     tags = {
@@ -1285,7 +1254,7 @@ def lineage_tags(
     return tags
 
 
-def run_params(config: TrainingConfig, prepared: PreparedData, fitted: Pipeline) -> dict[str, Any]:
+def run_params(config: TrainingJob, prepared: PreparedData, fitted: Pipeline) -> dict[str, Any]:
     """The estimator's effective params plus the training configuration's key choices."""
     params: dict[str, Any] = {
         f"model.{k}": v
@@ -1350,7 +1319,7 @@ def log_search_trials(
 
 
 def log_fitted_model(
-    fitted: Pipeline, prepared: PreparedData, config: TrainingConfig, run_id: str
+    fitted: Pipeline, prepared: PreparedData, config: TrainingJob, run_id: str
 ) -> Any:
     """Log the pipeline with signature, input example and pinned requirements."""
     from mlflow.models import infer_signature
@@ -1449,21 +1418,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _run_name(config: TrainingConfig, context: RunContext) -> str:
+def _run_name(config: TrainingJob, context: RunContext) -> str:
     base = config.model_name or config.target
     return f"train-{base}-{context.task_id}"[:250]
 
 
 # -- Small helpers --------------------------------------------------------------------------
-def describe_callable(obj: Any) -> str:
-    """A stable text for a dotted path, class or function (used in params and tags)."""
-    if obj is None or isinstance(obj, str):
-        return str(obj)
-    module = getattr(obj, "__module__", None) or type(obj).__module__
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{module}.{name}"
-
-
 def json_safe(value: Any) -> Any:
     """numpy scalars and arrays to plain Python, recursively; other objects to ``str``."""
     if isinstance(value, Mapping):
@@ -1477,11 +1437,3 @@ def json_safe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _known_fields(cls: type, values: Mapping[str, Any], label: str) -> dict[str, Any]:
-    names = {f.name for f in cls.__dataclass_fields__.values()}  # type: ignore[attr-defined]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{label} has unknown field(s) {unknown}; known: {sorted(names)}")
-    return dict(values)

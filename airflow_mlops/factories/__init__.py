@@ -17,6 +17,9 @@ _EXPORTS = {
     "monitoring_dag": "airflow_mlops.factories.monitoring",
     "monitoring_group": "airflow_mlops.factories.monitoring",
     "dags_from_yaml": "airflow_mlops.factories.loader",
+    "PromotionTasks": "airflow_mlops.factories.promotion",
+    "promotion_tasks": "airflow_mlops.factories.promotion",
+    "rollback_dag_params": "airflow_mlops.factories.promotion",
 }
 
 __all__ = sorted(_EXPORTS)

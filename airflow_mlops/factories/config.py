@@ -23,6 +23,7 @@ from pydantic import (
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import PromotionPolicy
+from airflow_mlops.core.training_config import TrainingConfig
 from airflow_mlops.factories.templating import check_config_templates
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
@@ -97,28 +98,6 @@ class ValidationConfig(_Section):
             if isinstance(condition, dict) and condition.get("type") == "pass_through":
                 raise ValueError(f"expectation {index}: a pass_through row_condition is refused")
         return suite
-
-
-class SearchConfig(_Section):
-    method: Literal["random", "grid"] = "random"
-    space: dict[str, Any] = Field(description="Parameter name -> list of values or distribution.")
-    n_iter: int = Field(10, ge=1)
-    cv: int = Field(3, ge=2)
-    scoring: str | None = None
-
-
-class TrainingConfig(_Section):
-    estimator: str = Field(
-        "sklearn.ensemble.RandomForestClassifier",
-        description="Dotted path to an estimator class or a factory function.",
-    )
-    params: dict[str, Any] = Field(default_factory=dict)
-    task: Literal["classification", "regression"] | None = None
-    holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    seed: int = 42
-    time_column: str | None = None
-    search: SearchConfig | None = None
-    experiment_name: str | None = Field(None, description="Default: 'mlops/<pipeline name>'.")
 
 
 class EvaluationConfig(_Section):
@@ -233,18 +212,17 @@ class PipelineConfig(_Section):
         return list(dict.fromkeys(tags))
 
     @property
-    def task(self) -> str:
-        """The training task, from ``training.task`` or the estimator's name."""
-        if self.training.task:
-            return self.training.task
-        return "regression" if "Regress" in self.training.estimator else "classification"
-
-    @property
-    def promotion_policy(self) -> PromotionPolicy:
+    def promotion_policy(self) -> PromotionPolicy | None:
+        """``evaluation.policy``; else, with an explicit ``training.task``, the default policy
+        of that task. ``None`` leaves the default to the evaluate task, which knows the task
+        the model was trained for (see :func:`~airflow_mlops.core.policy.default_policy`)."""
         if self.evaluation.policy is not None:
             return self.evaluation.policy
-        metric = "rmse" if self.task == "regression" else "f1"
-        return PromotionPolicy.model_validate({"change_thresholds": {metric: {"min_delta": 0.0}}})
+        if self.training.task is not None:
+            from airflow_mlops.core.policy import default_policy
+
+            return default_policy(self.training.task)
+        return None
 
     @property
     def allowed_data_prefixes(self) -> list[str]:

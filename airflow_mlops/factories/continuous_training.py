@@ -6,27 +6,14 @@ Construction does no I/O and imports no ML library: Airflow re-parses DAG files 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, TaskGroup, task
+from airflow.sdk import DAG, Param, TaskGroup
 
 from airflow_mlops.assets import retrain_asset
-from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH
+from airflow_mlops.factories.chain import single_model_chain, summary_task
 from airflow_mlops.factories.config import PipelineConfig, load_config
-
-CT_STEPS = (
-    "detect_changes",
-    "validate",
-    "train",
-    "evaluate",
-    "register",
-    "approve_promotion",
-    "approval_gate",
-    "promote",
-)
-MONITOR_STEPS = ("drift", "decay")
 
 
 def _as_config(config: PipelineConfig | str | Path) -> PipelineConfig:
@@ -114,168 +101,8 @@ def _ct_tasks(config: PipelineConfig, prefix: str) -> None:
     model = config.registered_model_name
     conns = config.connections.model_dump()
     train_uri = "{{ params.train_uri }}"
-    last = _single_model_chain(config, model, train_uri, conns)
-    last >> _summary_task(config, prefix, model=model)
-
-
-def _single_model_chain(
-    config: PipelineConfig,
-    model: str,
-    train_uri: str,
-    conns: dict[str, Any],
-    data_prefixes: list[str] | None = None,
-) -> Any:
-    """Wire the per-model steps; returns the last task so callers can attach more.
-
-    Every task that reads or writes data gets the pipeline's allowed data prefixes
-    (``data_prefixes``, default :attr:`PipelineConfig.allowed_data_prefixes`): a trigger
-    param such as ``train_uri`` is checked against them once rendered.
-    """
-    prefixes = data_prefixes if data_prefixes is not None else config.allowed_data_prefixes
-    from airflow_mlops.operators.changes import DetectChangesOperator
-    from airflow_mlops.operators.registry import promotion_tasks
-    from airflow_mlops.operators.training import TrainModelOperator
-    from airflow_mlops.operators.validation import DataValidationOperator
-
-    fingerprint = config.fingerprint()
-    detect = DetectChangesOperator(
-        task_id="detect_changes",
-        train_uri=train_uri,
-        model_name=model,
-        config_hash=fingerprint,
-        allowed_data_prefixes=prefixes,
-        **conns,
-    )
-    chain: list[Any] = [detect]
-    if config.validation.enabled and config.validation.suite:
-        chain.append(
-            DataValidationOperator(
-                task_id="validate",
-                data_uri=train_uri,
-                suite=config.validation.suite,
-                on_failure=config.validation.on_failure,
-                allowed_data_prefixes=prefixes,
-                **conns,
-            )
-        )
-    training = config.training
-    train = TrainModelOperator(
-        task_id="train",
-        train_uri=train_uri,
-        target=config.data.target,
-        experiment_name=config.experiment_name,
-        model_name=model,
-        features=config.data.features,
-        exclude=config.data.exclude or None,
-        estimator=training.estimator,
-        estimator_params=training.params,
-        task=config.task,
-        holdout_fraction=training.holdout_fraction,
-        seed=training.seed,
-        time_column=training.time_column,
-        search=training.search.model_dump() if training.search else None,
-        extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
-        allowed_data_prefixes=prefixes,
-        **conns,
-    )
-    chain.append(train)
-    for upstream, downstream in itertools.pairwise(chain):
-        upstream >> downstream
-    promotion = promotion_tasks(
-        training_result=train.output,
-        policy=config.promotion_policy.model_dump(mode="json", exclude_none=True),
-        model_name=model,
-        slices=config.evaluation.slices or None,
-        approval=config.promotion.approval,
-        promote_kwargs={"serving_check": config.promotion.serving_check},
-        **conns,
-    )
-    train >> promotion.evaluate
-    last: Any = promotion.promote
-    if config.data.inference_uri and config.data.predictions_uri:
-        from airflow_mlops.operators.prediction import BatchPredictionOperator
-
-        predict = BatchPredictionOperator(
-            task_id="predict",
-            input_uri=config.data.inference_uri,
-            output_uri=config.data.predictions_uri,
-            model_name=model,
-            allowed_data_prefixes=prefixes,
-            **conns,
-        )
-        last >> predict
-        last = predict
-    return last
-
-
-def _summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:
-    """A final task that reports every step and fails the run if any step failed.
-
-    ``model`` may be a mapped argument (one summary per segment).
-    """
-    steps = [*CT_STEPS, "predict"]
-
-    @task(task_id="summary", trigger_rule="all_done", retries=0, multiple_outputs=False)
-    def summary(model_name: str, **context: Any) -> dict[str, Any]:
-        return _summarize(context, model_name, steps, prefix)
-
-    return summary(model)
-
-
-def _summarize(
-    context: dict[str, Any], model: str, steps: list[str], prefix: str
-) -> dict[str, Any]:
-    """Collect states and XComs of the run's steps; fail if any step failed (fail closed)."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from airflow_mlops.core.summary import summarize_run
-
-    ti = context["ti"]
-    map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
-    dag_run = context["dag_run"]
-    states: dict[str, str] = {}
-    results: dict[str, Any] = {}
-    task_ids = set(context["dag"].task_ids)
-    for step in steps:
-        task_id = f"{prefix}{step}"
-        if task_id not in task_ids:
-            continue
-        state = ti.get_task_states(
-            dag_id=ti.dag_id, task_ids=[task_id], run_ids=[dag_run.run_id], map_index=map_index
-        )
-        states[step] = str(_first_state(state) or "none")
-        if map_index is None:
-            results[step] = ti.xcom_pull(task_ids=task_id)
-        else:
-            results[step] = ti.xcom_pull(task_ids=task_id, map_indexes=map_index)
-    summary = summarize_run(model, states, results).to_dict()
-    print(_format_summary(summary))
-    failed = [step for step, state in states.items() if state in {"failed", "upstream_failed"}]
-    if failed:
-        # Keep the summary inspectable even though the task fails.
-        ti.xcom_push(key="return_value", value=summary)
-        # The summary runs on all_done; without this the run would end green.
-        raise AirflowFailException(
-            f"{model}: {summary['outcome']} ({', '.join(failed)} failed): {summary['reason']}"
-        )
-    return summary
-
-
-def _first_state(states: Any) -> str | None:
-    """``get_task_states`` returns {run_id: {task_id: state}}."""
-    for per_task in (states or {}).values():
-        for value in per_task.values():
-            return value
-    return None
-
-
-def _format_summary(summary: dict[str, Any]) -> str:
-    lines = [
-        f"model {summary['model_name']}: {summary['outcome']} "
-        f"(champion v{summary['champion_version'] or '-'}) - {summary['reason']}"
-    ]
-    lines += [f"  {s['step']:<15} {s['state']:<16} {s['detail']}" for s in summary["steps"]]
-    return "\n".join(lines)
+    last = single_model_chain(config, model, train_uri, conns)
+    last >> summary_task(config, prefix, model=model)
 
 
 def _doc(config: PipelineConfig) -> str:

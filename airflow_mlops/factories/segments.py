@@ -10,13 +10,12 @@ from typing import Any
 
 from airflow.sdk import task, task_group
 
+from airflow_mlops.factories.chain import single_model_chain, summary_task
 from airflow_mlops.factories.config import PipelineConfig
 from airflow_mlops.operators.base import DAG_ARTIFACTS_PREFIX
 
 
 def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
-    from airflow_mlops.factories.continuous_training import _single_model_chain, _summary_task
-
     assert config.segments is not None
     segments = config.segments
     conns = config.connections.model_dump()
@@ -47,7 +46,7 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
     def per_segment(segment_model: Any, segment_uri: Any) -> None:
         # Segment files are written by split_segments under this DAG's artifacts folder.
         prefixes = [*config.allowed_data_prefixes, DAG_ARTIFACTS_PREFIX]
-        last = _single_model_chain(config, segment_model, segment_uri, conns, prefixes)
-        last >> _summary_task(config, prefix=f"{prefix}segment.", model=segment_model)
+        last = single_model_chain(config, segment_model, segment_uri, conns, prefixes)
+        last >> summary_task(config, prefix=f"{prefix}segment.", model=segment_model)
 
     per_segment.expand_kwargs(split())

@@ -2,8 +2,9 @@
 
 Kept apart from :mod:`airflow_mlops.operators.registry` so that importing the registry
 operators (every CT DAG does) does not import ``airflow.providers.standard.operators.hitl``;
-:func:`~airflow_mlops.operators.registry.promotion_tasks` imports this module only for
-``approval="manual"``.
+:func:`~airflow_mlops.factories.promotion.promotion_tasks` imports this module only for
+``approval="manual"``. The protocol both operators share (option names, XCom key, body text)
+lives in :mod:`airflow_mlops.core.approval`, so neither operator module imports the other.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
+from airflow_mlops.core.approval import APPROVAL_XCOM_KEY, APPROVE, REJECT, approval_body
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID
 from airflow_mlops.operators.base import as_mapping
-from airflow_mlops.operators.registry import APPROVAL_XCOM_KEY, APPROVE_OPTION, approval_body
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-if ApprovalOperator.APPROVE != APPROVE_OPTION:  # the promote task compares answers with it
+__all__ = ["PromotionApprovalOperator"]
+
+# The promote task compares answers with APPROVE and the body names both options.
+if (ApprovalOperator.APPROVE, ApprovalOperator.REJECT) != (APPROVE, REJECT):
     raise ImportError(
-        f"ApprovalOperator.APPROVE is {ApprovalOperator.APPROVE!r}, expected {APPROVE_OPTION!r}"
+        f"ApprovalOperator's options are {ApprovalOperator.APPROVE!r}/"
+        f"{ApprovalOperator.REJECT!r}, expected {APPROVE!r}/{REJECT!r}"
     )
 
 

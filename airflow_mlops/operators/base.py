@@ -174,6 +174,34 @@ def path_safe(value: str) -> str:
     return safe if safe.strip(".") else "_" * max(len(safe), 1)
 
 
+def record_task_error(context: Context) -> None:
+    """``on_failure_callback`` of every provider operator: push the error for the run summary.
+
+    The summary task runs in another process and cannot read this task's exception, so the
+    ``Type: message`` text goes to XCom under :data:`~airflow_mlops.core.summary.ERROR_XCOM_KEY`,
+    masked like Airflow's task logs (plus URI user-info) and capped. Airflow logs and swallows
+    an exception of a callback, so the task's own error is never hidden.
+    """
+    from airflow_mlops.core.summary import ERROR_XCOM_KEY, cap_error, describe_error
+
+    error, ti = context.get("exception"), context.get("ti")
+    if error is None or not hasattr(ti, "xcom_push"):  # e.g. a callback run outside the task
+        return
+    ti.xcom_push(key=ERROR_XCOM_KEY, value={"error": cap_error(mask_error(describe_error(error)))})
+
+
+def mask_error(text: str) -> str:
+    """``text`` with the secrets Airflow masks in logs (connection passwords, sensitive
+    variables) and any URI user-info replaced; masked before cutting, so no half secret is
+    left."""
+    # The module Airflow's own log masking uses (the old execution_time path is deprecated).
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_mlops.core.mlflow_settings import redact_text
+
+    return redact_text(str(redact(text)))
+
+
 class MlopsBaseOperator(BaseOperator):
     """Shared parameters and helpers; subclasses stay thin and call ``airflow_mlops.core``.
 
@@ -203,6 +231,9 @@ class MlopsBaseOperator(BaseOperator):
         self.allowed_data_prefixes = (
             None if allowed_data_prefixes is None else list(allowed_data_prefixes)
         )
+        # Besides any callbacks the user passed (or default_args set).
+        if record_task_error not in self.on_failure_callback:
+            self.on_failure_callback = [*self.on_failure_callback, record_task_error]
 
     @property
     def data_uri_fields(self) -> list[str]:

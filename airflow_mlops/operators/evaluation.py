@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.policy import PromotionPolicy, parse_policy
+from airflow_mlops.core.policy import PromotionPolicy, default_policy, parse_policy
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
@@ -55,7 +55,8 @@ class EvaluateModelOperator(MlopsBaseOperator):
     read ``promote`` and ``reason``.
 
     :param training_result: the training task's result (templated; e.g. ``train.output``).
-    :param policy: promotion policy, a mapping / JSON text / ``PromotionPolicy`` (templated).
+    :param policy: promotion policy, a mapping / JSON text / ``PromotionPolicy`` (templated);
+        default: at least as good as the champion on f1 / rmse, for the trained task.
     :param model_name: registered model name (templated); default: the name training tagged.
     :param slices: ``{column: [values, ...]}`` for per-slice metrics and no-regression
         checks (templated).
@@ -82,7 +83,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         self,
         *,
         training_result: Any,
-        policy: PromotionPolicy | Mapping[str, Any] | str,
+        policy: PromotionPolicy | Mapping[str, Any] | str | None = None,
         model_name: str | None = None,
         slices: Mapping[str, Sequence[Any]] | str | None = None,
         champion_alias: str = "champion",
@@ -93,7 +94,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         super().__init__(**kwargs)
         if isinstance(policy, PromotionPolicy):
             policy = policy.model_dump(mode="json")
-        elif not is_template(policy):
+        elif policy is not None and not is_template(policy):
             parse_policy(policy)  # a broken policy fails when the DAG is parsed, not at run time
         self.training_result = training_result
         self.policy = policy
@@ -107,12 +108,14 @@ class EvaluateModelOperator(MlopsBaseOperator):
         from airflow_mlops.core import evaluation as ev
 
         training_result = as_mapping(self.training_result, "training_result")
-        policy = parse_policy(self.policy)
+        # No policy: the default of the task the challenger was trained for.
+        policy = parse_policy(self.policy) if self.policy else None
         slices = as_slices(self.slices)
         hook = self.mlflow_hook
         trust = model_trust(self.trust_unsigned_models is True)
         with hook.session() as client:
             challenger = ev.challenger_from_training(client, training_result)
+            policy = policy or default_policy(challenger.task)
             model_name = self.model_name or challenger.model_name
             if not model_name:
                 raise ConfigError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,23 @@ from airflow_mlops.operators.base import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.core.training import TrainingConfig
+    from airflow_mlops.core.training import TrainingJob
+    from airflow_mlops.core.training_config import TrainingConfig
+
+# The operator arguments that are fields of TrainingConfig (``estimator_params`` is its
+# ``params``: ``params`` is Airflow's own on every operator).
+_CONFIG_ARGUMENTS = {
+    "estimator": "estimator",
+    "estimator_params": "params",
+    "task": "task",
+    "preprocessing": "preprocessing",
+    "holdout_fraction": "holdout_fraction",
+    "seed": "seed",
+    "stratify": "stratify",
+    "time_column": "time_column",
+    "search": "search",
+    "experiment_name": "experiment_name",
+}
 
 
 class TrainModelOperator(MlopsBaseOperator):
@@ -51,21 +66,28 @@ class TrainModelOperator(MlopsBaseOperator):
 
     :param train_uri: training table (templated).
     :param target: target column (templated).
-    :param experiment_name: MLflow experiment, created when missing (templated).
+    :param training: a :class:`~airflow_mlops.core.training_config.TrainingConfig` (a
+        pipeline file's ``training:`` section) or a mapping of its fields; the arguments
+        below that are its fields override it. Not templated itself: its fields are.
+    :param experiment_name: MLflow experiment, created when missing (templated); default
+        ``training.experiment_name``.
     :param model_name: registered model name this candidate is for; tagged (templated).
     :param features: feature columns (templated); default: all but target/exclude/time column.
     :param exclude: columns never used as features (templated).
     :param estimator: dotted path to an estimator class or factory function
         (``xgboost.XGBClassifier``), or the class/callable itself (templated when a string).
-        Default: HistGradientBoosting for the task.
+        Default: RandomForestClassifier / RandomForestRegressor for the task.
     :param estimator_params: estimator parameters (templated); named so because ``params``
         is Airflow's own (DAG params) on every operator.
-    :param task: ``classification`` or ``regression`` (templated); inferred when ``None``.
+    :param task: ``classification`` or ``regression`` (templated). Default: the estimator's
+        own kind (``sklearn.base.is_classifier`` / ``is_regressor``), else inferred from the
+        target (non-numeric or few distinct whole values: classification), as logged.
     :param preprocessing: ``"default"``, ``None`` (raw columns) or a dotted path / callable
         ``f(X) -> transformer`` (templated when a string).
-    :param holdout_fraction: share of rows held out (templated), default 0.2.
-    :param seed: random seed for the split, CV folds and random search (templated).
-    :param stratify: stratify the random split by the target for classification (templated).
+    :param holdout_fraction: share of rows held out (templated), default 0.25.
+    :param seed: random seed for the split, CV folds and random search (templated), default 42.
+    :param stratify: stratify the random split by the target for classification (templated),
+        default true.
     :param time_column: hold out the latest rows by this column instead (templated).
     :param search: ``{"method": "random"|"grid", "space": {...}, "n_iter", "cv", "scoring",
         "n_jobs"}`` (templated); each trial is logged as a nested run.
@@ -108,17 +130,18 @@ class TrainModelOperator(MlopsBaseOperator):
         *,
         train_uri: str,
         target: str,
-        experiment_name: str,
+        experiment_name: str | None = None,
+        training: TrainingConfig | Mapping[str, Any] | None = None,
         model_name: str | None = None,
         features: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         estimator: str | Callable[..., Any] | None = None,
         estimator_params: Mapping[str, Any] | None = None,
         task: str | None = None,
-        preprocessing: str | Callable[..., Any] | None = "default",
-        holdout_fraction: float | str = 0.2,
-        seed: int | str = 42,
-        stratify: bool | str = True,
+        preprocessing: str | Callable[..., Any] | None = None,
+        holdout_fraction: float | str | None = None,
+        seed: int | str | None = None,
+        stratify: bool | str | None = None,
         time_column: str | None = None,
         search: Mapping[str, Any] | None = None,
         artifacts_uri: str | None = None,
@@ -130,21 +153,43 @@ class TrainModelOperator(MlopsBaseOperator):
         super().__init__(**kwargs)
         self.train_uri = train_uri
         self.target = target
-        self.experiment_name = experiment_name
         self.model_name = model_name
         self.features = list(features) if features is not None else None
         self.exclude = list(exclude) if exclude is not None else []
+        # One config: the explicit arguments over ``training``'s fields, each kept in its
+        # own (templated) attribute; unset ones keep TrainingConfig's defaults.
+        explicit = {
+            "estimator": estimator,
+            "estimator_params": estimator_params,
+            "task": task,
+            "preprocessing": preprocessing,
+            "holdout_fraction": holdout_fraction,
+            "seed": seed,
+            "stratify": stratify,
+            "time_column": time_column,
+            "search": search,
+            "experiment_name": experiment_name,
+        }
+        base = _training_fields(training)
+        values = {
+            argument: value if value is not None else base.get(field)
+            for (argument, value), field in zip(
+                explicit.items(), _CONFIG_ARGUMENTS.values(), strict=True
+            )
+        }
+        self.experiment_name = values["experiment_name"]
         # Airflow 3 calls a callable found in a template field as a render function, so a
         # class or factory is kept aside and only dotted paths (strings) are templated.
-        self.estimator, self._estimator_object = _split_callable(estimator)
-        self.estimator_params = dict(estimator_params) if estimator_params is not None else {}
-        self.task = task
-        self.preprocessing, self._preprocessing_object = _split_callable(preprocessing)
-        self.holdout_fraction = holdout_fraction
-        self.seed = seed
-        self.stratify = stratify
-        self.time_column = time_column
-        self.search = dict(search) if search is not None else None
+        self.estimator, self._estimator_object = _split_callable(values["estimator"])
+        params = values["estimator_params"]
+        self.estimator_params = dict(params) if params is not None else {}
+        self.task = values["task"]
+        self.preprocessing, self._preprocessing_object = _split_callable(values["preprocessing"])
+        self.holdout_fraction = values["holdout_fraction"]
+        self.seed = values["seed"]
+        self.stratify = values["stratify"]
+        self.time_column = values["time_column"]
+        self.search = dict(values["search"]) if values["search"] is not None else None
         self.artifacts_uri = artifacts_uri
         self.reference_max_rows = reference_max_rows
         self.serialization_format = serialization_format
@@ -152,47 +197,54 @@ class TrainModelOperator(MlopsBaseOperator):
         self._active_run_id: str | None = None
         self._killed = False
 
-    def training_config(self) -> TrainingConfig:
-        """The typed core configuration, from the rendered operator fields."""
-        from airflow_mlops.core.training import SearchSpec, SplitPolicy, TrainingConfig
+    def training_config(self) -> TrainingJob:
+        """The one training config, from the rendered fields, with the task's data and run
+        labels (:class:`~airflow_mlops.core.training.TrainingJob`); errors name the field."""
+        from airflow_mlops.core.training import TrainingJob
 
-        split = SplitPolicy(
-            holdout_fraction=_number(self.holdout_fraction, float, "holdout_fraction"),
-            seed=_number(self.seed, int, "seed"),
-            stratify=_boolean(self.stratify, "stratify"),
-            time_column=self.time_column or None,
-        )
-        return TrainingConfig(
-            train_uri=self.train_uri,
-            target=self.target,
-            experiment_name=self.experiment_name,
-            model_name=self.model_name or None,
-            features=self.features,
-            exclude=tuple(self.exclude),
-            estimator=self._estimator_object or self.estimator or None,
-            params=self.estimator_params,
-            task=self.task or None,
-            preprocessing=self._preprocessing_object or self.preprocessing,
-            split=split,
-            search=SearchSpec.from_value(self.search),
-            artifacts_uri=self.artifacts_uri or None,
-            reference_max_rows=_number(self.reference_max_rows, int, "reference_max_rows"),
-            serialization_format=self.serialization_format,
-            extra_tags=self.extra_tags,
-            allowed_modules=allowed_estimator_modules(),
+        if not self.experiment_name:
+            raise ConfigError(
+                f"{self.task_id}: experiment_name is not set (argument or training.experiment_name)"
+            )
+        settings = {
+            "estimator": self._estimator_object or self.estimator or None,
+            "params": self.estimator_params,
+            "task": self.task or None,
+            "preprocessing": self._preprocessing_object or self.preprocessing,
+            "holdout_fraction": self.holdout_fraction,
+            "seed": self.seed,
+            "stratify": self.stratify,
+            "time_column": self.time_column or None,
+            "search": self.search,
+        }
+        return TrainingJob.from_values(
+            {
+                # Unset (None) settings take TrainingConfig's defaults.
+                **{k: v for k, v in settings.items() if v is not None},
+                "train_uri": self.train_uri,
+                "target": self.target,
+                "experiment_name": self.experiment_name,
+                "model_name": self.model_name or None,
+                "features": self.features,
+                "exclude": self.exclude,
+                "artifacts_uri": self.artifacts_uri or None,
+                "reference_max_rows": self.reference_max_rows,
+                "serialization_format": self.serialization_format,
+                "extra_tags": self.extra_tags,
+                "allowed_modules": allowed_estimator_modules(),
+            }
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.training import train_model
 
         config = self.training_config()
-        config.validate()
         run = self.run_context(context)
         if config.artifacts_uri is None and configured_artifacts_root():
             # A configured root (often shared S3) beats "next to the data": the data's folder
             # may be read-only, and other workers must read the holdout back.
-            config = dataclasses.replace(
-                config, artifacts_uri=self.default_report_uri(context, "training")
+            config = config.model_copy(
+                update={"artifacts_uri": self.default_report_uri(context, "training")}
             )
         self._killed = False
         hook = self.mlflow_hook
@@ -256,25 +308,20 @@ def _split_callable(value: Any) -> tuple[Any, Any]:
     return value, None
 
 
-def _number(value: Any, kind: type, field: str) -> Any:
-    """Templated numbers arrive as strings; convert, naming the field when impossible."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{field} must be a number, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field} must be {kind.__name__}, got {value!r}") from None
+def _training_fields(training: Any) -> dict[str, Any]:
+    """The fields of a TrainingConfig, or of a mapping validated as one (unknown keys are
+    refused), kept as given: classes stay classes."""
+    from airflow_mlops.core.training_config import TrainingConfig
 
-
-def _boolean(value: Any, field: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"true", "1", "yes"}:
-        return True
-    if text in {"false", "0", "no"}:
-        return False
-    raise ConfigError(f"{field} must be true or false, got {value!r}")
+    if training is None:
+        return {}
+    if isinstance(training, Mapping):
+        training = TrainingConfig.from_values(training)
+    if not isinstance(training, TrainingConfig):
+        raise ConfigError(
+            f"training must be a TrainingConfig or a mapping, got {type(training).__name__}"
+        )
+    return {name: getattr(training, name) for name in TrainingConfig.model_fields}
 
 
 def _dag_folder(context: Context) -> str | None:

@@ -83,10 +83,10 @@ def train_candidate(
 
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.storage import Storage
-    from airflow_mlops.core.training import TrainingConfig, train_model
+    from airflow_mlops.core.training import TrainingJob, train_model
 
     mlflow.set_tracking_uri(tracking_uri)
-    config = TrainingConfig(
+    config = TrainingJob(
         train_uri=data_uri,
         target=TARGET,
         experiment_name=experiment,

@@ -228,7 +228,7 @@ def _promotion_scene(tracking_uri: str, tmp_path) -> dict[str, Any]:
 def _promotion_dag(scene: dict[str, Any], on_retry, *, serving_check: bool):
     from airflow.sdk import DAG
 
-    from airflow_mlops.operators.registry import promotion_tasks
+    from airflow_mlops.factories.promotion import promotion_tasks
 
     retry = {"retries": 1, "retry_delay": timedelta(seconds=0), "on_retry_callback": on_retry}
     with DAG(_unique("rel_mlflow_promote").replace("-", "_"), schedule=None) as dag:

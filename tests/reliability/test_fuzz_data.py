@@ -127,7 +127,7 @@ def run_through_pipeline_core(data: bytes, fmt: str, gate: bool = True) -> str:
         if not outcome.success:
             assert outcome.failure_message().strip()
             return "validation failed"
-    config = training.TrainingConfig(
+    config = training.TrainingJob(
         train_uri=uri,
         target="label",
         experiment_name="unused",
@@ -206,7 +206,7 @@ def test_infinite_feature_values_are_refused_before_training_naming_the_column(v
     frame = clean_frame(60).astype({"x2": object})
     frame.loc[3, "x2"] = value
     frame = parse_table(frame.to_csv(index=False).encode(), "csv", "/data/inf.csv")
-    config = training.TrainingConfig(
+    config = training.TrainingJob(
         train_uri="/data/inf.csv",
         target="label",
         experiment_name="unused",

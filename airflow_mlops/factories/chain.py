@@ -1,0 +1,197 @@
+"""The per-model CT chain and its summary task, shared by the plain and the segmented CT DAG.
+
+Both :mod:`~airflow_mlops.factories.continuous_training` and
+:mod:`~airflow_mlops.factories.segments` import from here, so neither imports the other.
+Construction does no I/O and imports no ML library (operators are imported when wired).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from airflow.sdk import task
+
+from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH
+from airflow_mlops.factories.config import PipelineConfig
+
+__all__ = ["CT_STEPS", "single_model_chain", "summary_task"]
+
+#: The steps of one model's CT chain, in order; the summary reports them (plus ``predict``).
+CT_STEPS = (
+    "detect_changes",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    "approve_promotion",
+    "approval_gate",
+    "promote",
+)
+FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+
+def single_model_chain(
+    config: PipelineConfig,
+    model: str,
+    train_uri: str,
+    conns: dict[str, Any],
+    data_prefixes: list[str] | None = None,
+) -> Any:
+    """Wire the per-model steps; returns the last task so callers can attach more.
+
+    Every task that reads or writes data gets the pipeline's allowed data prefixes
+    (``data_prefixes``, default :attr:`PipelineConfig.allowed_data_prefixes`): a trigger
+    param such as ``train_uri`` is checked against them once rendered.
+    """
+    prefixes = data_prefixes if data_prefixes is not None else config.allowed_data_prefixes
+    from airflow_mlops.factories.promotion import promotion_tasks
+    from airflow_mlops.operators.changes import DetectChangesOperator
+    from airflow_mlops.operators.training import TrainModelOperator
+    from airflow_mlops.operators.validation import DataValidationOperator
+
+    fingerprint = config.fingerprint()
+    detect = DetectChangesOperator(
+        task_id="detect_changes",
+        train_uri=train_uri,
+        model_name=model,
+        config_hash=fingerprint,
+        allowed_data_prefixes=prefixes,
+        **conns,
+    )
+    chain: list[Any] = [detect]
+    if config.validation.enabled and config.validation.suite:
+        chain.append(
+            DataValidationOperator(
+                task_id="validate",
+                data_uri=train_uri,
+                suite=config.validation.suite,
+                on_failure=config.validation.on_failure,
+                allowed_data_prefixes=prefixes,
+                **conns,
+            )
+        )
+    train = TrainModelOperator(
+        task_id="train",
+        train_uri=train_uri,
+        target=config.data.target,
+        experiment_name=config.experiment_name,
+        training=config.training,
+        model_name=model,
+        features=config.data.features,
+        exclude=config.data.exclude or None,
+        extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
+        allowed_data_prefixes=prefixes,
+        **conns,
+    )
+    chain.append(train)
+    for upstream, downstream in itertools.pairwise(chain):
+        upstream >> downstream
+    promotion = promotion_tasks(
+        training_result=train.output,
+        policy=_policy_value(config),
+        model_name=model,
+        slices=config.evaluation.slices or None,
+        approval=config.promotion.approval,
+        promote_kwargs={"serving_check": config.promotion.serving_check},
+        **conns,
+    )
+    train >> promotion.evaluate
+    last: Any = promotion.promote
+    if config.data.inference_uri and config.data.predictions_uri:
+        from airflow_mlops.operators.prediction import BatchPredictionOperator
+
+        predict = BatchPredictionOperator(
+            task_id="predict",
+            input_uri=config.data.inference_uri,
+            output_uri=config.data.predictions_uri,
+            model_name=model,
+            allowed_data_prefixes=prefixes,
+            **conns,
+        )
+        last >> predict
+        last = predict
+    return last
+
+
+def summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:
+    """A final task that reports every step and fails the run if any step failed.
+
+    ``model`` may be a mapped argument (one summary per segment).
+    """
+    steps = [*CT_STEPS, "predict"]
+
+    @task(task_id="summary", trigger_rule="all_done", retries=0, multiple_outputs=False)
+    def summary(model_name: str, **context: Any) -> dict[str, Any]:
+        return _summarize(context, model_name, steps, prefix)
+
+    return summary(model)
+
+
+def _summarize(
+    context: dict[str, Any], model: str, steps: list[str], prefix: str
+) -> dict[str, Any]:
+    """Collect states, XComs and errors of the run's steps; fail if any step failed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_mlops.core.summary import ERROR_XCOM_KEY, summarize_run
+
+    ti = context["ti"]
+    map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
+    dag_run = context["dag_run"]
+    states: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    errors: dict[str, Any] = {}
+    task_ids = set(context["dag"].task_ids)
+    for step in steps:
+        task_id = f"{prefix}{step}"
+        if task_id not in task_ids:
+            continue
+        state = ti.get_task_states(
+            dag_id=ti.dag_id, task_ids=[task_id], run_ids=[dag_run.run_id], map_index=map_index
+        )
+        states[step] = str(_first_state(state) or "none")
+        results[step] = _pull(ti, task_id, map_index)
+        if states[step] == "failed":
+            # Pushed by the operator's failure callback (MlopsBaseOperator.record_task_error).
+            errors[step] = _pull(ti, task_id, map_index, key=ERROR_XCOM_KEY)
+    summary = summarize_run(model, states, results, errors).to_dict()
+    print(_format_summary(summary))
+    failed = [step for step, state in states.items() if state in FAILED_STATES]
+    if failed:
+        # Keep the summary inspectable even though the task fails.
+        ti.xcom_push(key="return_value", value=summary)
+        # The summary runs on all_done; without this the run would end green.
+        raise AirflowFailException(
+            f"{model}: {summary['outcome']} ({', '.join(failed)} failed): {summary['reason']}"
+        )
+    return summary
+
+
+def _pull(ti: Any, task_id: str, map_index: int | None, key: str = "return_value") -> Any:
+    if map_index is None:
+        return ti.xcom_pull(task_ids=task_id, key=key)
+    return ti.xcom_pull(task_ids=task_id, key=key, map_indexes=map_index)
+
+
+def _first_state(states: Any) -> str | None:
+    """``get_task_states`` returns {run_id: {task_id: state}}."""
+    for per_task in (states or {}).values():
+        for value in per_task.values():
+            return value
+    return None
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"model {summary['model_name']}: {summary['outcome']} "
+        f"(champion v{summary['champion_version'] or '-'}) - {summary['reason']}"
+    ]
+    lines += [f"  {s['step']:<15} {s['state']:<16} {s['detail']}" for s in summary["steps"]]
+    return "\n".join(lines)
+
+
+def _policy_value(config: PipelineConfig) -> dict[str, Any] | None:
+    """The policy as JSON; ``None`` lets the evaluate task pick the trained task's default."""
+    policy = config.promotion_policy
+    return policy.model_dump(mode="json", exclude_none=True) if policy is not None else None

@@ -1,0 +1,130 @@
+"""DAG wiring of a promotion: evaluate -> register -> [approval -> gate] -> promote, and the
+params of a rollback DAG triggered from the UI.
+
+The operators are imported when the tasks are built, like the other factories do, and the
+human-in-the-loop operator only for ``approval="manual"`` (its triggers and pydantic models
+cost tens of milliseconds per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from airflow_mlops.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from airflow_mlops.operators.approval import PromotionApprovalOperator
+    from airflow_mlops.operators.evaluation import EvaluateModelOperator
+    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+
+__all__ = ["PromotionTasks", "promotion_tasks", "rollback_dag_params"]
+
+APPROVAL_MODES = ("auto", "manual")
+
+
+class PromotionTasks(NamedTuple):
+    evaluate: EvaluateModelOperator
+    register: RegisterModelOperator
+    approval: PromotionApprovalOperator | None
+    gate: EmptyOperator | None
+    promote: PromoteModelOperator
+
+
+def promotion_tasks(
+    *,
+    training_result: Any,
+    policy: Any,
+    model_name: str | None = None,
+    slices: Any = None,
+    approval: str = "auto",
+    task_id_prefix: str = "",
+    mlflow_conn_id: str = "mlflow_default",
+    aws_conn_id: str | None = "aws_default",
+    evaluate_kwargs: Mapping[str, Any] | None = None,
+    register_kwargs: Mapping[str, Any] | None = None,
+    approval_kwargs: Mapping[str, Any] | None = None,
+    promote_kwargs: Mapping[str, Any] | None = None,
+) -> PromotionTasks:
+    """Create evaluate -> register -> [approval -> gate] -> promote in the current DAG.
+
+    ``approval="manual"`` inserts a :class:`PromotionApprovalOperator` (Airflow's
+    human-in-the-loop ``ApprovalOperator``) before the champion move. On *Reject* the
+    approval skips the gate; the promote task still runs (``trigger_rule="none_failed"``),
+    sees the rejection, leaves the champion unchanged and records who rejected it.
+    """
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from airflow_mlops.operators.evaluation import EvaluateModelOperator
+    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+
+    if approval not in APPROVAL_MODES:
+        raise ConfigError(f"approval must be 'auto' or 'manual', got {approval!r}")
+    conns = {"mlflow_conn_id": mlflow_conn_id, "aws_conn_id": aws_conn_id}
+    p = task_id_prefix
+    evaluate = EvaluateModelOperator(
+        task_id=f"{p}evaluate",
+        training_result=training_result,
+        policy=policy,
+        model_name=model_name,
+        slices=slices,
+        **conns,
+        **dict(evaluate_kwargs or {}),
+    )
+    register = RegisterModelOperator(
+        task_id=f"{p}register",
+        training_result=training_result,
+        model_name=model_name,
+        **conns,
+        **dict(register_kwargs or {}),
+    )
+    evaluate >> register
+    approval_task = gate = None
+    promote_args: dict[str, Any] = dict(promote_kwargs or {})
+    if approval == "manual":
+        from airflow_mlops.operators.approval import PromotionApprovalOperator
+
+        approval_task = PromotionApprovalOperator(
+            task_id=f"{p}approve_promotion",
+            evaluation=evaluate.output,
+            registration=register.output,
+            mlflow_conn_id=mlflow_conn_id,
+            **dict(approval_kwargs or {}),
+        )
+        gate = EmptyOperator(task_id=f"{p}approval_gate")
+        register >> approval_task >> gate
+        promote_args.setdefault("approval_task_id", approval_task.task_id)
+        promote_args.setdefault("trigger_rule", "none_failed")
+    promote = PromoteModelOperator(
+        task_id=f"{p}promote",
+        evaluation=evaluate.output,
+        registration=register.output,
+        **conns,
+        **promote_args,
+    )
+    (gate or register) >> promote
+    return PromotionTasks(evaluate, register, approval_task, gate, promote)
+
+
+def rollback_dag_params(model_name: str | None = None) -> dict[str, Any]:
+    """DAG ``params`` for a rollback DAG triggered from the UI form: target version and reason.
+
+    The model is not a param: pass it to
+    :class:`~airflow_mlops.operators.registry.RollbackModelOperator` in the DAG file.
+    ``model_name`` only names it in the form's descriptions.
+    """
+    from airflow.sdk import Param
+
+    of = f" of {model_name}" if model_name else ""
+    return {
+        "to_version": Param(
+            None,
+            type=["null", "string", "integer"],
+            description=f"Former @champion version{of}; empty: the previous champion",
+        ),
+        "reason": Param(
+            "rollback from the Airflow UI", type="string", minLength=1, description="Why (audited)"
+        ),
+    }
