@@ -20,6 +20,8 @@ from airflow_mlops.core.errors import ConfigError, MlopsError
 if TYPE_CHECKING:
     from airflow_mlops.core.storage import Storage
 
+__all__ = ["EXIT_ERROR", "EXIT_OK", "SUBCOMMANDS", "build_parser", "main"]
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 
@@ -142,7 +144,7 @@ def add_infer_suite_command(subparsers: Any) -> None:
 def run_infer_suite(args: argparse.Namespace) -> int:
     from pathlib import PurePosixPath
 
-    from airflow_mlops.core.validation import infer_suite, suite_to_json
+    from airflow_mlops.core.suite_inference import infer_suite, suite_to_json
 
     to_stdout = args.output == "-"
     output_storage = None if to_stdout else storage_for(args.output, args.aws_conn_id)

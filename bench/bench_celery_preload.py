@@ -38,7 +38,7 @@ from _common import report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "deploy"))
-import local_stack  # noqa: E402  (standard library only: the stack's CLI and REST client)
+from devkit import AirflowApi  # noqa: E402  (standard library only)
 
 DAG_ID = "ct__breast_cancer"
 DATA = REPO / "include" / "data" / "breast_cancer" / "reference.parquet"
@@ -121,7 +121,7 @@ def measure(mode: str, runs: int) -> list[dict[str, Any]]:
     print(f"[{mode}] stack up in {time.monotonic() - started:.0f} s", flush=True)
     try:
         env = json.loads(stack_cli(state_dir, "env").strip().splitlines()[-1])
-        api = local_stack.AirflowApi(env["airflow_url"], env["admin_user"], env["admin_password"])
+        api = AirflowApi(env["airflow_url"], env["admin_user"], env["admin_password"])
         path = f"/api/v2/dags/{urllib.parse.quote(DAG_ID)}"
         api.wait_for_dag(DAG_ID)
         api.call("PATCH", path, {"is_paused": False})

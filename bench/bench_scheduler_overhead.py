@@ -72,7 +72,7 @@ from _common import ROOT, report
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "deploy"))
 from _servers import ServerProcess, free_port, start_mlflow_server
-from local_stack import group_alive, start_logged  # one process-group rule (zombies)
+from devkit import group_alive, start_logged  # one process-group rule (zombies)
 
 BIN = Path(sys.executable).parent
 DAG_ID = "bench_scheduler_overhead"

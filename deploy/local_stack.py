@@ -22,6 +22,9 @@ group, so nothing is left behind. Only the standard library is imported at modul
 the script runs with the project's virtualenv Python, whose ``airflow``, ``mlflow`` and
 ``moto_server`` it uses.
 
+Processes, ports, the command runner and the REST client (:class:`AirflowApi`) live in
+:mod:`devkit` next to this file, importable by tests, benches and scripts.
+
 The service commands are defined once, in :func:`service_commands`; ``tests/test_compose.py``
 checks that ``docker-compose.yaml`` runs the same commands.
 """
@@ -30,13 +33,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -49,6 +50,21 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from devkit import (
+    StackError,
+    apt_install,
+    ensure_binary,
+    free_port,
+    group_alive,
+    group_is_ours,
+    http_ok,
+    port_is_free,
+    run,
+    start_logged,
+    start_ticks,
+    stop_group,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -92,10 +108,6 @@ STOP_ORDER = (
     "redis",
     "postgres",
 )
-
-
-class StackError(RuntimeError):
-    """A stack step failed; the message says which and where its log is."""
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -154,21 +166,6 @@ class State:
             return cls(**json.loads((root / "state.json").read_text()))
         except FileNotFoundError:
             return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def new_state(shape: str, root: Path, dags_folder: Path, auto_ports: bool) -> State:
@@ -488,89 +485,15 @@ def _mlflow_auth_call(
 # -- processes ------------------------------------------------------------------------------
 
 
-def start_logged(argv: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> Any:
-    """Start ``argv`` in a new session (its own process group, so it can be stopped as a
-    whole), stdin closed, stdout and stderr appended to ``log_path``; returns the Popen."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=str(cwd),
-            start_new_session=True,
-        )
-
-
 def spawn(
     state: State, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
 ) -> int:
     """Start ``argv`` as service ``name`` (see :func:`start_logged`), logging to logs/<name>.log."""
     process = start_logged(argv, state.path / "logs" / f"{name}.log", env, cwd or state.path)
     state.pids[name] = process.pid
-    state.started[name] = _start_ticks(process.pid) or 0
+    state.started[name] = start_ticks(process.pid) or 0
     state.save()
     return process.pid
-
-
-def _start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if there is no such process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[19])
-
-
-def group_is_ours(pgid: int, started: int | None) -> bool:
-    """True unless the number now belongs to another process than the one we started.
-
-    While any member of a process group lives, Linux does not reuse its id for a new
-    process, so a group without a live leader is still ours.
-    """
-    ticks = _start_ticks(pgid)
-    return ticks is None or not started or ticks == started
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie leader still "exists"; look for a live member of the group.
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def stop_group(name: str, pgid: int, started: int | None = None, timeout_s: float = 30.0) -> None:
-    """SIGTERM the service's process group (SIGINT for PostgreSQL: fast shutdown), then SIGKILL."""
-    if not group_is_ours(pgid, started):
-        print(f"[local-stack] {name}: process {pgid} is not the one this stack started; leaving it")
-        return
-    sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(0.3)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def log_tail(state: State, name: str, lines: int = 30) -> str:
@@ -603,41 +526,6 @@ def wait_for(state: State, name: str, check: Any, timeout_s: float, what: str) -
     )
 
 
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status < 500
-    except urllib.error.HTTPError as err:
-        return err.code < 500
-
-
-def run(
-    argv: list[str],
-    *,
-    env: dict[str, str] | None = None,
-    what: str,
-    timeout_s: float = 600,
-    cwd: Path | None = None,
-    input_text: str | None = None,
-) -> str:
-    result = subprocess.run(
-        argv,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        input=input_text,
-    )
-    if result.returncode != 0:
-        raise StackError(
-            f"{what} failed ({' '.join(argv[:3])} … exit {result.returncode}):\n"
-            f"{(result.stdout + result.stderr)[-3000:]}"
-        )
-    return result.stdout
-
-
 # -- native services ------------------------------------------------------------------------
 
 
@@ -654,41 +542,6 @@ def postgres_bin() -> Path:
 
 def redis_bin() -> str:
     return ensure_binary("redis-server", "redis-server")
-
-
-def apt_install(packages: list[str]) -> None:
-    """Install Debian packages (needs root; skipped when the binaries are already there)."""
-    if os.geteuid() != 0:
-        raise StackError(
-            f"{packages} missing: install them (sudo apt-get install {' '.join(packages)})"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"[local-stack] apt-get install {' '.join(packages)}", flush=True)
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:  # the package lists may be missing or stale
-        run(["apt-get", "update", "-q"], env=env, what="apt-get update")
-        run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-            env=env,
-            what=f"apt-get install {' '.join(packages)}",
-        )
-
-
-def ensure_binary(binary: str, package: str) -> str:
-    """Path of ``binary``, installing the Debian ``package`` first when it is missing."""
-    found = shutil.which(binary)
-    if found is None:
-        apt_install([package])
-        found = shutil.which(binary)
-    if found is None:
-        raise StackError(f"{binary} not found after installing the Debian package {package}")
-    return found
 
 
 def _as_postgres_user(argv: list[str]) -> list[str]:
@@ -976,38 +829,6 @@ def wait_airflow_healthy(state: State, name: str, components: tuple[str, ...]) -
         )
 
     wait_for(state, name, healthy, 300, "api-server healthy with " + ", ".join(components))
-
-
-# -- REST client (for scripts and tests driving a running stack) ---------------------------
-class AirflowApi:
-    """Airflow's REST API v2 with a JWT from ``/auth/token`` (simple auth manager's users)."""
-
-    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 60) -> None:
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        body = {"username": username, "password": password}
-        self.token = self.call("POST", "/auth/token", body, auth=False)["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Accept", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read() or b"null")
-
-    def wait_for_dag(self, dag_id: str, timeout_s: float = 300) -> dict[str, Any]:
-        """The DAG's details once the dag-processor has parsed it (404 until then)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return self.call("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
-            except urllib.error.HTTPError as err:
-                if err.code != 404 or time.monotonic() > deadline:
-                    raise
-                time.sleep(3)
 
 
 # -- commands -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from airflow_mlops.core.validation import infer_suite
+from airflow_mlops.core.suite_inference import infer_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

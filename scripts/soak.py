@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -44,6 +43,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the shared small data set and suite
+sys.path.insert(0, str(REPO / "deploy"))  # the local stack and its dev helpers
+import local_stack  # noqa: E402
+from devkit import AirflowApi  # noqa: E402
 
 PIPELINE_NAME = "soak"
 DAG_ID = f"ct__{PIPELINE_NAME}"
@@ -65,14 +67,6 @@ COMPONENTS = {
     "mlflow": ("mlflow server", "mlflow.server"),
     "s3": ("moto_server",),
 }
-
-
-def load_local_stack() -> Any:
-    spec = importlib.util.spec_from_file_location("local_stack", REPO / "deploy" / "local_stack.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["local_stack"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 # -- the pipeline under soak ----------------------------------------------------------------
@@ -352,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(saved))
         return 0 if saved["verdict"] == "PASS" else 1
 
-    local_stack = load_local_stack()
     state_dir = args.state_dir.resolve()
     dags_folder = state_dir / "soak-dags"
     stack_cli = [sys.executable, str(REPO / "deploy" / "local_stack.py"), "quick"]
@@ -371,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         state = local_stack.State.load(state_dir)
         stack_pgids = set(state.pids.values())
         train_uris = upload_data(state.s3_url)
-        api = local_stack.AirflowApi(
-            state.airflow_url, local_stack.ADMIN_USER, state.admin_password
-        )
+        api = AirflowApi(state.airflow_url, local_stack.ADMIN_USER, state.admin_password)
         api.wait_for_dag(DAG_ID)
         api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         runs, samples = [], []

@@ -8,12 +8,10 @@ stack that the end-to-end test runs (``deploy/local_stack.py:service_commands``)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +30,9 @@ AIRFLOW_SERVICES = (
 
 
 def _local_stack() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "local_stack_for_compose", REPO / "deploy" / "local_stack.py"
-    )
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    import local_stack  # deploy/ is on pytest's pythonpath
+
+    return local_stack
 
 
 def ensure_docker_compose() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 
 import numpy as np
@@ -12,7 +11,8 @@ import pandas as pd
 import pytest
 
 from airflow_mlops.core import drift
-from airflow_mlops.core.errors import ConfigError, DataError, SchemaDriftError
+from airflow_mlops.core.drift_sampling import SamplingPolicy, check_schema, choose_rows
+from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, SchemaDriftError
 from airflow_mlops.core.storage import Storage
 
 INJECTION = "</script><script>alert(1)</script>"
@@ -182,7 +182,7 @@ def test_default_method_rules(ev_type, rows, values, expected):
 
 def test_sampling_caps_rows_is_seeded_and_is_stated(tmp_path):
     reference, current = make_frame(12_000, seed=1), make_frame(9_000, seed=2)
-    policy = drift.SamplingPolicy(max_rows_per_side=4_000, seed=7)
+    policy = SamplingPolicy(max_rows_per_side=4_000, seed=7)
 
     first = run(tmp_path, reference, current, sampling=policy)
     again = run(tmp_path, reference, current, sampling=policy)
@@ -216,21 +216,21 @@ def test_small_inputs_are_used_whole(tmp_path):
 
 
 def test_choose_rows_uniform_is_reproducible_and_without_replacement():
-    policy = drift.SamplingPolicy(max_rows_per_side=1_000, seed=3)
-    rows = drift.choose_rows(50_000, policy, "reference")
+    policy = SamplingPolicy(max_rows_per_side=1_000, seed=3)
+    rows = choose_rows(50_000, policy, "reference")
     assert rows is not None and len(rows) == 1_000 and len(np.unique(rows)) == 1_000
-    assert np.array_equal(rows, drift.choose_rows(50_000, policy, "reference"))
+    assert np.array_equal(rows, choose_rows(50_000, policy, "reference"))
     # Reference and current draws are independent.
-    assert not np.array_equal(rows, drift.choose_rows(50_000, policy, "current"))
-    assert drift.choose_rows(1_000, policy, "reference") is None
+    assert not np.array_equal(rows, choose_rows(50_000, policy, "current"))
+    assert choose_rows(1_000, policy, "reference") is None
 
 
 def test_stratified_sampling_keeps_each_strata_share_exactly():
     rng = np.random.default_rng(0)
     codes = rng.choice(3, 100_000, p=[0.7, 0.25, 0.05]).astype(np.int64)
-    policy = drift.SamplingPolicy(max_rows_per_side=2_000, stratify_by="segment")
+    policy = SamplingPolicy(max_rows_per_side=2_000, stratify_by="segment")
 
-    rows = drift.choose_rows(len(codes), policy, "current", codes)
+    rows = choose_rows(len(codes), policy, "current", codes)
 
     expected = 2_000 * np.bincount(codes) / len(codes)
     got = np.bincount(codes[rows], minlength=3)
@@ -241,7 +241,7 @@ def test_stratified_sampling_keeps_each_strata_share_exactly():
 def test_stratified_sampling_end_to_end_and_high_cardinality_refused(tmp_path):
     reference = make_frame(10_000, seed=1)
     current = make_frame(10_000, seed=2)
-    policy = drift.SamplingPolicy(max_rows_per_side=2_000, stratify_by="channel")
+    policy = SamplingPolicy(max_rows_per_side=2_000, stratify_by="channel")
 
     result = run(tmp_path, reference, current, sampling=policy)
     assert result.summary["sampling"]["reference"]["method"] == "stratified"
@@ -250,7 +250,7 @@ def test_stratified_sampling_end_to_end_and_high_cardinality_refused(tmp_path):
 
     reference["row_id"] = np.arange(len(reference))
     current["row_id"] = np.arange(len(current))
-    bad = drift.SamplingPolicy(max_rows_per_side=1_000, stratify_by="row_id")
+    bad = SamplingPolicy(max_rows_per_side=1_000, stratify_by="row_id")
     with pytest.raises(ConfigError, match="row_id"):
         run(tmp_path, reference, current, sampling=bad, columns=("amount",))
 
@@ -263,9 +263,7 @@ def test_sampled_verdicts_match_evidently_on_the_full_data(tmp_path):
     current = make_frame(40_000, seed=2, shift=("amount", "channel"))
     current["score"] += 0.3  # a moderate shift: 0.3 sd
 
-    sampled = run(
-        tmp_path, reference, current, sampling=drift.SamplingPolicy(max_rows_per_side=5_000)
-    )
+    sampled = run(tmp_path, reference, current, sampling=SamplingPolicy(max_rows_per_side=5_000))
     full = json.loads(
         Report([DataDriftPreset()], include_tests=True).run(current, reference).json()
     )
@@ -317,7 +315,7 @@ def test_type_change_is_schema_drift_naming_the_column(tmp_path):
 
 def test_check_schema_reports_every_problem_at_once():
     with pytest.raises(SchemaDriftError) as err:
-        drift.check_schema(
+        check_schema(
             {"a": "int", "b": "string", "c": "boolean"},
             {"a": "string", "b": "string", "d": "float"},
         )
@@ -329,7 +327,7 @@ def test_check_schema_reports_every_problem_at_once():
 
 def test_empty_current_batch_and_empty_reference(tmp_path):
     frame = make_frame(2_000, seed=1)
-    with pytest.raises(drift.EmptyBatchError, match="no rows"):
+    with pytest.raises(EmptyBatchError, match="no rows"):
         run(tmp_path, frame, frame.iloc[0:0])
     with pytest.raises(DataError, match=r"reference .* no rows"):
         run(tmp_path, frame.iloc[0:0], frame)
@@ -511,49 +509,4 @@ def test_drift_settings_validation_names_the_field(kwargs, field):
 )
 def test_sampling_policy_validation_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
-        drift.SamplingPolicy(**kwargs)
-
-
-# -- debounce -------------------------------------------------------------------------------
-
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-
-
-def decide(**overrides) -> drift.RetrainDecision:
-    args = {
-        "triggered": True,
-        "trigger_reason": "data drift",
-        "now": NOW,
-        "last_signal_at": None,
-        "debounce_seconds": 6 * 3600,
-        "active_ct_runs": 0,
-    }
-    args.update(overrides)
-    return drift.decide_retrain_signal(**args)
-
-
-def test_debounce_emits_when_drifted_and_quiet():
-    decision = decide()
-    assert decision.emit is True and decision.reason == "data drift"
-
-
-def test_debounce_no_trigger_no_signal():
-    assert decide(triggered=False).emit is False
-
-
-def test_debounce_holds_inside_the_window_and_releases_after():
-    inside = decide(last_signal_at=NOW - timedelta(hours=5, minutes=59))
-    assert inside.emit is False and "debounced" in inside.reason
-    assert decide(last_signal_at=NOW - timedelta(hours=6)).emit is True
-    assert decide(last_signal_at=NOW - timedelta(hours=1), debounce_seconds=0).emit is True
-
-
-def test_debounce_holds_while_a_ct_run_is_active():
-    decision = decide(active_ct_runs=1)
-    assert decision.emit is False and "CT run" in decision.reason
-
-
-def test_policy_and_window_validation():
-    assert drift.validate_debounce_seconds("3600") == 3600.0
-    with pytest.raises(ConfigError, match="debounce_seconds"):
-        drift.validate_debounce_seconds(-5)
+        SamplingPolicy(**kwargs)

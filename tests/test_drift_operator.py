@@ -298,11 +298,9 @@ def test_both_monitoring_operators_share_the_policy_checks(operator_class, field
 
 
 def test_operator_constants_mirror_core():
-    from airflow_mlops.core import drift, performance
+    from airflow_mlops.core import drift_sampling, performance
 
-    assert operator_module.ON_TRIGGER_POLICIES == drift.ON_DRIFT_POLICIES
-    assert operator_module.DEFAULT_SAMPLE_ROWS == drift.DEFAULT_MAX_ROWS_PER_SIDE
-    assert operator_module.DEFAULT_DEBOUNCE_SECONDS == drift.DEFAULT_DEBOUNCE_SECONDS
+    assert operator_module.DEFAULT_SAMPLE_ROWS == drift_sampling.DEFAULT_MAX_ROWS_PER_SIDE
     assert operator_module.TOLERANCE_MODES == performance.TOLERANCE_MODES
 
 
@@ -348,7 +346,7 @@ def test_drift_emits_the_retrain_asset_event_and_queues_the_ct_dag(
 ):
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.drift import TAG_LAST_RETRAIN_SIGNAL
+    from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
 
     consumer = consumer_dag(champion["name"])
     serialize_unpaused(consumer)

@@ -131,14 +131,9 @@ def test_first_model_evaluation_scores_on_the_recorded_holdout(client, tracking,
 
 
 def test_challenger_and_champion_on_the_same_rows_with_slices(client, tracking, tmp_path):
-    from airflow_mlops.core.evaluation import (
-        Champion,
-        challenger_from_training,
-        evaluate_challenger,
-        resolve_champion,
-    )
+    from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.core.registry import Champion, register_version, resolve_champion
     from airflow_mlops.core.storage import Storage
 
     name = unique_name()

@@ -18,11 +18,10 @@ from airflow_mlops.links.mlflow import (
     MlflowRunLink,
     link_params,
     mlflow_links,
-    mlflow_ui_base_url,
     mlflow_ui_url,
     persist_mlflow_links,
 )
-from airflow_mlops.links.urls import mlflow_page_url
+from airflow_mlops.links.urls import mlflow_page_url, mlflow_ui_base_url
 
 UI_URL_ENV = "AIRFLOW__MLOPS__MLFLOW_UI_URL"
 

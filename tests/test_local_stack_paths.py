@@ -12,13 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import local_stack as stack_module  # deploy/ is on pytest's pythonpath
 import pytest
-from test_preload import _local_stack
 
 
 @pytest.fixture
 def local_stack():
-    return _local_stack()
+    return stack_module
 
 
 def test_postgres_data_stays_in_the_state_folder_when_other_users_can_reach_it(

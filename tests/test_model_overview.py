@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airflow_mlops.core.drift import MAX_MODEL_TAG_CHARS, TAG_LAST_DRIFT, last_drift_tag
+from airflow_mlops.core.drift_verdict import MAX_MODEL_TAG_CHARS, TAG_LAST_DRIFT, last_drift_tag
 from airflow_mlops.plugins import model_overview as mo
 
 SUMMARY = {

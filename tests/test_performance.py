@@ -23,7 +23,7 @@ from test_drift_operator import (
 )
 
 from airflow_mlops.core import performance
-from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
+from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, MlopsError
 from airflow_mlops.operators.monitoring import ModelPerformanceOperator
 
 FAILURES: dict[str, BaseException] = {}
@@ -139,6 +139,81 @@ def test_missing_target_or_features_are_named(fitted_model):
         performance.score_labelled_batch(
             fitted_model, frame, ["amount", "tenure"], "label", "classification"
         )
+
+
+# -- core: the whole check (check_champion_performance) --------------------------------------
+
+
+def no_mlflow() -> Any:
+    raise AssertionError("MLflow must not be reached")
+
+
+def champion_facts(tags: dict[str, str], **fields: Any) -> Any:
+    from airflow_mlops.core.champion import ChampionFacts
+
+    defaults = {"version": "1", "run_id": "r1", "experiment_id": "0", "model_uri": "models:/m/1"}
+    return ChampionFacts(model_name="m", tags=tags, metrics={}, **{**defaults, **fields})
+
+
+def run_check(champion: Any, labels_uri: str, tmp_path: Path, **kwargs: Any) -> Any:
+    from airflow_mlops.core.storage import Storage
+
+    return performance.check_champion_performance(
+        champion,
+        Storage(),
+        labels_uri,
+        settings=performance.DecaySettings(),
+        report_uri=str(tmp_path / "performance.json"),
+        mlflow_artifact="monitoring/performance/x/performance.json",
+        **{"mlflow_session": no_mlflow, "trust": no_mlflow, **kwargs},
+    )
+
+
+def test_the_check_fails_closed_before_reading_or_loading_anything(tmp_path):
+    """No target/task tags: named, before the labels are read. No labelled row: before the
+    model trust is asked and the model loaded. Neither writes a report."""
+    with pytest.raises(ConfigError, match=r"Pass target and task.*'mlops.target'"):
+        run_check(champion_facts({}), str(tmp_path / "absent.parquet"), tmp_path)
+    unlabelled = labelled_frame(20, seed=5).astype({"label": "float"})
+    unlabelled["label"] = np.nan
+    uri = write_parquet(unlabelled, tmp_path / "unlabelled.parquet")
+    tags = {"mlops.target": "label", "mlops.task": "classification"}
+    with pytest.raises(EmptyBatchError, match=r"no labelled rows \(20 rows, none with 'label'\)"):
+        run_check(champion_facts(tags), uri, tmp_path)
+    assert not (tmp_path / "performance.json").exists()
+
+
+def test_the_check_refuses_an_untrusted_champion_before_unpickling(client, tracking, tmp_path):
+    """The champion's files are checked against the model trust before any unpickling."""
+    from contextlib import contextmanager
+
+    from test_provenance import register_foreign_model, write_pickled_model
+
+    from airflow_mlops.core.champion import read_champion
+    from airflow_mlops.core.errors import UntrustedModelError
+    from airflow_mlops.core.provenance import ModelTrust
+
+    marker = tmp_path / "UNPICKLED"
+    name = unique_name("foreign")
+    register_foreign_model(client, name, write_pickled_model(tmp_path / "m", marker))
+    uri = write_parquet(labelled_frame(200, seed=6), tmp_path / "labelled.parquet")
+
+    @contextmanager
+    def session() -> Any:
+        yield client
+
+    with pytest.raises(UntrustedModelError, match=f"model {name!r} version 1"):
+        run_check(
+            read_champion(client, name),
+            uri,
+            tmp_path,
+            target="label",
+            task="classification",
+            mlflow_session=session,
+            trust=ModelTrust,  # no signing key: the provider's registration tags are required
+        )
+    assert not marker.exists()
+    assert not (tmp_path / "performance.json").exists()
 
 
 # -- the operator ----------------------------------------------------------------------------
@@ -289,6 +364,25 @@ def test_parse_time_checks():
         ModelPerformanceOperator(task_id="p", model_name="m", labels_uri="x", tolerance_mode="pct")
     op = ModelPerformanceOperator(task_id="p", model_name="m", labels_uri="{{ params.labels }}")
     assert {"labels_uri", "metric", "tolerance", "on_decay"} <= set(op.template_fields)
+
+
+def test_labels_outside_the_allowed_prefixes_are_refused_before_execute(tmp_path):
+    """``labels_uri`` is a data URI: checked against the prefixes once rendered."""
+    from airflow_mlops.core.errors import DataUriNotAllowedError
+
+    allowed = tmp_path / "labels"
+    op = ModelPerformanceOperator(
+        task_id="p",
+        model_name="m",
+        labels_uri="{{ params.labels }}",
+        report_uri=str(tmp_path / "reports"),  # a report folder, not a data URI
+        allowed_data_prefixes=[str(allowed)],
+    )
+    op.labels_uri = str(allowed / "batch.parquet")  # what the template rendered to
+    op.pre_execute(context={})
+    op.labels_uri = "/etc/passwd.csv"
+    with pytest.raises(DataUriNotAllowedError, match=r"labels_uri '/etc/passwd\.csv'"):
+        op.pre_execute(context={})
 
 
 def test_a_rendered_on_decay_typo_fails_naming_on_decay(run_dag, tmp_path):

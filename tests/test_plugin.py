@@ -670,7 +670,7 @@ def pipeline_model(
     from airflow.sdk import DAG
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.drift import TAG_LAST_DRIFT, last_drift_tag
+    from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT, last_drift_tag
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.registry import Actor, promote_to_champion, register_version
     from airflow_mlops.operators.validation import DataValidationOperator

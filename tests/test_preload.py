@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -191,12 +190,9 @@ def test_local_settings_preload_runs_inside_import_airflow_for_the_scheduler(tmp
 
 
 def _local_stack():
-    path = Path(__file__).resolve().parents[1] / "deploy" / "local_stack.py"
-    spec = importlib.util.spec_from_file_location("local_stack_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    import local_stack  # deploy/ is on pytest's pythonpath
+
+    return local_stack
 
 
 def _stack_state(local_stack, shape: str, root: Path, preload: bool):

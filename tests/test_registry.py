@@ -44,7 +44,7 @@ def evaluate(client, result: dict, name: str, champion: Any = "resolve") -> dict
 
 
 def reevaluator(client, result: dict, name: str):
-    from airflow_mlops.core.evaluation import resolve_champion
+    from airflow_mlops.core.registry import resolve_champion
 
     def _again(new_champion: str | None) -> dict:
         champion = resolve_champion(client, name)
@@ -264,7 +264,7 @@ def test_champion_changed_since_evaluation_is_reevaluated(client, tracking, tmp_
 def test_lock_excludes_concurrent_holders_threads(client, tracking):
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.registry import PromotionLock
+    from airflow_mlops.core.promotion_lock import PromotionLock
 
     name = unique_name("lock")
     inside, peak, entries = [0], [0], []
@@ -293,7 +293,7 @@ def test_lock_excludes_concurrent_holders_threads(client, tracking):
 
 
 def test_expired_lock_is_broken_and_a_live_one_times_out(client, tracking):
-    from airflow_mlops.core.registry import PromotionLock
+    from airflow_mlops.core.promotion_lock import PromotionLock
 
     name = unique_name("lock")
     dead = PromotionLock(client, name, holder="dead worker", ttl_s=1.0)
@@ -625,7 +625,7 @@ def test_serving_check_reports_a_model_consumers_cannot_load(client, tracking):
 
 def test_the_lock_clock_skew_comes_from_the_mlops_settings(monkeypatch):
     from airflow_mlops.core.errors import ConfigError
-    from airflow_mlops.core.registry import DEFAULT_LOCK_CLOCK_SKEW_S
+    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_S
     from airflow_mlops.operators.registry import _lock_options
 
     monkeypatch.delenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", raising=False)

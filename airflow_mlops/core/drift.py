@@ -1,17 +1,18 @@
-"""Data drift on Evidently 0.7: sampling, schema checks, the report, its summary, the debounce.
+"""Data drift on Evidently 0.7: the column plan, the report, its summary and its verdict.
 
 The verdicts are Evidently's (``Report`` + ``DataDriftPreset`` on ``Dataset`` /
 ``DataDefinition``; never ``evidently.legacy``). This module decides what Evidently is
 given so that the verdicts stay right on millions of rows:
 
-1. **Schema first** (:func:`check_schema`): reference and current must have the columns
-   under test with the same type family, read from file metadata before any data. A
-   mismatch raises :class:`SchemaDriftError` naming the columns (fail closed).
-2. **One streaming pass per side** (:func:`sample_side`): Parquet is read one column and
-   one row group at a time, only the columns under test; each chunk updates a small
-   full-data profile (non-missing count, distinct values up to a cap) and contributes the
-   rows drawn by a seeded sample. Memory stays at one decoded column chunk plus the
-   sample, whatever the input size.
+1. **Schema first** (:func:`~airflow_mlops.core.drift_sampling.check_schema`): reference
+   and current must have the columns under test with the same type family, read from file
+   metadata before any data. A mismatch raises :class:`SchemaDriftError` naming the
+   columns (fail closed).
+2. **One streaming pass per side** (:func:`~airflow_mlops.core.drift_sampling.sample_side`):
+   Parquet is read one column and one row group at a time, only the columns under test;
+   each chunk updates a small full-data profile (non-missing count, distinct values up to
+   a cap) and contributes the rows drawn by a seeded sample. Memory stays at one decoded
+   column chunk plus the sample, whatever the input size.
 3. **Column plan from the full data** (:func:`plan_columns`): Evidently picks a column's
    type and drift method from the data it sees (e.g. > 1,000 reference rows selects normed
    Wasserstein instead of a K-S p-value). We reproduce that choice from the *full-data*
@@ -23,73 +24,69 @@ given so that the verdicts stay right on millions of rows:
    in a ``<script>`` block without escaping ``</script>``; we escape ``<``, ``>`` and ``&``
    inside that block so no value can end it.
 
-The debounce (:func:`decide_retrain_signal`) is a pure function; the operator feeds it
-the last retrain event and the number of active CT runs read from Airflow.
+Steps 1 and 2 live in :mod:`airflow_mlops.core.drift_sampling`; :func:`compute_drift` runs
+all the steps. The verdict's one-line reason and registered-model tag are in
+:mod:`airflow_mlops.core.drift_verdict`, the champion read in :mod:`airflow_mlops.core.champion`
+and the retrain signal's debounce in :mod:`airflow_mlops.core.retrain_signal`, all three
+import-light.
 """
 
 from __future__ import annotations
 
 import html as html_lib
-import io
 import json
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from airflow_mlops.core.errors import (
-    ConfigError,
-    DataError,
-    DataNotFoundError,
-    EmptyBatchError,
-    MlopsError,
-    SchemaDriftError,
-    UnreadableDataError,
+from airflow_mlops.core.drift_sampling import (
+    DISTINCT_CAP,
+    EVIDENTLY_INTEGER_CARDINALITY_LIMIT,
+    ColumnProfile,
+    SamplingPolicy,
+    SideSample,
+    TableSource,
+    check_schema,
+    sample_side,
 )
-from airflow_mlops.core.storage import is_s3_uri, local_path, table_format
+from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, MlopsError
 
 if TYPE_CHECKING:
     from airflow_mlops.core.storage import Storage
 
+__all__ = [
+    "P_VALUE_METHODS",
+    "SUMMARY_SCHEMA_VERSION",
+    "ColumnPlan",
+    "DriftResult",
+    "DriftSettings",
+    "EvidentlyRun",
+    "column_results_from_snapshot",
+    "compute_drift",
+    "default_method",
+    "evidently_version",
+    "finalize_report_html",
+    "plan_columns",
+    "run_drift_report",
+    "sampling_banner",
+    "sanitize_report_html",
+    "small_summary",
+    "summarize",
+]
+
 SUMMARY_SCHEMA_VERSION = 1
 
-# Tags read from / written to MLflow. Training (core/training.py) writes the run tags on the
-# champion's run; the values are repeated here so this module does not import training.
-TAG_REFERENCE_URI = "mlops.reference.uri"
-TAG_FEATURES = "mlops.features"
-TAG_FEATURES_URI = "mlops.features.uri"
-TAG_TARGET = "mlops.target"
-TAG_TASK = "mlops.task"
-TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"
-#: Registered-model tag holding the newest drift verdict (read by the MLOps page).
-TAG_LAST_DRIFT = "mlops.last_drift"
-#: Registered-model tag values are VARCHAR(5000) on MLflow's SQL stores.
-MAX_MODEL_TAG_CHARS = 5000
-
-OnDrift = Literal["emit", "fail", "skip", "branch"]
-ON_DRIFT_POLICIES: tuple[str, ...] = ("emit", "fail", "skip", "branch")
-
-DEFAULT_MAX_ROWS_PER_SIDE = 50_000
-DEFAULT_DEBOUNCE_SECONDS = 6 * 3600
-PARQUET_BUFFER_BYTES = 1 << 20
-MAX_STRATA = 1_000
-
 # Evidently 0.7 rules we mirror (evidently/core/datasets.py and
-# evidently/legacy/calculations/stattests/registry.py::_get_default_stattest).
-EVIDENTLY_INTEGER_CARDINALITY_LIMIT = 10
+# evidently/legacy/calculations/stattests/registry.py::_get_default_stattest); the integer
+# cardinality limit is in core/drift_sampling.py, whose profiles track enough values for it.
 EVIDENTLY_SMALL_REFERENCE_ROWS = 1_000
 EVIDENTLY_FEW_VALUES = 5
-# Distinct values tracked per column: enough to decide every rule above.
-DISTINCT_CAP = EVIDENTLY_INTEGER_CARDINALITY_LIMIT + 1
 
 # Methods whose score is a p-value (drift when score < threshold); the others are distances.
 P_VALUE_METHODS = frozenset(
@@ -112,50 +109,8 @@ _METHOD_BY_DISPLAY_NAME = {
     "Percentile text content drift": "perc_text_content_drift",
 }
 
-# Column kinds derived from Arrow types; the family is what must match between sides.
-Kind = Literal["int", "float", "boolean", "string", "datetime", "null", "other"]
-KIND_FAMILY: dict[str, str] = {
-    "null": "null",  # no values at all: compatible with every family
-    "int": "numeric",
-    "float": "numeric",
-    "boolean": "boolean",
-    "string": "string",
-    "datetime": "datetime",
-    "other": "other",
-}
-Side = Literal["reference", "current"]
-_SIDE_SEED = {"reference": 0, "current": 1}
-
 
 # -- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplingPolicy:
-    """How many rows per side Evidently sees, and how they are drawn.
-
-    :param max_rows_per_side: cap per side; a side with fewer rows is used whole.
-    :param seed: the same seed, inputs and policy always draw the same rows.
-    :param stratify_by: optional low-cardinality column (segment, country, day) whose mix
-        is kept exactly (proportional allocation) instead of approximately.
-    """
-
-    max_rows_per_side: int = DEFAULT_MAX_ROWS_PER_SIDE
-    seed: int = 0
-    stratify_by: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_rows_per_side, bool) or not isinstance(self.max_rows_per_side, int):
-            raise ConfigError(
-                f"sampling.max_rows_per_side must be an integer, got {self.max_rows_per_side!r}"
-            )
-        if self.max_rows_per_side < 1_000:
-            raise ConfigError(
-                "sampling.max_rows_per_side must be at least 1000 (smaller samples make the "
-                f"drift scores too noisy), got {self.max_rows_per_side}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"sampling.seed must be a non-negative integer, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -199,322 +154,6 @@ class DriftSettings:
                 raise ConfigError(
                     f"per_column_threshold[{name!r}] must be a non-negative number, got {value!r}"
                 )
-
-
-# -- reading: schema, batches ---------------------------------------------------------------
-
-
-def arrow_kind(data_type: pa.DataType) -> Kind:
-    """The kind of an Arrow type (dictionaries count as their value type)."""
-    if pa.types.is_dictionary(data_type):
-        return arrow_kind(data_type.value_type)
-    if pa.types.is_null(data_type):
-        return "null"
-    if pa.types.is_integer(data_type):
-        return "int"
-    if pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
-        return "float"
-    if pa.types.is_boolean(data_type):
-        return "boolean"
-    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
-        return "string"
-    if pa.types.is_temporal(data_type):
-        return "datetime"
-    return "other"
-
-
-class TableSource:
-    """A table to stream: Parquet (local, memory-mapped; or S3 bytes) or CSV (read whole).
-
-    Parquet is the format for large inputs: its schema and row count come from the file
-    footer and batches decode only the requested columns. CSV has no footer, so it is
-    parsed once in full (all columns) and then streamed from memory.
-    """
-
-    def __init__(self, uri: str, storage: Storage) -> None:
-        self.uri = uri
-        self.format = table_format(uri)
-        self._parquet: pq.ParquetFile | None = None
-        self._table: pa.Table | None = None
-        if self.format == "parquet":
-            self._parquet = self._open_parquet(uri, storage)
-            self.schema = self._parquet.schema_arrow
-            self.num_rows = self._parquet.metadata.num_rows
-        else:
-            self._table = self._read_csv(uri, storage)
-            self.schema = self._table.schema
-            self.num_rows = self._table.num_rows
-
-    @staticmethod
-    def _open_parquet(uri: str, storage: Storage) -> pq.ParquetFile:
-        try:
-            if is_s3_uri(uri):
-                return pq.ParquetFile(
-                    pa.BufferReader(storage.read_bytes(uri)),
-                    buffer_size=PARQUET_BUFFER_BYTES,
-                    pre_buffer=False,
-                )
-            path = local_path(uri)
-            if not path.is_file():
-                raise DataNotFoundError(f"No file at {uri}.")
-            # Buffered page reads without memory-mapping: only the pages being decoded are
-            # held (a memory map would count every touched page of the file as resident).
-            return pq.ParquetFile(
-                str(path), memory_map=False, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False
-            )
-        except (pa.ArrowInvalid, OSError) as err:
-            if isinstance(err, DataNotFoundError):
-                raise
-            raise UnreadableDataError(f"{uri} cannot be read as parquet: {err}") from err
-
-    @staticmethod
-    def _read_csv(uri: str, storage: Storage) -> pa.Table:
-        data = storage.read_bytes(uri)
-        compression = "gzip" if uri.lower().endswith(".gz") else None
-        try:
-            frame = pd.read_csv(io.BytesIO(data), compression=compression)
-        except pd.errors.EmptyDataError as err:
-            raise UnreadableDataError(f"{uri} has no columns (empty csv).") from err
-        except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-            raise UnreadableDataError(f"{uri} cannot be read as csv: {err}") from err
-        # A column without a single value has no type in CSV (pandas says float64): mark it
-        # null so it is reported as "all values missing", not as a type change.
-        empty = [c for c in frame.columns if frame[c].isna().all()]
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        for name in empty:
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, pa.field(name, pa.null()), pa.nulls(len(table)))
-        return table
-
-    def kinds(self) -> dict[str, Kind]:
-        """Column name -> kind, in file order."""
-        return {f.name: arrow_kind(f.type) for f in self.schema}
-
-    def iter_column(self, column: str) -> Iterator[pa.Array]:
-        """One column, one row group at a time (CSV: one in-memory chunk at a time).
-
-        Column by column rather than row batches: a file written as a single row group of
-        millions of rows would otherwise be decoded whole, all columns at once.
-        """
-        if self._parquet is not None:
-            for index in range(self._parquet.metadata.num_row_groups):
-                chunked = self._parquet.read_row_group(index, columns=[column]).column(0)
-                yield from chunked.chunks
-        else:
-            assert self._table is not None
-            yield from self._table.column(column).chunks
-
-    def read_column(self, column: str) -> pa.ChunkedArray:
-        if self._parquet is not None:
-            return self._parquet.read(columns=[column]).column(0)
-        assert self._table is not None
-        return self._table.column(column)
-
-
-# -- schema check ---------------------------------------------------------------------------
-
-
-def check_schema(
-    reference: Mapping[str, str],
-    current: Mapping[str, str],
-    columns: Sequence[str] | None = None,
-) -> list[str]:
-    """Return the columns to test, or raise :class:`SchemaDriftError` naming every problem.
-
-    ``reference`` / ``current`` map column name -> kind (see :func:`arrow_kind`). Kinds
-    are compared by family: ``int`` and ``float`` are both numeric (a column of integers
-    read with a missing value becomes float), everything else must match exactly. A column
-    without a single value on one side has no type there (``null``) and matches anything:
-    it is reported as drifted later, not as a schema change.
-    With ``columns=None`` both sides must have exactly the same column set.
-    """
-    problems: list[str] = []
-    if columns is None:
-        only_ref = [c for c in reference if c not in current]
-        only_cur = [c for c in current if c not in reference]
-        if only_ref:
-            problems.append(f"missing from current: {only_ref}")
-        if only_cur:
-            problems.append(f"missing from reference: {only_cur}")
-        selected = [c for c in reference if c in current]
-    else:
-        missing_ref = [c for c in columns if c not in reference]
-        missing_cur = [c for c in columns if c not in current]
-        if missing_ref:
-            problems.append(f"missing from reference: {missing_ref}")
-        if missing_cur:
-            problems.append(f"missing from current: {missing_cur}")
-        selected = [c for c in columns if c in reference and c in current]
-    changed = [
-        f"{c!r} ({reference[c]} -> {current[c]})"
-        for c in selected
-        if "null" not in (reference[c], current[c])
-        and KIND_FAMILY[reference[c]] != KIND_FAMILY[current[c]]
-    ]
-    if changed:
-        problems.append("type changed: " + ", ".join(changed))
-    if problems:
-        raise SchemaDriftError(
-            "Schema drift between reference and current data; " + "; ".join(problems) + "."
-        )
-    return selected
-
-
-# -- sampling and the full-data profile -----------------------------------------------------
-
-
-@dataclass
-class ColumnProfile:
-    """Full-data facts about one column on one side, gathered while streaming."""
-
-    rows: int = 0
-    non_missing: int = 0
-    distinct: set[Any] = field(default_factory=set)
-    many_values: bool = False  # more than DISTINCT_CAP distinct values seen
-
-    def update(self, array: pa.Array) -> None:
-        self.rows += len(array)
-        if pa.types.is_floating(array.type):
-            # Evidently drops NaN and +/-inf as well as nulls before testing.
-            finite = pc.is_finite(array)
-            self.non_missing += int(pc.sum(finite).as_py() or 0)
-            if not self.many_values:
-                self._add_distinct(pc.filter(array, finite))
-        else:
-            self.non_missing += len(array) - array.null_count
-            if not self.many_values:
-                self._add_distinct(array.drop_null())
-
-    def _add_distinct(self, values: pa.Array) -> None:
-        # A high-cardinality column shows itself in its first values: hashing a prefix
-        # avoids building a hash table of a million distinct floats just to learn that.
-        prefix = pc.unique(values.slice(0, 1_000))
-        if len(prefix) > DISTINCT_CAP:
-            self.many_values = True
-            self.distinct = set()
-            return
-        unique = pc.unique(values)
-        if len(unique) <= DISTINCT_CAP:
-            self.distinct |= set(unique.to_pylist())
-        if len(unique) > DISTINCT_CAP or len(self.distinct) > DISTINCT_CAP:
-            self.many_values = True
-            self.distinct = set()
-
-
-@dataclass
-class SideSample:
-    """The rows Evidently sees for one side, and how they were chosen."""
-
-    frame: pd.DataFrame
-    rows: int
-    sampled_rows: int
-    method: str  # "all rows" | "uniform" | "stratified"
-    profiles: dict[str, ColumnProfile]
-    strata: int | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "sampled_rows": self.sampled_rows,
-            "sampled": self.sampled_rows < self.rows,
-            "method": self.method,
-            "strata": self.strata,
-        }
-
-
-def choose_rows(
-    total: int, policy: SamplingPolicy, side: Side, strata_codes: np.ndarray | None = None
-) -> np.ndarray | None:
-    """Sorted row positions to keep, or ``None`` for "all rows" (``total`` within the cap).
-
-    Uniform: a simple random sample without replacement. Stratified: proportional
-    allocation with largest-remainder rounding (each stratum keeps its exact share up to
-    one row), then a simple random sample inside each stratum. Seeded per side so
-    reference and current draws are independent but reproducible.
-    """
-    cap = policy.max_rows_per_side
-    if total <= cap:
-        return None
-    rng = np.random.default_rng([policy.seed, _SIDE_SEED[side]])
-    if strata_codes is None:
-        return np.sort(rng.choice(total, size=cap, replace=False))
-    counts = np.bincount(strata_codes)
-    quotas = cap * counts / total
-    allocation = np.floor(quotas).astype(np.int64)
-    shortfall = cap - int(allocation.sum())
-    if shortfall:
-        # Largest remainders first; ties broken by stratum order for determinism.
-        order = np.argsort(-(quotas - allocation), kind="stable")[:shortfall]
-        allocation[order] += 1
-    by_stratum = np.argsort(strata_codes, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    picked = [
-        rng.choice(by_stratum[bounds[i] : bounds[i + 1]], size=int(k), replace=False)
-        for i, k in enumerate(allocation)
-        if k > 0
-    ]
-    return np.sort(np.concatenate(picked))
-
-
-def _strata_codes(source: TableSource, column: str, side: Side) -> np.ndarray:
-    encoded = pc.dictionary_encode(source.read_column(column)).combine_chunks()
-    n_strata = len(encoded.dictionary) + (1 if encoded.null_count else 0)
-    if n_strata > MAX_STRATA:
-        raise ConfigError(
-            f"sampling.stratify_by={column!r} has {n_strata} distinct values in the {side} data; "
-            f"stratified sampling needs a low-cardinality column (at most {MAX_STRATA})."
-        )
-    # Nulls form their own stratum, coded after the real values.
-    return encoded.indices.fill_null(len(encoded.dictionary)).to_numpy().astype(np.int64)
-
-
-def sample_side(
-    source: TableSource,
-    columns: Sequence[str],
-    kinds: Mapping[str, str],
-    policy: SamplingPolicy,
-    side: Side,
-) -> SideSample:
-    """Stream ``columns`` of ``source`` once: profile every row, keep the sampled ones.
-
-    Column by column, chunk by chunk: memory holds one decoded chunk of one column plus
-    the sample, whatever the size of the input.
-    """
-    total = source.num_rows
-    strata_codes = None
-    if policy.stratify_by is not None and total > policy.max_rows_per_side:
-        strata_codes = _strata_codes(source, policy.stratify_by, side)
-    keep = choose_rows(total, policy, side, strata_codes)
-    profiles = {c: ColumnProfile() for c in columns}
-    sampled: list[pa.ChunkedArray] = []
-    for name in columns:
-        pieces: list[pa.Array] = []
-        offset = 0
-        for chunk in source.iter_column(name):
-            profiles[name].update(chunk)
-            if keep is None:
-                pieces.append(chunk)
-            else:
-                lo, hi = np.searchsorted(keep, [offset, offset + len(chunk)])
-                if hi > lo:
-                    pieces.append(chunk.take(pa.array(keep[lo:hi] - offset)))
-            offset += len(chunk)
-        sampled.append(pa.chunked_array(pieces, type=source.schema.field(name).type))
-    schema = pa.schema([source.schema.field(c) for c in columns])
-    frame = pa.Table.from_arrays(sampled, schema=schema).to_pandas()
-    method = (
-        "all rows" if keep is None else ("stratified" if strata_codes is not None else "uniform")
-    )
-    return SideSample(
-        frame=frame,
-        rows=total,
-        sampled_rows=len(frame),
-        method=method,
-        profiles=profiles,
-        strata=int(np.count_nonzero(np.bincount(strata_codes)))
-        if strata_codes is not None
-        else None,
-    )
 
 
 # -- the column plan ------------------------------------------------------------------------
@@ -987,181 +626,4 @@ def _no_report_html(summary: Mapping[str, Any]) -> str:
         "<!DOCTYPE html><html><head><meta charset='UTF-8'></head><body>"
         + sampling_banner(summary)
         + f"<pre>{body}</pre></body></html>"
-    )
-
-
-# -- the champion: default reference and features ------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChampionFacts:
-    """What monitoring needs from the model registry about ``<model>@champion``."""
-
-    model_name: str
-    version: str
-    run_id: str | None
-    experiment_id: str | None
-    model_uri: str
-    tags: dict[str, str]
-    metrics: dict[str, float]
-
-    @property
-    def reference_uri(self) -> str | None:
-        return self.tags.get(TAG_REFERENCE_URI) or None
-
-    def features(self, storage: Storage | None = None) -> list[str] | None:
-        """The training features: the JSON list tag, else the columns of the table that
-        training points at when the list was too long for a tag (minus the target)."""
-        raw = self.tags.get(TAG_FEATURES)
-        if raw:
-            try:
-                features = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise MlopsError(
-                    f"Tag {TAG_FEATURES} of run {self.run_id} is not a JSON list: {err}"
-                ) from err
-            if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-                raise MlopsError(f"Tag {TAG_FEATURES} of run {self.run_id} is not a list of names.")
-            return features
-        uri = self.tags.get(TAG_FEATURES_URI)
-        if uri and storage is not None:
-            target = self.tags.get(TAG_TARGET)
-            return [c for c in TableSource(uri, storage).schema.names if c != target]
-        return None
-
-
-def read_champion(client: Any, model_name: str) -> ChampionFacts | None:
-    """The champion's version, run tags and run metrics; None when there is no champion."""
-    from airflow_mlops.core.evaluation import resolve_champion
-
-    champion = resolve_champion(client, model_name)
-    if champion is None:
-        return None
-    tags: dict[str, str] = {}
-    metrics: dict[str, float] = {}
-    experiment_id = None
-    if champion.run_id:
-        run = client.get_run(champion.run_id)
-        tags, metrics = dict(run.data.tags), dict(run.data.metrics)
-        experiment_id = run.info.experiment_id
-    return ChampionFacts(
-        model_name=model_name,
-        version=champion.version,
-        run_id=champion.run_id,
-        experiment_id=experiment_id,
-        model_uri=champion.model_uri,
-        tags=tags,
-        metrics=metrics,
-    )
-
-
-# -- retrain signal: the debounce -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetrainDecision:
-    """Whether to emit the retrain signal now, and why (logged and pushed to XCom)."""
-
-    emit: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"emit": self.emit, "reason": self.reason}
-
-
-def decide_retrain_signal(
-    *,
-    triggered: bool,
-    trigger_reason: str,
-    now: datetime,
-    last_signal_at: datetime | None,
-    debounce_seconds: float,
-    active_ct_runs: int,
-) -> RetrainDecision:
-    """At most one retrain signal per window, and none while a CT run is queued or running.
-
-    ``now`` and ``last_signal_at`` must both be timezone-aware.
-    """
-    if not triggered:
-        return RetrainDecision(False, f"no retrain needed: {trigger_reason}")
-    if active_ct_runs > 0:
-        return RetrainDecision(
-            False, f"{trigger_reason}; not signalled: {active_ct_runs} CT run(s) queued or running"
-        )
-    if last_signal_at is not None:
-        elapsed = now - last_signal_at
-        window = timedelta(seconds=debounce_seconds)
-        if elapsed < window:
-            return RetrainDecision(
-                False,
-                f"{trigger_reason}; not signalled: debounced, last signal at "
-                f"{last_signal_at.isoformat()} ({int(elapsed.total_seconds())} s ago, window "
-                f"{int(debounce_seconds)} s)",
-            )
-    return RetrainDecision(True, trigger_reason)
-
-
-def validate_debounce_seconds(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"debounce_seconds must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"debounce_seconds must be >= 0, got {value!r}")
-    return seconds
-
-
-def last_drift_tag(
-    summary: Mapping[str, Any],
-    *,
-    at: str,
-    airflow_task: Mapping[str, Any],
-    mlflow_run_id: str | None = None,
-    report_artifact: str | None = None,
-    report_uri: str | None = None,
-    champion_version: str | None = None,
-    max_chars: int = MAX_MODEL_TAG_CHARS,
-) -> str:
-    """The value of :data:`TAG_LAST_DRIFT`: the verdict, where its report is, who made it.
-
-    JSON that fits a registered-model tag (``max_chars``): drifted column names are dropped
-    first, then the URIs, when the value would be too long. The page reads it with one
-    registry call instead of listing the report folders of every monitoring run.
-    """
-    dataset = summary["dataset"]
-    record: dict[str, Any] = {
-        "detected": bool(dataset["drifted"]),
-        "drifted_columns": int(dataset["drifted_columns"]),
-        "tested_columns": int(dataset["tested_columns"]),
-        "drifted_share": float(dataset["drifted_share"]),
-        "drift_share": float(dataset["drift_share"]),
-        "at": at,
-        "champion_version": champion_version,
-        "mlflow_run_id": mlflow_run_id,
-        "report_artifact": report_artifact,
-        "report_uri": report_uri,
-        "airflow": {k: airflow_task.get(k) for k in ("dag_id", "run_id", "task_id", "map_index")},
-        "columns": list(summary.get("drifted_columns", []))[:20],
-    }
-    for optional in ("columns", "report_uri", "report_artifact"):
-        value = json.dumps(record, allow_nan=False)
-        if len(value) <= max_chars:
-            return value
-        record.pop(optional)
-    value = json.dumps(record, allow_nan=False)
-    if len(value) > max_chars:
-        raise MlopsError(f"The drift verdict does not fit a {max_chars}-character tag: {value!r}")
-    return value
-
-
-def drift_reason(summary: Mapping[str, Any]) -> str:
-    """One line for logs, the asset event and the MLflow tag."""
-    ds = summary["dataset"]
-    cols = summary["drifted_columns"]
-    shown = ", ".join(cols[:10]) + (f" (+{len(cols) - 10} more)" if len(cols) > 10 else "")
-    verdict = "data drift" if ds["drifted"] else "no dataset drift"
-    return (
-        f"{verdict}: {ds['drifted_columns']}/{ds['tested_columns']} columns drifted "
-        f"(share {ds['drifted_share']:.2f}, threshold {ds['drift_share']:.2f})"
-        + (f": {shown}" if cols else "")
     )

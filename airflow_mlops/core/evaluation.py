@@ -38,14 +38,35 @@ from airflow_mlops.core.lineage import (
     TAG_TASK,
 )
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
-from airflow_mlops.core.model_uri import model_uri_for, parse_model_uri
+from airflow_mlops.core.model_uri import parse_model_uri
 from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
 from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
+from airflow_mlops.core.registry import CHAMPION, Champion, resolve_champion
 from airflow_mlops.core.storage import Storage, TableRead
+
+__all__ = [
+    "DECISION_ARTIFACT",
+    "TAG_DECISION_CHAMPION",
+    "TAG_DECISION_PROMOTE",
+    "TAG_DECISION_REASON",
+    "Challenger",
+    "Evaluation",
+    "ModelScore",
+    "challenger_from_training",
+    "evaluate_challenger",
+    "input_columns",
+    "load_holdout",
+    "load_model_for_scoring",
+    "log_record",
+    "model_input",
+    "score_model",
+    "slice_masks",
+    "tag_decision",
+    "xcom_summary",
+]
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 DECISION_ARTIFACT = "mlops/decision.json"
 TAG_DECISION_PROMOTE = "mlops.decision.promote"
 TAG_DECISION_REASON = "mlops.decision.reason"
@@ -74,22 +95,6 @@ class Challenger:
             "target": self.target,
             "features": self.features,
         }
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The registered version that held the champion alias when it was resolved."""
-
-    name: str
-    version: str
-    run_id: str | None
-
-    @property
-    def model_uri(self) -> str:
-        return model_uri_for(self.name, version=self.version)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "model_uri": self.model_uri, "run_id": self.run_id}
 
 
 @dataclass(frozen=True)
@@ -195,34 +200,6 @@ def load_holdout(storage: Storage, challenger: Challenger) -> TableRead:
     if table.rows == 0:
         raise DataError(f"holdout {challenger.holdout_uri} has no rows")
     return table
-
-
-def resolve_champion(
-    client: MlflowClient, model_name: str, alias: str = CHAMPION_ALIAS
-) -> Champion | None:
-    """The version holding ``alias`` now, or None (no registered model, or no alias yet)."""
-    version = current_alias_version(client, model_name, alias)
-    if version is None:
-        return None
-    mv = client.get_model_version(model_name, version)
-    return Champion(name=model_name, version=str(mv.version), run_id=mv.run_id or None)
-
-
-def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
-    """Version number (str) that ``alias`` points at, or None; one registry read.
-
-    Reads the registered model's alias map rather than ``get_model_version_by_alias``, whose
-    error for a missing alias (INVALID_PARAMETER_VALUE) cannot be told apart from a real
-    invalid request.
-    """
-    try:
-        registered = client.get_registered_model(model_name)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    version = (registered.aliases or {}).get(alias)
-    return None if version is None else str(version)
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -366,7 +343,7 @@ def evaluate_challenger(
     model_name: str,
     policy: PromotionPolicy | Mapping[str, Any] | str,
     slices: Mapping[str, Sequence[Any]] | None = None,
-    champion_alias: str = CHAMPION_ALIAS,
+    champion_alias: str = CHAMPION,
     champion: Champion | str | None = "resolve",
     trust: ModelTrust | None = None,
 ) -> Evaluation:

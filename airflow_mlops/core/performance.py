@@ -12,24 +12,59 @@ Decay is direction-aware: for metrics where higher is better (``f1``, ``accuracy
 (``rmse``, ``mae``, ``log_loss``) it is ``current - baseline``. The model has decayed when
 the degradation exceeds the tolerance: in metric units (``absolute``) or as a share of
 ``|baseline|`` (``relative``).
+
+:func:`check_champion_performance` is the whole check that ``ModelPerformanceOperator`` runs:
+the champion's target and task, the baseline, the labelled rows, the model loaded after its
+trust check (:mod:`airflow_mlops.core.provenance`), the score, the verdict and the
+performance record, written to storage and to the champion's run. The operator reads what
+only Airflow knows (the champion, the rendered parameters, the model trust, where reports
+go), then applies ``on_decay`` to the outcome and sends the retrain signal.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
+from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, MlopsError
+from airflow_mlops.core.lineage import TAG_TARGET, TAG_TASK
 from airflow_mlops.core.metrics import (
     HIGHER_IS_BETTER,
     compute_metrics,
     predict_for_metrics,
     validate_task,
 )
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.champion import ChampionFacts
+    from airflow_mlops.core.promotion import TrustProvider
+    from airflow_mlops.core.storage import Storage, TableRead
+
+__all__ = [
+    "BASELINE_METRIC_PREFIX",
+    "DEFAULT_METRIC",
+    "DEFAULT_MIN_LABELLED_ROWS",
+    "TOLERANCE_MODES",
+    "DecayCheck",
+    "DecaySettings",
+    "LabelledScore",
+    "MlflowSession",
+    "PerformanceOutcome",
+    "baseline_metrics_from_run",
+    "champion_target_and_task",
+    "check_champion_performance",
+    "check_decay",
+    "labelled_rows",
+    "read_labelled_rows",
+    "score_labelled_batch",
+]
 
 BASELINE_METRIC_PREFIX = "holdout_"  # training logs holdout metrics with this prefix
 DEFAULT_METRIC = {"classification": "f1", "regression": "rmse"}
@@ -40,6 +75,10 @@ FLOAT_TOLERANCE = 1e-9
 
 ToleranceMode = Literal["absolute", "relative"]
 TOLERANCE_MODES: tuple[str, ...] = ("absolute", "relative")
+
+#: Opens MLflow for a block and yields its client (``MlflowHook.session`` in a task): MLflow
+#: is reached only inside it, so storage errors are never reported as MLflow errors.
+MlflowSession = Callable[[], AbstractContextManager["MlflowClient"]]
 
 
 @dataclass(frozen=True)
@@ -199,3 +238,127 @@ def check_decay(
         decayed=decayed,
         reason=reason,
     )
+
+
+# -- the whole check -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerformanceOutcome:
+    """The performance record (as written to ``report_uri``) and the metric watched."""
+
+    record: dict[str, Any]
+    metric: str
+    report_uri: str
+
+    @property
+    def decayed(self) -> bool:
+        return bool(self.record["decayed"])
+
+    @property
+    def reason(self) -> str:
+        return str(self.record["reason"])
+
+    def result(self) -> dict[str, Any]:
+        """The task's JSON result: the record and where it was written."""
+        return {**self.record, "report_uri": self.report_uri}
+
+
+def champion_target_and_task(
+    champion: ChampionFacts, target: str | None = None, task: str | None = None
+) -> tuple[str, str]:
+    """``target`` and ``task`` when given, else the champion run's training tags."""
+    target = target or champion.tags.get(TAG_TARGET)
+    task = task or champion.tags.get(TAG_TASK)
+    if not target or not task:
+        raise ConfigError(
+            f"Pass target and task: the champion's run {champion.run_id} lacks "
+            f"{TAG_TARGET!r} / {TAG_TASK!r} tags."
+        )
+    return target, task
+
+
+def read_labelled_rows(
+    storage: Storage, labels_uri: str, target: str
+) -> tuple[TableRead, pd.DataFrame]:
+    """The table at ``labels_uri`` and its labelled rows; :class:`EmptyBatchError` if none."""
+    table = storage.read_table(labels_uri)
+    labelled = labelled_rows(table.frame, target)
+    if labelled.empty:
+        raise EmptyBatchError(
+            f"{table.uri} has no labelled rows ({table.rows} rows, none with {target!r})."
+        )
+    return table, labelled
+
+
+def check_champion_performance(
+    champion: ChampionFacts,
+    storage: Storage,
+    labels_uri: str,
+    *,
+    settings: DecaySettings,
+    mlflow_session: MlflowSession,
+    trust: TrustProvider,
+    report_uri: str,
+    mlflow_artifact: str,
+    target: str | None = None,
+    task: str | None = None,
+    baseline_metrics: Mapping[str, float] | None = None,
+) -> PerformanceOutcome:
+    """Score ``champion`` on the labelled rows at ``labels_uri`` and judge decay.
+
+    ``target`` / ``task`` default to the champion run's tags and ``baseline_metrics`` (None)
+    to its ``holdout_<metric>`` metrics. Fewer labelled rows than
+    ``settings.min_labelled_rows`` give no verdict (``decayed`` False, ``check`` None). The
+    model loads only after ``trust()`` accepts its downloaded files
+    (:class:`~airflow_mlops.core.errors.UntrustedModelError` otherwise). The record is written
+    to ``report_uri`` and, when the champion has a run, logged on it as ``mlflow_artifact``.
+    No labelled row at all raises :class:`EmptyBatchError` before any model is loaded.
+    """
+    from airflow_mlops.core.evaluation import input_columns, load_model_for_scoring
+
+    target, task = champion_target_and_task(champion, target, task)
+    metric = settings.metric_for(task)
+    baseline = (
+        dict(baseline_metrics)
+        if baseline_metrics is not None
+        else baseline_metrics_from_run(champion.metrics)
+    )
+    table, labelled = read_labelled_rows(storage, labels_uri, target)
+    model_trust = trust()
+    with mlflow_session() as client:
+        model, info = load_model_for_scoring(champion.model_uri, client=client, trust=model_trust)
+    features = input_columns(info, champion.features(storage))
+    score = score_labelled_batch(
+        model, labelled, features, target, task, min_rows=settings.min_labelled_rows
+    )
+    record: dict[str, Any] = {
+        "model_name": champion.model_name,
+        "champion_version": champion.version,
+        "mlflow_run_id": champion.run_id,
+        "labels_uri": table.uri,
+        "labels_sha256": table.sha256,
+        "rows": score.rows,
+        "labelled_rows": score.labelled_rows,
+        "task": task,
+        "target": target,
+        "metrics": score.metrics,
+        "baseline_metrics": baseline,
+        "check": None,
+        "decayed": False,
+    }
+    if score.metrics is None:
+        record["reason"] = (
+            f"not enough labelled rows for a verdict: {score.labelled_rows} < "
+            f"{settings.min_labelled_rows}"
+        )
+    else:
+        check = check_decay(
+            baseline, score.metrics, metric, settings.tolerance, settings.tolerance_mode
+        )
+        record.update(check=check.to_dict(), decayed=check.decayed, reason=check.reason)
+    storage.write_json(report_uri, record)
+    if champion.run_id:
+        with mlflow_session() as client:
+            client.log_dict(champion.run_id, record, mlflow_artifact)
+    return PerformanceOutcome(record=record, metric=metric, report_uri=report_uri)

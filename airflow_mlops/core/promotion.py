@@ -155,9 +155,9 @@ def promotion_gate(
     ``approval`` is :func:`airflow_mlops.core.approval.approval_decision`'s answer, or None
     when no approval is required.
     """
-    from airflow_mlops.core.registry import _v
+    from airflow_mlops.core.registry import version_label
 
-    unchanged = f"@champion unchanged ({_v(champion)})"
+    unchanged = f"@champion unchanged ({version_label(champion)})"
     if not evaluation["promote"]:
         return "not_promoted", f"{evaluation['reason']}; {unchanged}"
     if approval is not None and not approval["answered"]:
@@ -215,12 +215,8 @@ def reevaluator(
     """Re-score the same challenger, same holdout, same policy, against a new champion."""
 
     def reevaluate(new_champion: str | None) -> dict[str, Any]:
-        from airflow_mlops.core.evaluation import (
-            Champion,
-            challenger_from_training,
-            evaluate_challenger,
-        )
-        from airflow_mlops.core.registry import _v
+        from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
+        from airflow_mlops.core.registry import Champion, version_label
 
         challenger = challenger_from_training(
             client, {"run_id": evaluation["challenger"]["run_id"]}
@@ -229,7 +225,9 @@ def reevaluator(
         if new_champion is not None:
             mv = client.get_model_version(model_name, new_champion)
             champion = Champion(model_name, str(mv.version), mv.run_id or None)
-        log.info("@champion moved since evaluation: re-scoring against %s.", _v(new_champion))
+        log.info(
+            "@champion moved since evaluation: re-scoring against %s.", version_label(new_champion)
+        )
         return evaluate_challenger(
             client,
             storage,
@@ -250,19 +248,19 @@ def reevaluator(
 
 def promotion_reason(move: AliasMove, evaluation: Mapping[str, Any]) -> str:
     """The one-line reason of a promotion that reached the compare-and-set."""
-    from airflow_mlops.core.registry import _v
+    from airflow_mlops.core.registry import version_label
 
     if move.outcome == "promoted":
         return (
-            f"@champion moved from {_v(move.previous_version)} to version {move.version}: "
-            f"{evaluation['reason']}"
+            f"@champion moved from {version_label(move.previous_version)} to version "
+            f"{move.version}: {evaluation['reason']}"
         )
     if move.outcome == "already_champion":
         return f"version {move.version} already holds @champion (retry)"
     last = move.reevaluations[-1] if move.reevaluations else {}
     return (
-        f"@champion moved to {_v(move.current_version)} since evaluation; re-scored against "
-        f"it: {last.get('reason')}; @champion unchanged"
+        f"@champion moved to {version_label(move.current_version)} since evaluation; re-scored "
+        f"against it: {last.get('reason')}; @champion unchanged"
     )
 
 
@@ -298,8 +296,7 @@ def promote_challenger(
     ``already_champion``, ``not_promoted``, ``not_promoted_after_reevaluation``,
     ``rejected``, ``not_approved``.
     """
-    from airflow_mlops.core.evaluation import current_alias_version
-    from airflow_mlops.core.registry import _v
+    from airflow_mlops.core.registry import current_alias_version, version_label
 
     check_promotion_inputs(evaluation, registration)
     model_name, version = registration["model_name"], str(registration["version"])
@@ -330,7 +327,7 @@ def promote_challenger(
                 raise PromotionError(
                     f"serving check of models:/{model_name}/{version} failed: "
                     f"{check['error']}. @champion was not moved "
-                    f"(still {_v(champion_before)}); record: {uri}"
+                    f"(still {version_label(champion_before)}); record: {uri}"
                 )
         move = _move_champion(
             client, storage, evaluation, approval, version, context, trust, options

@@ -36,7 +36,6 @@ __all__ = [
     "MlflowRunLink",
     "link_params",
     "mlflow_links",
-    "mlflow_ui_base_url",
     "mlflow_ui_url",
     "persist_mlflow_links",
     "read_link_params",

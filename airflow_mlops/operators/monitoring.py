@@ -21,22 +21,22 @@ from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import AssetAlias
 
 from airflow_mlops.assets import retrain_asset
-from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.errors import ConfigError, EmptyBatchError
+from airflow_mlops.core.retrain_signal import DEFAULT_DEBOUNCE_SECONDS, ON_TRIGGER_POLICIES
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
-    from airflow_mlops.core.drift import ChampionFacts, DriftSettings
+    from airflow_mlops.core.champion import ChampionFacts
+    from airflow_mlops.core.drift import DriftSettings
     from airflow_mlops.core.performance import DecaySettings
 
 # Mirrors of airflow_mlops.core constants (core imports pandas, which must not load at
 # DAG-parse time); tests/test_drift_operator.py checks they stay equal.
-ON_TRIGGER_POLICIES = ("emit", "fail", "skip", "branch")
 ON_EMPTY_POLICIES = ("fail", "skip")
 TOLERANCE_MODES = ("absolute", "relative")
-DEFAULT_DEBOUNCE_SECONDS = 6 * 3600
 DEFAULT_SAMPLE_ROWS = 50_000
 DRIFT_REPORT_NAME = "drift_report.html"
 DRIFT_SUMMARY_NAME = "drift_summary.json"
@@ -175,7 +175,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
 
     def checked_policies(self) -> str:
         """Execute-time checks of the rendered policies and debounce; the trigger policy."""
-        from airflow_mlops.core.drift import validate_debounce_seconds
+        from airflow_mlops.core.retrain_signal import validate_debounce_seconds
 
         policy = self.trigger_policy
         _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field, rendered=True)
@@ -218,7 +218,10 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         """
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from airflow_mlops.core.drift import decide_retrain_signal, validate_debounce_seconds
+        from airflow_mlops.core.retrain_signal import (
+            decide_retrain_signal,
+            validate_debounce_seconds,
+        )
 
         reason = result["reason"]
         if policy == "emit":
@@ -268,7 +271,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         """Tag the registered model with the last signal, for people looking at MLflow."""
         from mlflow.exceptions import MlflowException
 
-        from airflow_mlops.core.drift import TAG_LAST_RETRAIN_SIGNAL
+        from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
 
         run = self.run_context(context)
         value = json.dumps(
@@ -316,7 +319,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         return "/".join(parts)
 
     def read_champion(self) -> ChampionFacts | None:
-        from airflow_mlops.core.drift import read_champion
+        from airflow_mlops.core.champion import read_champion
 
         with self.mlflow_hook.session() as client:
             return read_champion(client, self.model_name)
@@ -434,7 +437,8 @@ class DriftReportOperator(RetrainSignalOperator):
 
     def drift_settings(self, default_columns: Sequence[str] | None) -> DriftSettings:
         """The typed core settings from the rendered fields (errors name the field)."""
-        from airflow_mlops.core.drift import DriftSettings, SamplingPolicy
+        from airflow_mlops.core.drift import DriftSettings
+        from airflow_mlops.core.drift_sampling import SamplingPolicy
 
         columns = _as_list(self.columns, "columns") or (
             list(default_columns) if default_columns else None
@@ -458,6 +462,8 @@ class DriftReportOperator(RetrainSignalOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core import drift as core
+        from airflow_mlops.core.drift_verdict import drift_reason
+        from airflow_mlops.core.lineage import TAG_REFERENCE_URI
 
         policy = self.checked_policies()
         if not isinstance(self.current_uri, str) or not self.current_uri.strip():
@@ -476,7 +482,7 @@ class DriftReportOperator(RetrainSignalOperator):
                 )
             raise ConfigError(
                 f"No reference_uri given and the champion's run {champion.run_id} has no "
-                f"{core.TAG_REFERENCE_URI} tag: pass reference_uri."
+                f"{TAG_REFERENCE_URI} tag: pass reference_uri."
             )
         features = champion.features(self.storage) if champion else None
         settings = self.drift_settings(features)
@@ -490,7 +496,7 @@ class DriftReportOperator(RetrainSignalOperator):
         )
         try:
             result = core.compute_drift(reference_uri, current_uri, self.storage, settings)
-        except core.EmptyBatchError as err:
+        except EmptyBatchError as err:
             if self.on_empty == "skip":
                 raise AirflowSkipException(str(err)) from err
             raise
@@ -514,7 +520,7 @@ class DriftReportOperator(RetrainSignalOperator):
         if champion is not None:
             self.record_drift_in_mlflow(context, summary, champion, report_artifact, html_uri)
 
-        reason = core.drift_reason(summary)
+        reason = drift_reason(summary)
         self.log.info("%s", reason)
         xcom = {
             "model_name": self.model_name,
@@ -548,7 +554,7 @@ class DriftReportOperator(RetrainSignalOperator):
         the same task's verdict), so the MLOps page reads it without listing artifacts."""
         from mlflow.exceptions import MlflowException
 
-        from airflow_mlops.core.drift import TAG_LAST_DRIFT, last_drift_tag
+        from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT, last_drift_tag
 
         run = self.run_context(context)
         value = last_drift_tag(
@@ -585,7 +591,9 @@ class ModelPerformanceOperator(RetrainSignalOperator):
     :class:`DriftReportOperator` (``emit`` sends the same retrain signal, with the reason).
 
     Fewer labelled rows than ``min_labelled_rows`` give no verdict (logged, no signal).
-    No champion yet: the task is skipped.
+    No champion yet: the task is skipped. The check is
+    :func:`airflow_mlops.core.performance.check_champion_performance`; this operator reads
+    the champion and its parameters, calls it, and applies ``on_decay``.
 
     XCom: ``{model_name, champion_version, labels_uri, report_uri, rows, labelled_rows,
     metrics, check, decayed, reason, retrain_signal}``.
@@ -667,92 +675,52 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             min_labelled_rows=_as_number(self.min_labelled_rows, int, "min_labelled_rows"),
         )
 
+    def explicit_baseline(self) -> dict[str, float] | None:
+        """``baseline_metrics`` as numbers (errors name the key); None: the champion's."""
+        if not self.baseline_metrics:
+            return None
+        return {
+            k: _as_number(v, float, f"baseline_metrics[{k!r}]")
+            for k, v in as_mapping(self.baseline_metrics, "baseline_metrics").items()
+        }
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_mlops.core import performance as core
-        from airflow_mlops.core.drift import TAG_TARGET, TAG_TASK, EmptyBatchError
-        from airflow_mlops.core.evaluation import input_columns, load_model_for_scoring
+        from airflow_mlops.core.performance import check_champion_performance
+        from airflow_mlops.hooks.signing import model_trust
 
         policy = self.checked_policies()
         settings = self.decay_settings()
-
         champion = self.read_champion()
         if champion is None:
             raise AirflowSkipException(f"{self.model_name} has no champion yet: nothing to check.")
-        target = self.target or champion.tags.get(TAG_TARGET)
-        task = self.task or champion.tags.get(TAG_TASK)
-        if not target or not task:
-            raise ConfigError(
-                f"Pass target and task: the champion's run {champion.run_id} lacks "
-                f"{TAG_TARGET!r} / {TAG_TASK!r} tags."
+        folder = self.mlflow_artifact_folder(context, "performance")
+        try:
+            outcome = check_champion_performance(
+                champion,
+                self.storage,
+                str(self.labels_uri).strip(),
+                settings=settings,
+                mlflow_session=self.mlflow_hook.session,
+                trust=model_trust,
+                report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
+                mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
+                target=self.target,
+                task=self.task,
+                baseline_metrics=self.explicit_baseline(),
             )
-        metric = settings.metric_for(task)
-        baseline = (
-            {
-                k: _as_number(v, float, f"baseline_metrics[{k!r}]")
-                for k, v in as_mapping(self.baseline_metrics or {}, "baseline_metrics").items()
-            }
-            if self.baseline_metrics
-            else core.baseline_metrics_from_run(champion.metrics)
-        )
-
-        table = self.storage.read_table(str(self.labels_uri).strip())
-        labelled = core.labelled_rows(table.frame, target)
-        if labelled.empty:
-            message = f"{table.uri} has no labelled rows ({table.rows} rows, none with {target!r})."
+        except EmptyBatchError as err:
             if self.on_empty == "skip":
-                raise AirflowSkipException(message)
-            raise EmptyBatchError(message)
-        from airflow_mlops.hooks.signing import model_trust
-
-        trust = model_trust()
-        with self.mlflow_hook.session():
-            model, info = load_model_for_scoring(champion.model_uri, trust=trust)
-        features = input_columns(info, champion.features(self.storage))
-        score = core.score_labelled_batch(
-            model, labelled, features, target, task, min_rows=settings.min_labelled_rows
-        )
-        record: dict[str, Any] = {
-            "model_name": self.model_name,
-            "champion_version": champion.version,
-            "mlflow_run_id": champion.run_id,
-            "labels_uri": table.uri,
-            "labels_sha256": table.sha256,
-            "rows": score.rows,
-            "labelled_rows": score.labelled_rows,
-            "task": task,
-            "target": target,
-            "metrics": score.metrics,
-            "baseline_metrics": baseline,
-            "check": None,
-            "decayed": False,
-        }
-        if score.metrics is None:
-            reason = (
-                f"not enough labelled rows for a verdict: {score.labelled_rows} < "
-                f"{settings.min_labelled_rows}"
-            )
-        else:
-            check = core.check_decay(
-                baseline, score.metrics, metric, settings.tolerance, settings.tolerance_mode
-            )
-            record.update(check=check.to_dict(), decayed=check.decayed)
-            reason = check.reason
-        record["reason"] = reason
-        self.log.info("%s", reason)
-
-        report_uri = self.report_location(context, PERFORMANCE_REPORT_NAME)
-        self.storage.write_json(report_uri, record)
+                raise AirflowSkipException(str(err)) from err
+            raise
+        self.log.info("%s", outcome.reason)
         if champion.run_id:
-            folder = self.mlflow_artifact_folder(context, "performance")
-            with self.mlflow_hook.session() as client:
-                client.log_dict(champion.run_id, record, f"{folder}/{PERFORMANCE_REPORT_NAME}")
             self.link_champion(context, champion)
         return self.finish(
             context,
             policy=policy,
-            triggered=bool(record["decayed"]),
-            result={**record, "report_uri": report_uri},
-            metric=metric,
+            triggered=outcome.decayed,
+            result=outcome.result(),
+            metric=outcome.metric,
         )

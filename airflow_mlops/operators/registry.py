@@ -53,7 +53,7 @@ def _lock_clock_skew() -> float:
     workers that a promotion lock tolerates before another worker may break it."""
     from airflow.sdk import conf
 
-    from airflow_mlops.core.registry import DEFAULT_LOCK_CLOCK_SKEW_S
+    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_S
 
     raw = conf.get("mlops", "lock_clock_skew", fallback=None)
     if raw in (None, ""):
@@ -418,7 +418,7 @@ class RollbackModelOperator(MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.promotion import rollback_to_former_champion
-        from airflow_mlops.core.registry import _v
+        from airflow_mlops.core.registry import version_label
         from airflow_mlops.hooks.signing import model_trust
 
         to_version = None if self.to_version in (None, "", "None") else str(self.to_version)
@@ -438,8 +438,8 @@ class RollbackModelOperator(MlopsBaseOperator):
         self.log.info(
             "%s: @champion %s -> %s (%s)",
             self.model_name,
-            _v(move.previous_version),
-            _v(move.version),
+            version_label(move.previous_version),
+            version_label(move.version),
             move.outcome,
         )
         if move.outcome == "rolled_back":

@@ -250,11 +250,15 @@ _page_limit = threading.local()
 
 @contextmanager
 def _limit_mlflow_http_in_this_thread(timeout: float) -> Iterator[None]:
-    """MLflow requests made by this thread give up after ``timeout`` s, with no retry; and
-    :func:`thread_map` starts no new work after ``timeout`` s (the caller has given up)."""
+    """MLflow requests made by this thread give up soon after ``timeout`` s, with no retry;
+    and :func:`thread_map` starts no new work after ``timeout`` s (the caller has given up).
+
+    The request timeout is a second longer than the caller's wait, so the caller always
+    sees :class:`MlflowTimeout` (504), never whichever of the two clocks fired first."""
     from airflow_mlops.core.mlflow_client import HttpLimits, http_limits
 
-    limits = HttpLimits(timeout_s=max(1, math.ceil(timeout)), max_retries=0, backoff_factor=0)
+    request_timeout = math.ceil(timeout) + 1
+    limits = HttpLimits(timeout_s=request_timeout, max_retries=0, backoff_factor=0)
     outer = getattr(_page_limit, "deadline", None)
     deadline = time.monotonic() + timeout
     _page_limit.deadline = deadline if outer is None else min(outer, deadline)

@@ -45,8 +45,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow_mlops.plugins import mlflow_calls, reports
 
-# The logger keeps the plugin module's name (this code lived there before the split).
-log = logging.getLogger("airflow_mlops.plugins.mlops_page")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -65,13 +65,3 @@ class MlopsPlugin(AirflowPlugin):
             "url_route": "mlops",
         }
     ]
-
-
-def __getattr__(name: str) -> Any:
-    # The app, its routes and helpers moved to mlops_app; the old names still resolve.
-    from airflow_mlops.plugins import mlops_app
-
-    try:
-        return getattr(mlops_app, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

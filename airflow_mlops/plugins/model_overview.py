@@ -40,7 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT
 from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_MODEL_NAME, TAG_STAGE
+from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
 from airflow_mlops.links.urls import mlflow_page_url
 
 if TYPE_CHECKING:
@@ -48,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"  # core.drift.TAG_LAST_RETRAIN_SIGNAL
-TAG_LAST_DRIFT = "mlops.last_drift"  # core.drift.TAG_LAST_DRIFT
 #: Artifact folders the page may serve from a run (reports only, never the model).
 REPORT_ARTIFACT_ROOTS = ("monitoring/", "validation/")
 HOLDOUT_METRIC_PREFIX = "holdout_"
@@ -296,7 +296,7 @@ def run_url(base: str | None, experiment_id: str | None, run_id: str | None) -> 
 
 
 def _search_registered_models(client: MlflowClient, limit: int) -> list[Any]:
-    from airflow_mlops.core.registry import LOCK_SUFFIX
+    from airflow_mlops.core.promotion_lock import LOCK_SUFFIX
 
     models: list[Any] = []
     token = None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -40,7 +39,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import local_stack  # deploy/ is on pytest's pythonpath
 import pytest
+from devkit import AirflowApi, ensure_binary
 
 REPO = Path(__file__).resolve().parents[2]
 # The continuous-training DAG of the DAG factory: dags/mlops_pipeline__breast_cancer.py builds
@@ -73,17 +74,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _browser import Browser  # noqa: E402
 
 
-def _load_local_stack() -> Any:
-    spec = importlib.util.spec_from_file_location("local_stack", REPO / "deploy" / "local_stack.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["local_stack"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-local_stack = _load_local_stack()
-
-
 def _stack_cli(*args: str, timeout_s: float = 900) -> str:
     result = subprocess.run(
         [
@@ -109,7 +99,7 @@ def _stack_cli(*args: str, timeout_s: float = 900) -> str:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict[str, str]]:
     """The running production-shaped stack (fresh state), stopped and purged afterwards."""
-    local_stack.ensure_binary("chromium", "chromium")  # the stack installs PostgreSQL and Redis
+    ensure_binary("chromium", "chromium")  # the stack installs PostgreSQL and Redis
     _stack_cli("stop", "--purge", timeout_s=120)  # leftovers of an interrupted run
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -125,9 +115,6 @@ def stack() -> Iterator[dict[str, str]]:
 
 
 # -- Airflow REST API v2 --------------------------------------------------------------------
-
-
-AirflowApi = local_stack.AirflowApi
 
 
 def status_of(url: str, headers: dict[str, str] | None = None) -> int:

@@ -74,13 +74,9 @@ def _scene(tracking_uri: str, tmp_path) -> dict[str, Any]:
 def _promote_concurrently(tracking_uri: str, scene: dict[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.evaluation import (
-        Champion,
-        challenger_from_training,
-        evaluate_challenger,
-    )
+    from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, promote_to_champion
+    from airflow_mlops.core.registry import Actor, Champion, promote_to_champion
     from airflow_mlops.core.storage import Storage
 
     model_name = scene["model_name"]
@@ -132,8 +128,7 @@ def _promote_concurrently(tracking_uri: str, scene: dict[str, Any]) -> dict[str,
 def test_racing_promotions_end_with_the_best_candidate_and_a_complete_history(mlflow_up, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.evaluation import current_alias_version
-    from airflow_mlops.core.registry import alias_history
+    from airflow_mlops.core.registry import alias_history, current_alias_version
 
     scene = _scene(mlflow_up, tmp_path)
     runs = scene["runs"]

@@ -80,8 +80,7 @@ def _assert_nothing_left_running(tracking_uri: str, experiment: str) -> None:
 
 def _assert_champion_sound(client, model_name: str, expected_version: str) -> dict:
     """@champion is READY, passed its gate, and its move is recorded in the alias history."""
-    from airflow_mlops.core.evaluation import current_alias_version
-    from airflow_mlops.core.registry import alias_history
+    from airflow_mlops.core.registry import alias_history, current_alias_version
 
     assert current_alias_version(client, model_name, "champion") == expected_version
     mv = client.get_model_version(model_name, expected_version)

@@ -318,7 +318,7 @@ def test_batch_prediction_and_drift_readers_refuse_a_file_uri_naming_another_hos
 
     import pandas as pd
 
-    from airflow_mlops.core.drift import TableSource
+    from airflow_mlops.core.drift_sampling import TableSource
     from airflow_mlops.core.prediction import open_chunks
     from airflow_mlops.core.storage import Storage
 

@@ -7,11 +7,8 @@ what a try killed inside the critical section leaves behind.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +16,7 @@ from airflow_mlops.core.errors import PromotionError
 
 
 def _lock(client, model_name, **options):
-    from airflow_mlops.core.registry import PromotionLock
+    from airflow_mlops.core.promotion_lock import PromotionLock
 
     return PromotionLock(client, model_name, **{"poll_s": 0.2, **options})
 
@@ -76,7 +73,8 @@ def test_the_retry_of_the_same_task_instance_reclaims_its_dead_tries_lock_at_onc
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, PromotionLock, promote_to_champion
+    from airflow_mlops.core.promotion_lock import PromotionLock
+    from airflow_mlops.core.registry import Actor, promote_to_champion
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
@@ -187,11 +185,41 @@ def test_a_replayed_create_finds_its_own_lock_and_does_not_wait_out_its_ttl(mlfl
     assert lock.read() is None
 
 
+def test_a_create_racing_the_holders_release_tries_again(mlflow_up, monkeypatch):
+    """Seen under load on the real server: a create that raced the previous holder's delete
+    answered RESOURCE_DOES_NOT_EXIST. The lock is free then: acquiring goes on, not fails."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_up)
+    model = f"rel-lock-{uuid.uuid4().hex[:8]}"
+    real_create = client.create_registered_model
+    answers = iter(["raced"])
+
+    def raced_once(name, *args, **kwargs):
+        # Simulated server race (cannot be produced on demand): the first create is answered
+        # as the server answered it while the name was being deleted.
+        if next(answers, None) == "raced":
+            raise MlflowException(
+                f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST
+            )
+        return real_create(name, *args, **kwargs)
+
+    monkeypatch.setattr(client, "create_registered_model", raced_once)
+    lock = _lock(client, model, wait_s=2.0)
+    lock.acquire()  # before the fix: the RestException escaped from acquire()
+    try:
+        assert lock.read().owner == lock.owner
+    finally:
+        lock.release()
+
+
 def test_a_lock_expired_by_less_than_the_clock_skew_is_not_broken(mlflow_up):
     """A holder whose clock runs behind writes an expiry already in the waiter's past."""
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.registry import TAG_LOCK_EXPIRES_AT, PromotionLock, lock_name
+    from airflow_mlops.core.promotion_lock import TAG_LOCK_EXPIRES_AT, PromotionLock, lock_name
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
@@ -214,7 +242,7 @@ def test_a_lock_expired_by_less_than_the_clock_skew_is_not_broken(mlflow_up):
 
 def test_lock_names_fit_the_registry_name_column_for_every_accepted_model_name():
     from airflow_mlops.core.model_uri import model_uri_for
-    from airflow_mlops.core.registry import LOCK_SUFFIX, lock_name
+    from airflow_mlops.core.promotion_lock import LOCK_SUFFIX, lock_name
 
     short = "churn"
     assert lock_name(short) == f"churn{LOCK_SUFFIX}"  # unchanged for ordinary names
@@ -229,13 +257,9 @@ def test_lock_names_fit_the_registry_name_column_for_every_accepted_model_name()
 
 def _local_stack():
     """deploy/local_stack.py, which installs and starts PostgreSQL for ``local-stack prod``."""
-    path = Path(__file__).resolve().parents[2] / "deploy" / "local_stack.py"
-    if "local_stack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("local_stack", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["local_stack"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["local_stack"]
+    import local_stack  # deploy/ is on pytest's pythonpath
+
+    return local_stack
 
 
 @pytest.mark.slow
@@ -247,7 +271,7 @@ def test_the_lock_of_a_256_character_model_name_works_on_postgresql(tmp_path):
     """
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.registry import PromotionLock, lock_name
+    from airflow_mlops.core.promotion_lock import PromotionLock, lock_name
 
     stack = _local_stack()
     state = stack.new_state("prod", tmp_path / "stack", tmp_path / "dags", auto_ports=True)

@@ -1,0 +1,423 @@
+"""The two sides of a drift check, read once: streamed tables, the schema check, the sample.
+
+Parquet is read one column and one row group at a time, only the columns under test; each
+chunk updates a small full-data profile (non-missing count, distinct values up to a cap)
+and contributes the rows drawn by a seeded sample (uniform, or stratified on one column).
+Memory stays at one decoded column chunk plus the sample, whatever the input size.
+:mod:`airflow_mlops.core.drift` plans the columns from the profiles and runs Evidently on
+the sample.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from airflow_mlops.core.errors import (
+    ConfigError,
+    DataNotFoundError,
+    SchemaDriftError,
+    UnreadableDataError,
+)
+from airflow_mlops.core.storage import is_s3_uri, local_path, table_format
+
+if TYPE_CHECKING:
+    from airflow_mlops.core.storage import Storage
+
+__all__ = [
+    "DEFAULT_MAX_ROWS_PER_SIDE",
+    "DISTINCT_CAP",
+    "EVIDENTLY_INTEGER_CARDINALITY_LIMIT",
+    "KIND_FAMILY",
+    "MAX_STRATA",
+    "PARQUET_BUFFER_BYTES",
+    "ColumnProfile",
+    "Kind",
+    "SamplingPolicy",
+    "Side",
+    "SideSample",
+    "TableSource",
+    "arrow_kind",
+    "check_schema",
+    "choose_rows",
+    "sample_side",
+]
+
+DEFAULT_MAX_ROWS_PER_SIDE = 50_000
+PARQUET_BUFFER_BYTES = 1 << 20
+MAX_STRATA = 1_000
+
+# Evidently 0.7 treats an integer column with at most this many distinct values as
+# categorical (evidently/core/datasets.py); the column plan in core/drift.py mirrors it.
+EVIDENTLY_INTEGER_CARDINALITY_LIMIT = 10
+# Distinct values tracked per column: enough to decide every rule the column plan mirrors.
+DISTINCT_CAP = EVIDENTLY_INTEGER_CARDINALITY_LIMIT + 1
+
+# Column kinds derived from Arrow types; the family is what must match between sides.
+Kind = Literal["int", "float", "boolean", "string", "datetime", "null", "other"]
+KIND_FAMILY: dict[str, str] = {
+    "null": "null",  # no values at all: compatible with every family
+    "int": "numeric",
+    "float": "numeric",
+    "boolean": "boolean",
+    "string": "string",
+    "datetime": "datetime",
+    "other": "other",
+}
+Side = Literal["reference", "current"]
+_SIDE_SEED = {"reference": 0, "current": 1}
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """How many rows per side Evidently sees, and how they are drawn.
+
+    :param max_rows_per_side: cap per side; a side with fewer rows is used whole.
+    :param seed: the same seed, inputs and policy always draw the same rows.
+    :param stratify_by: optional low-cardinality column (segment, country, day) whose mix
+        is kept exactly (proportional allocation) instead of approximately.
+    """
+
+    max_rows_per_side: int = DEFAULT_MAX_ROWS_PER_SIDE
+    seed: int = 0
+    stratify_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_rows_per_side, bool) or not isinstance(self.max_rows_per_side, int):
+            raise ConfigError(
+                f"sampling.max_rows_per_side must be an integer, got {self.max_rows_per_side!r}"
+            )
+        if self.max_rows_per_side < 1_000:
+            raise ConfigError(
+                "sampling.max_rows_per_side must be at least 1000 (smaller samples make the "
+                f"drift scores too noisy), got {self.max_rows_per_side}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"sampling.seed must be a non-negative integer, got {self.seed!r}")
+
+
+# -- reading: schema, batches ---------------------------------------------------------------
+
+
+def arrow_kind(data_type: pa.DataType) -> Kind:
+    """The kind of an Arrow type (dictionaries count as their value type)."""
+    if pa.types.is_dictionary(data_type):
+        return arrow_kind(data_type.value_type)
+    if pa.types.is_null(data_type):
+        return "null"
+    if pa.types.is_integer(data_type):
+        return "int"
+    if pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
+        return "float"
+    if pa.types.is_boolean(data_type):
+        return "boolean"
+    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
+        return "string"
+    if pa.types.is_temporal(data_type):
+        return "datetime"
+    return "other"
+
+
+class TableSource:
+    """A table to stream: Parquet (local, memory-mapped; or S3 bytes) or CSV (read whole).
+
+    Parquet is the format for large inputs: its schema and row count come from the file
+    footer and batches decode only the requested columns. CSV has no footer, so it is
+    parsed once in full (all columns) and then streamed from memory.
+    """
+
+    def __init__(self, uri: str, storage: Storage) -> None:
+        self.uri = uri
+        self.format = table_format(uri)
+        self._parquet: pq.ParquetFile | None = None
+        self._table: pa.Table | None = None
+        if self.format == "parquet":
+            self._parquet = self._open_parquet(uri, storage)
+            self.schema = self._parquet.schema_arrow
+            self.num_rows = self._parquet.metadata.num_rows
+        else:
+            self._table = self._read_csv(uri, storage)
+            self.schema = self._table.schema
+            self.num_rows = self._table.num_rows
+
+    @staticmethod
+    def _open_parquet(uri: str, storage: Storage) -> pq.ParquetFile:
+        try:
+            if is_s3_uri(uri):
+                return pq.ParquetFile(
+                    pa.BufferReader(storage.read_bytes(uri)),
+                    buffer_size=PARQUET_BUFFER_BYTES,
+                    pre_buffer=False,
+                )
+            path = local_path(uri)
+            if not path.is_file():
+                raise DataNotFoundError(f"No file at {uri}.")
+            # Buffered page reads without memory-mapping: only the pages being decoded are
+            # held (a memory map would count every touched page of the file as resident).
+            return pq.ParquetFile(
+                str(path), memory_map=False, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False
+            )
+        except (pa.ArrowInvalid, OSError) as err:
+            if isinstance(err, DataNotFoundError):
+                raise
+            raise UnreadableDataError(f"{uri} cannot be read as parquet: {err}") from err
+
+    @staticmethod
+    def _read_csv(uri: str, storage: Storage) -> pa.Table:
+        data = storage.read_bytes(uri)
+        compression = "gzip" if uri.lower().endswith(".gz") else None
+        try:
+            frame = pd.read_csv(io.BytesIO(data), compression=compression)
+        except pd.errors.EmptyDataError as err:
+            raise UnreadableDataError(f"{uri} has no columns (empty csv).") from err
+        except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+            raise UnreadableDataError(f"{uri} cannot be read as csv: {err}") from err
+        # A column without a single value has no type in CSV (pandas says float64): mark it
+        # null so it is reported as "all values missing", not as a type change.
+        empty = [c for c in frame.columns if frame[c].isna().all()]
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        for name in empty:
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, pa.field(name, pa.null()), pa.nulls(len(table)))
+        return table
+
+    def kinds(self) -> dict[str, Kind]:
+        """Column name -> kind, in file order."""
+        return {f.name: arrow_kind(f.type) for f in self.schema}
+
+    def iter_column(self, column: str) -> Iterator[pa.Array]:
+        """One column, one row group at a time (CSV: one in-memory chunk at a time).
+
+        Column by column rather than row batches: a file written as a single row group of
+        millions of rows would otherwise be decoded whole, all columns at once.
+        """
+        if self._parquet is not None:
+            for index in range(self._parquet.metadata.num_row_groups):
+                chunked = self._parquet.read_row_group(index, columns=[column]).column(0)
+                yield from chunked.chunks
+        else:
+            assert self._table is not None
+            yield from self._table.column(column).chunks
+
+    def read_column(self, column: str) -> pa.ChunkedArray:
+        if self._parquet is not None:
+            return self._parquet.read(columns=[column]).column(0)
+        assert self._table is not None
+        return self._table.column(column)
+
+
+# -- schema check ---------------------------------------------------------------------------
+
+
+def check_schema(
+    reference: Mapping[str, str],
+    current: Mapping[str, str],
+    columns: Sequence[str] | None = None,
+) -> list[str]:
+    """Return the columns to test, or raise :class:`SchemaDriftError` naming every problem.
+
+    ``reference`` / ``current`` map column name -> kind (see :func:`arrow_kind`). Kinds
+    are compared by family: ``int`` and ``float`` are both numeric (a column of integers
+    read with a missing value becomes float), everything else must match exactly. A column
+    without a single value on one side has no type there (``null``) and matches anything:
+    it is reported as drifted later, not as a schema change.
+    With ``columns=None`` both sides must have exactly the same column set.
+    """
+    problems: list[str] = []
+    if columns is None:
+        only_ref = [c for c in reference if c not in current]
+        only_cur = [c for c in current if c not in reference]
+        if only_ref:
+            problems.append(f"missing from current: {only_ref}")
+        if only_cur:
+            problems.append(f"missing from reference: {only_cur}")
+        selected = [c for c in reference if c in current]
+    else:
+        missing_ref = [c for c in columns if c not in reference]
+        missing_cur = [c for c in columns if c not in current]
+        if missing_ref:
+            problems.append(f"missing from reference: {missing_ref}")
+        if missing_cur:
+            problems.append(f"missing from current: {missing_cur}")
+        selected = [c for c in columns if c in reference and c in current]
+    changed = [
+        f"{c!r} ({reference[c]} -> {current[c]})"
+        for c in selected
+        if "null" not in (reference[c], current[c])
+        and KIND_FAMILY[reference[c]] != KIND_FAMILY[current[c]]
+    ]
+    if changed:
+        problems.append("type changed: " + ", ".join(changed))
+    if problems:
+        raise SchemaDriftError(
+            "Schema drift between reference and current data; " + "; ".join(problems) + "."
+        )
+    return selected
+
+
+# -- sampling and the full-data profile -----------------------------------------------------
+
+
+@dataclass
+class ColumnProfile:
+    """Full-data facts about one column on one side, gathered while streaming."""
+
+    rows: int = 0
+    non_missing: int = 0
+    distinct: set[Any] = field(default_factory=set)
+    many_values: bool = False  # more than DISTINCT_CAP distinct values seen
+
+    def update(self, array: pa.Array) -> None:
+        self.rows += len(array)
+        if pa.types.is_floating(array.type):
+            # Evidently drops NaN and +/-inf as well as nulls before testing.
+            finite = pc.is_finite(array)
+            self.non_missing += int(pc.sum(finite).as_py() or 0)
+            if not self.many_values:
+                self._add_distinct(pc.filter(array, finite))
+        else:
+            self.non_missing += len(array) - array.null_count
+            if not self.many_values:
+                self._add_distinct(array.drop_null())
+
+    def _add_distinct(self, values: pa.Array) -> None:
+        # A high-cardinality column shows itself in its first values: hashing a prefix
+        # avoids building a hash table of a million distinct floats just to learn that.
+        prefix = pc.unique(values.slice(0, 1_000))
+        if len(prefix) > DISTINCT_CAP:
+            self.many_values = True
+            self.distinct = set()
+            return
+        unique = pc.unique(values)
+        if len(unique) <= DISTINCT_CAP:
+            self.distinct |= set(unique.to_pylist())
+        if len(unique) > DISTINCT_CAP or len(self.distinct) > DISTINCT_CAP:
+            self.many_values = True
+            self.distinct = set()
+
+
+@dataclass
+class SideSample:
+    """The rows Evidently sees for one side, and how they were chosen."""
+
+    frame: pd.DataFrame
+    rows: int
+    sampled_rows: int
+    method: str  # "all rows" | "uniform" | "stratified"
+    profiles: dict[str, ColumnProfile]
+    strata: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "sampled_rows": self.sampled_rows,
+            "sampled": self.sampled_rows < self.rows,
+            "method": self.method,
+            "strata": self.strata,
+        }
+
+
+def choose_rows(
+    total: int, policy: SamplingPolicy, side: Side, strata_codes: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Sorted row positions to keep, or ``None`` for "all rows" (``total`` within the cap).
+
+    Uniform: a simple random sample without replacement. Stratified: proportional
+    allocation with largest-remainder rounding (each stratum keeps its exact share up to
+    one row), then a simple random sample inside each stratum. Seeded per side so
+    reference and current draws are independent but reproducible.
+    """
+    cap = policy.max_rows_per_side
+    if total <= cap:
+        return None
+    rng = np.random.default_rng([policy.seed, _SIDE_SEED[side]])
+    if strata_codes is None:
+        return np.sort(rng.choice(total, size=cap, replace=False))
+    counts = np.bincount(strata_codes)
+    quotas = cap * counts / total
+    allocation = np.floor(quotas).astype(np.int64)
+    shortfall = cap - int(allocation.sum())
+    if shortfall:
+        # Largest remainders first; ties broken by stratum order for determinism.
+        order = np.argsort(-(quotas - allocation), kind="stable")[:shortfall]
+        allocation[order] += 1
+    by_stratum = np.argsort(strata_codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    picked = [
+        rng.choice(by_stratum[bounds[i] : bounds[i + 1]], size=int(k), replace=False)
+        for i, k in enumerate(allocation)
+        if k > 0
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def _strata_codes(source: TableSource, column: str, side: Side) -> np.ndarray:
+    encoded = pc.dictionary_encode(source.read_column(column)).combine_chunks()
+    n_strata = len(encoded.dictionary) + (1 if encoded.null_count else 0)
+    if n_strata > MAX_STRATA:
+        raise ConfigError(
+            f"sampling.stratify_by={column!r} has {n_strata} distinct values in the {side} data; "
+            f"stratified sampling needs a low-cardinality column (at most {MAX_STRATA})."
+        )
+    # Nulls form their own stratum, coded after the real values.
+    return encoded.indices.fill_null(len(encoded.dictionary)).to_numpy().astype(np.int64)
+
+
+def sample_side(
+    source: TableSource,
+    columns: Sequence[str],
+    kinds: Mapping[str, str],
+    policy: SamplingPolicy,
+    side: Side,
+) -> SideSample:
+    """Stream ``columns`` of ``source`` once: profile every row, keep the sampled ones.
+
+    Column by column, chunk by chunk: memory holds one decoded chunk of one column plus
+    the sample, whatever the size of the input.
+    """
+    total = source.num_rows
+    strata_codes = None
+    if policy.stratify_by is not None and total > policy.max_rows_per_side:
+        strata_codes = _strata_codes(source, policy.stratify_by, side)
+    keep = choose_rows(total, policy, side, strata_codes)
+    profiles = {c: ColumnProfile() for c in columns}
+    sampled: list[pa.ChunkedArray] = []
+    for name in columns:
+        pieces: list[pa.Array] = []
+        offset = 0
+        for chunk in source.iter_column(name):
+            profiles[name].update(chunk)
+            if keep is None:
+                pieces.append(chunk)
+            else:
+                lo, hi = np.searchsorted(keep, [offset, offset + len(chunk)])
+                if hi > lo:
+                    pieces.append(chunk.take(pa.array(keep[lo:hi] - offset)))
+            offset += len(chunk)
+        sampled.append(pa.chunked_array(pieces, type=source.schema.field(name).type))
+    schema = pa.schema([source.schema.field(c) for c in columns])
+    frame = pa.Table.from_arrays(sampled, schema=schema).to_pandas()
+    method = (
+        "all rows" if keep is None else ("stratified" if strata_codes is not None else "uniform")
+    )
+    return SideSample(
+        frame=frame,
+        rows=total,
+        sampled_rows=len(frame),
+        method=method,
+        profiles=profiles,
+        strata=int(np.count_nonzero(np.bincount(strata_codes)))
+        if strata_codes is not None
+        else None,
+    )
