@@ -14,7 +14,6 @@ overwrites it and readers never see a half-written file.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import tempfile
@@ -44,6 +43,7 @@ from airflow_mlops.core.storage import (
     is_s3_uri,
     local_path,
     sha256_bytes,
+    sha256_file,
     table_format,
 )
 
@@ -55,7 +55,6 @@ DEFAULT_CHUNK_ROWS = 50_000
 PREDICTION_COLUMN = "prediction"
 MODEL_NAME_COLUMN = "model_name"
 MODEL_VERSION_COLUMN = "model_version"
-_HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -197,14 +196,6 @@ class _Source:
     sha256: str
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def open_chunks(storage: Storage, uri: str, chunk_rows: int, stack: ExitStack) -> _Source:
     """Open ``uri`` (parquet or CSV, local or S3) and iterate it ``chunk_rows`` rows at a time."""
     fmt = table_format(uri)
@@ -218,7 +209,7 @@ def open_chunks(storage: Storage, uri: str, chunk_rows: int, stack: ExitStack) -
         path = local_path(uri)
         if not path.is_file():
             raise DataNotFoundError(f"No file at {uri}.")
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the stack
     try:
         if fmt == "parquet":
@@ -401,7 +392,7 @@ def score_dataset(
             writer.close()
         if rows == 0:
             raise DataError(f"{input_uri} has no rows to score.")
-        output_sha256 = _sha256_file(tmp_path)
+        output_sha256 = sha256_file(tmp_path)
         _publish(storage, tmp_path, output_uri, local_output)
     return PredictionResult(
         output_uri=output_uri,

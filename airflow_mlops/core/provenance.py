@@ -42,6 +42,7 @@ from airflow_mlops.core.lineage import (
     TAG_STAGE,
 )
 from airflow_mlops.core.model_uri import ModelUri, parse_model_uri
+from airflow_mlops.core.storage import sha256_file
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -54,7 +55,6 @@ SIGNATURE_SCHEME = "hmac-sha256:v1"
 # MLflow writes this file into the download of a registered version (name and version, YAML);
 # it is not part of what was logged, and nothing unpickles it.
 _DOWNLOAD_ONLY_FILES = frozenset({"registered_model_meta"})
-_HASH_BLOCK = 1 << 20
 _OPT_IN_HINT = (
     "Only models this provider trained load; set trust_unsigned_models=True on the task to "
     "load it anyway (see docs/security.md)"
@@ -103,18 +103,10 @@ def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
             raise UntrustedModelError(f"model folder {root} holds a symlink {relative!r}")
         if not path.is_file() or relative in _DOWNLOAD_ONLY_FILES:
             continue
-        lines.append(f"{relative}\0{_sha256_file(path)}\n")
+        lines.append(f"{relative}\0{sha256_file(path)}\n")
     if not lines:
         raise UntrustedModelError(f"model folder {root} holds no files")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def signature_for(key: bytes, digest: str) -> str:

@@ -35,6 +35,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike[str], block_bytes: int = 1 << 20) -> str:
+    """The sha256 of a local file, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def is_s3_uri(uri: str) -> bool:
     return uri.startswith("s3://")
 
