@@ -21,6 +21,7 @@ from typing import Any
 from _common import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "deploy"))  # tests/_servers imports devkit
 import conftest
 
 WORKDIR: Path = conftest._SESSION_DIR

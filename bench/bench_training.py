@@ -36,6 +36,7 @@ for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_
     del os.environ[_var]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # for _servers
 from _common import pinned_requirements  # noqa: E402
 from _servers import start_mlflow_server  # noqa: E402
 

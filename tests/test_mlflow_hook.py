@@ -88,6 +88,25 @@ def test_session_logs_to_server_and_restores_environment(mlflow_conn, mlflow_ser
     assert mlflow.get_tracking_uri() == before_uri
 
 
+def test_get_or_create_experiment_refuses_a_deleted_experiment(mlflow_conn, mlflow_server):
+    """The hook (the training operator's path) names the deleted experiment instead of
+    returning its id, which would log runs into the trash; the core copy is the one copy."""
+    from airflow_mlops.core.errors import DeletedExperimentError
+    from airflow_mlops.core.mlflow_client import get_or_create_experiment
+
+    hook = MlflowHook(mlflow_conn_id=mlflow_conn)
+    name = f"hook-deleted-{uuid.uuid4().hex[:8]}"
+    with hook.session() as client:
+        experiment_id = hook.get_or_create_experiment(name)
+        client.delete_experiment(experiment_id)
+        with pytest.raises(DeletedExperimentError, match="restore it or choose another name"):
+            hook.get_or_create_experiment(name)
+        with pytest.raises(DeletedExperimentError, match=name):
+            get_or_create_experiment(client, name)
+        client.restore_experiment(experiment_id)
+        assert hook.get_or_create_experiment(name) == experiment_id
+
+
 def test_basic_auth_correct_and_wrong_password(mlflow_auth_server, monkeypatch):
     uri, password = mlflow_auth_server
     monkeypatch.setenv(

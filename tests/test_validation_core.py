@@ -373,8 +373,8 @@ def test_json_safe_handles_numpy_pandas_and_non_finite_numbers():
     assert json.loads(json.dumps(safe, allow_nan=False)) == {
         "1": 3,
         "f": 1.5,
-        "nan": "nan",
-        "inf": "inf",
+        "nan": None,  # strict JSON: one NaN rule for XCom and artifacts (core.jsonsafe)
+        "inf": None,
         "ts": "2024-01-02T03:04:05+00:00",
         "na": None,
         "arr": [1, 2],

@@ -77,3 +77,7 @@ class EstimatorNotAllowedError(ConfigError):
 
 class DataUriNotAllowedError(ConfigError):
     """A data URI (often a trigger parameter) is outside the pipeline's allowed data prefixes."""
+
+
+class DeletedExperimentError(ConfigError):
+    """The experiment name belongs to a deleted MLflow experiment (names are never reused)."""

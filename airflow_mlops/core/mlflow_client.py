@@ -348,3 +348,32 @@ class _CredentialedArtifacts:
         ):
             return []
         return sorted(infos, key=lambda info: info.path)
+
+
+def get_or_create_experiment(
+    client: MlflowClient, name: str, *, artifact_location: str | None = None
+) -> str:
+    """Experiment id for ``name``, created when missing (safe if two tasks race).
+
+    The one copy: :meth:`MlflowHook.get_or_create_experiment` delegates here. A deleted
+    experiment is refused with :class:`DeletedExperimentError` rather than logged into.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from airflow_mlops.core.errors import DeletedExperimentError
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise DeletedExperimentError(
+                f"experiment_name {name!r} names a deleted MLflow experiment: restore it or "
+                "choose another name"
+            )
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id

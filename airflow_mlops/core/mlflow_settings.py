@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow_mlops.core.errors import ConfigError, MlflowCallError, MlflowConnectionError
+from airflow_mlops.core.values import parse_bool
 
 EMBEDDED_DIR_NAME = "mlflow"
 DEFAULT_TIMEOUT_S = 30
@@ -171,16 +172,6 @@ def embedded_settings(airflow_home: str | None = None) -> MlflowSettings:
     )
 
 
-def _as_bool(value: Any, field_name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "false", "0", "no"}:
-        return value.strip().lower() in {"true", "1", "yes"}
-    raise ConfigError(
-        f"MLflow connection extra {field_name!r} must be true or false, got {value!r}."
-    )
-
-
 def _as_positive_int(value: Any, field_name: str) -> int:
     try:
         number = int(value)
@@ -254,7 +245,9 @@ def settings_from_connection(
         password=password or uri_password or None,
         token=extra.get("token") or None,
         s3_endpoint_url=extra.get("s3_endpoint_url") or None,
-        verify_tls=_as_bool(extra.get("verify_tls", True), "verify_tls"),
+        verify_tls=parse_bool(
+            extra.get("verify_tls", True), "MLflow connection extra 'verify_tls'"
+        ),
         timeout_s=_as_positive_int(extra.get("timeout", DEFAULT_TIMEOUT_S), "timeout"),
         max_retries=_as_positive_int(extra.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries"),
         artifact_root=extra.get("artifact_root") or None,

@@ -31,7 +31,6 @@ Boundaries are inclusive up to ``float_tolerance`` (1e-9 by default) so that a t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.jsonsafe import json_safe, parse_json_mapping
 
 RECORD_SCHEMA_VERSION = 1
 
@@ -198,15 +198,9 @@ def parse_policy(policy: PromotionPolicy | Mapping[str, Any] | str) -> Promotion
     """Build a policy from a model, a mapping or a JSON string; errors name the field."""
     if isinstance(policy, PromotionPolicy):
         return policy
-    if isinstance(policy, str):
-        try:
-            policy = json.loads(policy)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"policy is not valid JSON: {err}") from err
-    if not isinstance(policy, Mapping):
-        raise ConfigError(f"policy must be a mapping, got {type(policy).__name__}")
+    fields = parse_json_mapping(policy, "policy")
     try:
-        return PromotionPolicy.model_validate(dict(policy))
+        return PromotionPolicy.model_validate(fields)
     except ValidationError as err:
         problems = "; ".join(
             f"policy.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
@@ -280,7 +274,7 @@ class Decision:
             "policy": self.policy,
         }
         if self.slice_metrics is not None:
-            record["slice_metrics"] = _json_safe(self.slice_metrics)
+            record["slice_metrics"] = json_safe(self.slice_metrics)
         return record
 
 
@@ -569,20 +563,3 @@ def _json_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only: NaN/inf become None, numpy scalars become Python numbers."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return obj
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar, without importing numpy
-        obj = obj.item()
-        if isinstance(obj, int | bool):
-            return obj
-    return _json_number(obj)

@@ -113,11 +113,20 @@ def resolve_model_version(
             "registry version to record with the predictions; register it and use "
             "'models:/<name>@<alias>' or 'models:/<name>/<version>'."
         )
+    from airflow_mlops.core.registry import current_alias_version
+
     try:
-        if parsed.alias is not None:
-            version: ModelVersion = client.get_model_version_by_alias(parsed.name, parsed.alias)
-        else:
-            version = client.get_model_version(parsed.name, str(parsed.version))
+        number = (
+            str(parsed.version)
+            if parsed.alias is None
+            else current_alias_version(client, parsed.name, parsed.alias)
+        )
+        if number is None:  # the model or its alias is missing: nothing else is swallowed
+            raise ModelUriError(
+                f"Model URI {parsed.uri!r} resolves to nothing: registered model "
+                f"{parsed.name!r} has no alias {parsed.alias!r}."
+            )
+        version: ModelVersion = client.get_model_version(parsed.name, number)
     except MlflowException as err:
         if getattr(err, "error_code", None) in {
             "RESOURCE_DOES_NOT_EXIST",

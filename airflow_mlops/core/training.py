@@ -66,6 +66,7 @@ from airflow_mlops.core.errors import (
     EstimatorNotAllowedError,
     MlopsError,
 )
+from airflow_mlops.core.jsonsafe import json_safe
 from airflow_mlops.core.lineage import (
     HOLDOUT_METRIC_PREFIX,
     MODEL_ARTIFACT_NAME,
@@ -99,6 +100,7 @@ from airflow_mlops.core.lineage import (
     detect_git_commit,
 )
 from airflow_mlops.core.metrics import compute_metrics, infer_task, predict_for_metrics
+from airflow_mlops.core.mlflow_client import get_or_create_experiment
 from airflow_mlops.core.storage import Storage, join_uri
 from airflow_mlops.core.training_config import (
     DEFAULT_ESTIMATORS,
@@ -411,27 +413,6 @@ def _raise_if_stopped(stop: Callable[[], bool]) -> None:
 
 
 # -- Idempotency ----------------------------------------------------------------------------
-def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """Experiment id for ``name``, created when missing (safe if two tasks race)."""
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise ConfigError(
-                f"experiment_name {name!r} names a deleted MLflow experiment: restore it or "
-                "choose another name"
-            )
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
 def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any]:
     """Training runs (any status) carrying the idempotency ``key``, newest first; one request."""
     return client.search_runs(
@@ -1421,19 +1402,3 @@ def _now_ms() -> int:
 def _run_name(config: TrainingJob, context: RunContext) -> str:
     base = config.model_name or config.target
     return f"train-{base}-{context.task_id}"[:250]
-
-
-# -- Small helpers --------------------------------------------------------------------------
-def json_safe(value: Any) -> Any:
-    """numpy scalars and arrays to plain Python, recursively; other objects to ``str``."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

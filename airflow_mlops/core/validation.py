@@ -18,11 +18,8 @@ Drafting a suite from reference data is :mod:`airflow_mlops.core.suite_inference
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -35,7 +32,6 @@ from typing import Any
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import great_expectations as gx
-import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -54,6 +50,7 @@ from great_expectations.expectations.expectation_configuration import (
 from great_expectations.expectations.registry import get_expectation_impl
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.jsonsafe import MAX_LIST_ITEMS, MAX_TEXT_CHARS, _truncate_text, json_safe
 
 __all__ = [
     "BUILTIN_COLUMN_NOT_ALL_NULL",
@@ -98,8 +95,6 @@ SUMMARY_SCHEMA_VERSION = 1
 #: Bounds that keep the XCom summary small whatever the data or the suite look like.
 MAX_FAILURES_IN_SUMMARY = 20
 MAX_SAMPLE_VALUES = 5
-MAX_TEXT_CHARS = 200
-MAX_LIST_ITEMS = 10
 SUMMARY_BUDGET_BYTES = 32_000
 
 #: Names of the two checks airflow_mlops adds to every suite (see :func:`builtin_failures`).
@@ -716,56 +711,6 @@ def _builtin_failure(
 # --------------------------------------------------------------------------------------
 # Summary and failure message
 # --------------------------------------------------------------------------------------
-def _truncate_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def json_safe(value: Any, *, bounded: bool = False, _depth: int = 0) -> Any:
-    """A JSON-serialisable copy of ``value`` (numpy, pandas, datetimes, NaN handled).
-
-    With ``bounded=True`` strings are cut to MAX_TEXT_CHARS, lists to MAX_LIST_ITEMS and
-    nesting to a few levels, so one huge value (a 10,000-item value set, a long text cell)
-    cannot blow up an XCom.
-    """
-    if bounded and _depth > 4:
-        return _truncate_text(str(value))
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)  # "nan", "inf": visible, valid JSON
-    if isinstance(value, str):
-        return _truncate_text(value) if bounded else value
-    if isinstance(value, np.generic):
-        return json_safe(value.item(), bounded=bounded, _depth=_depth)
-    if isinstance(value, dt.datetime | dt.date | dt.time | pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return json_safe(float(value), bounded=bounded, _depth=_depth)
-    if value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, Mapping):
-        items = list(value.items())
-        out = {
-            _truncate_text(str(k)) if bounded else str(k): json_safe(
-                v, bounded=bounded, _depth=_depth + 1
-            )
-            for k, v in (items[: MAX_LIST_ITEMS * 5] if bounded else items)
-        }
-        if bounded and len(items) > MAX_LIST_ITEMS * 5:
-            out["…"] = f"{len(items) - MAX_LIST_ITEMS * 5} more keys"
-        return out
-    if isinstance(value, list | tuple | set | frozenset | np.ndarray | pd.Index):
-        seq = list(value)
-        if bounded and len(seq) > MAX_LIST_ITEMS:
-            kept = [json_safe(v, bounded=True, _depth=_depth + 1) for v in seq[:MAX_LIST_ITEMS]]
-            return [*kept, f"… ({len(seq) - MAX_LIST_ITEMS} more)"]
-        return [json_safe(v, bounded=bounded, _depth=_depth + 1) for v in seq]
-    if isinstance(value, bytes):
-        return _truncate_text(repr(value))
-    text = str(value)
-    return _truncate_text(text) if bounded else text
-
-
 def _exception_messages(exception_info: Any) -> list[str]:
     """GX puts one ``exception_info`` per metric (keyed by metric id) or one flat dict."""
     if not isinstance(exception_info, Mapping):

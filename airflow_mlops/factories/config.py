@@ -24,6 +24,7 @@ from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import PromotionPolicy
 from airflow_mlops.core.training_config import TrainingConfig
+from airflow_mlops.core.values import TEMPLATE_MARKERS, is_templated
 from airflow_mlops.factories.templating import check_config_templates
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
@@ -256,7 +257,7 @@ class PipelineConfig(_Section):
 
 def _folder_of(uri: str) -> str:
     """The folder holding ``uri``, cut before any template (``.../{{ ds }}/x.parquet``)."""
-    for marker in ("{{", "{%", "{#"):
+    for marker in TEMPLATE_MARKERS:
         uri = uri.split(marker, 1)[0]
     if uri.startswith("s3://"):
         bucket, _, key = uri.removeprefix("s3://").partition("/")
@@ -288,7 +289,7 @@ def _resolve_local_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     def resolve(value: Any, where: str) -> Any:
         if isinstance(value, list) and where == "data.allowed_prefixes":
             return [resolve(item, where) for item in value]
-        if isinstance(value, str) and value and "://" not in value and "{{" not in value:
+        if isinstance(value, str) and value and "://" not in value and not is_templated(value):
             if "\x00" in value:
                 raise ConfigError(f"{where} contains a NUL character: {value!r}")
             path = Path(value)

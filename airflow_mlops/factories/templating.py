@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow_mlops.core.errors import TemplateNotAllowedError
+from airflow_mlops.core.values import is_templated
 
 #: Dotted config keys whose values Airflow renders at run time (date-partitioned data).
 TEMPLATED_KEYS = frozenset(
@@ -24,11 +25,10 @@ TEMPLATED_KEYS = frozenset(
 TEMPLATE_VARIABLES = frozenset(
     {"ds", "ds_nodash", "logical_date", "data_interval_start", "data_interval_end", "params"}
 )
-_MARKERS = ("{{", "{%", "{#")
 
 
 def has_template_markers(text: str) -> bool:
-    return any(marker in text for marker in _MARKERS)
+    return is_templated(text)
 
 
 def check_config_templates(raw: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.jsonsafe import parse_json_mapping
 from airflow_mlops.core.mlflow_settings import (
     MlflowSettings,
     embedded_settings,
@@ -157,24 +157,17 @@ class MlflowHook(BaseHook):
             raise clearer from (None if quotes_secret else err)
 
     def get_or_create_experiment(self, name: str) -> str:
-        """Experiment id for ``name``, creating it if needed (with this connection's client)."""
-        from mlflow.exceptions import MlflowException
+        """Experiment id for ``name``, creating it if needed (with this connection's client).
 
-        client = self.get_conn()
-        existing = client.get_experiment_by_name(name)
-        if existing is not None:
-            return existing.experiment_id
+        :func:`airflow_mlops.core.mlflow_client.get_or_create_experiment` with the connection's
+        artifact root; a deleted experiment raises ``DeletedExperimentError``.
+        """
+        from airflow_mlops.core.mlflow_client import get_or_create_experiment
+
         artifact_location = None
         if self.settings.artifact_root:
             artifact_location = f"{self.settings.artifact_root.rstrip('/')}/{_safe_dir(name)}"
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:
-            # Another task created it between our read and our create.
-            existing = client.get_experiment_by_name(name)
-            if existing is None:
-                raise
-            return existing.experiment_id
+        return get_or_create_experiment(self.get_conn(), name, artifact_location=artifact_location)
 
     def test_connection(self) -> tuple[bool, str]:
         """Answer the Test button of the connection form."""
@@ -192,15 +185,9 @@ class MlflowHook(BaseHook):
 def _extra_dict(extra: Any, conn_id: str) -> dict[str, Any]:
     if not extra:
         return {}
-    if isinstance(extra, dict):
-        return extra
-    try:
-        parsed = json.loads(extra)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"Extra of connection {conn_id!r} is not valid JSON: {err}") from err
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"Extra of connection {conn_id!r} must be a JSON object.")
-    return parsed
+    return parse_json_mapping(
+        extra, f"Extra of connection {conn_id!r}", not_mapping="{field} must be a JSON object."
+    )
 
 
 def _safe_dir(name: str) -> str:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 from airflow_mlops.core.errors import ConfigError, DataUriNotAllowedError
+from airflow_mlops.core.jsonsafe import parse_json_mapping
 from airflow_mlops.core.lineage import RunContext
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID, MlflowHook
 from airflow_mlops.hooks.storage import StorageHook
@@ -155,14 +155,12 @@ def dag_artifacts_folder(dag_id: str | None) -> str:
 
 def as_mapping(value: Any, field: str) -> dict[str, Any]:
     """A rendered XCom/param that must be a mapping (JSON text is accepted too)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{field} must be a mapping or JSON object text: {err}") from err
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{field} must be a mapping, got {type(value).__name__}: {value!r}")
-    return dict(value)
+    return parse_json_mapping(
+        value,
+        field,
+        bad_json="{field} must be a mapping or JSON object text: {error}",
+        not_mapping="{field} must be a mapping, got {type}: {value}",
+    )
 
 
 def path_safe(value: str) -> str:

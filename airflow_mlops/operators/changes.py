@@ -63,18 +63,15 @@ class DetectChangesOperator(MlopsBaseOperator):
         return result
 
     def _champion_run_tags(self) -> tuple[dict[str, str] | None, str | None]:
-        from mlflow.exceptions import MlflowException
+        from airflow_mlops.core.registry import resolve_champion
 
         with self.mlflow_hook.session() as client:
-            try:
-                version = client.get_model_version_by_alias(self.model_name, "champion")
-            except MlflowException as err:
-                if err.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                    return None, None
-                raise
-            if not version.run_id:
-                return {}, str(version.version)
-            return dict(client.get_run(version.run_id).data.tags), str(version.version)
+            champion = resolve_champion(client, self.model_name)
+            if champion is None:
+                return None, None
+            if not champion.run_id:
+                return {}, champion.version
+            return dict(client.get_run(champion.run_id).data.tags), champion.version
 
 
 def _dag_folder(context: Context) -> str | None:

@@ -7,23 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.policy import PromotionPolicy, default_policy, parse_policy
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def is_template(value: Any) -> bool:
-    """True when ``value`` (or anything nested in it) still holds Jinja to render."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(is_template(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(is_template(v) for v in value)
-    return False
 
 
 def as_slices(value: Any) -> dict[str, list[Any]] | None:
@@ -94,7 +84,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         super().__init__(**kwargs)
         if isinstance(policy, PromotionPolicy):
             policy = policy.model_dump(mode="json")
-        elif policy is not None and not is_template(policy):
+        elif policy is not None and not is_templated(policy):
             parse_policy(policy)  # a broken policy fails when the DAG is parsed, not at run time
         self.training_result = training_result
         self.policy = policy

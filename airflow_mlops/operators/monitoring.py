@@ -23,6 +23,7 @@ from airflow.sdk import AssetAlias
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError, EmptyBatchError
 from airflow_mlops.core.retrain_signal import DEFAULT_DEBOUNCE_SECONDS, ON_TRIGGER_POLICIES
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
@@ -53,15 +54,11 @@ def _path_safe(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", value)
 
 
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
 def _check_choice(
     value: Any, choices: Sequence[str], field: str, *, rendered: bool = False
 ) -> None:
     """Catch a typo at parse time; templated values are checked after rendering."""
-    if (rendered or not _is_template(value)) and value not in choices:
+    if (rendered or not is_templated(value)) and value not in choices:
         raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
 
 
@@ -140,7 +137,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
     ) -> None:
         if not isinstance(model_name, str) or not model_name.strip():
             raise ConfigError(f"model_name must be a non-empty string, got {model_name!r}")
-        if _is_template(model_name):
+        if is_templated(model_name):
             raise ConfigError(
                 "model_name cannot be a template: it names the retrain Asset, which Airflow "
                 f"needs at DAG-parse time (got {model_name!r})"
@@ -170,7 +167,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         policy = self.trigger_policy
         _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field)
         _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
-        if not _is_template(policy):
+        if not is_templated(policy):
             self.validate_policy_fields(policy, self.policy_field)
 
     def checked_policies(self) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.model_uri import model_uri_for, validate_model_uri
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator
@@ -15,15 +16,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DEFAULT_CHUNK_ROWS = 50_000  # same default as airflow_mlops.core.prediction (not imported: heavy)
-
-
-def _is_template(value: Any) -> bool:
-    """True when the value is only known at run time: Jinja, or a mapped/XCom argument."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    # XComArg, or MappedArgument inside a mapped task group (Airflow's ResolveMixin): resolved
-    # when the task runs, and validated then by execute(). Any other literal is checked now.
-    return hasattr(value, "resolve") and hasattr(value, "iter_references")
 
 
 class BatchPredictionOperator(MlopsBaseOperator):
@@ -98,7 +90,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
                 f"{self.task_id}: give exactly one of model_name (with alias) or model_uri."
             )
         # Refuse an unsafe literal URI when the DAG is parsed, not hours later at run time.
-        if not any(_is_template(v) for v in (model_name, alias, model_uri)):
+        if not any(is_templated(v) for v in (model_name, alias, model_uri)):
             self._requested_model_uri()
 
     def _requested_model_uri(self) -> str:

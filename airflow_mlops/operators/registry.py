@@ -17,6 +17,7 @@ from airflow.sdk import AssetAlias
 from airflow_mlops.core.approval import APPROVAL_XCOM_KEY
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.promotion import CHAMPION_CHANGED_ACTIONS, PROMOTION_ARTIFACT
+from airflow_mlops.core.values import is_templated, parse_bool
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
@@ -253,7 +254,7 @@ class PromoteModelOperator(MlopsBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**_with_champion_alias_outlet(kwargs))
-        if on_champion_changed not in CHAMPION_CHANGED_ACTIONS and "{{" not in str(
+        if on_champion_changed not in CHAMPION_CHANGED_ACTIONS and not is_templated(
             on_champion_changed
         ):
             raise ConfigError(
@@ -474,7 +475,7 @@ def _pinned_model_name(model_name: Any, task_id: Any) -> str:
     """The rollback's model, fixed in the DAG file: refuse empty or templated names."""
     if not isinstance(model_name, str) or not model_name.strip():
         raise ConfigError(f"{task_id}: model_name is required, got {model_name!r}")
-    if "{{" in model_name or "{%" in model_name:
+    if is_templated(model_name):
         raise ConfigError(
             f"{task_id}: model_name {model_name!r} is templated; a rollback DAG must pin its "
             "model (a trigger param would let any user with trigger rights move another "
@@ -487,14 +488,8 @@ def _serving_options(operator: Any) -> ServingCheckOptions | None:
     """The serving check an operator's ``serving_*`` parameters ask for (None: skipped)."""
     from airflow_mlops.core.promotion import ServingCheckOptions
 
-    if not _truthy(operator.serving_check):
+    if not parse_bool(operator.serving_check, f"{operator.task_id}: serving_check"):
         return None
     return ServingCheckOptions(
         rows=int(operator.serving_sample_rows), timeout_s=float(operator.serving_timeout)
     )
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in {"false", "0", "no", "off", ""}
-    return bool(value)

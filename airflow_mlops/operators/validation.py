@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlops.core.errors import ConfigError, DataNotFoundError, DataValidationFailed
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
@@ -213,5 +214,9 @@ class DataValidationOperator(MlopsBaseOperator):
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], field: str, normalise: Any) -> None:
-    if isinstance(value, str) and "{{" not in value and normalise(value.strip()) not in choices:
+    if (
+        isinstance(value, str)
+        and not is_templated(value)
+        and normalise(value.strip()) not in choices
+    ):
         raise ConfigError(f"{field}={value!r} is not one of {', '.join(choices)}.")

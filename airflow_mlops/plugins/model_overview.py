@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT
 from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_MODEL_NAME, TAG_STAGE
 from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
+from airflow_mlops.core.values import parse_bool
 from airflow_mlops.links.urls import mlflow_page_url
 
 if TYPE_CHECKING:
@@ -165,14 +166,8 @@ def key_metrics(metrics: Mapping[str, float], limit: int = MAX_KEY_METRICS) -> d
 
 
 def _as_bool(value: Any) -> bool | None:
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    return None
+    """A verdict tag as pass/fail, or None (no colour) for an unknown or missing tag."""
+    return parse_bool(value, "tag", default=None, true_words=_TRUE, false_words=_FALSE)
 
 
 def verdict_from_tags(kind: str, tags: Mapping[str, str]) -> Verdict | None:

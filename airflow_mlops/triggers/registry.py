@@ -103,15 +103,15 @@ def alias_state(
         "alias": alias,
         "previous_version": previous,
     }
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except Exception as err:
-        if _is_not_found(err):
-            return {**base, "state": "missing", "version": None}
-        raise
-    version = str(mv.version)
+    from airflow_mlops.core.registry import current_alias_version
+
+    # Missing model or alias -> None; any other registry error (server down) is raised.
+    version = current_alias_version(client, model_name, alias)
+    if version is None:
+        return {**base, "state": "missing", "version": None}
     if version == previous:
         return {**base, "state": "unchanged", "version": version}
+    mv = client.get_model_version(model_name, version)
     return {
         **base,
         "state": "changed",

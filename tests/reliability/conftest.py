@@ -39,17 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devkit import free_port
 
 BIN = Path(sys.executable).parent
 # Short enough that an outage fails a task in seconds, long enough for a loaded CI machine.
 MLFLOW_TIMEOUT_S = 10
 MLFLOW_MAX_RETRIES = 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -65,7 +60,7 @@ class RestartableServer:
     command: Callable[[int], list[str]]
     env: dict[str, str]
     health_path: str
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     starts: int = 0
     stops: int = 0
