@@ -27,9 +27,7 @@ import contextlib
 import io
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -173,60 +171,24 @@ def cold_overview(tracking_uri: str, models: int) -> tuple[CountingClient, float
 # -- the real API server --------------------------------------------------------------------
 
 
-def start_api_server(tracking_uri: str, cache_seconds: str, models: int) -> tuple[Any, str]:
+def start_api_server(tracking_uri: str, cache_seconds: str, models: int) -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _servers import free_port
+    from _servers import start_api_server as start
 
-    workdir = WORKDIR / f"api-server-{uuid.uuid4().hex[:6]}"
-    workdir.mkdir(parents=True)
-    passwords = workdir / "passwords.json"
-    passwords.write_text(json.dumps({"admin": ADMIN_PASSWORD}))
-    port = free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "bench-" + uuid.uuid4().hex,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__MLOPS__PAGE_CACHE_SECONDS": cache_seconds,
-        "AIRFLOW__MLOPS__PAGE_MAX_MODELS": str(models),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    log = open(workdir / "api-server.log", "wb")  # noqa: SIM115 - owned by the child
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    server = start(
+        WORKDIR / f"api-server-{uuid.uuid4().hex[:6]}",
+        ADMIN_PASSWORD,
+        {
+            "AIRFLOW__MLOPS__PAGE_CACHE_SECONDS": cache_seconds,
+            "AIRFLOW__MLOPS__PAGE_MAX_MODELS": str(models),
+        },
     )
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"api-server exited; see {workdir / 'api-server.log'}")
-        try:
-            if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise TimeoutError(f"api-server not healthy; see {workdir / 'api-server.log'}")
-
-
-def stop(process: Any) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+    try:
+        server.wait_ready(timeout_s=120)
+    except Exception:
+        server.stop()
+        raise
+    return server
 
 
 def timings(url: str, requests: int, concurrency: int) -> tuple[list[float], dict[int, int]]:
@@ -262,7 +224,8 @@ def percentile(values: list[float], q: float) -> float:
 def measure(tracking_uri: str, models: int, cache: str, runs: list[tuple[str, int, int]]) -> list:
     """Start one api-server with ``[mlops] page_cache_seconds=cache``; time each of ``runs``
     (label, requests, concurrent clients) against it."""
-    process, url = start_api_server(tracking_uri, cache, models)
+    server = start_api_server(tracking_uri, cache, models)
+    url = server.url
     results = []
     try:
         for label, n, conc in runs:
@@ -281,7 +244,7 @@ def measure(tracking_uri: str, models: int, cache: str, runs: list[tuple[str, in
                 }
             )
     finally:
-        stop(process)
+        server.stop()
     return results
 
 

@@ -120,3 +120,30 @@ def start_moto_server(workdir: Path) -> ServerProcess:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     cmd = [moto, "-H", "127.0.0.1", "-p", str(port)]
     return _spawn("moto", cmd, workdir, env, f"http://127.0.0.1:{port}", "/moto-api/")
+
+
+def start_api_server(workdir: Path, admin_password: str, env: dict[str, str]) -> ServerProcess:
+    """``airflow api-server`` (one worker) with the simple auth manager's ``admin`` user and
+    the MLOps page loaded; ``env`` adds or overrides settings. Call ``wait_ready()`` next."""
+    import json
+    import uuid
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    passwords = workdir / "passwords.json"
+    passwords.write_text(json.dumps({"admin": admin_password}))
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        # The page is declared in the provider info: loaded only without lazy discovery.
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "api-server-" + uuid.uuid4().hex,
+        "AIRFLOW__API__WORKERS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **env,
+    }
+    cmd = [str(BIN / "airflow"), "api-server", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    return _spawn("api-server", cmd, workdir, full_env, url, "/api/v2/monitor/health")

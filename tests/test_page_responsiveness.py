@@ -14,18 +14,14 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _servers import free_port
+from _servers import start_api_server
 
 from airflow_mlops.plugins import mlflow_calls
 from airflow_mlops.plugins.mlflow_calls import MlflowBusy, MlflowTimeout
@@ -225,66 +221,19 @@ def api_server(
     silent_server: str, tmp_path_factory: pytest.TempPathFactory, airflow_home: Path
 ) -> Iterator[str]:
     """``airflow api-server`` (one worker) with the page, reading a silent MLflow."""
-    workdir = tmp_path_factory.mktemp("api-server")
-    passwords = workdir / "passwords.json"
-    passwords.write_text(json.dumps({"admin": ADMIN_PASSWORD}))
-    port = free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        # The page is declared in the provider info: loaded only without lazy discovery.
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "responsiveness-" + uuid.uuid4().hex,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__MLOPS__PAGE_MLFLOW_TIMEOUT": str(PAGE_TIMEOUT_S),
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": silent_connection(silent_server),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    log_path = workdir / "api-server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the server forks: stop the whole group
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = start_api_server(
+        tmp_path_factory.mktemp("api-server"),
+        ADMIN_PASSWORD,
+        {
+            "AIRFLOW__MLOPS__PAGE_MLFLOW_TIMEOUT": str(PAGE_TIMEOUT_S),
+            "AIRFLOW_CONN_MLFLOW_DEFAULT": silent_connection(silent_server),
+        },
+    )
     try:
-        _wait_healthy(url, process, log_path, timeout_s=60)
-        yield url
+        server.wait_ready(timeout_s=60)
+        yield server.url
     finally:
-        _stop_group(process)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"api-server exited: {log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"api-server not healthy: {log_path.read_text(errors='replace')[-3000:]}")
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+        server.stop()
 
 
 def _timed_get(
