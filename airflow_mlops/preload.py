@@ -3,8 +3,8 @@
 Under a real scheduler every task instance is its own process. On Linux, Airflow 3.3's task
 supervisor starts it with ``os.fork()`` from the executor's worker process, so a module the
 worker imported *before* it forks is inherited by every task for free, and anything else is
-imported again by every task (2-6 s for pandas + MLflow + scikit-learn, Great Expectations
-or Evidently on a 2-core machine). This module lists what each operator family imports and
+imported again by every task (pandas, MLflow, scikit-learn, Great Expectations or
+Evidently: seconds each). This module lists what each operator family imports and
 imports it in the worker's parent, where Airflow allows it:
 
 - **LocalExecutor**, from ``airflow_local_settings.py`` (imported by every Airflow process at
@@ -39,6 +39,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from airflow_mlops.core.errors import ConfigError, MlopsError
+
+__all__ = [
+    "DEFAULT_FAMILIES",
+    "FAMILIES",
+    "SCHEDULER_COMMAND",
+    "PreloadError",
+    "PreloadReport",
+    "airflow_command",
+    "celery_extra_config",
+    "forkserver_preload_option",
+    "modules_for",
+    "preload_in_scheduler",
+    "preload_task_libraries",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +90,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "airflow_mlops.core.evaluation",
     ),
     # RegisterModelOperator, PromoteModelOperator, RollbackModelOperator, the sensors
-    "registry": ("mlflow", "airflow_mlops.core.registry", "airflow_mlops.core.serving"),
+    "registry": ("mlflow", "airflow_mlops.core.alias_moves", "airflow_mlops.core.serving"),
     # DriftReportOperator
     "drift": (
         "pandas",

@@ -50,7 +50,8 @@ def make_pair(rows: int, columns: int, folder: Path) -> tuple[Path, Path]:
 
 
 def time_validation(frame, columns: list[str]) -> float:
-    from airflow_mlops.core.validation import parse_suite, validate_frame
+    from airflow_mlops.core.suite import parse_suite
+    from airflow_mlops.core.validation import validate_frame
 
     expectations = []
     for column in columns:
@@ -92,7 +93,7 @@ def time_drift(reference: Path, current: Path, columns: int) -> float:
 def time_fit(frame) -> float:
     from sklearn.pipeline import Pipeline
 
-    from airflow_mlops.core.training import build_preprocessor, resolve_estimator
+    from airflow_mlops.core.estimators import build_preprocessor, resolve_estimator
 
     X, y = frame.drop(columns=["label"]), frame["label"]
     n = int(len(X) * 0.75)

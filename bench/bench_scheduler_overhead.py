@@ -102,7 +102,7 @@ import itertools
 from airflow.sdk import DAG, cross_downstream, task
 
 from airflow_mlops.operators.evaluation import EvaluateModelOperator
-from airflow_mlops.operators.monitoring import DriftReportOperator
+from airflow_mlops.operators.drift import DriftReportOperator
 from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
 from airflow_mlops.operators.training import TrainModelOperator
 from airflow_mlops.operators.validation import DataValidationOperator

@@ -31,7 +31,7 @@ GROUPS = {
     "DriftReportOperator": ["pandas", "evidently", "airflow_mlops.core.drift"],
     "DataValidationOperator": ["pandas", "great_expectations", "airflow_mlops.core.validation"],
     "TrainModelOperator": ["pandas", "sklearn", "mlflow", "airflow_mlops.core.training"],
-    "Register/PromoteModelOperator": ["mlflow", "airflow_mlops.core.registry"],
+    "Register/PromoteModelOperator": ["mlflow", "airflow_mlops.core.alias_moves"],
 }
 
 CODE = """

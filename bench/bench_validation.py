@@ -150,7 +150,8 @@ def warm_up(data: Path, expectations: list[dict]) -> None:
     the imports, outside the clock."""
     import pyarrow.parquet as pq
 
-    from airflow_mlops.core.validation import parse_suite, validate_frame
+    from airflow_mlops.core.suite import parse_suite
+    from airflow_mlops.core.validation import validate_frame
 
     tiny = pq.ParquetFile(data).read_row_group(0).slice(0, 1000).to_pandas()
     raw_gx_validate(tiny, expectations)
@@ -163,7 +164,8 @@ def run_mode(mode: str, data: Path, suite_file: Path, report: Path) -> dict:
 
     import pandas as pd
 
-    from airflow_mlops.core.validation import parse_suite, validate_frame
+    from airflow_mlops.core.suite import parse_suite
+    from airflow_mlops.core.validation import validate_frame
     from airflow_mlops.operators.validation import DataValidationOperator
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)

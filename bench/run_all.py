@@ -28,6 +28,8 @@ BENCHMARKS = [
     ("bench_segments.py", [], ["--sizes", "1,4", "--serving-check-max", "1"]),
     ("bench_validation.py", ["--repeats", "2"], ["--rows", "100000"]),
     ("bench_drift.py", [], ["--rows", "100000"]),
+    ("bench_evaluation.py", [], ["--rows", "100000", "--repeats", "1"]),
+    ("bench_manifest.py", [], ["--files", "200", "--repeats", "3"]),
     ("bench_e2e.py", [], ["--rows", "100000", "--repeats", "1"]),
     ("bench_scaling.py", [], []),
     # 50 models x 365 daily monitoring runs (~7 min to write them), then the real api-server.

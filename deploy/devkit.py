@@ -123,7 +123,9 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def stop_group(name: str, pgid: int, started: int | None = None, timeout_s: float = 30.0) -> None:
+def stop_group(
+    name: str, pgid: int, started: int | None = None, timeout_seconds: float = 30.0
+) -> None:
     """SIGTERM the service's process group (SIGINT for PostgreSQL: fast shutdown), then SIGKILL."""
     if not group_is_ours(pgid, started):
         print(f"[local-stack] {name}: process {pgid} is not the one this stack started; leaving it")
@@ -133,7 +135,7 @@ def stop_group(name: str, pgid: int, started: int | None = None, timeout_s: floa
         os.killpg(pgid, sig)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if not group_alive(pgid):
             return
@@ -156,7 +158,7 @@ def run(
     *,
     env: dict[str, str] | None = None,
     what: str,
-    timeout_s: float = 600,
+    timeout_seconds: float = 600,
     cwd: Path | None = None,
     input_text: str | None = None,
 ) -> str:
@@ -168,7 +170,7 @@ def run(
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=timeout_s,
+        timeout=timeout_seconds,
         check=False,
         input=input_text,
     )
@@ -221,9 +223,11 @@ def ensure_binary(binary: str, package: str) -> str:
 class AirflowApi:
     """Airflow's REST API v2 with a JWT from ``/auth/token`` (simple auth manager's users)."""
 
-    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 60) -> None:
+    def __init__(
+        self, base_url: str, username: str, password: str, timeout_seconds: float = 60
+    ) -> None:
         self.base_url = base_url
-        self.timeout_s = timeout_s
+        self.timeout_seconds = timeout_seconds
         body = {"username": username, "password": password}
         self.token = self.call("POST", "/auth/token", body, auth=False)["access_token"]
 
@@ -234,12 +238,12 @@ class AirflowApi:
         request.add_header("Accept", "application/json")
         if auth:
             request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
             return json.loads(response.read() or b"null")
 
-    def wait_for_dag(self, dag_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    def wait_for_dag(self, dag_id: str, timeout_seconds: float = 300) -> dict[str, Any]:
         """The DAG's details once the dag-processor has parsed it (404 until then)."""
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + timeout_seconds
         while True:
             try:
                 return self.call("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")

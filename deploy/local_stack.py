@@ -504,9 +504,9 @@ def log_tail(state: State, name: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_for(state: State, name: str, check: Any, timeout_s: float, what: str) -> None:
+def wait_for(state: State, name: str, check: Any, timeout_seconds: float, what: str) -> None:
     """Poll ``check()`` until true; fail early if any started service's process group died."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         try:
             if check():
@@ -521,7 +521,7 @@ def wait_for(state: State, name: str, check: Any, timeout_s: float, what: str) -
                 )
         time.sleep(1.0)
     raise StackError(
-        f"{name}: {what} not reached after {timeout_s:.0f}s; log "
+        f"{name}: {what} not reached after {timeout_seconds:.0f}s; log "
         f"{state.path}/logs/{name}.log:\n{log_tail(state, name)}"
     )
 

@@ -129,14 +129,14 @@ def upload_data(s3_url: str) -> list[str]:
 # -- Airflow REST API v2 --------------------------------------------------------------------
 
 
-def run_once(api: Any, index: int, train_uri: str, timeout_s: float) -> dict[str, Any]:
+def run_once(api: Any, index: int, train_uri: str, timeout_seconds: float) -> dict[str, Any]:
     path = f"/api/v2/dags/{DAG_ID}/dagRuns"
     started = time.monotonic()
     body = {"logical_date": None, "conf": {"train_uri": train_uri}, "note": f"soak run {index}"}
     run = api.call("POST", path, body)
     run_path = f"{path}/{urllib.parse.quote(run['dag_run_id'], safe='')}"
     while run["state"] not in ("success", "failed"):
-        if time.monotonic() - started > timeout_s:
+        if time.monotonic() - started > timeout_seconds:
             break
         time.sleep(3)
         run = api.call("GET", run_path)
@@ -280,7 +280,7 @@ def mlflow_invariants(mlflow_url: str, runs: int) -> dict[str, Any]:
         version = client.get_model_version(MODEL_NAME, champion)
         champion_status = str(version.status)
         gate = client.get_run(version.run_id).data.tags.get("mlops.decision.promote")
-    from airflow_mlops.core.registry import alias_history
+    from airflow_mlops.core.alias_history import alias_history
 
     moves = [e for e in alias_history(client, MODEL_NAME) if e.get("alias") == "champion"]
     return {
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local-stack" / "soak")
     parser.add_argument("--output-dir", type=Path, default=REPO / "test-artifacts" / "soak")
-    parser.add_argument("--run-timeout", type=float, default=900, help="seconds per run")
+    parser.add_argument("--run-timeout-seconds", type=float, default=900)
     parser.add_argument("--max-growth-mb-per-run", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     parser.add_argument(
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         report["processes_before"] = stack_processes(stack_pgids)
         for index in range(1, args.runs + 1):
             train_uri = train_uris[(index - 1) % len(train_uris)]
-            record = run_once(api, index, train_uri, args.run_timeout)
+            record = run_once(api, index, train_uri, args.run_timeout_seconds)
             sample = sample_memory(stack_pgids)
             record["rss_mb"] = sample
             runs.append(record)

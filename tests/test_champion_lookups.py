@@ -108,6 +108,8 @@ def test_changes_operator_does_not_take_an_unreachable_server_for_no_champion(mo
 
 
 def test_provenance_alias_missing_is_an_mlflow_error(model_with_champion):
+    """A URI to load, not a champion check: a missing alias or model is an error (the
+    not-found one that evaluation and the serving check handle) that names the alias."""
     from mlflow.exceptions import MlflowException
 
     from airflow_mlops.core.model_uri import parse_model_uri
@@ -116,8 +118,24 @@ def test_provenance_alias_missing_is_an_mlflow_error(model_with_champion):
     client, name, run_id, v1, _ = model_with_champion
     target = _describe(client, parse_model_uri(f"models:/{name}@champion"))
     assert target.download_uri == f"models:/{name}/{v1}" and target.run_id == run_id
-    with pytest.raises(MlflowException):  # a URI to load, not a champion check: no None
-        _describe(client, parse_model_uri(f"models:/{name}@nope"))
+    for uri in (f"models:/{name}@nope", f"models:/{name}-absent@champion"):
+        with pytest.raises(MlflowException, match=r"has no alias '(nope|champion)'") as caught:
+            _describe(client, parse_model_uri(uri))
+        assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_provenance_does_not_take_an_unreachable_server_for_a_missing_alias(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.model_uri import parse_model_uri
+    from airflow_mlops.core.provenance import _describe
+
+    uri = _unreachable(monkeypatch)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with pytest.raises(MlflowException) as caught:
+        _describe(client, parse_model_uri("models:/m@champion"))
+    assert caught.value.error_code != "RESOURCE_DOES_NOT_EXIST"
 
 
 def test_prediction_alias_resolution(model_with_champion):

@@ -15,7 +15,8 @@ import pytest
 from airflow.sdk import DAG
 
 from airflow_mlops.cli import build_parser, main
-from airflow_mlops.core.validation import parse_suite_text, validate_frame
+from airflow_mlops.core.suite import parse_suite_text
+from airflow_mlops.core.validation import validate_frame
 from airflow_mlops.operators.validation import DataValidationOperator
 
 FAILURES: dict[str, BaseException] = {}

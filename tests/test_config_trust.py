@@ -152,7 +152,7 @@ def user_modules(tmp_path, monkeypatch):
 
 
 def test_os_system_as_estimator_is_refused_before_anything_is_called(monkeypatch):
-    from airflow_mlops.core.training import resolve_estimator
+    from airflow_mlops.core.estimators import resolve_estimator
 
     calls: list[Any] = []
     monkeypatch.setattr(os, "system", lambda *a: calls.append(a))
@@ -173,14 +173,14 @@ def test_os_system_as_estimator_is_refused_before_anything_is_called(monkeypatch
     ],
 )
 def test_estimator_paths_outside_the_allow_list_are_refused(spec, message):
-    from airflow_mlops.core.training import resolve_estimator
+    from airflow_mlops.core.estimators import resolve_estimator
 
     with pytest.raises(EstimatorNotAllowedError, match=message):
         resolve_estimator(spec, "classification", {})
 
 
 def test_a_module_outside_the_allow_list_is_never_imported(user_modules):
-    from airflow_mlops.core.training import resolve_estimator
+    from airflow_mlops.core.estimators import resolve_estimator
 
     with pytest.raises(EstimatorNotAllowedError, match="allowed_estimator_modules"):
         resolve_estimator("evil_models.Model", "classification", {})
@@ -189,7 +189,7 @@ def test_a_module_outside_the_allow_list_is_never_imported(user_modules):
 
 
 def test_factories_from_configured_modules_must_return_an_estimator(user_modules):
-    from airflow_mlops.core.training import resolve_estimator
+    from airflow_mlops.core.estimators import resolve_estimator
 
     estimator = resolve_estimator("trusted_models.build", "classification", {}, ["trusted_models"])
     assert type(estimator).__name__ == "LogisticRegression"

@@ -285,9 +285,11 @@ def test_connection_http_limits_apply_to_the_calling_thread_only(monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an explicit, stricter setting
     seen_elsewhere: list[int] = []
-    with http_limits(HttpLimits(timeout_s=7, max_retries=3)):
+    with http_limits(HttpLimits(timeout_seconds=7, max_retries=3)):
         assert (TIMEOUT.get(), RETRIES.get()) == (7, 1)
-        with http_limits(HttpLimits(timeout_s=30, max_retries=0)):  # nesting keeps the stricter
+        with http_limits(
+            HttpLimits(timeout_seconds=30, max_retries=0)
+        ):  # nesting keeps the stricter
             assert (TIMEOUT.get(), RETRIES.get()) == (7, 0)
         other = threading.Thread(target=lambda: seen_elsewhere.append(TIMEOUT.get()))
         other.start()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from airflow_mlops.core import drift
+from airflow_mlops.core.drift_report import sanitize_report_html
 from airflow_mlops.core.drift_sampling import SamplingPolicy, check_schema, choose_rows
 from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, SchemaDriftError
 from airflow_mlops.core.storage import Storage
@@ -469,14 +470,14 @@ def test_unsanitised_evidently_html_would_break_out(tmp_path):
     raw = Report([DataDriftPreset()]).run(frame, frame).get_html_str(as_iframe=False)
 
     assert any(s.strip() == "alert(1)" for s in scripts_of(raw))
-    assert not any(s.strip() == "alert(1)" for s in scripts_of(drift.sanitize_report_html(raw)))
+    assert not any(s.strip() == "alert(1)" for s in scripts_of(sanitize_report_html(raw)))
 
 
 def test_sanitizer_fails_closed_on_an_unknown_layout():
     from airflow_mlops.core.errors import MlopsError
 
     with pytest.raises(MlopsError, match="sanitise"):
-        drift.sanitize_report_html("<html><script>var x = 1;</script></html>")
+        sanitize_report_html("<html><script>var x = 1;</script></html>")
 
 
 # -- config ---------------------------------------------------------------------------------

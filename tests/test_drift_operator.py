@@ -19,8 +19,8 @@ from conftest import stored_xcom
 
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.operators import monitoring as operator_module
-from airflow_mlops.operators.monitoring import DriftReportOperator, ModelPerformanceOperator
+from airflow_mlops.operators.drift import DriftReportOperator
+from airflow_mlops.operators.performance import ModelPerformanceOperator
 
 FEATURES = ["amount", "age", "channel", "score"]
 FAILURES: dict[str, BaseException] = {}
@@ -297,11 +297,17 @@ def test_both_monitoring_operators_share_the_policy_checks(operator_class, field
         operator_class(task_id="t", model_name="m", **required, **{field: "branch"})
 
 
-def test_operator_constants_mirror_core():
-    from airflow_mlops.core import drift_sampling, performance
+def test_mlflow_report_folder_never_navigates_on_a_dot_dot_run_id():
+    """Airflow accepts a run id of '..' with [core] allow_double_dot_in_ids: the report folder
+    on the champion's run must still be one folder per run (the monitoring copy of path_safe
+    kept '..'; the one in operators/base.py does not)."""
+    from types import SimpleNamespace
 
-    assert operator_module.DEFAULT_SAMPLE_ROWS == drift_sampling.DEFAULT_MAX_ROWS_PER_SIDE
-    assert operator_module.TOLERANCE_MODES == performance.TOLERANCE_MODES
+    op = DriftReportOperator(task_id="d", model_name="m", current_uri="x")
+    ti = SimpleNamespace(dag_id="dag", run_id="..", task_id="d", map_index=-1, try_number=1)
+    folder = op.mlflow_artifact_folder({"ti": ti}, "drift")
+    assert folder == "monitoring/drift/dag/__/d"
+    assert not {".", ".."} & set(folder.split("/"))
 
 
 # -- verdicts and the signal -----------------------------------------------------------------
@@ -315,7 +321,7 @@ def test_no_drift_writes_reports_attaches_them_and_emits_nothing(
     dag = drift_dag(
         model_name=champion["name"],
         current_uri=reference_files["same"],
-        report_uri=str(tmp_path / "reports"),
+        report_folder_uri=str(tmp_path / "reports"),
     )
     dag_run = run_dag(dag)
 
@@ -578,7 +584,7 @@ def test_s3_inputs_and_reports(run_dag, champion, s3_bucket, s3_server):
             model_name=champion["name"],
             reference_uri=f"s3://{s3_bucket}/data/ref.parquet",
             current_uri=f"s3://{s3_bucket}/data/cur.parquet",
-            report_uri=f"s3://{s3_bucket}/reports/drift",
+            report_folder_uri=f"s3://{s3_bucket}/reports/drift",
             sample_rows=1_000,
         )
     )

@@ -64,7 +64,8 @@ def train(
 
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.storage import Storage
-    from airflow_mlops.core.training import TrainingJob, train_model
+    from airflow_mlops.core.training import train_model
+    from airflow_mlops.core.training_job import TrainingJob
 
     mlflow.set_tracking_uri(tracking_uri)
     config = TrainingJob(

@@ -70,7 +70,7 @@ def test_registry_and_change_detection_do_not_pay_for_scikit_learn():
     (about 1 s per task on this machine) that only training and scoring need."""
     code = (
         "import sys, json\n"
-        "import airflow_mlops.core.registry, airflow_mlops.core.promotion_lock\n"
+        "import airflow_mlops.core.alias_moves, airflow_mlops.core.promotion_lock\n"
         "import airflow_mlops.core.serving\n"
         "import airflow_mlops.core.evaluation, airflow_mlops.core.changes\n"
         "print(json.dumps(sorted(m for m in ('sklearn', 'xgboost') if m in sys.modules)))\n"
@@ -189,12 +189,13 @@ def test_the_approval_protocol_is_shared_not_imported_across_operators():
 
 
 def test_core_modules_split_along_their_seams_import_in_one_direction():
-    """Evaluation takes the champion lookup from the registry (not the reverse), the registry
-    takes its lock from core.promotion_lock, and validation does not load suite inference."""
+    """Evaluation takes the champion lookup from the registry (not the reverse), the alias
+    moves take their lock from core.promotion_lock, and validation does not load suite
+    inference."""
     graph = import_graph()
     assert "airflow_mlops.core.registry" in graph["airflow_mlops.core.evaluation"]
     assert "airflow_mlops.core.evaluation" not in graph["airflow_mlops.core.registry"]
-    assert "airflow_mlops.core.promotion_lock" in graph["airflow_mlops.core.registry"]
+    assert "airflow_mlops.core.promotion_lock" in graph["airflow_mlops.core.alias_moves"]
     assert "airflow_mlops.core.registry" not in graph["airflow_mlops.core.promotion_lock"]
     assert "airflow_mlops.core.validation" in graph["airflow_mlops.core.suite_inference"]
     assert "airflow_mlops.core.suite_inference" not in graph["airflow_mlops.core.validation"]

@@ -128,7 +128,7 @@ def test_drift_task_records_its_verdict_and_the_page_reads_it_without_listing(
     from airflow.sdk import DAG
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.operators.monitoring import DriftReportOperator
+    from airflow_mlops.operators.drift import DriftReportOperator
 
     name = cheap_champion["name"]
     with DAG(f"monitor_{name}", schedule=None) as dag:
@@ -136,7 +136,7 @@ def test_drift_task_records_its_verdict_and_the_page_reads_it_without_listing(
             task_id="drift",
             model_name=name,
             current_uri=cheap_champion["current"],
-            report_uri=str(tmp_path / "reports"),
+            report_folder_uri=str(tmp_path / "reports"),
             on_drift="skip",
         )
     dag_run = run_dag(dag)

@@ -187,6 +187,16 @@ def test_safe_report_uri_refuses_escapes(tmp_path, name: str) -> None:
         safe_report_uri(name, str(base))
 
 
+def test_safe_report_uri_refuses_dot_segments_even_when_they_resolve_inside(tmp_path) -> None:
+    """One rule for "is this URI under that root" (core.storage.is_under_root): '.'/'..'
+    segments are refused outright, as the MLOps page and the data prefixes refuse them."""
+    base = tmp_path / "reports"
+    base.mkdir()
+    for name in ("churn/../eval.json", "./eval.json", str(base / "churn" / ".." / "eval.json")):
+        with pytest.raises(ModelUriError, match="Refused report path"):
+            safe_report_uri(name, str(base))
+
+
 def test_safe_report_uri_follows_symlinks(tmp_path) -> None:
     base = tmp_path / "reports"
     base.mkdir()

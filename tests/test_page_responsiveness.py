@@ -64,7 +64,7 @@ def test_full_executor_answers_busy_at_once(fresh_calls: None) -> None:
     async def scenario() -> None:
         executor = mlflow_calls.db_executor()
         held = [
-            asyncio.ensure_future(mlflow_calls.call_blocking(release.wait, timeout=5))
+            asyncio.ensure_future(mlflow_calls.call_blocking(release.wait, timeout_seconds=5))
             for _ in range(executor.capacity)
         ]
         await asyncio.sleep(0.05)
@@ -86,7 +86,7 @@ def test_slow_call_times_out_and_keeps_its_slot_until_it_ends(fresh_calls: None)
     async def scenario() -> None:
         started = time.monotonic()
         with pytest.raises(MlflowTimeout):
-            await mlflow_calls.call_blocking(release.wait, timeout=0.2)
+            await mlflow_calls.call_blocking(release.wait, timeout_seconds=0.2)
         assert time.monotonic() - started < 1
         assert mlflow_calls.db_executor().pending == 1  # the thread still runs
         release.set()
@@ -159,8 +159,8 @@ def test_mlflow_http_limits_apply_to_the_page_threads_only(
         return set(mlflow_calls.thread_map(lambda _: seen(client), list(range(8))))
 
     monkeypatch.setattr(mlflow_calls, "_mlflow_client", lambda: None)  # no MLflow needed here
-    inside = asyncio.run(mlflow_calls.call_mlflow(seen, timeout=4))
-    helpers = asyncio.run(mlflow_calls.call_mlflow(seen_by_helper_threads, timeout=5))
+    inside = asyncio.run(mlflow_calls.call_mlflow(seen, timeout_seconds=4))
+    helpers = asyncio.run(mlflow_calls.call_mlflow(seen_by_helper_threads, timeout_seconds=5))
     # A request gives up a second after the page stops waiting (the caller sees 504 first).
     assert helpers == {(6, 0)}  # an overview's parallel reads keep the page's limits
     assert inside == (5, 0)
@@ -183,7 +183,7 @@ def test_overview_load_stops_reading_once_the_page_gave_up(
     async def scenario() -> float:
         with pytest.raises(MlflowTimeout):
             work = lambda _client: mlflow_calls.thread_map(slow_read, list(range(40)))  # noqa: E731
-            await mlflow_calls.call_mlflow(work, timeout=0.5)
+            await mlflow_calls.call_mlflow(work, timeout_seconds=0.5)
         started = time.monotonic()
         while mlflow_calls.mlflow_executor().pending and time.monotonic() - started < 5:
             await asyncio.sleep(0.05)
@@ -202,7 +202,9 @@ def test_call_to_a_silent_mlflow_frees_its_thread(
 
     async def scenario() -> float:
         with pytest.raises(MlflowTimeout):
-            await mlflow_calls.call_mlflow(lambda c: c.search_registered_models(), timeout=1)
+            await mlflow_calls.call_mlflow(
+                lambda c: c.search_registered_models(), timeout_seconds=1
+            )
         started = time.monotonic()
         while mlflow_calls.mlflow_executor().pending and time.monotonic() - started < 10:
             await asyncio.sleep(0.1)
@@ -225,7 +227,7 @@ def api_server(
         tmp_path_factory.mktemp("api-server"),
         ADMIN_PASSWORD,
         {
-            "AIRFLOW__MLOPS__PAGE_MLFLOW_TIMEOUT": str(PAGE_TIMEOUT_S),
+            "AIRFLOW__MLOPS__PAGE_MLFLOW_TIMEOUT_SECONDS": str(PAGE_TIMEOUT_S),
             "AIRFLOW_CONN_MLFLOW_DEFAULT": silent_connection(silent_server),
         },
     )

@@ -24,7 +24,7 @@ from test_drift_operator import (
 
 from airflow_mlops.core import performance
 from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, MlopsError
-from airflow_mlops.operators.monitoring import ModelPerformanceOperator
+from airflow_mlops.operators.performance import ModelPerformanceOperator
 
 FAILURES: dict[str, BaseException] = {}
 
@@ -375,7 +375,7 @@ def test_labels_outside_the_allowed_prefixes_are_refused_before_execute(tmp_path
         task_id="p",
         model_name="m",
         labels_uri="{{ params.labels }}",
-        report_uri=str(tmp_path / "reports"),  # a report folder, not a data URI
+        report_folder_uri=str(tmp_path / "reports"),  # a report folder, not a data URI
         allowed_data_prefixes=[str(allowed)],
     )
     op.labels_uri = str(allowed / "batch.parquet")  # what the template rendered to

@@ -649,8 +649,7 @@ def test_a_provider_upgrade_counts_as_a_change(monkeypatch):
     """The config fingerprint that detect_changes compares includes the provider's version."""
     import airflow_mlops
     from airflow_mlops.core.changes import decide_retrain
-    from airflow_mlops.core.lineage import TAG_PIPELINE_CONFIG_HASH
-    from airflow_mlops.core.training import TAG_DATA_SHA256
+    from airflow_mlops.core.lineage import TAG_DATA_SHA256, TAG_PIPELINE_CONFIG_HASH
 
     config = breast_cancer_config("upgrade", DATA / "breast_cancer" / "reference.parquet")
     champion_tags = {TAG_PIPELINE_CONFIG_HASH: config.fingerprint(), TAG_DATA_SHA256: "d"}

@@ -145,13 +145,10 @@ def registered_model(mlflow_conn: str, mlflow_server: str, artifacts_root: Path)
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion, set_challenger
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import (
-        Actor,
-        promote_to_champion,
-        register_version,
-        set_challenger,
-    )
+    from airflow_mlops.core.registry import register_version
 
     name = f"churn_{uuid.uuid4().hex[:6]}"
     reports = artifacts_root / name
@@ -670,9 +667,11 @@ def pipeline_model(
     from airflow.sdk import DAG
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
     from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT, last_drift_tag
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, promote_to_champion, register_version
+    from airflow_mlops.core.registry import register_version
     from airflow_mlops.operators.validation import DataValidationOperator
 
     name = f"pipe_{uuid.uuid4().hex[:6]}"

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from airflow_mlops.core.alias_moves import AliasMove
 from airflow_mlops.core.approval import (
     APPROVE,
     REJECT,
@@ -25,7 +26,6 @@ from airflow_mlops.core.approval import (
 )
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.promotion import check_promotion_inputs, promotion_gate, promotion_reason
-from airflow_mlops.core.registry import AliasMove
 
 QUALIFIED = {"promote": True, "reason": "promoted: all 2 applicable rule(s) passed"}
 

@@ -115,7 +115,7 @@ def champion_of(client, name: str) -> str | None:
 def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking, tmp_path):
     from airflow.sdk import DAG
 
-    from airflow_mlops.core.registry import alias_history
+    from airflow_mlops.core.alias_history import alias_history
     from airflow_mlops.factories.promotion import rollback_dag_params
     from airflow_mlops.operators.registry import RollbackModelOperator
 

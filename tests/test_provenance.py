@@ -18,13 +18,8 @@ import pytest
 from test_evaluation import POLICY, STUMP, make_dataset
 
 from airflow_mlops.core.errors import ConfigError, UntrustedModelError
-from airflow_mlops.core.lineage import RunContext
-from airflow_mlops.core.provenance import (
-    TAG_SIGNATURE,
-    ModelTrust,
-    artifact_digest,
-    signature_for,
-)
+from airflow_mlops.core.lineage import TAG_SIGNATURE, RunContext
+from airflow_mlops.core.provenance import ModelTrust, artifact_digest, signature_for
 from airflow_mlops.core.storage import Storage
 
 KEY = b"test-signing-key-0123456789abcdef"
@@ -85,7 +80,8 @@ def signed(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.registry import register_version
-    from airflow_mlops.core.training import TrainingJob, train_model
+    from airflow_mlops.core.training import train_model
+    from airflow_mlops.core.training_job import TrainingJob
 
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
@@ -203,7 +199,8 @@ def test_a_re_uploaded_model_file_is_refused(client, tracking, tmp_path, signed,
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from airflow_mlops.core.registry import register_version
-    from airflow_mlops.core.training import TrainingJob, train_model
+    from airflow_mlops.core.training import train_model
+    from airflow_mlops.core.training_job import TrainingJob
 
     config = TrainingJob(
         train_uri=str(signed["data"] / "d.csv"),

@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from test_evaluation import BEST, STUMP, TREE, WORST, make_dataset, train, unique_name
 
+from airflow_mlops.core.alias_moves import RollbackRefused
 from airflow_mlops.core.errors import PromotionError
 from airflow_mlops.core.lineage import RunContext
-from airflow_mlops.core.registry import RollbackRefused
 
 POLICY = {"change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.0}}}
 
 
 def actor(task_id: str, reason: str = "test", run_id: str | None = None):
-    from airflow_mlops.core.registry import Actor
+    from airflow_mlops.core.alias_history import Actor
 
     return Actor(
         reason=reason, context=RunContext(dag_id="tests", run_id=run_id or "r", task_id=task_id)
@@ -100,14 +100,13 @@ def test_registration_is_idempotent_per_task_instance(client, tracking, tmp_path
 
 
 def test_first_worse_better_rollback_and_history(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import (
-        alias_history,
+    from airflow_mlops.core.alias_history import alias_history, recent_alias_history
+    from airflow_mlops.core.alias_moves import (
         promote_to_champion,
-        recent_alias_history,
-        register_version,
         rollback_champion,
         set_challenger,
     )
+    from airflow_mlops.core.registry import register_version
 
     name = unique_name()
     data = make_dataset(tmp_path / "d.csv")
@@ -167,7 +166,9 @@ def test_first_worse_better_rollback_and_history(client, tracking, tmp_path):
 
 
 def test_promote_retry_does_not_move_or_record_twice(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import alias_history, promote_to_champion, register_version
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.alias_moves import promote_to_champion
+    from airflow_mlops.core.registry import register_version
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
@@ -197,7 +198,7 @@ def test_promote_retry_does_not_move_or_record_twice(client, tracking, tmp_path)
 def test_champion_changed_since_evaluation_fail_mode_leaves_it_untouched(
     client, tracking, tmp_path
 ):
-    from airflow_mlops.core.registry import promote_to_champion
+    from airflow_mlops.core.alias_moves import promote_to_champion
 
     name = unique_name()
     data = make_dataset(tmp_path / "d.csv")
@@ -218,7 +219,7 @@ def test_champion_changed_since_evaluation_fail_mode_leaves_it_untouched(
 
 def test_champion_changed_since_evaluation_is_reevaluated(client, tracking, tmp_path):
     """The second of two promotions evaluated against the same champion is re-judged."""
-    from airflow_mlops.core.registry import promote_to_champion
+    from airflow_mlops.core.alias_moves import promote_to_champion
 
     name = unique_name()
     data = make_dataset(tmp_path / "d.csv")
@@ -273,7 +274,9 @@ def test_lock_excludes_concurrent_holders_threads(client, tracking):
     def worker(i: int) -> None:
         own = MlflowClient(tracking)
         for _ in range(3):
-            with PromotionLock(own, name, holder=f"thread-{i}", poll_s=0.05, wait_s=120):
+            with PromotionLock(
+                own, name, holder=f"thread-{i}", poll_seconds=0.05, wait_seconds=120
+            ):
                 with guard:
                     inside[0] += 1
                     peak[0] = max(peak[0], inside[0])
@@ -296,12 +299,14 @@ def test_expired_lock_is_broken_and_a_live_one_times_out(client, tracking):
     from airflow_mlops.core.promotion_lock import PromotionLock
 
     name = unique_name("lock")
-    dead = PromotionLock(client, name, holder="dead worker", ttl_s=1.0)
+    dead = PromotionLock(client, name, holder="dead worker", ttl_seconds=1.0)
     dead.acquire()  # never released: its holder "died"
     with pytest.raises(PromotionError, match="held by dead worker until"):
-        PromotionLock(client, name, ttl_s=60, wait_s=0.0).acquire()
+        PromotionLock(client, name, ttl_seconds=60, wait_seconds=0.0).acquire()
     time.sleep(1.2)
-    with PromotionLock(client, name, holder="next", wait_s=10, clock_skew_s=0.0) as lock:
+    with PromotionLock(
+        client, name, holder="next", wait_seconds=10, clock_skew_seconds=0.0
+    ) as lock:
         assert lock.read().holder == "next"
         with pytest.raises(PromotionError, match="lost the promotion lock"):
             dead.verify()  # the dead holder may not write any more
@@ -319,7 +324,8 @@ def _race_worker(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.registry import Actor, promote_to_champion
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
@@ -334,7 +340,7 @@ def _race_worker(
             evaluated_champion=(record["champion"] or {}).get("version"),
             actor=Actor(reason=record["reason"], context=RunContext(dag_id="race", task_id=label)),
             reevaluate=reevaluator(client, result, name),
-            lock_options={"poll_s": 0.1},
+            lock_options={"poll_seconds": 0.1},
         )
         out.put((label, {"first": record, "move": move.to_dict(), "at": time.time()}))
     except BaseException as err:  # report, so the test shows the cause
@@ -344,7 +350,8 @@ def _race_worker(
 
 @pytest.mark.slow
 def test_two_racing_promotions_end_with_the_better_model(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import alias_history, register_version
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.registry import register_version
 
     name = unique_name("race")
     data = make_dataset(tmp_path / "d.csv")
@@ -410,13 +417,13 @@ def test_two_racing_promotions_end_with_the_better_model(client, tracking, tmp_p
 
 
 def test_history_summary_fits_the_tag_limit_and_full_history_is_kept(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import (
+    from airflow_mlops.core.alias_history import (
         HISTORY_SUMMARY_MAX_CHARS,
         TAG_ALIAS_HISTORY,
         alias_history,
         recent_alias_history,
-        set_challenger,
     )
+    from airflow_mlops.core.alias_moves import set_challenger
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
@@ -436,10 +443,7 @@ def test_history_summary_fits_the_tag_limit_and_full_history_is_kept(client, tra
 
 
 def test_rollback_refusals_name_the_problem(client, tracking, tmp_path):
-    from airflow_mlops.core.registry import (
-        promote_to_champion,
-        rollback_champion,
-    )
+    from airflow_mlops.core.alias_moves import promote_to_champion, rollback_champion
 
     name = unique_name()
     result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
@@ -462,7 +466,7 @@ def test_rollback_refusals_name_the_problem(client, tracking, tmp_path):
 def test_rollback_only_returns_to_a_former_champion_that_passes_the_serving_check(
     client, tracking, tmp_path
 ):
-    from airflow_mlops.core.registry import (
+    from airflow_mlops.core.alias_moves import (
         RollbackRefused,
         promote_to_champion,
         rollback_champion,
@@ -506,7 +510,7 @@ class Crash(BaseException):
 def crash_on_summary_write(monkeypatch, client) -> None:
     """Kill the next ``record_alias_event`` after its per-version event, before its summary:
     a fault injected in the client because a process cannot be killed between two calls."""
-    from airflow_mlops.core.registry import TAG_ALIAS_HISTORY
+    from airflow_mlops.core.alias_history import TAG_ALIAS_HISTORY
 
     real = client.set_registered_model_tag
 
@@ -522,10 +526,9 @@ def crash_on_summary_write(monkeypatch, client) -> None:
 def test_retries_complete_the_history_a_crashed_try_left_half_written(
     client, tracking, tmp_path, monkeypatch
 ):
-    from airflow_mlops.core.registry import (
-        alias_history,
+    from airflow_mlops.core.alias_history import alias_history, recent_alias_history
+    from airflow_mlops.core.alias_moves import (
         promote_to_champion,
-        recent_alias_history,
         rollback_champion,
         set_challenger,
     )
@@ -625,13 +628,19 @@ def test_serving_check_reports_a_model_consumers_cannot_load(client, tracking):
 
 def test_the_lock_clock_skew_comes_from_the_mlops_settings(monkeypatch):
     from airflow_mlops.core.errors import ConfigError
-    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_S
+    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_SECONDS
     from airflow_mlops.operators.registry import _lock_options
 
-    monkeypatch.delenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", raising=False)
-    assert _lock_options(900, 60)["clock_skew_s"] == DEFAULT_LOCK_CLOCK_SKEW_S
-    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", "5")
-    assert _lock_options(900, 60) == {"ttl_s": 900.0, "wait_s": 60.0, "clock_skew_s": 5.0}
-    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW", "-1")
-    with pytest.raises(ConfigError, match=r"\[mlops\] lock_clock_skew must be seconds >= 0"):
+    monkeypatch.delenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW_SECONDS", raising=False)
+    assert _lock_options(900, 60)["clock_skew_seconds"] == DEFAULT_LOCK_CLOCK_SKEW_SECONDS
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW_SECONDS", "5")
+    assert _lock_options(900, 60) == {
+        "ttl_seconds": 900.0,
+        "wait_seconds": 60.0,
+        "clock_skew_seconds": 5.0,
+    }
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCK_CLOCK_SKEW_SECONDS", "-1")
+    with pytest.raises(
+        ConfigError, match=r"\[mlops\] lock_clock_skew_seconds must be seconds >= 0"
+    ):
         _lock_options(900, 60)

@@ -106,7 +106,7 @@ def test_a_model_that_hangs_times_out_and_the_checker_survives(tracking):
     hung_uri, good_uri = log(Hangs()), log(good_model())
     check(good_uri, SAMPLE)  # start the checker outside the timed check
     starts = checker_starts()
-    hung = check(hung_uri, SAMPLE, timeout_s=3)
+    hung = check(hung_uri, SAMPLE, timeout_seconds=3)
     assert hung["ok"] is False
     assert hung["error"] == "the serving check timed out after 3s"
     assert check(good_uri, SAMPLE)["ok"] is True
@@ -149,7 +149,7 @@ def test_the_sample_follows_the_signature_that_training_writes_for_integer_colum
 
     from airflow_mlops.core.serving import serving_sample
 
-    # Training declares integer features as doubles (core/training.py: log_fitted_model).
+    # Training declares integer features as doubles (core/training_logging.py: log_fitted_model).
     raw = pd.DataFrame({"count": [1, 2, 3], "x": [0.5, 1.5, 2.5], "label": [0, 1, 0]})
     signature = infer_signature(raw[["count", "x"]].astype({"count": "float64"}), [0.0, 1.0, 0.0])
     with mlflow.start_run():

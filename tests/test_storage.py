@@ -6,7 +6,14 @@ import pandas as pd
 import pytest
 
 from airflow_mlops.core.errors import DataNotFoundError, UnreadableDataError, UnsupportedFormatError
-from airflow_mlops.core.storage import Storage, join_uri, sha256_bytes
+from airflow_mlops.core.storage import (
+    Storage,
+    UncheckableUriError,
+    is_under_root,
+    join_uri,
+    normalize_uri,
+    sha256_bytes,
+)
 from airflow_mlops.hooks.storage import StorageHook
 
 
@@ -95,3 +102,73 @@ def test_join_uri():
 def test_atomic_local_write_leaves_no_temp_files(tmp_path):
     Storage().write_text(str(tmp_path / "r.html"), "<html/>")
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+# -- "is this URI under that root": the one rule of the plugin, the data prefixes, reports ---
+
+
+@pytest.mark.parametrize(
+    ("uri", "root"),
+    [
+        ("/data/in/x.csv", "/data/in"),
+        ("/data/in/x.csv", "/data/in/"),
+        ("file:///data/in/x.csv", "/data/in"),
+        ("file://localhost/data/in/x.csv", "/data/in"),
+        ("/data/in", "/data/in"),
+        ("s3://bucket/data/x.csv", "s3://bucket/data/"),
+        ("s3://bucket/data/x.csv", "s3://bucket"),
+    ],
+)
+def test_uris_under_their_root(uri, root):
+    assert is_under_root(uri, root)
+
+
+@pytest.mark.parametrize(
+    ("uri", "root"),
+    [
+        ("/data/in2/x.csv", "/data/in"),  # a sibling sharing the root's name as a prefix
+        ("s3://bucket/data2/x.csv", "s3://bucket/data"),
+        ("s3://other/data/x.csv", "s3://bucket/data"),  # another bucket
+        ("s3://bucket/data/x.csv", "/data"),  # never s3 under a local root, nor the reverse
+        ("/data/x.csv", "s3://bucket/data"),
+    ],
+)
+def test_uris_outside_their_root(uri, root):
+    assert not is_under_root(uri, root)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/data/in/../../etc/passwd",  # '..' is refused even where it would resolve inside
+        "/data/in/./x.csv",
+        "/data/in//x.csv",
+        "//data/in/x.csv",
+        "s3://bucket/data/../secrets/x.csv",
+        "s3://bucket/data//x.csv",
+        "s3://bucket/data/%2e%2e/x.csv",
+        "s3://bucket/data/x.csv#frag",
+        "file://otherhost/data/in/x.csv",  # another machine's /data/in
+        "file:///data/in/x.csv?q",
+        "/data/in/a\\..\\b",
+        "/data/in/x\x00.csv",
+        "https://host/data/in/x.csv",
+        "data/in/x.csv",
+        "",
+    ],
+)
+def test_uris_that_cannot_be_checked_are_refused(uri):
+    with pytest.raises(UncheckableUriError):
+        is_under_root(uri, "/data/in")
+    with pytest.raises(UncheckableUriError):
+        is_under_root("/data/in/x.csv", uri)  # a bad root is refused the same way
+
+
+def test_links_are_resolved_unless_asked_not_to(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    assert not is_under_root(str(root / "link" / "x.html"), str(root))
+    assert is_under_root(str(root / "link" / "x.html"), str(root), resolve_links=False)
+    assert normalize_uri(f"file://{root}/", resolve_links=False) == str(root)

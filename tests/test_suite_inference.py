@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_mlops.core import suite_inference as si
-from airflow_mlops.core import validation as v
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.suite import parse_suite, parse_suite_text
+from airflow_mlops.core.validation import validate_frame
 
 
 def reference_frame(rows: int = 400, seed: int = 7) -> pd.DataFrame:
@@ -79,19 +80,19 @@ def test_inferred_suite_file_round_trips_and_loads_in_plain_gx():
 
     reference = reference_frame()
     text = si.suite_to_json(si.infer_suite(reference, name="customers"))
-    definition = v.parse_suite_text(text, source="customers.json")
-    assert v.validate_frame(reference, definition).success
+    definition = parse_suite_text(text, source="customers.json")
+    assert validate_frame(reference, definition).success
     plain = json.loads(text)
     assert len(gx.ExpectationSuite(**plain).expectations) == len(plain["expectations"])
 
 
 def test_inferred_suite_rejects_a_shifted_copy():
     reference = reference_frame()
-    definition = v.parse_suite(si.infer_suite(reference, margin=0.1))
+    definition = parse_suite(si.infer_suite(reference, margin=0.1))
     shifted = reference.copy()
     shifted["income"] = shifted["income"] + 3 * (shifted["income"].max() - shifted["income"].min())
     shifted.loc[:20, "city"] = "Berlin"
-    outcome = v.validate_frame(shifted, definition)
+    outcome = validate_frame(shifted, definition)
     assert not outcome.success
     failing = {(f["expectation"], f["column"]) for f in outcome.summary["failures"]}
     assert failing == {
@@ -149,4 +150,4 @@ def test_infer_suite_refuses_an_empty_reference():
 def test_any_inferred_suite_validates_its_own_reference(data, margin):
     frame = pd.DataFrame(data, columns=["i", "f", "s", "b"])
     suite = si.infer_suite(frame, margin=margin)  # raises if it does not validate the reference
-    assert v.validate_frame(frame, v.parse_suite(suite)).success
+    assert validate_frame(frame, parse_suite(suite)).success

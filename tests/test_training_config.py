@@ -21,8 +21,9 @@ from conftest import mlflow_connection_env, serialize_dag, stored_xcom, task_sta
 from sklearn.linear_model import LogisticRegression
 
 from airflow_mlops.core.errors import DataError
-from airflow_mlops.core.training import TrainingJob, prepare_data
 from airflow_mlops.core.training_config import TrainingConfig
+from airflow_mlops.core.training_data import prepare_data
+from airflow_mlops.core.training_job import TrainingJob
 from airflow_mlops.factories.config import parse_config
 from airflow_mlops.operators.training import TrainModelOperator
 
@@ -162,7 +163,7 @@ def test_an_explicit_task_still_wins():
 
 
 def test_an_estimator_saying_neither_falls_back_to_the_target_and_logs_it(caplog):
-    caplog.set_level(logging.INFO, logger="airflow_mlops.core.training")
+    caplog.set_level(logging.INFO, logger="airflow_mlops.core.training_data")
     # KMeans is neither a classifier nor a regressor.
     assert prepared_task(job("sklearn.cluster.KMeans", "label")) == "classification"
     assert "inferred from target column 'label'" in caplog.text
@@ -172,7 +173,7 @@ def test_an_estimator_saying_neither_falls_back_to_the_target_and_logs_it(caplog
 
 
 def test_without_an_estimator_the_target_decides_and_picks_the_random_forest(caplog):
-    caplog.set_level(logging.INFO, logger="airflow_mlops.core.training")
+    caplog.set_level(logging.INFO, logger="airflow_mlops.core.training_data")
     floats = small_frame().assign(score=lambda f: f["x1"] * 2.5)
     assert prepared_task(job(None, "score"), floats) == "regression"
     assert "RandomForestRegressor" in caplog.text
@@ -244,7 +245,7 @@ def test_yaml_without_task_trains_as_the_estimator_class_says(trained, estimator
 
 def test_a_preprocessing_path_must_name_the_users_own_module():
     from airflow_mlops.core.errors import EstimatorNotAllowedError
-    from airflow_mlops.core.training import resolve_preprocessing
+    from airflow_mlops.core.estimators import resolve_preprocessing
 
     frame = small_frame()
     for path in ("sklearn.datasets.fetch_openml", "os.system"):

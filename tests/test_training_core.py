@@ -15,14 +15,9 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from airflow_mlops.core.errors import ConfigError, DataError
-from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_IDEMPOTENCY_KEY, TAG_TRY_NUMBER, RunContext
-from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
-from airflow_mlops.core.mlflow_settings import MlflowSettings, mlflow_environment
-from airflow_mlops.core.storage import Storage, sha256_bytes
-from airflow_mlops.core.training import (
-    ARTIFACTS_URI_ENV,
-    MLFLOW_PARENT_RUN_ID,
-    STAGE_TRAINING,
+from airflow_mlops.core.estimators import resolve_estimator, to_distribution
+from airflow_mlops.core.lineage import (
+    TAG_DAG_ID,
     TAG_DATA_ROWS,
     TAG_DATA_SHA256,
     TAG_DATA_URI,
@@ -30,6 +25,7 @@ from airflow_mlops.core.training import (
     TAG_FEATURES,
     TAG_HOLDOUT_SHA256,
     TAG_HOLDOUT_URI,
+    TAG_IDEMPOTENCY_KEY,
     TAG_MODEL_NAME,
     TAG_MODEL_URI,
     TAG_REFERENCE_URI,
@@ -38,16 +34,26 @@ from airflow_mlops.core.training import (
     TAG_STAGE,
     TAG_TARGET,
     TAG_TASK,
-    TrainingInterrupted,
-    TrainingJob,
-    default_artifacts_uri,
+    TAG_TRY_NUMBER,
+    RunContext,
     detect_git_commit,
-    pinned_requirements,
-    resolve_estimator,
-    to_distribution,
+)
+from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
+from airflow_mlops.core.mlflow_settings import MlflowSettings, mlflow_environment
+from airflow_mlops.core.storage import Storage, sha256_bytes
+from airflow_mlops.core.training import (
+    ARTIFACTS_URI_ENV,
+    TrainingInterrupted,
+    default_artifacts_uri,
     train_model,
 )
 from airflow_mlops.core.training_config import SearchConfig
+from airflow_mlops.core.training_job import TrainingJob
+from airflow_mlops.core.training_logging import (
+    MLFLOW_PARENT_RUN_ID,
+    STAGE_TRAINING,
+    pinned_requirements,
+)
 
 
 # -- data ------------------------------------------------------------------------------------

@@ -16,8 +16,14 @@ from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_IDEMPOTENCY_KEY, TAG_RUN_ID, TAG_TASK_ID
-from airflow_mlops.core.training import TAG_ERROR, TAG_MODEL_URI
+from airflow_mlops.core.lineage import (
+    TAG_DAG_ID,
+    TAG_ERROR,
+    TAG_IDEMPOTENCY_KEY,
+    TAG_MODEL_URI,
+    TAG_RUN_ID,
+    TAG_TASK_ID,
+)
 from airflow_mlops.operators.training import TrainModelOperator
 
 RESULT_KEYS = {

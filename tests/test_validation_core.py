@@ -1,4 +1,4 @@
-"""airflow_mlops.core.validation: suites, GX runs, summaries, messages.
+"""airflow_mlops.core.suite, validation and validation_summary: suites, GX runs, messages.
 
 Pure pandas DataFrames and a real (ephemeral) Great Expectations context; no Airflow.
 """
@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import great_expectations as gx
 import numpy as np
 import pandas as pd
 import pytest
 
 from airflow_mlops.core import validation as v
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.jsonsafe import MAX_LIST_ITEMS, MAX_TEXT_CHARS, json_safe
+from airflow_mlops.core.suite import SuiteDefinition, parse_suite, read_suite_file, suite_problems
+from airflow_mlops.core.validation_summary import (
+    MAX_FAILURES_IN_SUMMARY,
+    MAX_SAMPLE_VALUES,
+    summarize,
+    summary_json,
+)
 
 EXAMPLE_SUITE = Path(__file__).parents[1] / "include" / "suites" / "example_churn.json"
 XCOM_LIMIT = 64 * 1024
@@ -43,7 +54,7 @@ def failures_by_type(summary: dict) -> dict[str, dict]:
 
 # -- suites ---------------------------------------------------------------------------------
 def test_example_suite_file_is_valid_and_passes_good_data():
-    suite = v.read_suite_file(EXAMPLE_SUITE)
+    suite = read_suite_file(EXAMPLE_SUITE)
     assert suite.name == "example_churn"
     assert len(suite.expectations) == 11
     outcome = v.validate_frame(churn_frame(), suite, data_uri="mem://churn")
@@ -52,8 +63,22 @@ def test_example_suite_file_is_valid_and_passes_good_data():
     assert outcome.summary["evaluated_expectations"] == 11
 
 
+def test_suite_summary_and_drift_report_modules_load_no_data_library():
+    """Naming a suite, reading a summary or a report's HTML costs no GX, pandas or Evidently
+    import (GX loads only when a suite is checked)."""
+    code = (
+        "import sys\n"
+        "import airflow_mlops.core.suite, airflow_mlops.core.validation_summary\n"
+        "import airflow_mlops.core.drift_report\n"
+        "heavy = ('pandas', 'numpy', 'great_expectations', 'evidently')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_suite_as_list_of_expectation_configs():
-    suite = v.parse_suite(
+    suite = parse_suite(
         [expectation("expect_column_values_to_not_be_null", column="a")], default_name="inline"
     )
     assert suite.name == "inline"
@@ -66,12 +91,12 @@ def test_suite_file_that_is_not_json_names_the_file(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text('{"name": "x", "expectations": [')
     with pytest.raises(ConfigError, match=r"broken\.json is not valid JSON"):
-        v.read_suite_file(bad)
+        read_suite_file(bad)
 
 
 def test_missing_suite_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        v.read_suite_file(tmp_path / "nope.json")
+        read_suite_file(tmp_path / "nope.json")
 
 
 def test_unknown_expectation_is_named_with_its_position():
@@ -83,7 +108,7 @@ def test_unknown_expectation_is_named_with_its_position():
         ],
     }
     with pytest.raises(ConfigError) as err:
-        v.parse_suite(suite, source="include/suites/s.json")
+        parse_suite(suite, source="include/suites/s.json")
     message = str(err.value)
     assert "include/suites/s.json" in message
     assert "expectations[1] (expect_column_to_be_awesome) unknown expectation type" in message
@@ -91,7 +116,7 @@ def test_unknown_expectation_is_named_with_its_position():
 
 
 def test_every_problem_is_listed_not_only_the_first():
-    problems = v.suite_problems(
+    problems = suite_problems(
         {
             "name": "s",
             "expectations": [
@@ -110,18 +135,20 @@ def test_every_problem_is_listed_not_only_the_first():
 
 
 def test_empty_suite_and_gx_0x_suite_are_refused():
-    assert "no expectations" in v.suite_problems({"name": "s", "expectations": []})[0]
-    assert "GX 0.x" in v.suite_problems({"expectation_suite_name": "s", "expectations": []})[0]
-    assert "must be an object or a list" in v.suite_problems("expect_everything")[0]
+    assert "no expectations" in suite_problems({"name": "s", "expectations": []})[0]
+    assert "GX 0.x" in suite_problems({"expectation_suite_name": "s", "expectations": []})[0]
+    assert "must be an object or a list" in suite_problems("expect_everything")[0]
 
 
 def test_options_are_checked_and_named():
-    assert v.check_result_format("summary") == "SUMMARY"
-    assert v.check_on_failure(" Warn ") == "warn"
+    from airflow_mlops.core.suite import check_on_failure, check_result_format
+
+    assert check_result_format("summary") == "SUMMARY"
+    assert check_on_failure(" Warn ") == "warn"
     with pytest.raises(ConfigError, match="result_format='FULL'"):
-        v.check_result_format("FULL")
+        check_result_format("FULL")
     with pytest.raises(ConfigError, match="on_failure='ignore'"):
-        v.check_on_failure("ignore")
+        check_on_failure("ignore")
 
 
 # -- validation results, summaries, messages -------------------------------------------------
@@ -131,7 +158,7 @@ def test_failing_data_gives_one_readable_line_per_failure():
     frame.loc[:4, "contract"] = "lifetime"
     outcome = v.validate_frame(
         frame,
-        v.read_suite_file(EXAMPLE_SUITE),
+        read_suite_file(EXAMPLE_SUITE),
         data_uri="s3://b/churn.parquet",
         report_uri="r.json",
     )
@@ -160,7 +187,7 @@ def test_failing_data_gives_one_readable_line_per_failure():
 def test_aggregate_failure_shows_observed_value():
     frame = churn_frame()
     frame["churned"] = 1
-    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    outcome = v.validate_frame(frame, read_suite_file(EXAMPLE_SUITE))
     failure = failures_by_type(outcome.summary)["expect_column_mean_to_be_between"]
     assert failure["observed"] == 1.0
     assert (
@@ -171,7 +198,7 @@ def test_aggregate_failure_shows_observed_value():
 
 def test_missing_required_column_is_a_data_failure_that_says_so():
     frame = churn_frame().drop(columns=["monthly_charges"])
-    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    outcome = v.validate_frame(frame, read_suite_file(EXAMPLE_SUITE))
     assert not outcome.success
     columns = {f["column"] for f in outcome.summary["failures"]}
     assert "monthly_charges" in columns
@@ -187,7 +214,7 @@ def test_missing_required_column_is_a_data_failure_that_says_so():
 def test_wrong_dtypes_fail_with_the_reason():
     frame = churn_frame()
     frame["tenure_months"] = frame["tenure_months"].astype(str) + " months"
-    outcome = v.validate_frame(frame, v.read_suite_file(EXAMPLE_SUITE))
+    outcome = v.validate_frame(frame, read_suite_file(EXAMPLE_SUITE))
     failures = [f for f in outcome.summary["failures"] if f["column"] == "tenure_months"]
     types = {f["expectation"] for f in failures}
     assert types == {
@@ -201,7 +228,7 @@ def test_wrong_dtypes_fail_with_the_reason():
 
 def test_all_null_column_fails_even_if_the_suite_only_checks_its_range():
     frame = pd.DataFrame({"x": [np.nan] * 5, "y": [1, 2, 3, 4, 5]})
-    suite = v.parse_suite(
+    suite = parse_suite(
         [expectation("expect_column_values_to_be_between", column="x", min_value=0, max_value=1)]
     )
     gx_only = v.validate_frame(frame, suite, builtin_checks=False)
@@ -218,7 +245,7 @@ def test_all_null_column_fails_even_if_the_suite_only_checks_its_range():
 
 def test_all_null_column_is_not_reported_twice_or_when_nulls_are_expected():
     frame = pd.DataFrame({"x": [None] * 3, "y": [None] * 3})
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation("expect_column_values_to_not_be_null", column="x"),
             expectation("expect_column_values_to_be_null", column="y"),
@@ -232,9 +259,7 @@ def test_all_null_column_is_not_reported_twice_or_when_nulls_are_expected():
 
 def test_header_only_data_is_not_a_vacuous_pass():
     frame = churn_frame().iloc[0:0]
-    suite = v.parse_suite(
-        [expectation("expect_column_values_to_not_be_null", column="customer_id")]
-    )
+    suite = parse_suite([expectation("expect_column_values_to_not_be_null", column="customer_id")])
     assert v.validate_frame(frame, suite, builtin_checks=False).success
     outcome = v.validate_frame(frame, suite)
     assert not outcome.success
@@ -248,7 +273,7 @@ def test_header_only_data_is_not_a_vacuous_pass():
 )
 def test_odd_column_names_pass_and_fail_cleanly(column):
     frame = pd.DataFrame({column: [1.0, 2.0, 50.0]})
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation("expect_column_values_to_not_be_null", column=column),
             expectation(
@@ -262,7 +287,7 @@ def test_odd_column_names_pass_and_fail_cleanly(column):
     lines = outcome.failure_message().splitlines()
     assert len(lines) == 2  # headline + one line: a newline in a name cannot split it
     assert json.dumps(column, ensure_ascii=False) in lines[1]
-    assert json.loads(v.summary_json(outcome.summary))["failures"][0]["column"] == column
+    assert json.loads(summary_json(outcome.summary))["failures"][0]["column"] == column
     assert json.loads(outcome.report_json())["success"] is False
     assert v.validate_frame(frame.iloc[:2], suite).success
 
@@ -270,7 +295,7 @@ def test_odd_column_names_pass_and_fail_cleanly(column):
 def test_summary_and_report_never_carry_the_data():
     marker = "SECRET-ROW-VALUE"
     frame = pd.DataFrame({"id": range(1000), "note": [f"{marker}-{i}" for i in range(1000)]})
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation("expect_column_values_to_not_be_null", column="note"),
             expectation(
@@ -279,7 +304,7 @@ def test_summary_and_report_never_carry_the_data():
         ]
     )
     outcome = v.validate_frame(frame, suite, data_uri="x", data_sha256="0" * 64)
-    assert marker not in v.summary_json(outcome.summary)
+    assert marker not in summary_json(outcome.summary)
     assert marker not in outcome.report_json()
     assert outcome.summary["failures"][0]["sample_values"] == [998, 999]
     assert outcome.summary["data_sha256"] == "0" * 64
@@ -294,7 +319,7 @@ def test_no_network_traffic_during_validation(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    outcome = v.validate_frame(churn_frame(), v.read_suite_file(EXAMPLE_SUITE))
+    outcome = v.validate_frame(churn_frame(), read_suite_file(EXAMPLE_SUITE))
     assert outcome.success
     assert attempts == []
 
@@ -306,7 +331,7 @@ def test_summary_of_a_1000_column_frame_stays_small():
     text_columns = long_names[:150]
     for name in text_columns:
         frame[name] = ["y" * 5000 + str(i) for i in range(20)]
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation("expect_table_columns_to_match_set", column_set=[*long_names, "absent"]),
             expectation("expect_table_row_count_to_be_between", min_value=100),
@@ -322,15 +347,15 @@ def test_summary_of_a_1000_column_frame_stays_small():
     )
     outcome = v.validate_frame(frame, suite, data_uri="wide.parquet")
     summary = outcome.summary
-    size = len(v.summary_json(summary).encode())
+    size = len(summary_json(summary).encode())
     assert size < XCOM_LIMIT, size
     assert summary["failed_expectations"] == 152
-    assert len(summary["failures"]) == v.MAX_FAILURES_IN_SUMMARY
-    assert summary["failures_not_listed"] == 152 - v.MAX_FAILURES_IN_SUMMARY
+    assert len(summary["failures"]) == MAX_FAILURES_IN_SUMMARY
+    assert summary["failures_not_listed"] == 152 - MAX_FAILURES_IN_SUMMARY
     first_set = failures_by_type(summary)["expect_column_values_to_be_in_set"]
-    assert len(first_set["sample_values"]) == v.MAX_SAMPLE_VALUES
-    assert all(len(s) <= v.MAX_TEXT_CHARS for s in first_set["sample_values"])
-    assert len(first_set["expected"]["value_set"]) == v.MAX_LIST_ITEMS + 1  # + "… (N more)"
+    assert len(first_set["sample_values"]) == MAX_SAMPLE_VALUES
+    assert all(len(s) <= MAX_TEXT_CHARS for s in first_set["sample_values"])
+    assert len(first_set["expected"]["value_set"]) == MAX_LIST_ITEMS + 1  # + "… (N more)"
     assert "… and 132 more failed expectations" in outcome.failure_message()
 
 
@@ -351,10 +376,10 @@ def test_summary_budget_drops_failures_until_it_fits():
             for i in range(1000)
         ],
     }
-    summary = v.summarize(
+    summary = summarize(
         result, row_count=1, column_count=1000, max_failures=1000, budget_bytes=8000
     )
-    assert len(v.summary_json(summary).encode()) <= 8000
+    assert len(summary_json(summary).encode()) <= 8000
     assert summary["failed_expectations"] == 1000
     assert len(summary["failures"]) + summary["failures_not_listed"] == 1000
 
@@ -369,7 +394,7 @@ def test_json_safe_handles_numpy_pandas_and_non_finite_numbers():
         "na": pd.NA,
         "arr": np.array([1, 2]),
     }
-    safe = v.json_safe(value)
+    safe = json_safe(value)
     assert json.loads(json.dumps(safe, allow_nan=False)) == {
         "1": 3,
         "f": 1.5,
@@ -382,7 +407,7 @@ def test_json_safe_handles_numpy_pandas_and_non_finite_numbers():
 
 
 # -- only the columns the suite reads go to GX -----------------------------------------------
-class ExpectColumnValuesToBeWithinHouseRange(v.gx.expectations.ExpectColumnValuesToBeBetween):
+class ExpectColumnValuesToBeWithinHouseRange(gx.expectations.ExpectColumnValuesToBeBetween):
     """A user-defined expectation: its code may read any column, so it disables the subset."""
 
 
@@ -407,9 +432,9 @@ def wide_frame(rows: int = 600, seed: int = 3) -> pd.DataFrame:
     return frame
 
 
-def wide_suite() -> v.SuiteDefinition:
+def wide_suite() -> SuiteDefinition:
     """Passing and failing column expectations of every column-scoped family."""
-    return v.parse_suite(
+    return parse_suite(
         [
             expectation("expect_table_row_count_to_be_between", min_value=100, max_value=10_000),
             expectation(
@@ -448,13 +473,13 @@ def wide_suite() -> v.SuiteDefinition:
 def frames_given_to_gx(monkeypatch):
     """The column labels of every frame handed to GX's ``ValidationDefinition.run``."""
     seen: list[list] = []
-    original = v.gx.ValidationDefinition.run
+    original = gx.ValidationDefinition.run
 
     def spy(self, *args, **kwargs):
         seen.append(list(kwargs["batch_parameters"]["dataframe"].columns))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(v.gx.ValidationDefinition, "run", spy)
+    monkeypatch.setattr(gx.ValidationDefinition, "run", spy)
     return seen
 
 
@@ -470,8 +495,8 @@ def comparable(outcome: v.ValidationOutcome) -> dict:
     return {"summary": outcome.summary, "report": report, "success": outcome.success}
 
 
-def suite_of(*expectations: dict) -> v.SuiteDefinition:
-    return v.SuiteDefinition(name="s", expectations=list(expectations), meta={}, source="test")
+def suite_of(*expectations: dict) -> SuiteDefinition:
+    return SuiteDefinition(name="s", expectations=list(expectations), meta={}, source="test")
 
 
 @pytest.mark.parametrize(
@@ -543,7 +568,7 @@ def suite_of(*expectations: dict) -> v.SuiteDefinition:
     ],
 )
 def test_columns_to_validate_is_the_referenced_frame_columns(expectations, expected):
-    suite = v.parse_suite(expectations)
+    suite = parse_suite(expectations)
     assert v.columns_to_validate(suite, ["a", "b", "c", "d", "e", "f"]) == expected
 
 
@@ -622,7 +647,7 @@ def test_columns_to_validate_falls_back_to_the_whole_frame(entry):
     ],
 )
 def test_columns_to_validate_whole_frame_when_a_subset_is_pointless_or_unsafe(frame_columns, why):
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation("expect_column_values_to_not_be_null", column="a"),
             expectation("expect_column_values_to_not_be_null", column="b"),
@@ -700,7 +725,7 @@ def test_report_keeps_the_fingerprint_of_the_whole_frame():
 def test_row_condition_on_another_column_validates_the_whole_frame(frames_given_to_gx):
     frame = wide_frame()
     frame.loc[frame["segment"] != "a", "f03"] = 5.0  # out of range, but only outside "a"
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation(
                 "expect_column_values_to_be_between",
@@ -725,14 +750,14 @@ def test_row_condition_on_another_column_validates_the_whole_frame(frames_given_
 def batches_given_to_gx(monkeypatch):
     """(column labels, row count) of every frame handed to GX's ``ValidationDefinition.run``."""
     seen: list[tuple[list, int]] = []
-    original = v.gx.ValidationDefinition.run
+    original = gx.ValidationDefinition.run
 
     def spy(self, *args, **kwargs):
         frame = kwargs["batch_parameters"]["dataframe"]
         seen.append((list(frame.columns), len(frame)))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(v.gx.ValidationDefinition, "run", spy)
+    monkeypatch.setattr(gx.ValidationDefinition, "run", spy)
     return seen
 
 
@@ -758,7 +783,7 @@ def test_schema_checks_run_on_a_zero_row_frame_and_values_on_the_subset(
     onto the whole frame. Column-name checks now get every column without rows."""
     frame = wide_frame()
     checks = wide_suite().expectations
-    suite = v.parse_suite([checks[0], *schema_checks(frame), *checks[1:]])
+    suite = parse_suite([checks[0], *schema_checks(frame), *checks[1:]])
     split = v.validate_frame(frame, suite, result_format=result_format, data_uri="mem://w")
     whole = v.validate_frame(
         frame, suite, result_format=result_format, data_uri="mem://w", only_referenced_columns=False
@@ -778,8 +803,8 @@ def test_schema_checks_run_on_a_zero_row_frame_and_values_on_the_subset(
 
 def test_schema_checks_alone_or_with_a_full_width_subset_stay_one_batch(batches_given_to_gx):
     frame = wide_frame()
-    only_names = v.parse_suite(schema_checks(frame))
-    every_column = v.parse_suite(
+    only_names = parse_suite(schema_checks(frame))
+    every_column = parse_suite(
         [
             *schema_checks(frame)[:1],
             *(expectation("expect_column_values_to_not_be_null", column=c) for c in frame.columns),
@@ -802,7 +827,7 @@ def test_a_subset_is_used_only_when_it_drops_half_the_columns_or_more(
         expectation("expect_column_values_to_not_be_null", column=f"c{i}") for i in range(read)
     ]
     schema = expectation("expect_table_column_count_to_equal", value=10)
-    for suite in (v.parse_suite(reads), v.parse_suite([schema, *reads])):
+    for suite in (parse_suite(reads), parse_suite([schema, *reads])):
         assert v.validate_frame(frame, suite).success
     every, some = list(frame.columns), list(frame.columns[:read])
     if subset:  # the values suite, then the values and the zero-row schema batch
@@ -841,12 +866,12 @@ def test_suite_refuses_row_conditions_that_reach_dataframe_query(tmp_path, kwarg
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({"name": "s", "expectations": [entry]}))
     with pytest.raises(ConfigError, match=message):
-        v.read_suite_file(suite_file)
+        read_suite_file(suite_file)
 
 
 def test_gx_parsed_row_condition_still_filters_rows():
     frame = pd.DataFrame({"a": [1.0, None, 3.0], "f": ["x", "y", "x"]})
-    suite = v.parse_suite(
+    suite = parse_suite(
         [
             expectation(
                 "expect_column_values_to_not_be_null",

@@ -21,7 +21,6 @@ from airflow_mlops.core.errors import (
     UnreadableDataError,
     UnsupportedFormatError,
 )
-from airflow_mlops.operators import validation as operator_module
 from airflow_mlops.operators.validation import DataValidationOperator
 
 REPO = Path(__file__).parents[1]
@@ -101,13 +100,6 @@ def test_policy_typos_fail_at_parse_time_but_templates_wait():
     with pytest.raises(ConfigError, match="result_format='FULL'"):
         DataValidationOperator(task_id="v", data_uri="x.csv", suite=[], result_format="FULL")
     DataValidationOperator(task_id="v", data_uri="x.csv", suite=[], on_failure="{{ params.p }}")
-
-
-def test_operator_constants_mirror_the_core():
-    from airflow_mlops.core import validation as core
-
-    assert operator_module.ON_FAILURE_POLICIES == core.ON_FAILURE_POLICIES
-    assert operator_module.RESULT_FORMATS == core.RESULT_FORMATS
 
 
 # -- policies ----------------------------------------------------------------------------------

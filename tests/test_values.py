@@ -1,12 +1,13 @@
-"""One boolean parser and one "is this a template" rule (core/values.py), and their callers."""
+"""One boolean parser, one duration parser and one "is this a template" rule (core/values.py),
+and their callers."""
 
 from __future__ import annotations
 
 import pytest
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.values import is_templated, parse_bool
-from airflow_mlops.operators.monitoring import DriftReportOperator
+from airflow_mlops.core.values import is_templated, parse_bool, parse_seconds
+from airflow_mlops.operators.drift import DriftReportOperator
 from airflow_mlops.operators.registry import PromoteModelOperator, _serving_options
 from airflow_mlops.plugins.model_overview import verdict_from_tags
 
@@ -35,6 +36,26 @@ def test_a_mistyped_serving_check_is_refused_not_taken_as_true():
         _serving_options(op)
     op.serving_check = "false"  # a rendered template is text
     assert _serving_options(op) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, 0.0), (900, 900.0), (" 2.5 ", 2.5)])
+def test_parse_seconds_known_values(value, expected):
+    assert parse_seconds(value, "wait_seconds") == expected
+
+
+@pytest.mark.parametrize("value", [-1, "ten", None, True, float("nan"), float("inf")])
+def test_parse_seconds_refuses_what_is_not_a_duration_naming_the_field(value):
+    with pytest.raises(ConfigError, match="wait_seconds must be seconds >= 0"):
+        parse_seconds(value, "wait_seconds")
+
+
+def test_a_mistyped_serving_timeout_names_the_parameter():
+    # float() alone raised a bare ValueError that named neither the task nor the parameter.
+    op = PromoteModelOperator(
+        task_id="promote", evaluation={}, registration={}, serving_timeout_seconds="10m"
+    )
+    with pytest.raises(ConfigError, match="promote: serving_timeout_seconds must be seconds"):
+        _serving_options(op)
 
 
 def test_verdict_tags_stay_tri_state():

@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow_mlops.core.lineage import TAG_DATA_SHA256, TAG_GIT_COMMIT, TAG_PIPELINE_CONFIG_HASH
 
+__all__ = ["ALWAYS_TRAIN_RUN_TYPES", "ChangeDecision", "decide_retrain"]
+
 # Airflow run types for which the trigger itself is the reason to train.
 ALWAYS_TRAIN_RUN_TYPES = frozenset({"manual", "asset_triggered", "backfill"})
 

@@ -1,4 +1,4 @@
-"""Data drift on Evidently 0.7: the column plan, the report, its summary and its verdict.
+"""Data drift on Evidently 0.7: the column plan, the Evidently run, its summary and verdict.
 
 The verdicts are Evidently's (``Report`` + ``DataDriftPreset`` on ``Dataset`` /
 ``DataDefinition``; never ``evidently.legacy``). This module decides what Evidently is
@@ -20,12 +20,13 @@ given so that the verdicts stay right on millions of rows:
    (all values missing, datetimes) get a defined outcome here instead of an exception.
 4. **Evidently on the sample** (:func:`run_drift_report`), then :func:`summarize` reads
    per-column method, score, threshold and verdict from the snapshot's JSON.
-5. **Safe HTML** (:func:`sanitize_report_html`): Evidently embeds data and column names
-   in a ``<script>`` block without escaping ``</script>``; we escape ``<``, ``>`` and ``&``
-   inside that block so no value can end it.
+5. **Safe HTML** (:func:`~airflow_mlops.core.drift_report.finalize_report_html`): Evidently
+   embeds data and column names in a ``<script>`` block without escaping ``</script>``; the
+   block is escaped so no value can end it, and a note says what was sampled.
 
-Steps 1 and 2 live in :mod:`airflow_mlops.core.drift_sampling`; :func:`compute_drift` runs
-all the steps. The verdict's one-line reason and registered-model tag are in
+Steps 1 and 2 live in :mod:`airflow_mlops.core.drift_sampling`, step 5 in
+:mod:`airflow_mlops.core.drift_report`; :func:`compute_drift` runs all the steps. The
+verdict's one-line reason and registered-model tag are in
 :mod:`airflow_mlops.core.drift_verdict`, the champion read in :mod:`airflow_mlops.core.champion`
 and the retrain signal's debounce in :mod:`airflow_mlops.core.retrain_signal`, all three
 import-light.
@@ -33,10 +34,8 @@ import-light.
 
 from __future__ import annotations
 
-import html as html_lib
 import json
 import math
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from airflow_mlops.core.constants import DEFAULT_DRIFT_SHARE
+from airflow_mlops.core.drift_report import evidently_version, finalize_report_html, no_report_html
 from airflow_mlops.core.drift_sampling import (
     DISTINCT_CAP,
     EVIDENTLY_INTEGER_CARDINALITY_LIMIT,
@@ -70,12 +71,8 @@ __all__ = [
     "column_results_from_snapshot",
     "compute_drift",
     "default_method",
-    "evidently_version",
-    "finalize_report_html",
     "plan_columns",
     "run_drift_report",
-    "sampling_banner",
-    "sanitize_report_html",
     "small_summary",
     "summarize",
 ]
@@ -128,7 +125,7 @@ class DriftSettings:
     columns: tuple[str, ...] | None = None
     per_column_method: Mapping[str, str] = field(default_factory=dict)
     per_column_threshold: Mapping[str, float] = field(default_factory=dict)
-    drift_share: float = 0.5
+    drift_share: float = DEFAULT_DRIFT_SHARE
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)
 
     def __post_init__(self) -> None:
@@ -346,12 +343,6 @@ def run_drift_report(
     return EvidentlyRun(snapshot_json=json.loads(snapshot.json()), html=html)
 
 
-def evidently_version() -> str:
-    from evidently import __version__
-
-    return str(__version__)
-
-
 # -- the summary ----------------------------------------------------------------------------
 
 
@@ -479,88 +470,6 @@ def small_summary(summary: Mapping[str, Any], max_columns: int = 50) -> dict[str
     }
 
 
-# -- HTML -----------------------------------------------------------------------------------
-
-_DRAW_CALL = re.compile(r"window\.drawDashboard\((metric_[0-9a-f]{32}),")
-_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
-
-
-def sanitize_report_html(report_html: str) -> str:
-    """Escape ``<``, ``>`` and ``&`` inside Evidently's embedded data ``<script>`` block.
-
-    Evidently 0.7 writes ``var metric_<uuid> = {json};`` and the additional graphs as raw
-    ``json.dumps`` output inside ``<script>``; a column name or value holding
-    ``</script>`` or ``<!--`` would end or confuse that block. In JSON those characters
-    only occur inside strings, where ``\\u003c`` is the same character to JavaScript: the
-    report shows the original text and the HTML parser never sees a tag. The block is
-    located by the dashboard id (a random uuid, which data cannot forge). An unexpected
-    layout raises instead of writing unsafe HTML.
-    """
-    draws = _DRAW_CALL.findall(report_html)
-    if not draws:
-        raise MlopsError("Cannot sanitise the Evidently report: its dashboard call was not found.")
-    dashboard_id = draws[-1]
-    start_marker = f"<script>\n    var {dashboard_id} = "
-    graphs_marker = f";\n    var additional_graphs_{dashboard_id} = "
-    start = report_html.find(start_marker)
-    graphs = report_html.find(graphs_marker, start)
-    # json.dumps never emits a raw newline, so the first "\n</script>" after the second
-    # variable is the real end of the block.
-    end = report_html.find(";\n</script>", graphs)
-    if start < 0 or graphs < 0 or end < 0:
-        raise MlopsError(
-            "Cannot sanitise the Evidently report: its data block has an unexpected layout "
-            f"(evidently {evidently_version()})."
-        )
-    body_start = start + len("<script>")
-    block = report_html[body_start:end]
-    escaped = re.sub(r"[<>&]", lambda m: _SCRIPT_ESCAPES[m.group(0)], block)
-    return report_html[:body_start] + escaped + report_html[end:]
-
-
-def sampling_banner(summary: Mapping[str, Any]) -> str:
-    """A short, escaped HTML note stating what the report was computed on."""
-    sampling = summary["sampling"]
-    parts = []
-    for side in ("reference", "current"):
-        s = sampling[side]
-        if s["sampled"]:
-            parts.append(
-                f"{side}: {s['method']} sample of {s['sampled_rows']:,} of {s['rows']:,} rows"
-            )
-        else:
-            parts.append(f"{side}: all {s['rows']:,} rows")
-    policy = sampling["policy"]
-    text = (
-        "; ".join(parts)
-        + f" (seed {policy['seed']}, cap {policy['max_rows_per_side']:,} rows per side"
-        + (f", stratified by {policy['stratify_by']}" if policy.get("stratify_by") else "")
-        + ")."
-    )
-    not_tested = summary.get("not_tested_columns") or {}
-    missing = [n for n, c in summary["columns"].items() if c["outcome"] == "missing_one_side"]
-    if missing:
-        text += f" Drifted without a test (all values missing on one side): {missing}."
-    if not_tested:
-        text += f" Not tested: {dict(not_tested)}."
-    return (
-        '<div style="font-family:sans-serif;padding:8px 16px;background:#fff8e1;'
-        'border-bottom:1px solid #e0c068">airflow-mlops drift report. '
-        f"{html_lib.escape(text)}</div>"
-    )
-
-
-def finalize_report_html(report_html: str, summary: Mapping[str, Any]) -> str:
-    """Sanitised Evidently HTML with the sampling banner at the top of the body."""
-    safe = sanitize_report_html(report_html)
-    marker = "<body>"
-    at = safe.find(marker)
-    if at < 0:
-        raise MlopsError("Cannot place the sampling note: the report has no <body>.")
-    at += len(marker)
-    return safe[:at] + "\n" + sampling_banner(summary) + safe[at:]
-
-
 # -- the whole computation ------------------------------------------------------------------
 
 
@@ -607,7 +516,7 @@ def compute_drift(
         run = run_drift_report(reference.frame, current.frame, plans, settings, metadata=inputs)
     results = column_results_from_snapshot(run.snapshot_json) if run else {}
     summary = summarize(plans, results, settings, reference, current, inputs)
-    report_html = finalize_report_html(run.html, summary) if run else _no_report_html(summary)
+    report_html = finalize_report_html(run.html, summary) if run else no_report_html(summary)
     return DriftResult(summary=summary, html=report_html)
 
 
@@ -617,13 +526,3 @@ def _pooled_kind(reference: str, current: str) -> str:
     if {reference, current} == {"int", "float"}:
         return "float"
     return current if reference == "null" else reference
-
-
-def _no_report_html(summary: Mapping[str, Any]) -> str:
-    """When every testable column is missing on one side Evidently has nothing to run on."""
-    body = html_lib.escape(json.dumps(summary["dataset"]))
-    return (
-        "<!DOCTYPE html><html><head><meta charset='UTF-8'></head><body>"
-        + sampling_banner(summary)
-        + f"<pre>{body}</pre></body></html>"
-    )

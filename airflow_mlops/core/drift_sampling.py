@@ -11,7 +11,7 @@ the sample.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from airflow_mlops.core.constants import DEFAULT_MAX_ROWS_PER_SIDE
 from airflow_mlops.core.errors import (
     ConfigError,
     DataNotFoundError,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from airflow_mlops.core.storage import Storage
 
 __all__ = [
-    "DEFAULT_MAX_ROWS_PER_SIDE",
     "DISTINCT_CAP",
     "EVIDENTLY_INTEGER_CARDINALITY_LIMIT",
     "KIND_FAMILY",
@@ -51,7 +51,6 @@ __all__ = [
     "sample_side",
 ]
 
-DEFAULT_MAX_ROWS_PER_SIDE = 50_000
 PARQUET_BUFFER_BYTES = 1 << 20
 MAX_STRATA = 1_000
 
@@ -220,6 +219,12 @@ class TableSource:
 # -- schema check ---------------------------------------------------------------------------
 
 
+def _missing(side: str, names: Iterable[str], table: Mapping[str, str]) -> list[str]:
+    """``["missing from <side>: [...]"]`` for the ``names`` absent from ``table``, else []."""
+    absent = [c for c in names if c not in table]
+    return [f"missing from {side}: {absent}"] if absent else []
+
+
 def check_schema(
     reference: Mapping[str, str],
     current: Mapping[str, str],
@@ -234,22 +239,13 @@ def check_schema(
     it is reported as drifted later, not as a schema change.
     With ``columns=None`` both sides must have exactly the same column set.
     """
-    problems: list[str] = []
     if columns is None:
-        only_ref = [c for c in reference if c not in current]
-        only_cur = [c for c in current if c not in reference]
-        if only_ref:
-            problems.append(f"missing from current: {only_ref}")
-        if only_cur:
-            problems.append(f"missing from reference: {only_cur}")
+        problems = _missing("current", reference, current)
+        problems += _missing("reference", current, reference)
         selected = [c for c in reference if c in current]
     else:
-        missing_ref = [c for c in columns if c not in reference]
-        missing_cur = [c for c in columns if c not in current]
-        if missing_ref:
-            problems.append(f"missing from reference: {missing_ref}")
-        if missing_cur:
-            problems.append(f"missing from current: {missing_cur}")
+        problems = _missing("reference", columns, reference)
+        problems += _missing("current", columns, current)
         selected = [c for c in columns if c in reference and c in current]
     changed = [
         f"{c!r} ({reference[c]} -> {current[c]})"

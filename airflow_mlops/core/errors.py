@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "DataUriNotAllowedError",
+    "DataValidationFailed",
+    "DeletedExperimentError",
+    "EmptyBatchError",
+    "EstimatorNotAllowedError",
+    "MlflowCallError",
+    "MlflowConnectionError",
+    "MlopsError",
+    "ModelUriError",
+    "PipelineFileNameError",
+    "PromotionError",
+    "SchemaDriftError",
+    "TemplateNotAllowedError",
+    "UnreadableDataError",
+    "UnsupportedFormatError",
+    "UntrustedModelError",
+]
+
 
 class MlopsError(Exception):
     """Base class of every error raised on purpose by airflow_mlops."""

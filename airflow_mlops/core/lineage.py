@@ -9,9 +9,58 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "HOLDOUT_METRIC_PREFIX",
+    "MODEL_ARTIFACT_NAME",
+    "TAG_ARTIFACT_DIGEST",
+    "TAG_CONFIG_HASH",
+    "TAG_DAG_ID",
+    "TAG_DATA_ROWS",
+    "TAG_DATA_SHA256",
+    "TAG_DATA_URI",
+    "TAG_DEPLOYMENT",
+    "TAG_ERROR",
+    "TAG_ESTIMATOR",
+    "TAG_FEATURES",
+    "TAG_FEATURES_URI",
+    "TAG_GIT_COMMIT",
+    "TAG_HOLDOUT_ROWS",
+    "TAG_HOLDOUT_SHA256",
+    "TAG_HOLDOUT_URI",
+    "TAG_IDEMPOTENCY_KEY",
+    "TAG_MAP_INDEX",
+    "TAG_MODEL_NAME",
+    "TAG_MODEL_URI",
+    "TAG_PIPELINE",
+    "TAG_PIPELINE_CONFIG_HASH",
+    "TAG_PREFIX",
+    "TAG_PROVIDER_VERSION",
+    "TAG_REFERENCE_SHA256",
+    "TAG_REFERENCE_URI",
+    "TAG_RUN_ID",
+    "TAG_SEARCH_BEST_PARAMS",
+    "TAG_SIGNATURE",
+    "TAG_SOURCE_MODEL_URI",
+    "TAG_SOURCE_RUN_ID",
+    "TAG_SPLIT",
+    "TAG_SPLIT_TIME_CUTOFF",
+    "TAG_STAGE",
+    "TAG_TARGET",
+    "TAG_TASK",
+    "TAG_TASK_ID",
+    "TAG_TRIAL_INDEX",
+    "TAG_TRY_NUMBER",
+    "RunContext",
+    "config_hash",
+    "detect_git_commit",
+    "signature_tags",
+]
 
 TAG_PREFIX = "mlops."
 TAG_IDEMPOTENCY_KEY = f"{TAG_PREFIX}idempotency_key"
@@ -53,9 +102,13 @@ TAG_SPLIT_TIME_CUTOFF = "mlops.split.time_cutoff"
 TAG_SEARCH_BEST_PARAMS = "mlops.search.best_params"  # JSON object
 TAG_TRIAL_INDEX = "mlops.search.trial_index"
 TAG_ERROR = "mlops.error"
-# Written on model versions by registration (core.registry re-uses these names).
+# Written on model versions by registration (core.registry).
 TAG_SOURCE_MODEL_URI = "mlops.source_model_uri"
 TAG_SOURCE_RUN_ID = "mlops.source_run_id"
+# Written on the logged model by training and copied onto its versions by registration;
+# checked by core.provenance before a load.
+TAG_SIGNATURE = "mlops.signature"
+TAG_ARTIFACT_DIGEST = "mlops.artifact_digest"
 HOLDOUT_METRIC_PREFIX = "holdout_"
 MODEL_ARTIFACT_NAME = "model"
 
@@ -94,6 +147,11 @@ class RunContext:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def signature_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """The signature tags among a logged model's ``tags``, for registration to copy."""
+    return {k: tags[k] for k in (TAG_SIGNATURE, TAG_ARTIFACT_DIGEST) if k in (tags or {})}
 
 
 def config_hash(config: Any) -> str:

@@ -1,4 +1,4 @@
-"""Holdout metrics shared by training (issue 4) and evaluation (issue 5).
+"""Holdout metrics shared by training and evaluation.
 
 Both stages call the same three functions so that a champion and a challenger are scored
 on the same rows with exactly the same definitions:
@@ -30,6 +30,18 @@ import numpy as np
 import pandas as pd
 
 from airflow_mlops.core.errors import ConfigError, DataError
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "HIGHER_IS_BETTER",
+    "REGRESSION_METRICS",
+    "TASKS",
+    "Task",
+    "compute_metrics",
+    "infer_task",
+    "predict_for_metrics",
+    "validate_task",
+]
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[str, ...] = ("classification", "regression")

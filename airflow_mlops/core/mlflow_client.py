@@ -45,6 +45,17 @@ from mlflow.utils.uri import validate_path_is_safe
 
 from airflow_mlops.core.mlflow_settings import MlflowSettings
 
+__all__ = [
+    "ConnectionMlflowClient",
+    "HostCreds",
+    "HttpLimits",
+    "connection_client",
+    "get_or_create_experiment",
+    "host_creds_for",
+    "http_limits",
+    "with_credentials",
+]
+
 HostCreds = Callable[[str], MlflowHostCreds]
 
 #: Artifact repositories kept per client (MLflow keeps 1,024 per process).
@@ -61,7 +72,7 @@ def connection_client(settings: MlflowSettings) -> MlflowClient:
     registry_uri = settings.registry_uri or settings.tracking_uri
     if not settings.is_http:
         return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=registry_uri)
-    limits = HttpLimits(settings.timeout_s, settings.max_retries)
+    limits = HttpLimits(settings.timeout_seconds, settings.max_retries)
     return ConnectionMlflowClient(
         settings.tracking_uri, registry_uri, host_creds_for(settings), limits
     )
@@ -102,12 +113,12 @@ _installed = False
 class HttpLimits:
     """Timeout (s) and retries of one connection's MLflow requests."""
 
-    timeout_s: int
+    timeout_seconds: int
     max_retries: int
     backoff_factor: int = 1  # MLflow's default (2, 7 retries) can wait minutes on a dead server
 
     def values(self) -> dict[str, int]:
-        numbers = (self.timeout_s, self.max_retries, self.backoff_factor)
+        numbers = (self.timeout_seconds, self.max_retries, self.backoff_factor)
         return dict(zip(_LIMIT_VARIABLES, numbers, strict=True))
 
 

@@ -27,8 +27,27 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from airflow_mlops.core.errors import ConfigError, MlflowCallError, MlflowConnectionError
 from airflow_mlops.core.values import parse_bool
 
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "EMBEDDED_DIR_NAME",
+    "MASK",
+    "MlflowSettings",
+    "embedded_settings",
+    "ensure_embedded_store",
+    "mlflow_environment",
+    "patched_environ",
+    "redact_text",
+    "redact_uri",
+    "settings_from_connection",
+    "split_credentials",
+    "tracking_uri_from_parts",
+    "translate_mlflow_error",
+    "uri_secrets",
+]
+
 EMBEDDED_DIR_NAME = "mlflow"
-DEFAULT_TIMEOUT_S = 30
+DEFAULT_TIMEOUT_SECONDS = 30
 DEFAULT_MAX_RETRIES = 2
 
 # Every variable we may set; all of them are snapshotted and restored together.
@@ -113,7 +132,7 @@ class MlflowSettings:
     token: str | None = field(default=None, repr=False)
     s3_endpoint_url: str | None = None
     verify_tls: bool = True
-    timeout_s: int = DEFAULT_TIMEOUT_S
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     max_retries: int = DEFAULT_MAX_RETRIES
     artifact_root: str | None = None
     embedded: bool = False
@@ -150,7 +169,7 @@ class MlflowSettings:
             "MLFLOW_TRACKING_TOKEN": self.token,
             "MLFLOW_TRACKING_INSECURE_TLS": None if self.verify_tls else "true",
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url,
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.timeout_s),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.timeout_seconds),
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.max_retries),
             # MLflow's default backoff (factor 2, 7 retries) can wait minutes on a dead server.
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -248,7 +267,7 @@ def settings_from_connection(
         verify_tls=parse_bool(
             extra.get("verify_tls", True), "MLflow connection extra 'verify_tls'"
         ),
-        timeout_s=_as_positive_int(extra.get("timeout", DEFAULT_TIMEOUT_S), "timeout"),
+        timeout_seconds=_as_positive_int(extra.get("timeout", DEFAULT_TIMEOUT_SECONDS), "timeout"),
         max_retries=_as_positive_int(extra.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries"),
         artifact_root=extra.get("artifact_root") or None,
     )
@@ -261,17 +280,19 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in keys}
     try:
         for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            _put_env(key, value)
         yield
     finally:
         for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            _put_env(key, value)
+
+
+def _put_env(key: str, value: str | None) -> None:
+    """Set ``key``, or remove it when ``value`` is None."""
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -345,7 +366,7 @@ def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> Base
     if any(marker in text for marker in _UNREACHABLE_MARKERS):
         return MlflowConnectionError(
             f"MLflow tracking server {uri} is unreachable "
-            f"(timeout {settings.timeout_s}s, {settings.max_retries} retries): "
+            f"(timeout {settings.timeout_seconds}s, {settings.max_retries} retries): "
             f"{_first_line(text)}"
         )
     if "401" in text or "UNAUTHENTICATED" in text:

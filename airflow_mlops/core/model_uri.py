@@ -18,13 +18,13 @@ clear messages; anything that does not match the grammar is refused too.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airflow_mlops.core.errors import ModelUriError
+from airflow_mlops.core.storage import UncheckableUriError, is_under_root, normalize_uri
 
 MODELS_SCHEME = "models"
 _PREFIX = "models:/"
@@ -231,11 +231,14 @@ def model_uri_for(name: str, *, version: int | str | None = None, alias: str | N
 
 
 def safe_report_uri(uri: str, base: str) -> str:
-    """Return ``uri`` if it stays inside ``base`` (a local directory or ``s3://bucket/prefix``).
+    """Return ``uri`` if it lies strictly inside ``base`` (a local directory or
+    ``s3://bucket/prefix``); a relative ``uri`` is taken relative to ``base``.
 
     Used before writing files whose name is built from user input (model names, run ids), so a
-    name like ``../../etc`` cannot write outside the report directory. Symlinks are resolved for
-    local paths. Raises :class:`ModelUriError` naming the escape.
+    name like ``../../etc`` cannot write outside the report directory. The check is
+    :func:`airflow_mlops.core.storage.is_under_root`: no ``.``/``..``/empty segments, whole
+    segments, the same bucket, symlinks resolved for local paths (the resolved path is
+    returned). Raises :class:`ModelUriError` naming the escape.
     """
     for value, label in ((uri, "path"), (base, "base")):
         if not value:
@@ -247,37 +250,27 @@ def safe_report_uri(uri: str, base: str) -> str:
         if "\\" in value:
             raise ModelUriError(f"Refused report {label} {value!r}: it contains a backslash.")
     if base.startswith("s3://") or uri.startswith("s3://"):
-        return _safe_s3_uri(uri, base)
-    if "://" in uri or "://" in base:
+        if not (uri.startswith("s3://") and base.startswith("s3://")):
+            raise ModelUriError(
+                f"Refused report path {uri!r}: it and its base {base!r} must both be s3:// URIs."
+            )
+        if uri.endswith("/"):
+            raise ModelUriError(f"Refused report path {uri!r}: it names a folder, not a file.")
+        candidate, real_base = uri, base
+    elif "://" in uri or "://" in base:
         raise ModelUriError(
             f"Refused report path {uri!r}: only local paths and s3:// URIs are supported."
         )
-    resolved_base = os.path.realpath(base)
-    resolved = os.path.realpath(uri if os.path.isabs(uri) else os.path.join(resolved_base, uri))
-    if os.path.commonpath([resolved_base, resolved]) != resolved_base or resolved == resolved_base:
+    else:
+        real_base = os.path.realpath(base)
+        candidate = uri if os.path.isabs(uri) else os.path.join(real_base, uri)
+    try:
+        inside = is_under_root(candidate, real_base)
+        resolved, root = normalize_uri(candidate), normalize_uri(real_base)
+    except UncheckableUriError as err:
+        raise ModelUriError(f"Refused report path {uri!r}: {err}.") from None
+    if not inside or resolved.rstrip("/") == root.rstrip("/"):
         raise ModelUriError(
-            f"Refused report path {uri!r}: it resolves to {resolved!r}, outside {resolved_base!r}."
+            f"Refused report path {uri!r}: it resolves to {resolved!r}, outside {root!r}."
         )
     return resolved
-
-
-def _safe_s3_uri(uri: str, base: str) -> str:
-    if not (uri.startswith("s3://") and base.startswith("s3://")):
-        raise ModelUriError(
-            f"Refused report path {uri!r}: it and its base {base!r} must both be s3:// URIs."
-        )
-    base_bucket, _, base_prefix = base[len("s3://") :].partition("/")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if bucket != base_bucket:
-        raise ModelUriError(
-            f"Refused report path {uri!r}: bucket {bucket!r} is not the base bucket {base_bucket!r}."
-        )
-    segments = key.split("/")
-    if any(seg in {"", ".", ".."} for seg in segments) or "%" in key:
-        raise ModelUriError(
-            f"Refused report path {uri!r}: empty, '.', '..' or percent-encoded key segments."
-        )
-    prefix = posixpath.normpath(base_prefix).strip("/") if base_prefix.strip("/") else ""
-    if prefix and not key.startswith(prefix + "/"):
-        raise ModelUriError(f"Refused report path {uri!r}: it is outside {base!r}.")
-    return uri

@@ -31,6 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from airflow_mlops.core.constants import (
+    DEFAULT_MIN_LABELLED_ROWS,
+    DEFAULT_TOLERANCE,
+    TOLERANCE_MODES,
+)
 from airflow_mlops.core.errors import ConfigError, DataError, EmptyBatchError, MlopsError
 from airflow_mlops.core.lineage import TAG_TARGET, TAG_TASK
 from airflow_mlops.core.metrics import (
@@ -50,8 +55,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINE_METRIC_PREFIX",
     "DEFAULT_METRIC",
-    "DEFAULT_MIN_LABELLED_ROWS",
-    "TOLERANCE_MODES",
     "DecayCheck",
     "DecaySettings",
     "LabelledScore",
@@ -68,13 +71,11 @@ __all__ = [
 
 BASELINE_METRIC_PREFIX = "holdout_"  # training logs holdout metrics with this prefix
 DEFAULT_METRIC = {"classification": "f1", "regression": "rmse"}
-DEFAULT_MIN_LABELLED_ROWS = 100
 # Comparisons at the boundary are inclusive up to this, so that a tolerance of 0.05
 # accepts a drop from 0.90 to 0.85 despite binary floating-point rounding.
 FLOAT_TOLERANCE = 1e-9
 
 ToleranceMode = Literal["absolute", "relative"]
-TOLERANCE_MODES: tuple[str, ...] = ("absolute", "relative")
 
 #: Opens MLflow for a block and yields its client (``MlflowHook.session`` in a task): MLflow
 #: is reached only inside it, so storage errors are never reported as MLflow errors.
@@ -92,7 +93,7 @@ class DecaySettings:
     """
 
     metric: str | None = None
-    tolerance: float = 0.05
+    tolerance: float = DEFAULT_TOLERANCE
     tolerance_mode: ToleranceMode = "absolute"
     min_labelled_rows: int = DEFAULT_MIN_LABELLED_ROWS
 

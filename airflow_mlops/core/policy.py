@@ -42,6 +42,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.jsonsafe import json_safe, parse_json_mapping
 
+__all__ = [
+    "FAIL",
+    "KNOWN_HIGHER_IS_BETTER",
+    "KNOWN_LOWER_IS_BETTER",
+    "NOT_APPLICABLE",
+    "PASS",
+    "RECORD_SCHEMA_VERSION",
+    "ChangeThreshold",
+    "Decision",
+    "Direction",
+    "PromotionPolicy",
+    "RuleResult",
+    "SliceRule",
+    "ValueThreshold",
+    "Verdict",
+    "decide",
+    "default_direction",
+    "default_policy",
+    "parse_policy",
+]
+
 RECORD_SCHEMA_VERSION = 1
 
 PASS = "pass"
@@ -76,6 +97,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_one_or_both(model: BaseModel, first: str, second: str) -> None:
+    """At least one of the two fields is set, and each one set is a finite number."""
+    values = {name: getattr(model, name) for name in (first, second)}
+    if all(value is None for value in values.values()):
+        raise ValueError(f"give at least one of '{first}' or '{second}'")
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"'{name}' must be a finite number, got {value}")
+
+
 class ValueThreshold(_Strict):
     """Absolute bounds on the challenger's value, both inclusive."""
 
@@ -84,12 +115,7 @@ class ValueThreshold(_Strict):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ValueThreshold:
-        if self.lower is None and self.upper is None:
-            raise ValueError("give at least one of 'lower' or 'upper'")
-        for name in ("lower", "upper"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"'{name}' must be a finite number, got {value}")
+        _check_one_or_both(self, "lower", "upper")
         if self.lower is not None and self.upper is not None and self.lower > self.upper:
             raise ValueError(f"'lower' ({self.lower}) is greater than 'upper' ({self.upper})")
         return self
@@ -112,12 +138,7 @@ class ChangeThreshold(_Strict):
 
     @model_validator(mode="after")
     def _check_deltas(self) -> ChangeThreshold:
-        if self.min_delta is None and self.min_relative_delta is None:
-            raise ValueError("give at least one of 'min_delta' or 'min_relative_delta'")
-        for name in ("min_delta", "min_relative_delta"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"'{name}' must be a finite number, got {value}")
+        _check_one_or_both(self, "min_delta", "min_relative_delta")
         return self
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_mlops.core.constants import DEFAULT_CHUNK_ROWS
 from airflow_mlops.core.errors import (
     ConfigError,
     DataError,
@@ -51,7 +52,23 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
-DEFAULT_CHUNK_ROWS = 50_000
+__all__ = [
+    "MODEL_NAME_COLUMN",
+    "MODEL_VERSION_COLUMN",
+    "PREDICTION_COLUMN",
+    "PredictionResult",
+    "ResolvedModel",
+    "conform_to_signature",
+    "feature_columns_for",
+    "load_model",
+    "open_chunks",
+    "prediction_frame",
+    "resolve_model_version",
+    "run_batch_prediction",
+    "score_dataset",
+    "widen_integer_columns",
+]
+
 PREDICTION_COLUMN = "prediction"
 MODEL_NAME_COLUMN = "model_name"
 MODEL_VERSION_COLUMN = "model_version"

@@ -5,7 +5,7 @@ challenger; a required human approval said *Approve*), **serving check** (the ve
 from the registry in a clean process and predicts a holdout sample), **compare-and-set** move
 of ``@champion`` under the promotion lock (re-scoring the challenger if the champion moved
 since evaluation), and the **promotion record** logged on the challenger's run. Rollback: the
-target must be a former champion (:func:`airflow_mlops.core.registry.rollback_champion`) and
+target must be a former champion (:func:`airflow_mlops.core.alias_moves.rollback_champion`) and
 pass the same serving check.
 
 ``PromoteModelOperator`` and ``RollbackModelOperator`` read what only Airflow knows (the run,
@@ -29,9 +29,10 @@ from airflow_mlops.core.errors import ConfigError, PromotionError
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import AliasMove
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.provenance import ModelTrust
-    from airflow_mlops.core.registry import Actor, AliasMove
     from airflow_mlops.core.storage import Storage
 
 __all__ = [
@@ -73,7 +74,7 @@ class ServingCheckOptions:
     """How the clean-process serving check runs: holdout rows predicted, seconds allowed."""
 
     rows: int = 100
-    timeout_s: float = 600.0
+    timeout_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def serving_check_of_version(
     model_uri = f"models:/{model_name}/{version}"
     sample = serving_sample(holdout.frame, model_uri, challenger.target, options.rows)
     result = serving_check(
-        model_uri, sample, timeout_s=options.timeout_s, trust=trust(), client=client
+        model_uri, sample, timeout_seconds=options.timeout_seconds, trust=trust(), client=client
     )
     log.info("Serving check of %s: %s", model_uri, result)
     return result
@@ -367,7 +368,8 @@ def _move_champion(
     trust: TrustProvider,
     options: PromotionOptions,
 ) -> AliasMove:
-    from airflow_mlops.core.registry import Actor, promote_to_champion
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
 
     model_name = evaluation["model_name"]
     actor = Actor(
@@ -404,10 +406,10 @@ def rollback_to_former_champion(
     """Point ``@champion`` back at a former champion (default: the previous one).
 
     The target must be a version the alias history shows as a former champion
-    (:class:`~airflow_mlops.core.registry.RollbackRefused` otherwise) and, unless
+    (:class:`~airflow_mlops.core.alias_moves.RollbackRefused` otherwise) and, unless
     ``serving`` is None, pass the serving check before the alias moves.
     """
-    from airflow_mlops.core.registry import rollback_champion
+    from airflow_mlops.core.alias_moves import rollback_champion
 
     checks: list[dict[str, Any]] = []
     move = rollback_champion(
@@ -436,7 +438,7 @@ def _rollback_serving_check(
     """The callback ``rollback_champion`` runs on the target before moving the alias."""
 
     def check(version: str) -> None:
-        from airflow_mlops.core.registry import RollbackRefused
+        from airflow_mlops.core.alias_moves import RollbackRefused
 
         mv = client.get_model_version(model_name, version)
         if not mv.run_id:

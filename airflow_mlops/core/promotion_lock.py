@@ -5,13 +5,13 @@ absent" it offers is creating a registered model (its name is a unique key, a se
 fails with ``RESOURCE_ALREADY_EXISTS``). So the lock is a registered model named
 ``<model>.mlops-lock`` carrying tags ``mlops.lock.owner`` (a random id) and
 ``mlops.lock.expires_at``. Acquire = create it; release = delete it (only if we still own
-it). A lock whose holder died expires after ``ttl_s`` and may be broken by the next promoter
-once ``clock_skew_s`` more has passed on its own clock. Before each alias write the holder
-re-reads the lock to confirm it still owns it with time to spare (measured on its monotonic
-clock too). A lock carrying this acquisition's own owner id is ours (a replayed create).
+it). A lock whose holder died expires after ``ttl_seconds`` and may be broken by the next
+promoter once ``clock_skew_seconds`` more has passed on its own clock. Before each alias write
+the holder re-reads the lock to confirm it still owns it with time to spare (measured on its
+monotonic clock too). A lock carrying this acquisition's own owner id is ours (a replayed create).
 Names that would exceed ``VARCHAR(256)`` are shortened with a digest (:func:`lock_name`).
 
-The alias moves that take it are in :mod:`airflow_mlops.core.registry`.
+The alias moves that take it are in :mod:`airflow_mlops.core.alias_moves`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from airflow_mlops.core.errors import ConfigError, PromotionError
 
 __all__ = [
-    "DEFAULT_LOCK_CLOCK_SKEW_S",
+    "DEFAULT_LOCK_CLOCK_SKEW_SECONDS",
     "LOCK_NAME_MAX_CHARS",
     "LOCK_SUFFIX",
     "TAG_LOCK_EXPIRES_AT",
@@ -58,7 +58,7 @@ LOCK_SUFFIX = ".mlops-lock"
 LOCK_NAME_MAX_CHARS = 256
 # Waiters on different hosts compare the holder's expiry with their own clock: a lock
 # counts as expired only this long after its recorded expiry (see PromotionLock).
-DEFAULT_LOCK_CLOCK_SKEW_S = 60.0
+DEFAULT_LOCK_CLOCK_SKEW_SECONDS = 60.0
 
 
 def lock_name(model_name: str) -> str:
@@ -89,19 +89,19 @@ class PromotionLock:
     """A per-model mutual-exclusion lock held in the registry itself (see module docstring).
 
     :param holder: human-readable description of who holds it (host, pid, Airflow task).
-    :param ttl_s: the lock expires this long after it is taken; a longer critical section
+    :param ttl_seconds: the lock expires this long after it is taken; a longer critical section
         is refused at :meth:`verify` rather than risking two writers.
-    :param wait_s: give up (``PromotionError``) after waiting this long for another holder.
+    :param wait_seconds: give up (``PromotionError``) after waiting this long for another holder.
     :param reclaim_key: idempotency key of the task instance taking the lock, and
     :param try_number: its Airflow try number. A lock left by an *earlier* try of the same
         task instance (same key, lower try number) is taken over at once instead of waiting
         for its TTL: Airflow never runs two tries of one task instance together, so that
         holder is dead. A lock of the same try number (two scripts sharing the default
         ``RunContext``) or without a recorded try number is waited for like any other.
-    :param clock_skew_s: how far apart the clocks of two promoters may be. Another holder's
-        lock is broken only ``clock_skew_s`` after its recorded expiry (waiter's clock); the
+    :param clock_skew_seconds: how far apart the clocks of two promoters may be. Another holder's
+        lock is broken only ``clock_skew_seconds`` after its recorded expiry (waiter's clock); the
         holder itself measures its remaining time on its own monotonic clock. Two writers
-        can overlap only if clocks differ by more than ``clock_skew_s`` + the 30 s margin
+        can overlap only if clocks differ by more than ``clock_skew_seconds`` + the 30 s margin
         of :meth:`verify`.
 
     A lock found already holding *this* acquisition's owner id is ours: the MLflow client
@@ -114,29 +114,30 @@ class PromotionLock:
         model_name: str,
         *,
         holder: str = "",
-        ttl_s: float = 900.0,
-        wait_s: float = 1800.0,
-        poll_s: float = 0.5,
+        ttl_seconds: float = 900.0,
+        wait_seconds: float = 1800.0,
+        poll_seconds: float = 0.5,
         reclaim_key: str | None = None,
         try_number: int | None = None,
-        clock_skew_s: float = DEFAULT_LOCK_CLOCK_SKEW_S,
+        clock_skew_seconds: float = DEFAULT_LOCK_CLOCK_SKEW_SECONDS,
     ) -> None:
-        if ttl_s <= 0 or wait_s < 0 or poll_s <= 0 or clock_skew_s < 0:
+        if ttl_seconds <= 0 or wait_seconds < 0 or poll_seconds <= 0 or clock_skew_seconds < 0:
             raise ConfigError(
-                "lock ttl_s and poll_s must be > 0, wait_s and clock_skew_s >= 0; got "
-                f"ttl_s={ttl_s!r}, wait_s={wait_s!r}, poll_s={poll_s!r}, "
-                f"clock_skew_s={clock_skew_s!r}"
+                "lock ttl_seconds and poll_seconds must be > 0, wait_seconds and "
+                f"clock_skew_seconds >= 0; got ttl_seconds={ttl_seconds!r}, "
+                f"wait_seconds={wait_seconds!r}, poll_seconds={poll_seconds!r}, "
+                f"clock_skew_seconds={clock_skew_seconds!r}"
             )
         self.client = client
         self.model_name = model_name
         self.name = lock_name(model_name)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-        self.ttl_s = ttl_s
-        self.wait_s = wait_s
-        self.poll_s = poll_s
+        self.ttl_seconds = ttl_seconds
+        self.wait_seconds = wait_seconds
+        self.poll_seconds = poll_seconds
         self.reclaim_key = reclaim_key
         self.try_number = try_number
-        self.clock_skew_s = clock_skew_s
+        self.clock_skew_seconds = clock_skew_seconds
         self.owner: str | None = None
         self.expires_at = 0.0
         self._deadline = 0.0  # monotonic: the holder's own view of its expiry, skew-free
@@ -189,12 +190,12 @@ class PromotionLock:
 
     def acquire(self) -> None:
         owner = uuid.uuid4().hex
-        deadline = time.monotonic() + self.wait_s
+        deadline = time.monotonic() + self.wait_seconds
         waited_for: LockState | None = None
         while True:
             # Measured before the request: the lock cannot have been created earlier.
-            deadline_mono = time.monotonic() + self.ttl_s
-            expires_at = time.time() + self.ttl_s
+            deadline_mono = time.monotonic() + self.ttl_seconds
+            expires_at = time.time() + self.ttl_seconds
             try:
                 self.client.create_registered_model(
                     self.name,
@@ -248,18 +249,18 @@ class PromotionLock:
                     else "?"
                 )
                 raise PromotionError(
-                    f"could not take the promotion lock {self.name!r} within {self.wait_s:.0f}s: "
-                    f"held by {who}. The registry was not changed."
+                    f"could not take the promotion lock {self.name!r} within "
+                    f"{self.wait_seconds:.0f}s: held by {who}. The registry was not changed."
                 )
-            time.sleep(self.poll_s * (1.0 + random.random()))
+            time.sleep(self.poll_seconds * (1.0 + random.random()))
 
     def _acquired(self, owner: str, expires_at: float, deadline_mono: float) -> None:
         self.owner, self.expires_at, self._deadline = owner, expires_at, deadline_mono
         log.info("Acquired promotion lock %s (owner %s).", self.name, owner)
 
     def _expired(self, state: LockState) -> bool:
-        """Expired by the waiter's clock, allowing for ``clock_skew_s`` between the hosts."""
-        return state.expires_at + self.clock_skew_s < time.time()
+        """Expired by the waiter's clock, allowing for ``clock_skew_seconds`` between the hosts."""
+        return state.expires_at + self.clock_skew_seconds < time.time()
 
     def _break(self, stale: LockState, why: str = "expired") -> None:
         """Delete a dead holder's lock, but only if it is still that same lock."""
@@ -275,8 +276,10 @@ class PromotionLock:
         )
         self._delete()
 
-    def verify(self, margin_s: float = 30.0) -> None:
-        """Raise unless we still own the lock with ``margin_s`` to spare (call before writes)."""
+    def verify(self, margin_seconds: float = 30.0) -> None:
+        """Raise unless we still own the lock with ``margin_seconds`` to spare.
+
+        Call it before each write under the lock."""
         state = self.read()
         if state is None or self.owner is None or state.owner != self.owner:
             raise PromotionError(
@@ -284,9 +287,9 @@ class PromotionLock:
                 "alias was not changed. Raise the lock TTL if promotions take this long."
             )
         remaining = min(state.expires_at - time.time(), self._deadline - time.monotonic())
-        if remaining < margin_s:
+        if remaining < margin_seconds:
             raise PromotionError(
-                f"the promotion lock {self.name!r} expires in less than {margin_s:.0f}s; the "
+                f"the promotion lock {self.name!r} expires in less than {margin_seconds:.0f}s; the "
                 "alias was not changed. Raise the lock TTL."
             )
 

@@ -20,6 +20,9 @@ Two checks, the strong one when a signing key is configured:
 
 Anything refused raises :class:`~airflow_mlops.core.errors.UntrustedModelError` naming the
 model, the version and why, unless the task opted in with ``trust_unsigned_models``.
+
+The signature tag names live in :mod:`airflow_mlops.core.lineage` with the other tags; an
+alias URI is resolved by :func:`airflow_mlops.core.registry.current_alias_version`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import UntrustedModelError
 from airflow_mlops.core.lineage import (
+    TAG_ARTIFACT_DIGEST,
     TAG_IDEMPOTENCY_KEY,
     TAG_MODEL_URI,
+    TAG_SIGNATURE,
     TAG_SOURCE_MODEL_URI,
     TAG_SOURCE_RUN_ID,
     TAG_STAGE,
@@ -47,10 +52,18 @@ from airflow_mlops.core.storage import sha256_file
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+__all__ = [
+    "SIGNATURE_SCHEME",
+    "ModelTrust",
+    "artifact_digest",
+    "download_model",
+    "sign_logged_model",
+    "signature_for",
+    "verified_local_copy",
+]
+
 log = logging.getLogger(__name__)
 
-TAG_SIGNATURE = "mlops.signature"
-TAG_ARTIFACT_DIGEST = "mlops.artifact_digest"
 SIGNATURE_SCHEME = "hmac-sha256:v1"
 # MLflow writes this file into the download of a registered version (name and version, YAML);
 # it is not part of what was logged, and nothing unpickles it.
@@ -135,11 +148,6 @@ def sign_logged_model(client: MlflowClient, model_id: str, key: bytes, work_dir:
     return signature
 
 
-def signature_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
-    """The signature tags among a logged model's ``tags``, for registration to copy."""
-    return {k: tags[k] for k in (TAG_SIGNATURE, TAG_ARTIFACT_DIGEST) if k in (tags or {})}
-
-
 # -- the check before any load ---------------------------------------------------------------
 
 
@@ -193,10 +201,8 @@ def _describe(client: MlflowClient, parsed: ModelUri) -> _Target:
             source=parsed.uri,
         )
     assert parsed.name is not None
-    if parsed.alias is not None:
-        version = client.get_model_version_by_alias(parsed.name, parsed.alias)
-    else:
-        version = client.get_model_version(parsed.name, str(parsed.version))
+    number = str(parsed.version) if parsed.alias is None else _alias_version(client, parsed)
+    version = client.get_model_version(parsed.name, number)
     return _Target(
         label=f"model {parsed.name!r} version {version.version}",
         download_uri=f"models:/{parsed.name}/{version.version}",
@@ -205,6 +211,29 @@ def _describe(client: MlflowClient, parsed: ModelUri) -> _Target:
         model_id=getattr(version, "model_id", None) or None,
         source=version.source,
     )
+
+
+def _alias_version(client: MlflowClient, parsed: ModelUri) -> str:
+    """The version ``parsed``'s alias points at; a missing alias or model is an error.
+
+    Raised as MLflow's own not-found error, the one evaluation and the serving check handle
+    for a model the registry cannot provide. The registry module imports MLflow at module
+    level, so it is imported here: this module stays light for ``hooks.signing``.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from airflow_mlops.core.registry import current_alias_version
+
+    assert parsed.name is not None and parsed.alias is not None
+    version = current_alias_version(client, parsed.name, parsed.alias)
+    if version is None:
+        raise MlflowException(
+            f"registered model {parsed.name!r} has no alias {parsed.alias!r} "
+            f"(or does not exist): {parsed.uri} names no version to load",
+            error_code=RESOURCE_DOES_NOT_EXIST,
+        )
+    return version
 
 
 def _logged_model_tags(client: MlflowClient, target: _Target) -> Mapping[str, str]:

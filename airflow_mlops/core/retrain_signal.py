@@ -15,7 +15,9 @@ from typing import Any
 from airflow_mlops.core.errors import ConfigError
 
 __all__ = [
+    "ACTIVE_RUN_STATES",
     "DEFAULT_DEBOUNCE_SECONDS",
+    "ON_EMPTY_POLICIES",
     "ON_TRIGGER_POLICIES",
     "TAG_LAST_RETRAIN_SIGNAL",
     "RetrainDecision",
@@ -28,6 +30,10 @@ TAG_LAST_RETRAIN_SIGNAL = "mlops.last_retrain_signal"
 DEFAULT_DEBOUNCE_SECONDS = 6 * 3600
 #: What a monitoring check does when it fires (``on_drift`` / ``on_decay``).
 ON_TRIGGER_POLICIES: tuple[str, ...] = ("emit", "fail", "skip", "branch")
+#: What a monitoring check does when it has no usable input rows (``on_empty``).
+ON_EMPTY_POLICIES: tuple[str, ...] = ("fail", "skip")
+#: Airflow run states of the CT DAG during which no retrain signal is sent.
+ACTIVE_RUN_STATES: tuple[str, ...] = ("queued", "running")
 
 
 @dataclass(frozen=True)

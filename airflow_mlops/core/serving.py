@@ -6,8 +6,8 @@ and breaks for every consumer. So each check runs in a process that has imported
 third-party libraries, started with ``python -I`` (isolated mode: no user site-packages,
 no current directory on ``sys.path``).
 
-Starting that interpreter and importing MLflow, pandas and scikit-learn costs 3-5 s, which
-was 55 % of a segment model's time. So each Python process keeps one **checker**: a
+Starting that interpreter and importing MLflow, pandas and scikit-learn costs more than
+the check itself, once per model. So each Python process keeps one **checker**: a
 long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
 child per check. Every child starts from the same clean state (the libraries, nothing
 else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
@@ -41,10 +41,20 @@ from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+__all__ = [
+    "REPLY_GRACE_SECONDS",
+    "START_TIMEOUT_SECONDS",
+    "CheckerError",
+    "checker_starts",
+    "serving_check",
+    "serving_sample",
+    "stop_serving_checker",
+]
+
 # Time the checker may take to start (interpreter + imports) on a loaded machine.
-START_TIMEOUT_S = 180.0
+START_TIMEOUT_SECONDS = 180.0
 # Extra wait for the checker's answer beyond the check's own timeout (it kills the child).
-REPLY_GRACE_S = 30.0
+REPLY_GRACE_SECONDS = 30.0
 
 # Runs in the checker process (``python -I -c``). Imports happen once; each request forks.
 _CHECKER_CODE = r"""
@@ -77,8 +87,8 @@ def run_check(req):
     with open(req["out_path"], "w") as handle:
         json.dump(result, handle)
 
-def wait_child(pid, timeout_s):
-    deadline = time.monotonic() + timeout_s
+def wait_child(pid, timeout_seconds):
+    deadline = time.monotonic() + timeout_seconds
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -107,7 +117,7 @@ for line in sys.stdin:
             code = 0
         finally:
             os._exit(code)
-    channel.write(json.dumps({"exit": wait_child(pid, req["timeout_s"])}) + "\n")
+    channel.write(json.dumps({"exit": wait_child(pid, req["timeout_seconds"])}) + "\n")
     channel.flush()
 """
 
@@ -125,7 +135,7 @@ class _Checker:
         self._lock = threading.Lock()
         self.started_count = 0
 
-    def run(self, request: dict[str, Any], timeout_s: float) -> int | str:
+    def run(self, request: dict[str, Any], timeout_seconds: float) -> int | str:
         """Send one check; return the child's exit code or ``"timeout"``."""
         with self._lock:
             proc = self._ensure_started()
@@ -135,7 +145,7 @@ class _Checker:
                 proc.stdin.flush()
             except (BrokenPipeError, OSError) as err:
                 raise self._died(f"could not send the check: {err}") from err
-            reply = self._read_reply(timeout_s + REPLY_GRACE_S)
+            reply = self._read_reply(timeout_seconds + REPLY_GRACE_SECONDS)
             return reply["exit"]
 
     def stop(self) -> None:
@@ -161,15 +171,15 @@ class _Checker:
                 start_new_session=True,  # a Ctrl-C in the parent must not kill it mid-check
             )
         self.started_count += 1
-        self._read_reply(START_TIMEOUT_S)
+        self._read_reply(START_TIMEOUT_SECONDS)
         return self._proc
 
-    def _read_reply(self, timeout_s: float) -> dict[str, Any]:
+    def _read_reply(self, timeout_seconds: float) -> dict[str, Any]:
         assert self._proc is not None and self._proc.stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self._proc.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout_s):
-                raise self._died(f"no answer within {timeout_s:.0f}s")
+            if not selector.select(timeout_seconds):
+                raise self._died(f"no answer within {timeout_seconds:.0f}s")
         line = self._proc.stdout.readline()
         if not line:
             raise self._died("it exited")
@@ -243,7 +253,7 @@ def serving_check(
     model_uri: str,
     sample: pd.DataFrame,
     *,
-    timeout_s: float = 600.0,
+    timeout_seconds: float = 600.0,
     trust: ModelTrust | None = None,
     client: MlflowClient | None = None,
 ) -> dict[str, Any]:
@@ -274,15 +284,17 @@ def serving_check(
             # The child sees the caller's current environment (MlflowHook.session() sets
             # the tracking URI and credentials there), not the one the checker started with.
             "env": dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"),
-            "timeout_s": timeout_s,
+            "timeout_seconds": timeout_seconds,
         }
         sample.to_parquet(request["sample_path"], index=False)
         try:
-            exit_status = _CHECKER.run(request, timeout_s)
+            exit_status = _CHECKER.run(request, timeout_seconds)
         except CheckerError as err:
             return _failed(uri, str(err), started)
         if exit_status == "timeout":
-            return _failed(uri, f"the serving check timed out after {timeout_s:.0f}s", started)
+            return _failed(
+                uri, f"the serving check timed out after {timeout_seconds:.0f}s", started
+            )
         out_path = Path(request["out_path"])
         if not out_path.exists():
             log = Path(request["log_path"])

@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +56,81 @@ def join_uri(base: str, *parts: str) -> str:
     if is_s3_uri(base):
         return "/".join([base.rstrip("/"), *cleaned])
     return str(Path(base).joinpath(*cleaned))
+
+
+class UncheckableUriError(ValueError):
+    """A URI that cannot be compared with a root; the message says why, never the URI."""
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def normalize_uri(uri: str, *, resolve_links: bool = True) -> str:
+    """The canonical form of a local path or ``s3://`` URI, for "is it under that root".
+
+    Refused with :class:`UncheckableUriError`: empty values, control characters,
+    backslashes, ``.``/``..``/empty segments (one trailing ``/`` is allowed), ``file://``
+    naming another host or carrying ``?``/``#``, ``?``/``#``/``%`` in an ``s3://`` URI, any
+    other scheme, and relative paths. So no spelling of a URI can pass a check that its
+    plain form fails. Local paths are absolute; with ``resolve_links`` symlinks are
+    resolved (a link inside a root may point outside it).
+    """
+    text = str(uri).strip()
+    if not text:
+        raise UncheckableUriError("it is empty")
+    if any(unicodedata.category(char) == "Cc" for char in text):
+        raise UncheckableUriError("it contains a control character")
+    if "\\" in text:
+        raise UncheckableUriError("it contains a backslash")
+    if is_s3_uri(text):
+        return _normalize_s3(text)
+    if text.startswith("file://"):
+        host, _, path = text.removeprefix("file://").partition("/")
+        if host not in ("", "localhost"):
+            raise UncheckableUriError(f"it names another host ({host!r})")
+        if "?" in path or "#" in path:
+            raise UncheckableUriError("a file:// URI with a query or fragment")
+        text = "/" + path
+    elif _SCHEME.match(text):
+        raise UncheckableUriError("only local paths and s3:// URIs can be checked")
+    if not text.startswith("/"):
+        raise UncheckableUriError("it is not an absolute path")
+    _refuse_dot_segments(text.split("/")[1:])
+    if resolve_links:
+        return os.path.realpath(text)
+    return text.rstrip("/") or "/"
+
+
+def _normalize_s3(text: str) -> str:
+    bucket, _, key = text.removeprefix("s3://").partition("/")
+    if not bucket or any(char in text for char in "?#%"):
+        raise UncheckableUriError("not a plain s3://bucket/key URI (no '?', '#' or '%')")
+    if key:
+        _refuse_dot_segments(key.split("/"))
+    return f"s3://{bucket}/{key}"
+
+
+def _refuse_dot_segments(segments: list[str]) -> None:
+    """No ``.``, ``..`` or empty segment; the last may be empty (a trailing ``/``)."""
+    if any(s in (".", "..") for s in segments) or "" in segments[:-1]:
+        raise UncheckableUriError("it has '.', '..' or empty segments")
+
+
+def is_under_root(uri: str, root: str, *, resolve_links: bool = True) -> bool:
+    """``uri`` is ``root`` or below it: whole path segments (``/data`` does not cover
+    ``/data2``), the same bucket, never a local path under an ``s3://`` root or the reverse.
+
+    Both are normalised first (:func:`normalize_uri`, which raises
+    :class:`UncheckableUriError` for either one that cannot be checked).
+    """
+    path = normalize_uri(uri, resolve_links=resolve_links)
+    base = normalize_uri(root, resolve_links=resolve_links)
+    if is_s3_uri(path) != is_s3_uri(base):
+        return False
+    folder = base.rstrip("/")
+    if not folder:  # the local root "/"
+        return True
+    return path.rstrip("/") == folder or path.startswith(folder + "/")
 
 
 def table_format(uri: str) -> str:

@@ -19,7 +19,10 @@ import numpy as np
 import pandas as pd
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.validation import failure_lines, json_safe, parse_suite, validate_frame
+from airflow_mlops.core.jsonsafe import json_safe
+from airflow_mlops.core.suite import parse_suite
+from airflow_mlops.core.validation import validate_frame
+from airflow_mlops.core.validation_summary import failure_lines
 
 __all__ = ["gx_type_list", "infer_suite", "suite_to_json"]
 

@@ -5,7 +5,7 @@ reads, with one set of defaults.
 Import-light (pydantic only): factories validate it when a DAG file is parsed. Fields that
 name code (``estimator``, ``preprocessing``) hold a dotted path, or in Python a class or
 callable; the task is never guessed here from a name but at run time from the constructed
-estimator (see :func:`airflow_mlops.core.training.resolve_task`).
+estimator (see :func:`airflow_mlops.core.training_data.resolve_task`).
 """
 
 from __future__ import annotations

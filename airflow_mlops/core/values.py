@@ -1,16 +1,30 @@
 """Small value rules shared by core, operators, factories and plugins (standard library only).
 
-Imported at DAG-parse time: it must stay free of Airflow and of heavy libraries.
+Booleans, durations and "is this a template": one parser each, so an operator parameter,
+a YAML key and an ``[mlops]`` setting are read the same way. Imported at DAG-parse time: it
+must stay free of Airflow and of heavy libraries.
+
+Durations are numbers of seconds, named ``<what>_seconds`` (parameters, YAML keys,
+settings, fields), except where Airflow names them (``timeout``, ``poke_interval``,
+``poll_interval``, ``execution_timeout``) and the YAML ``monitoring.debounce_hours``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from airflow_mlops.core.errors import ConfigError
 
-__all__ = ["FALSE_WORDS", "TEMPLATE_MARKERS", "TRUE_WORDS", "is_templated", "parse_bool"]
+__all__ = [
+    "FALSE_WORDS",
+    "TEMPLATE_MARKERS",
+    "TRUE_WORDS",
+    "is_templated",
+    "parse_bool",
+    "parse_seconds",
+]
 
 #: What Jinja (and so Airflow's template rendering) acts on: expressions, statements, comments.
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
@@ -47,6 +61,24 @@ def parse_bool(
     if default is not _REFUSE:
         return default
     raise ConfigError(f"{field} must be true or false, got {value!r}.")
+
+
+def parse_seconds(value: Any, field: str, *, positive: bool = False) -> float:
+    """``value`` (a number or numeric text) as a finite number of seconds, >= 0.
+
+    With ``positive``, 0 is refused too. Anything else (a bool, NaN, inf, a negative
+    number, text that is not a number) raises :class:`ConfigError` naming ``field``.
+    """
+    number: float | None = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"{field} must be seconds {bound}, got {value!r}.")
+    return number
 
 
 def is_templated(value: Any) -> bool:

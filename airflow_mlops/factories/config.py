@@ -20,12 +20,34 @@ from pydantic import (
     model_validator,
 )
 
+from airflow_mlops.core.constants import (
+    DEFAULT_DRIFT_SHARE,
+    DEFAULT_MAX_ROWS_PER_SIDE,
+    DEFAULT_TOLERANCE,
+)
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import PromotionPolicy
 from airflow_mlops.core.training_config import TrainingConfig
 from airflow_mlops.core.values import TEMPLATE_MARKERS, is_templated
 from airflow_mlops.factories.templating import check_config_templates
+
+__all__ = [
+    "MAX_CONFIG_VALUES",
+    "NAME_PATTERN",
+    "ConnectionsConfig",
+    "DataConfig",
+    "DecayConfig",
+    "EvaluationConfig",
+    "MonitoringConfig",
+    "PipelineConfig",
+    "PromotionConfig",
+    "SegmentsConfig",
+    "ValidationConfig",
+    "json_schema",
+    "load_config",
+    "parse_config",
+]
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 # A pipeline file is a few hundred values; YAML aliases can make a 500-byte file expand to
@@ -119,7 +141,9 @@ class PromotionConfig(_Section):
 
 class DecayConfig(_Section):
     labels_uri: str = Field(description="Recent predictions joined with their true labels.")
-    tolerance: float = Field(0.05, ge=0.0, description="Largest accepted drop of the metric.")
+    tolerance: float = Field(
+        DEFAULT_TOLERANCE, ge=0.0, description="Largest accepted drop of the metric."
+    )
     metric: str | None = Field(
         None, description="Default: f1 (classification) / rmse (regression)."
     )
@@ -133,11 +157,11 @@ class MonitoringConfig(_Section):
     )
     schedule: str | None = "@daily"
     columns: list[str] | None = None
-    drift_share: float = Field(0.5, gt=0.0, le=1.0)
+    drift_share: float = Field(DEFAULT_DRIFT_SHARE, gt=0.0, le=1.0)
     column_methods: dict[str, str] = Field(default_factory=dict)
     column_thresholds: dict[str, float] = Field(default_factory=dict)
     debounce_hours: float = Field(6.0, ge=0.0)
-    sample_rows: int = Field(50_000, ge=1000)
+    sample_rows: int = Field(DEFAULT_MAX_ROWS_PER_SIDE, ge=1000)
     decay: DecayConfig | None = None
 
 

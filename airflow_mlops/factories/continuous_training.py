@@ -15,6 +15,8 @@ from airflow_mlops.assets import retrain_asset
 from airflow_mlops.factories.chain import single_model_chain, summary_task
 from airflow_mlops.factories.config import PipelineConfig, load_config
 
+__all__ = ["continuous_training_dag", "continuous_training_group", "ct_params"]
+
 
 def _as_config(config: PipelineConfig | str | Path) -> PipelineConfig:
     return config if isinstance(config, PipelineConfig) else load_config(config)

@@ -53,7 +53,8 @@ def monitoring_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DA
 
 
 def _monitoring_tasks(config: PipelineConfig) -> None:
-    from airflow_mlops.operators.monitoring import DriftReportOperator, ModelPerformanceOperator
+    from airflow_mlops.operators.drift import DriftReportOperator
+    from airflow_mlops.operators.performance import ModelPerformanceOperator
 
     monitoring = config.monitoring
     conns = config.connections.model_dump()

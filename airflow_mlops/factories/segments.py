@@ -14,6 +14,8 @@ from airflow_mlops.factories.chain import single_model_chain, summary_task
 from airflow_mlops.factories.config import PipelineConfig
 from airflow_mlops.operators.base import DAG_ARTIFACTS_PREFIX
 
+__all__ = ["segmented_ct_tasks"]
+
 
 def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
     assert config.segments is not None

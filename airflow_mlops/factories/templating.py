@@ -16,6 +16,14 @@ from typing import Any
 from airflow_mlops.core.errors import TemplateNotAllowedError
 from airflow_mlops.core.values import is_templated
 
+__all__ = [
+    "TEMPLATED_KEYS",
+    "TEMPLATE_VARIABLES",
+    "check_config_templates",
+    "check_template",
+    "has_template_markers",
+]
+
 #: Dotted config keys whose values Airflow renders at run time (date-partitioned data).
 TEMPLATED_KEYS = frozenset(
     {"data.inference_uri", "data.predictions_uri", "monitoring.decay.labels_uri"}

@@ -20,6 +20,8 @@ from airflow_mlops.core.mlflow_settings import (
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+__all__ = ["DEFAULT_CONN_ID", "MlflowHook"]
+
 DEFAULT_CONN_ID = "mlflow_default"
 
 

@@ -16,6 +16,14 @@ from airflow_mlops.core.errors import ConfigError
 if TYPE_CHECKING:
     from airflow_mlops.core.provenance import ModelTrust
 
+__all__ = [
+    "DEFAULT_SIGNING_CONN_ID",
+    "MIN_KEY_CHARS",
+    "model_signing_key",
+    "model_trust",
+    "signing_conn_id",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNING_CONN_ID = "mlops_signing"

@@ -1,0 +1,1 @@
+"""Extra links from task instances to MLflow pages."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+__all__ = ["mlflow_page_url", "mlflow_ui_base_url"]
+
 
 def mlflow_ui_base_url(tracking_uri: str | None) -> str | None:
     """The MLflow UI address for ``tracking_uri``, or ``None`` when it has no web UI.

@@ -1,7 +1,13 @@
-"""The base of every airflow_mlops operator: connections, storage, run identity, report URIs."""
+"""The base of every airflow_mlops operator and its parameter toolkit.
+
+:class:`MlopsBaseOperator` holds the connections, storage, run identity and default report
+URIs; the functions check rendered parameters (choices, numbers, name lists, mappings, data
+URIs under the allowed prefixes) with errors that name the field.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -13,13 +19,40 @@ from airflow.sdk import BaseOperator
 from airflow_mlops.core.errors import ConfigError, DataUriNotAllowedError
 from airflow_mlops.core.jsonsafe import parse_json_mapping
 from airflow_mlops.core.lineage import RunContext
+from airflow_mlops.core.storage import (
+    Storage,
+    UncheckableUriError,
+    is_under_root,
+    join_uri,
+    normalize_uri,
+)
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID, MlflowHook
 from airflow_mlops.hooks.storage import StorageHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.core.storage import Storage
+__all__ = [
+    "ARTIFACTS_ENV",
+    "DAG_ARTIFACTS_PREFIX",
+    "NON_DATA_URI_FIELDS",
+    "MlopsBaseOperator",
+    "allowed_estimator_modules",
+    "as_mapping",
+    "as_name_list",
+    "as_number",
+    "check_choice",
+    "check_data_uri",
+    "configured_artifacts_root",
+    "configured_deployment",
+    "dag_artifacts_folder",
+    "default_artifacts_root",
+    "mask_error",
+    "normalize_data_uri",
+    "path_safe",
+    "record_task_error",
+]
 
 ARTIFACTS_ENV = "AIRFLOW__MLOPS__ARTIFACTS_URI"
 
@@ -77,46 +110,19 @@ def allowed_estimator_modules() -> tuple[str, ...]:
 #: every other pipeline's holdout, reference and prediction files.
 DAG_ARTIFACTS_PREFIX = "<mlops artifacts of this dag>"
 #: Template fields ending in ``_uri`` that do not name input/output data.
-NON_DATA_URI_FIELDS = frozenset({"report_uri", "model_uri", "artifacts_uri"})
+NON_DATA_URI_FIELDS = frozenset({"report_uri", "report_folder_uri", "model_uri", "artifacts_uri"})
 
 
 def normalize_data_uri(uri: str, field: str) -> str:
-    """A canonical form of a local path or ``s3://`` URI for prefix checks.
+    """:func:`airflow_mlops.core.storage.normalize_uri`, refusing with an error naming ``field``.
 
-    Local: ``file://`` without a host (or ``localhost``), absolute, symlinks and ``..``
-    resolved. ``s3://``: bucket and key, no ``.``/``..``/empty segments. Anything else is
-    refused, so a check can never be passed by spelling a URI differently.
+    Local paths and ``s3://`` URIs only, with no ``.``/``..``/empty segments and no other
+    ``file://`` host, so a check can never be passed by spelling a URI differently.
     """
-    text = str(uri).strip()
-    if not text or "\x00" in text:
-        raise DataUriNotAllowedError(f"{field} {uri!r} is not a usable data URI")
-    if text.startswith("s3://"):
-        bucket, _, key = text.removeprefix("s3://").partition("/")
-        segments = key.split("/")
-        if not bucket or any(s in (".", "..") for s in segments) or "" in segments[:-1]:
-            raise DataUriNotAllowedError(
-                f"{field} {uri!r} is not a plain s3://bucket/key URI (no '.', '..' or '//')"
-            )
-        return f"s3://{bucket}/{key}"
-    if text.startswith("file://"):
-        host, _, path = text.removeprefix("file://").partition("/")
-        if host not in ("", "localhost"):
-            raise DataUriNotAllowedError(f"{field} {uri!r} names another host ({host!r})")
-        text = "/" + path
-    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):
-        raise DataUriNotAllowedError(
-            f"{field} {uri!r}: only local paths and s3:// URIs can be checked against the "
-            "allowed data prefixes"
-        )
-    if not os.path.isabs(text):
-        raise DataUriNotAllowedError(f"{field} {uri!r} must be an absolute path")
-    return os.path.realpath(text)
-
-
-def is_under_prefix(uri: str, prefix: str) -> bool:
-    """Folder semantics: ``s3://b/data`` covers ``s3://b/data/x.csv``, not ``s3://b/data2``."""
-    folder = prefix.rstrip("/")
-    return uri == folder or uri.startswith(folder + "/") or (folder == "" and uri.startswith("/"))
+    try:
+        return normalize_uri(uri)
+    except UncheckableUriError as err:
+        raise DataUriNotAllowedError(f"{field} {uri!r} cannot be checked: {err}") from None
 
 
 def check_data_uri(
@@ -124,7 +130,8 @@ def check_data_uri(
 ) -> str:
     """``uri`` normalised, or :class:`DataUriNotAllowedError` naming the field and the prefixes.
 
-    :data:`DAG_ARTIFACTS_PREFIX` stands for ``<artifacts root>/<dag_id>`` (``dag_id`` needed).
+    Folder semantics on whole segments: ``s3://b/data`` covers ``s3://b/data/x.csv``, not
+    ``s3://b/data2``. :data:`DAG_ARTIFACTS_PREFIX` stands for ``<artifacts root>/<dag_id>`` (``dag_id`` needed).
 
     Every operator that reads or writes pipeline data calls this after rendering (see
     :meth:`MlopsBaseOperator.pre_execute`), so a trigger parameter cannot point a task at
@@ -135,7 +142,7 @@ def check_data_uri(
         dag_artifacts_folder(dag_id) if p == DAG_ARTIFACTS_PREFIX else p for p in allowed_prefixes
     ]
     allowed = [normalize_data_uri(p, "allowed data prefix") for p in prefixes]
-    if not any(is_under_prefix(normalized, p) for p in allowed):
+    if not any(is_under_root(normalized, p) for p in allowed):
         raise DataUriNotAllowedError(
             f"{field} {uri!r} is outside the pipeline's allowed data prefixes {prefixes}: "
             "set data.allowed_prefixes in the pipeline YAML to read it"
@@ -146,8 +153,6 @@ def check_data_uri(
 def dag_artifacts_folder(dag_id: str | None) -> str:
     """``<artifacts root>/<dag_id>``: where :meth:`MlopsBaseOperator.default_report_uri` of
     every task of that DAG writes."""
-    from airflow_mlops.core.storage import join_uri
-
     if not dag_id:
         raise DataUriNotAllowedError(f"{DAG_ARTIFACTS_PREFIX} needs the task's dag_id")
     return join_uri(default_artifacts_root(), path_safe(dag_id))
@@ -161,6 +166,39 @@ def as_mapping(value: Any, field: str) -> dict[str, Any]:
         bad_json="{field} must be a mapping or JSON object text: {error}",
         not_mapping="{field} must be a mapping, got {type}: {value}",
     )
+
+
+def check_choice(value: Any, choices: Sequence[str], field: str, *, rendered: bool = False) -> None:
+    """Catch a typo at parse time; a templated value is checked once ``rendered``."""
+    if (rendered or not is_templated(value)) and value not in choices:
+        raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
+
+
+def as_number(value: Any, kind: type, field: str) -> Any:
+    """A rendered template is a string: convert it, naming the field when it cannot be."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field} must be a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field} must be a number, got {value!r}") from None
+
+
+def as_name_list(value: Any, field: str) -> list[str] | None:
+    """``None``, a list of names, one name, or a JSON list rendered from a template."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("["):
+            return [text]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{field} is not a JSON list: {err}") from err
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{field} must be a list of names, got {value!r}")
+    return list(value)
 
 
 def path_safe(value: str) -> str:
@@ -283,8 +321,6 @@ class MlopsBaseOperator(BaseOperator):
     @classmethod
     def default_report_uri_for(cls, context: Context, name: str) -> str:
         """Same as :meth:`default_report_uri`, for ``@task`` functions that have a context."""
-        from airflow_mlops.core.storage import join_uri
-
         run = cls.run_context(context)
         parts = [path_safe(run.dag_id), path_safe(run.run_id), path_safe(run.task_id)]
         if run.map_index >= 0:

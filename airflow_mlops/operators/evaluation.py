@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+__all__ = ["EvaluateModelOperator", "as_slices"]
+
+
 def as_slices(value: Any) -> dict[str, list[Any]] | None:
     """``{column: [values]}`` or None; JSON text is accepted (rendered params)."""
     if value is None or value == "" or value == {}:

@@ -1,19 +1,21 @@
-"""Monitoring operators: Evidently drift reports and performance-decay checks that ask to retrain.
+"""The base of the monitoring operators: the retrain signal, its debounce and the policies.
 
-Both operators end the same way: when their check fires they send the model's retrain
-signal, an Airflow Asset event on :func:`airflow_mlops.assets.retrain_asset` that the
-continuous-training DAG is scheduled on. The event is emitted at run time through an
-:class:`~airflow.sdk.AssetAlias` outlet, so a task that finds nothing emits nothing (a
-plain Asset outlet would get an event on every successful run). The retrain asset is also
-declared as an inlet: the debounce reads its last event through Airflow's Task SDK
-(``inlet_events``), which works on every executor without database access from the task.
+:class:`RetrainSignalOperator` is what :class:`~airflow_mlops.operators.drift.DriftReportOperator`
+and :class:`~airflow_mlops.operators.performance.ModelPerformanceOperator` share. Both end
+the same way: when their check fires they send the model's retrain signal, an Airflow Asset
+event on :func:`airflow_mlops.assets.retrain_asset` that the continuous-training DAG is
+scheduled on. The event is emitted at run time through an :class:`~airflow.sdk.AssetAlias`
+outlet (:func:`retrain_alias`), so a task that finds nothing emits nothing (a plain Asset
+outlet would get an event on every successful run). The retrain asset is also declared as an
+inlet: the debounce reads its last event through Airflow's Task SDK (``inlet_events``),
+which works on every executor without database access from the task.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,72 +24,31 @@ from airflow.sdk import AssetAlias
 
 from airflow_mlops.assets import retrain_asset
 from airflow_mlops.core.errors import ConfigError, EmptyBatchError
-from airflow_mlops.core.retrain_signal import DEFAULT_DEBOUNCE_SECONDS, ON_TRIGGER_POLICIES
+from airflow_mlops.core.retrain_signal import (
+    ACTIVE_RUN_STATES,
+    DEFAULT_DEBOUNCE_SECONDS,
+    ON_EMPTY_POLICIES,
+    ON_TRIGGER_POLICIES,
+)
+from airflow_mlops.core.storage import join_uri
 from airflow_mlops.core.values import is_templated
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
+from airflow_mlops.operators.base import MlopsBaseOperator, check_choice, path_safe
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
     from airflow_mlops.core.champion import ChampionFacts
-    from airflow_mlops.core.drift import DriftSettings
-    from airflow_mlops.core.performance import DecaySettings
 
-# Mirrors of airflow_mlops.core constants (core imports pandas, which must not load at
-# DAG-parse time); tests/test_drift_operator.py checks they stay equal.
-ON_EMPTY_POLICIES = ("fail", "skip")
-TOLERANCE_MODES = ("absolute", "relative")
-DEFAULT_SAMPLE_ROWS = 50_000
-DRIFT_REPORT_NAME = "drift_report.html"
-DRIFT_SUMMARY_NAME = "drift_summary.json"
-PERFORMANCE_REPORT_NAME = "performance.json"
-ACTIVE_RUN_STATES = ["queued", "running"]
+__all__ = ["RetrainSignalOperator", "retrain_alias"]
+
+#: Task ids a ``branch`` policy follows: one, several, or none.
+TaskIds = str | Sequence[str] | None
 
 
 def retrain_alias(model_name: str) -> AssetAlias:
     """The alias through which monitoring tasks emit ``retrain_asset(model_name)`` events."""
     return AssetAlias(name=f"mlops_retrain_alias__{model_name}")
-
-
-def _path_safe(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", value)
-
-
-def _check_choice(
-    value: Any, choices: Sequence[str], field: str, *, rendered: bool = False
-) -> None:
-    """Catch a typo at parse time; templated values are checked after rendering."""
-    if (rendered or not is_templated(value)) and value not in choices:
-        raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
-
-
-def _as_number(value: Any, kind: type, field: str) -> Any:
-    """A rendered template is a string: convert it, naming the field when it cannot be."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{field} must be a number, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field} must be a number, got {value!r}") from None
-
-
-def _as_list(value: Any, field: str) -> list[str] | None:
-    """``None``, a list of names, one name, or a JSON list rendered from a template."""
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{field} is not a JSON list: {err}") from err
-        else:
-            return [text]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{field} must be a list of names, got {value!r}")
-    return list(value)
 
 
 class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
@@ -104,7 +65,11 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         event of the retrain asset, whoever emitted it (templated; default 6 h).
     :param ct_dag_id: the continuous-training DAG; while it has a queued or running run no
         signal is sent (templated; ``None`` skips that check).
-    :param report_uri: folder for the reports (templated); default: the run's artifacts folder.
+    :param report_folder_uri: folder (local or ``s3://``) the reports are written to
+        (templated); default: the run's artifacts folder. The report files themselves are the
+        ``report_uri`` of the result.
+    :param branches: ``(task ids to follow when the check fires, task ids to follow when it
+        does not)`` for the ``branch`` policy; subclasses name them (``drift_task_ids``, ...).
     """
 
     #: The parameter holding the trigger policy, as users know it (``on_drift``, ``on_decay``).
@@ -118,7 +83,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         *MlopsBaseOperator.template_fields,
         "debounce_seconds",
         "ct_dag_id",
-        "report_uri",
+        "report_folder_uri",
         "on_empty",
     )
     ui_color = "#f7e3d5"
@@ -130,9 +95,8 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         on_empty: str = "fail",
         debounce_seconds: float | str = DEFAULT_DEBOUNCE_SECONDS,
         ct_dag_id: str | None = None,
-        report_uri: str | None = None,
-        trigger_task_ids: str | Sequence[str] | None = None,
-        no_trigger_task_ids: str | Sequence[str] | None = None,
+        report_folder_uri: str | None = None,
+        branches: tuple[TaskIds, TaskIds] = (None, None),
         **kwargs: Any,
     ) -> None:
         if not isinstance(model_name, str) or not model_name.strip():
@@ -152,9 +116,8 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         self.on_empty = on_empty
         self.debounce_seconds = debounce_seconds
         self.ct_dag_id = ct_dag_id
-        self.report_uri = report_uri
-        self.trigger_task_ids = trigger_task_ids
-        self.no_trigger_task_ids = no_trigger_task_ids
+        self.report_folder_uri = report_folder_uri
+        self.trigger_task_ids, self.no_trigger_task_ids = branches
 
     # -- the policies --------------------------------------------------------------------------
     @property
@@ -165,8 +128,8 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
     def check_policies(self) -> None:
         """Parse-time checks of the policies; templated values wait for rendering."""
         policy = self.trigger_policy
-        _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field)
-        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
+        check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field)
+        check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty")
         if not is_templated(policy):
             self.validate_policy_fields(policy, self.policy_field)
 
@@ -175,9 +138,9 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         from airflow_mlops.core.retrain_signal import validate_debounce_seconds
 
         policy = self.trigger_policy
-        _check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field, rendered=True)
+        check_choice(policy, ON_TRIGGER_POLICIES, self.policy_field, rendered=True)
         self.validate_policy_fields(policy, self.policy_field)
-        _check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty", rendered=True)
+        check_choice(self.on_empty, ON_EMPTY_POLICIES, "on_empty", rendered=True)
         validate_debounce_seconds(self.debounce_seconds)
         return policy
 
@@ -193,7 +156,7 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         if not self.ct_dag_id:
             return 0
         ti = context["ti"]
-        count = int(ti.get_dr_count(dag_id=str(self.ct_dag_id), states=ACTIVE_RUN_STATES))
+        count = int(ti.get_dr_count(dag_id=str(self.ct_dag_id), states=list(ACTIVE_RUN_STATES)))
         if str(self.ct_dag_id) == ti.dag_id:
             count -= 1  # the monitoring step runs inside the CT DAG itself
         return max(count, 0)
@@ -294,11 +257,9 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
             )
 
     def report_location(self, context: Context, name: str) -> str:
-        """``report_uri/<name>`` when given, else the run's default report folder."""
-        from airflow_mlops.core.storage import join_uri
-
-        if self.report_uri:
-            return join_uri(str(self.report_uri), name)
+        """``report_folder_uri/<name>`` when given, else the run's default report folder."""
+        if self.report_folder_uri:
+            return join_uri(str(self.report_folder_uri), name)
         return self.default_report_uri(context, name)
 
     def mlflow_artifact_folder(self, context: Context, kind: str) -> str:
@@ -307,13 +268,35 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         parts = [
             "monitoring",
             kind,
-            _path_safe(run.dag_id),
-            _path_safe(run.run_id),
-            _path_safe(run.task_id),
+            path_safe(run.dag_id),
+            path_safe(run.run_id),
+            path_safe(run.task_id),
         ]
         if run.map_index >= 0:
             parts.append(str(run.map_index))
         return "/".join(parts)
+
+    @contextmanager
+    def empty_input_policy(self) -> Iterator[None]:
+        """``on_empty``: an :class:`EmptyBatchError` in the block fails the task or skips it."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        try:
+            yield
+        except EmptyBatchError as err:
+            if self.on_empty == "skip":
+                raise AirflowSkipException(str(err)) from err
+            raise
+
+    def airflow_task(self, context: Context) -> dict[str, Any]:
+        """The task instance, as recorded with a verdict in MLflow."""
+        run = self.run_context(context)
+        return {
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "task_id": run.task_id,
+            "map_index": run.map_index,
+        }
 
     def read_champion(self) -> ChampionFacts | None:
         from airflow_mlops.core.champion import read_champion
@@ -329,395 +312,4 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
             run_id=champion.run_id,
             model_name=champion.model_name,
             model_version=champion.version,
-        )
-
-
-class DriftReportOperator(RetrainSignalOperator):
-    """Compare new data with the champion's reference using Evidently 0.7's ``DataDriftPreset``.
-
-    Inputs are read by URI (Parquet recommended for millions of rows; CSV is read whole),
-    schema-checked, sampled per side with a seeded, documented policy, and given to
-    Evidently (``Report``, ``Dataset``, ``DataDefinition``). The sanitised HTML report and a
-    JSON summary are written to ``report_uri`` and attached to the champion's MLflow run.
-    See ``docs/operators/monitoring.md`` for the summary schema, the policies and the
-    sampling error bounds.
-
-    When the dataset drifts, ``on_drift`` decides:
-
-    * ``emit`` (default): send the retrain signal (an event on ``retrain_asset(model_name)``)
-      unless debounced (``debounce_seconds``) or a CT run is active (``ct_dag_id``);
-    * ``fail``: fail the task (no retries: the data will not change);
-    * ``skip``: mark the task skipped, so downstream tasks with the default trigger rule skip;
-    * ``branch``: follow ``drift_task_ids`` (drift) or ``no_drift_task_ids`` (no drift) and
-      skip the other direct downstream tasks; no signal is sent.
-
-    XCom (``return_value``): ``{model_name, champion_version, reference_uri, current_uri,
-    report_uri, summary_uri, mlflow_run_id, dataset, drifted_columns, sampled, reason,
-    retrain_signal}``.
-
-    :param current_uri: the new data (templated).
-    :param reference_uri: the reference data (templated); default: the ``mlops.reference.uri``
-        tag of the champion's training run.
-    :param columns: columns to compare (templated); default: the champion's features
-        (``mlops.features``), else every column (both sides must then match exactly).
-    :param column_methods: Evidently stat test per column, e.g. ``{"age": "psi"}`` (templated).
-    :param column_thresholds: drift threshold per column (templated).
-    :param drift_share: share of drifted columns at which the dataset drifts (templated).
-    :param sample_rows: at most this many rows per side go to Evidently (templated).
-    :param sample_seed: seed of the sample (templated).
-    :param stratify_by: optional low-cardinality column whose mix the sample keeps exactly
-        (templated).
-    :param report_uri: folder (local or ``s3://``) for ``drift_report.html`` and
-        ``drift_summary.json`` (templated); default: the run's artifacts folder.
-    :param on_drift: ``emit`` | ``fail`` | ``skip`` | ``branch`` (templated).
-    :param on_empty: an empty current batch ``fail``s (default) or ``skip``s the task (templated).
-    :param drift_task_ids: task ids to follow on drift when ``on_drift="branch"``.
-    :param no_drift_task_ids: task ids to follow without drift when ``on_drift="branch"``.
-    :param attach_to_mlflow: log the report and summary on the champion's run (default True).
-    """
-
-    policy_field = "on_drift"
-    signal_trigger = "drift"
-    template_fields: Sequence[str] = (
-        *RetrainSignalOperator.template_fields,
-        "current_uri",
-        "reference_uri",
-        "columns",
-        "column_methods",
-        "column_thresholds",
-        "drift_share",
-        "sample_rows",
-        "sample_seed",
-        "stratify_by",
-        "on_drift",
-    )
-    template_fields_renderers = {"column_methods": "json", "column_thresholds": "json"}
-
-    def __init__(
-        self,
-        *,
-        model_name: str,
-        current_uri: str,
-        reference_uri: str | None = None,
-        columns: Sequence[str] | str | None = None,
-        column_methods: Mapping[str, str] | str | None = None,
-        column_thresholds: Mapping[str, float] | str | None = None,
-        drift_share: float | str = 0.5,
-        sample_rows: int | str = DEFAULT_SAMPLE_ROWS,
-        sample_seed: int | str = 0,
-        stratify_by: str | None = None,
-        on_drift: str = "emit",
-        drift_task_ids: str | Sequence[str] | None = None,
-        no_drift_task_ids: str | Sequence[str] | None = None,
-        attach_to_mlflow: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        # report_uri, on_empty, debounce_seconds, ct_dag_id: RetrainSignalOperator's.
-        super().__init__(
-            model_name=model_name,
-            trigger_task_ids=drift_task_ids,
-            no_trigger_task_ids=no_drift_task_ids,
-            **kwargs,
-        )
-        self.current_uri = current_uri
-        self.reference_uri = reference_uri
-        self.columns = columns
-        self.column_methods = column_methods
-        self.column_thresholds = column_thresholds
-        self.drift_share = drift_share
-        self.sample_rows = sample_rows
-        self.sample_seed = sample_seed
-        self.stratify_by = stratify_by
-        self.on_drift = on_drift
-        self.attach_to_mlflow = attach_to_mlflow
-        self.check_policies()
-
-    def drift_settings(self, default_columns: Sequence[str] | None) -> DriftSettings:
-        """The typed core settings from the rendered fields (errors name the field)."""
-        from airflow_mlops.core.drift import DriftSettings
-        from airflow_mlops.core.drift_sampling import SamplingPolicy
-
-        columns = _as_list(self.columns, "columns") or (
-            list(default_columns) if default_columns else None
-        )
-        return DriftSettings(
-            columns=tuple(columns) if columns else None,
-            per_column_method=as_mapping(self.column_methods or {}, "column_methods"),
-            per_column_threshold={
-                k: _as_number(v, float, f"column_thresholds[{k!r}]")
-                for k, v in as_mapping(self.column_thresholds or {}, "column_thresholds").items()
-            },
-            drift_share=_as_number(self.drift_share, float, "drift_share"),
-            sampling=SamplingPolicy(
-                max_rows_per_side=_as_number(self.sample_rows, int, "sample_rows"),
-                seed=_as_number(self.sample_seed, int, "sample_seed"),
-                stratify_by=self.stratify_by or None,
-            ),
-        )
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from airflow_mlops.core import drift as core
-        from airflow_mlops.core.drift_verdict import drift_reason
-        from airflow_mlops.core.lineage import TAG_REFERENCE_URI
-
-        policy = self.checked_policies()
-        if not isinstance(self.current_uri, str) or not self.current_uri.strip():
-            raise ConfigError(f"current_uri must be a non-empty string, got {self.current_uri!r}")
-        current_uri = self.current_uri.strip()
-
-        champion = self.read_champion()
-        reference_uri = (self.reference_uri or "").strip() or (
-            champion.reference_uri if champion else None
-        )
-        if not reference_uri:
-            if champion is None:
-                raise AirflowSkipException(
-                    f"{self.model_name} has no champion yet and no reference_uri was given: "
-                    "there is nothing to compare the new data with."
-                )
-            raise ConfigError(
-                f"No reference_uri given and the champion's run {champion.run_id} has no "
-                f"{TAG_REFERENCE_URI} tag: pass reference_uri."
-            )
-        features = champion.features(self.storage) if champion else None
-        settings = self.drift_settings(features)
-        self.log.info(
-            "Drift of %s vs %s on %s (sample cap %s rows per side, seed %s)",
-            current_uri,
-            reference_uri,
-            list(settings.columns) if settings.columns else "all columns",
-            settings.sampling.max_rows_per_side,
-            settings.sampling.seed,
-        )
-        try:
-            result = core.compute_drift(reference_uri, current_uri, self.storage, settings)
-        except EmptyBatchError as err:
-            if self.on_empty == "skip":
-                raise AirflowSkipException(str(err)) from err
-            raise
-
-        summary = result.summary
-        html_uri = self.report_location(context, DRIFT_REPORT_NAME)
-        summary_uri = self.report_location(context, DRIFT_SUMMARY_NAME)
-        self.storage.write_text(html_uri, result.html)
-        # Not write_json: it sorts keys, and the columns' order is the data's order.
-        self.storage.write_text(summary_uri, json.dumps(summary, indent=2, allow_nan=False))
-        self.log.info("Drift report written to %s, summary to %s", html_uri, summary_uri)
-        report_artifact = None
-        if champion is not None and champion.run_id and self.attach_to_mlflow:
-            folder = self.mlflow_artifact_folder(context, "drift")
-            report_artifact = f"{folder}/{DRIFT_REPORT_NAME}"
-            with self.mlflow_hook.session() as client:
-                client.log_text(champion.run_id, result.html, report_artifact)
-                client.log_dict(champion.run_id, summary, f"{folder}/{DRIFT_SUMMARY_NAME}")
-            self.log.info("Report attached to MLflow run %s under %s/", champion.run_id, folder)
-            self.link_champion(context, champion)
-        if champion is not None:
-            self.record_drift_in_mlflow(context, summary, champion, report_artifact, html_uri)
-
-        reason = drift_reason(summary)
-        self.log.info("%s", reason)
-        xcom = {
-            "model_name": self.model_name,
-            "champion_version": champion.version if champion else None,
-            "mlflow_run_id": champion.run_id if champion else None,
-            "reference_uri": reference_uri,
-            "current_uri": current_uri,
-            "report_uri": html_uri,
-            "summary_uri": summary_uri,
-            **core.small_summary(summary),
-            "reason": reason,
-        }
-        return self.finish(
-            context,
-            policy=policy,
-            triggered=result.drifted,
-            result=xcom,
-            drifted_columns=xcom["drifted_columns"][:20],
-            summary_uri=summary_uri,
-        )
-
-    def record_drift_in_mlflow(
-        self,
-        context: Context,
-        summary: Mapping[str, Any],
-        champion: ChampionFacts,
-        report_artifact: str | None,
-        report_uri: str,
-    ) -> None:
-        """Overwrite the model's ``mlops.last_drift`` tag with this verdict (a retry rewrites
-        the same task's verdict), so the MLOps page reads it without listing artifacts."""
-        from mlflow.exceptions import MlflowException
-
-        from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT, last_drift_tag
-
-        run = self.run_context(context)
-        value = last_drift_tag(
-            summary,
-            at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            airflow_task={
-                "dag_id": run.dag_id,
-                "run_id": run.run_id,
-                "task_id": run.task_id,
-                "map_index": run.map_index,
-            },
-            mlflow_run_id=champion.run_id if report_artifact else None,
-            report_artifact=report_artifact,
-            report_uri=report_uri,
-            champion_version=champion.version,
-        )
-        try:
-            with self.mlflow_hook.session() as client:
-                client.set_registered_model_tag(self.model_name, TAG_LAST_DRIFT, value)
-        except MlflowException as err:
-            # The XCom and the reports hold the verdict; the tag only speeds up the page.
-            self.log.warning("Could not tag %s with the drift verdict: %s", self.model_name, err)
-
-
-class ModelPerformanceOperator(RetrainSignalOperator):
-    """Performance decay: score the champion on newly labelled rows, compare with promotion.
-
-    ``labels_uri`` holds recent inference rows whose true labels have arrived (features
-    plus the target column; rows whose label is still missing are ignored). The current
-    champion predicts them, :func:`airflow_mlops.core.metrics.compute_metrics` scores them,
-    and ``metric`` is compared with the ``holdout_<metric>`` value recorded on the
-    champion's training run (or ``baseline_metrics``). A degradation beyond ``tolerance``
-    is decay, handled by ``on_decay`` exactly like ``on_drift`` of
-    :class:`DriftReportOperator` (``emit`` sends the same retrain signal, with the reason).
-
-    Fewer labelled rows than ``min_labelled_rows`` give no verdict (logged, no signal).
-    No champion yet: the task is skipped. The check is
-    :func:`airflow_mlops.core.performance.check_champion_performance`; this operator reads
-    the champion and its parameters, calls it, and applies ``on_decay``.
-
-    XCom: ``{model_name, champion_version, labels_uri, report_uri, rows, labelled_rows,
-    metrics, check, decayed, reason, retrain_signal}``.
-
-    :param labels_uri: labelled rows (templated).
-    :param metric: metric to watch (templated); default ``f1`` / ``rmse`` by task.
-    :param tolerance: largest accepted degradation (templated), default 0.05.
-    :param tolerance_mode: ``absolute`` (metric units, default) or ``relative`` (templated).
-    :param target: label column (templated); default: the champion run's ``mlops.target``.
-    :param task: ``classification`` | ``regression`` (templated); default: ``mlops.task``.
-    :param baseline_metrics: ``{metric: value}`` to compare with instead of the champion's
-        recorded holdout metrics (templated).
-    :param min_labelled_rows: minimum labelled rows for a verdict (templated), default 100.
-    :param on_decay: ``emit`` | ``fail`` | ``skip`` | ``branch`` (templated).
-    :param on_empty: no labelled rows at all: ``fail`` (default) or ``skip`` (templated).
-    :param decay_task_ids / no_decay_task_ids: branches when ``on_decay="branch"``.
-    :param report_uri: folder for ``performance.json`` (templated).
-    """
-
-    policy_field = "on_decay"
-    signal_trigger = "performance_decay"
-    template_fields: Sequence[str] = (
-        *RetrainSignalOperator.template_fields,
-        "labels_uri",
-        "metric",
-        "tolerance",
-        "tolerance_mode",
-        "target",
-        "task",
-        "baseline_metrics",
-        "min_labelled_rows",
-        "on_decay",
-    )
-    template_fields_renderers = {"baseline_metrics": "json"}
-
-    def __init__(
-        self,
-        *,
-        model_name: str,
-        labels_uri: str,
-        metric: str | None = None,
-        tolerance: float | str = 0.05,
-        tolerance_mode: str = "absolute",
-        target: str | None = None,
-        task: str | None = None,
-        baseline_metrics: Mapping[str, float] | str | None = None,
-        min_labelled_rows: int | str = 100,
-        on_decay: str = "emit",
-        decay_task_ids: str | Sequence[str] | None = None,
-        no_decay_task_ids: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        # report_uri, on_empty, debounce_seconds, ct_dag_id: RetrainSignalOperator's.
-        super().__init__(
-            model_name=model_name,
-            trigger_task_ids=decay_task_ids,
-            no_trigger_task_ids=no_decay_task_ids,
-            **kwargs,
-        )
-        self.labels_uri = labels_uri
-        self.metric = metric
-        self.tolerance = tolerance
-        self.tolerance_mode = tolerance_mode
-        self.target = target
-        self.task = task
-        self.baseline_metrics = baseline_metrics
-        self.min_labelled_rows = min_labelled_rows
-        self.on_decay = on_decay
-        _check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
-        self.check_policies()
-
-    def decay_settings(self) -> DecaySettings:
-        from airflow_mlops.core.performance import DecaySettings
-
-        return DecaySettings(
-            metric=self.metric or None,
-            tolerance=_as_number(self.tolerance, float, "tolerance"),
-            tolerance_mode=self.tolerance_mode,
-            min_labelled_rows=_as_number(self.min_labelled_rows, int, "min_labelled_rows"),
-        )
-
-    def explicit_baseline(self) -> dict[str, float] | None:
-        """``baseline_metrics`` as numbers (errors name the key); None: the champion's."""
-        if not self.baseline_metrics:
-            return None
-        return {
-            k: _as_number(v, float, f"baseline_metrics[{k!r}]")
-            for k, v in as_mapping(self.baseline_metrics, "baseline_metrics").items()
-        }
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from airflow_mlops.core.performance import check_champion_performance
-        from airflow_mlops.hooks.signing import model_trust
-
-        policy = self.checked_policies()
-        settings = self.decay_settings()
-        champion = self.read_champion()
-        if champion is None:
-            raise AirflowSkipException(f"{self.model_name} has no champion yet: nothing to check.")
-        folder = self.mlflow_artifact_folder(context, "performance")
-        try:
-            outcome = check_champion_performance(
-                champion,
-                self.storage,
-                str(self.labels_uri).strip(),
-                settings=settings,
-                mlflow_session=self.mlflow_hook.session,
-                trust=model_trust,
-                report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
-                mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
-                target=self.target,
-                task=self.task,
-                baseline_metrics=self.explicit_baseline(),
-            )
-        except EmptyBatchError as err:
-            if self.on_empty == "skip":
-                raise AirflowSkipException(str(err)) from err
-            raise
-        self.log.info("%s", outcome.reason)
-        if champion.run_id:
-            self.link_champion(context, champion)
-        return self.finish(
-            context,
-            policy=policy,
-            triggered=outcome.decayed,
-            result=outcome.result(),
-            metric=outcome.metric,
         )

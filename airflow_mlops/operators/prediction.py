@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.core.constants import DEFAULT_CHUNK_ROWS
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.model_uri import model_uri_for, validate_model_uri
 from airflow_mlops.core.values import is_templated
@@ -15,7 +16,7 @@ from airflow_mlops.operators.base import MlopsBaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-DEFAULT_CHUNK_ROWS = 50_000  # same default as airflow_mlops.core.prediction (not imported: heavy)
+__all__ = ["BatchPredictionOperator"]
 
 
 class BatchPredictionOperator(MlopsBaseOperator):

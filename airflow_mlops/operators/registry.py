@@ -17,15 +17,15 @@ from airflow.sdk import AssetAlias
 from airflow_mlops.core.approval import APPROVAL_XCOM_KEY
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.promotion import CHAMPION_CHANGED_ACTIONS, PROMOTION_ARTIFACT
-from airflow_mlops.core.values import is_templated, parse_bool
+from airflow_mlops.core.values import is_templated, parse_bool, parse_seconds
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_mlops.core.alias_history import Actor
     from airflow_mlops.core.promotion import ServingCheckOptions
-    from airflow_mlops.core.registry import Actor
 
 __all__ = [
     "CHAMPION_MOVES_ALIAS",
@@ -39,33 +39,25 @@ __all__ = [
 CHAMPION_MOVES_ALIAS = "mlops_champion_moves"
 
 
-def _lock_options(ttl: Any, wait: Any) -> dict[str, float]:
-    try:
-        options = {"ttl_s": float(ttl), "wait_s": float(wait)}
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"lock_ttl and lock_wait must be seconds, got {ttl!r}, {wait!r}"
-        ) from None
-    return {**options, "clock_skew_s": _lock_clock_skew()}
+def _lock_options(ttl_seconds: Any, wait_seconds: Any) -> dict[str, float]:
+    return {
+        "ttl_seconds": parse_seconds(ttl_seconds, "lock_ttl_seconds", positive=True),
+        "wait_seconds": parse_seconds(wait_seconds, "lock_wait_seconds"),
+        "clock_skew_seconds": _lock_clock_skew(),
+    }
 
 
 def _lock_clock_skew() -> float:
-    """``[mlops] lock_clock_skew`` (seconds, default 60): the clock difference between
+    """``[mlops] lock_clock_skew_seconds`` (default 60): the clock difference between
     workers that a promotion lock tolerates before another worker may break it."""
     from airflow.sdk import conf
 
-    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_S
+    from airflow_mlops.core.promotion_lock import DEFAULT_LOCK_CLOCK_SKEW_SECONDS
 
-    raw = conf.get("mlops", "lock_clock_skew", fallback=None)
+    raw = conf.get("mlops", "lock_clock_skew_seconds", fallback=None)
     if raw in (None, ""):
-        return DEFAULT_LOCK_CLOCK_SKEW_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ConfigError(f"[mlops] lock_clock_skew must be seconds >= 0, got {raw!r}")
-    return value
+        return DEFAULT_LOCK_CLOCK_SKEW_SECONDS
+    return parse_seconds(raw, "[mlops] lock_clock_skew_seconds")
 
 
 def _emit_champion_moved(context: Context, model_name: str, extra: dict[str, Any]) -> None:
@@ -93,7 +85,7 @@ class RegisterModelOperator(MlopsBaseOperator):
     :param training_result: the training task's result (templated; e.g. ``train.output``).
     :param model_name: registered model name (templated); default: the name training tagged.
     :param challenger_alias: alias set on the new version (templated); None to skip.
-    :param ready_timeout: seconds to wait for the version to become READY (templated).
+    :param ready_timeout_seconds: seconds to wait for the version to become READY (templated).
     """
 
     template_fields: Sequence[str] = (
@@ -101,9 +93,9 @@ class RegisterModelOperator(MlopsBaseOperator):
         "training_result",
         "model_name",
         "challenger_alias",
-        "ready_timeout",
-        "lock_ttl",
-        "lock_wait",
+        "ready_timeout_seconds",
+        "lock_ttl_seconds",
+        "lock_wait_seconds",
     )
     operator_extra_links = mlflow_links()
     ui_color = "#f5e6d5"
@@ -114,22 +106,24 @@ class RegisterModelOperator(MlopsBaseOperator):
         training_result: Any,
         model_name: str | None = None,
         challenger_alias: str | None = "challenger",
-        ready_timeout: float = 300.0,
-        lock_ttl: float = 900.0,
-        lock_wait: float = 1800.0,
+        ready_timeout_seconds: float = 300.0,
+        lock_ttl_seconds: float = 900.0,
+        lock_wait_seconds: float = 1800.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.training_result = training_result
         self.model_name = model_name
         self.challenger_alias = challenger_alias
-        self.ready_timeout = ready_timeout
-        self.lock_ttl = lock_ttl
-        self.lock_wait = lock_wait
+        self.ready_timeout_seconds = ready_timeout_seconds
+        self.lock_ttl_seconds = lock_ttl_seconds
+        self.lock_wait_seconds = lock_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core.alias_history import Actor
+        from airflow_mlops.core.alias_moves import set_challenger
         from airflow_mlops.core.evaluation import challenger_from_training
-        from airflow_mlops.core.registry import Actor, register_version, set_challenger
+        from airflow_mlops.core.registry import register_version
 
         training_result = as_mapping(self.training_result, "training_result")
         run = self.run_context(context)
@@ -147,7 +141,9 @@ class RegisterModelOperator(MlopsBaseOperator):
                 challenger.model_uri,
                 context=run,
                 run_id=challenger.run_id,
-                ready_timeout_s=float(self.ready_timeout),
+                ready_timeout_seconds=parse_seconds(
+                    self.ready_timeout_seconds, f"{self.task_id}: ready_timeout_seconds"
+                ),
             )
             move = None
             if self.challenger_alias:
@@ -160,7 +156,7 @@ class RegisterModelOperator(MlopsBaseOperator):
                     registration.version,
                     actor,
                     alias=self.challenger_alias,
-                    lock_options=_lock_options(self.lock_ttl, self.lock_wait),
+                    lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
                 )
             experiment_id = client.get_run(challenger.run_id).info.experiment_id
         self.log.info(
@@ -193,8 +189,8 @@ class PromoteModelOperator(MlopsBaseOperator):
     ``not_approved``); run the **serving check** (the version is loaded from the registry by
     ``models:/<name>/<version>`` in a clean process, see ``core.serving``, and predicts a
     holdout sample matching its signature; a failure raises :class:`PromotionError` after
-    storing the error in the record); then, under the per-model promotion lock, **compare-and-set**: the champion is
-    re-read and, if it moved since evaluation, the challenger is re-scored against the new
+    storing the error in the record); then, under the per-model promotion lock,
+    **compare-and-set**: the champion is re-read and, if it moved since evaluation, the challenger is re-scored against the new
     champion (``on_champion_changed="reevaluate"``, default) or the task fails
     (``"fail"``); the alias is set, read back and recorded in the alias history.
 
@@ -215,9 +211,9 @@ class PromoteModelOperator(MlopsBaseOperator):
     :param max_reevaluations: bound on re-scoring rounds under the lock.
     :param serving_check: run the clean-process serving check (templated).
     :param serving_sample_rows: holdout rows predicted by the serving check (templated).
-    :param serving_timeout: seconds allowed to the serving check (templated).
-    :param lock_ttl: promotion lock expiry in seconds; longer than the slowest re-evaluation.
-    :param lock_wait: how long to wait for another promotion of the same model (seconds).
+    :param serving_timeout_seconds: seconds allowed to the serving check (templated).
+    :param lock_ttl_seconds: promotion lock expiry; longer than the slowest re-evaluation.
+    :param lock_wait_seconds: how long to wait for another promotion of the same model.
     """
 
     template_fields: Sequence[str] = (
@@ -229,9 +225,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         "max_reevaluations",
         "serving_check",
         "serving_sample_rows",
-        "serving_timeout",
-        "lock_ttl",
-        "lock_wait",
+        "serving_timeout_seconds",
+        "lock_ttl_seconds",
+        "lock_wait_seconds",
         "promotion_artifact",
     )
     operator_extra_links = mlflow_links()
@@ -247,9 +243,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         max_reevaluations: int = 3,
         serving_check: bool = True,
         serving_sample_rows: int = 100,
-        serving_timeout: float = 600.0,
-        lock_ttl: float = 900.0,
-        lock_wait: float = 1800.0,
+        serving_timeout_seconds: float = 600.0,
+        lock_ttl_seconds: float = 900.0,
+        lock_wait_seconds: float = 1800.0,
         promotion_artifact: str = PROMOTION_ARTIFACT,
         **kwargs: Any,
     ) -> None:
@@ -268,9 +264,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         self.max_reevaluations = max_reevaluations
         self.serving_check = serving_check
         self.serving_sample_rows = serving_sample_rows
-        self.serving_timeout = serving_timeout
-        self.lock_ttl = lock_ttl
-        self.lock_wait = lock_wait
+        self.serving_timeout_seconds = serving_timeout_seconds
+        self.lock_ttl_seconds = lock_ttl_seconds
+        self.lock_wait_seconds = lock_wait_seconds
         self.promotion_artifact = promotion_artifact
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -298,7 +294,7 @@ class PromoteModelOperator(MlopsBaseOperator):
                     serving=_serving_options(self),
                     on_champion_changed=str(self.on_champion_changed),
                     max_reevaluations=int(self.max_reevaluations),
-                    lock_options=_lock_options(self.lock_ttl, self.lock_wait),
+                    lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
                     artifact=str(self.promotion_artifact),
                     approval_task_id=self.approval_task_id,
                 ),
@@ -378,18 +374,18 @@ class RollbackModelOperator(MlopsBaseOperator):
     :param reason: why, stored in the history (templated).
     :param serving_check: run the clean-process serving check before the move (templated).
     :param serving_sample_rows: holdout rows predicted by the serving check (templated).
-    :param serving_timeout: seconds allowed to the serving check (templated).
+    :param serving_timeout_seconds: seconds allowed to the serving check (templated).
     """
 
     template_fields: Sequence[str] = (
         *MlopsBaseOperator.template_fields,
         "to_version",
         "reason",
-        "lock_ttl",
-        "lock_wait",
+        "lock_ttl_seconds",
+        "lock_wait_seconds",
         "serving_check",
         "serving_sample_rows",
-        "serving_timeout",
+        "serving_timeout_seconds",
     )
     operator_extra_links = mlflow_links()
     ui_color = "#f5d5e8"
@@ -400,22 +396,22 @@ class RollbackModelOperator(MlopsBaseOperator):
         model_name: str,
         to_version: str | int | None = None,
         reason: str = "rollback",
-        lock_ttl: float = 900.0,
-        lock_wait: float = 1800.0,
+        lock_ttl_seconds: float = 900.0,
+        lock_wait_seconds: float = 1800.0,
         serving_check: bool = True,
         serving_sample_rows: int = 100,
-        serving_timeout: float = 600.0,
+        serving_timeout_seconds: float = 600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**_with_champion_alias_outlet(kwargs))
         self.model_name = _pinned_model_name(model_name, kwargs.get("task_id"))
         self.to_version = to_version
         self.reason = reason
-        self.lock_ttl = lock_ttl
-        self.lock_wait = lock_wait
+        self.lock_ttl_seconds = lock_ttl_seconds
+        self.lock_wait_seconds = lock_wait_seconds
         self.serving_check = serving_check
         self.serving_sample_rows = serving_sample_rows
-        self.serving_timeout = serving_timeout
+        self.serving_timeout_seconds = serving_timeout_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.promotion import rollback_to_former_champion
@@ -431,7 +427,7 @@ class RollbackModelOperator(MlopsBaseOperator):
                 self.model_name,
                 self._actor(context),
                 to_version=to_version,
-                lock_options=_lock_options(self.lock_ttl, self.lock_wait),
+                lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
                 serving=_serving_options(self),
                 trust=model_trust,
             )
@@ -462,7 +458,7 @@ class RollbackModelOperator(MlopsBaseOperator):
         return rollback.result(str(self.reason))
 
     def _actor(self, context: Context) -> Actor:
-        from airflow_mlops.core.registry import Actor
+        from airflow_mlops.core.alias_history import Actor
 
         dag_run = context.get("dag_run")
         user = getattr(dag_run, "triggering_user_name", None)
@@ -491,5 +487,8 @@ def _serving_options(operator: Any) -> ServingCheckOptions | None:
     if not parse_bool(operator.serving_check, f"{operator.task_id}: serving_check"):
         return None
     return ServingCheckOptions(
-        rows=int(operator.serving_sample_rows), timeout_s=float(operator.serving_timeout)
+        rows=int(operator.serving_sample_rows),
+        timeout_seconds=parse_seconds(
+            operator.serving_timeout_seconds, f"{operator.task_id}: serving_timeout_seconds"
+        ),
     )

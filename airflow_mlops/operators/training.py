@@ -18,8 +18,10 @@ from airflow_mlops.operators.base import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.core.training import TrainingJob
     from airflow_mlops.core.training_config import TrainingConfig
+    from airflow_mlops.core.training_job import TrainingJob
+
+__all__ = ["TrainModelOperator"]
 
 # The operator arguments that are fields of TrainingConfig (``estimator_params`` is its
 # ``params``: ``params`` is Airflow's own on every operator).
@@ -199,8 +201,8 @@ class TrainModelOperator(MlopsBaseOperator):
 
     def training_config(self) -> TrainingJob:
         """The one training config, from the rendered fields, with the task's data and run
-        labels (:class:`~airflow_mlops.core.training.TrainingJob`); errors name the field."""
-        from airflow_mlops.core.training import TrainingJob
+        labels (:class:`~airflow_mlops.core.training_job.TrainingJob`); errors name the field."""
+        from airflow_mlops.core.training_job import TrainingJob
 
         if not self.experiment_name:
             raise ConfigError(

@@ -11,18 +11,22 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlops.core.errors import ConfigError, DataNotFoundError, DataValidationFailed
+from airflow_mlops.core.suite import check_on_failure, check_result_format
 from airflow_mlops.core.values import is_templated
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.core.validation import SuiteDefinition, ValidationOutcome
+    from airflow_mlops.core.suite import SuiteDefinition
+    from airflow_mlops.core.validation import ValidationOutcome
 
-# Mirrors of airflow_mlops.core.validation's constants (that module imports GX, which must
-# not load at DAG-parse time); tests/test_validation_operator.py checks they stay equal.
-ON_FAILURE_POLICIES = ("fail", "skip", "warn")
-RESULT_FORMATS = ("BOOLEAN_ONLY", "BASIC", "SUMMARY", "COMPLETE")
+__all__ = [
+    "REPORT_NAME",
+    "DataValidationOperator",
+    "ValidationGateFailed",
+]
+
 REPORT_NAME = "validation_result.json"
 
 
@@ -98,14 +102,16 @@ class DataValidationOperator(MlopsBaseOperator):
         self.mlflow_run_id = mlflow_run_id
         self.builtin_checks = builtin_checks
         # Catch typos at parse time when the value is not a template.
-        _check_choice(on_failure, ON_FAILURE_POLICIES, "on_failure", str.lower)
-        _check_choice(result_format, RESULT_FORMATS, "result_format", str.upper)
+        if not is_templated(on_failure):
+            check_on_failure(on_failure)
+        if not is_templated(result_format):
+            check_result_format(result_format)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core import validation as core
 
-        on_failure = core.check_on_failure(self.on_failure)
-        result_format = core.check_result_format(self.result_format)
+        on_failure = check_on_failure(self.on_failure)
+        result_format = check_result_format(self.result_format)
         if not isinstance(self.data_uri, str) or not self.data_uri.strip():
             raise ConfigError(f"data_uri must be a non-empty string, got {self.data_uri!r}.")
         # Suite first: a broken suite fails before any data is read or anything is written.
@@ -133,7 +139,7 @@ class DataValidationOperator(MlopsBaseOperator):
     # -- suite ----------------------------------------------------------------------------------
     def load_suite(self, context: Context) -> SuiteDefinition:
         """The checked suite from the rendered ``suite`` field; ConfigError when unusable."""
-        from airflow_mlops.core import validation as core
+        from airflow_mlops.core import suite as core
 
         suite = self.suite
         if isinstance(suite, Mapping | list | tuple):
@@ -211,12 +217,3 @@ class DataValidationOperator(MlopsBaseOperator):
             self.log.warning("%s\non_failure='skip': skipping downstream tasks.", message)
             raise AirflowSkipException(message)
         raise ValidationGateFailed(message, summary)
-
-
-def _check_choice(value: Any, choices: tuple[str, ...], field: str, normalise: Any) -> None:
-    if (
-        isinstance(value, str)
-        and not is_templated(value)
-        and normalise(value.strip()) not in choices
-    ):
-        raise ConfigError(f"{field}={value!r} is not one of {', '.join(choices)}.")

@@ -22,6 +22,20 @@ from typing import Any
 
 from airflow_mlops.plugins.model_overview import Verdict, iso_from_millis
 
+__all__ = [
+    "RAN_STATES",
+    "SKIPPED",
+    "VALIDATION_MODULES",
+    "VALIDATION_OPERATORS",
+    "all_dag_ids",
+    "dag_teams",
+    "is_provider_validation_task",
+    "latest_validation",
+    "rendered_report_uri",
+    "report_uri_of_task",
+    "verdict_from_summary",
+]
+
 log = logging.getLogger(__name__)
 
 VALIDATION_OPERATORS: tuple[str, ...] = ("DataValidationOperator",)

@@ -10,7 +10,7 @@ async routes hand their blocking work to this module:
 - :func:`call_mlflow` runs ``work(client)`` in ONE small executor dedicated to MLflow
   (``[mlops] page_mlflow_workers`` threads, default 4) that accepts at most twice that many
   calls queued or running; when it is full the call fails at once with :class:`MlflowBusy`
-  (the route answers 503). The caller waits at most ``[mlops] page_mlflow_timeout`` seconds
+  (the route answers 503). The caller waits at most ``[mlops] page_mlflow_timeout_seconds``
   (default 10), then gets :class:`MlflowTimeout` (504). In these threads MLflow's HTTP client
   itself gives up after the same time with no retry, so a slot held by a dead server frees
   itself (see :func:`_limit_mlflow_http_in_this_thread`).
@@ -36,12 +36,37 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+__all__ = [
+    "CLIENT_TTL_SECONDS",
+    "DB_PENDING",
+    "DB_WORKERS",
+    "DEFAULT_CACHE_SECONDS",
+    "DEFAULT_CONN_ID",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "DEFAULT_WORKERS",
+    "OVERVIEW_THREADS",
+    "PENDING_PER_WORKER",
+    "STALE_FACTOR",
+    "MlflowBusy",
+    "MlflowTimeout",
+    "cache_seconds",
+    "cached",
+    "call_blocking",
+    "call_mlflow",
+    "db_executor",
+    "forget_cached",
+    "mlflow_executor",
+    "page_timeout",
+    "reset",
+    "thread_map",
+]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_WORKERS = 4
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_CACHE_SECONDS = 15.0
 DEFAULT_CONN_ID = "mlflow_default"
 #: MLflow calls admitted per worker thread (running + queued) before answering "busy".
@@ -56,7 +81,7 @@ OVERVIEW_THREADS = 4
 #: times the cache duration, so most visits never wait for a full registry read.
 STALE_FACTOR = 4
 #: How long a resolved MLflow client (connection lookup included) is reused.
-CLIENT_TTL_S = 60.0
+CLIENT_TTL_SECONDS = 60.0
 
 
 class MlflowBusy(Exception):
@@ -92,8 +117,8 @@ def _setting(key: str, default: float) -> float:
 
 
 def page_timeout() -> float:
-    """``[mlops] page_mlflow_timeout``: seconds a page waits for one blocking call."""
-    return _setting("page_mlflow_timeout", DEFAULT_TIMEOUT_S)
+    """``[mlops] page_mlflow_timeout_seconds``: seconds a page waits for one blocking call."""
+    return _setting("page_mlflow_timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
 
 
 def cache_seconds() -> float:
@@ -227,7 +252,7 @@ def _mlflow_client() -> Any:
     conn_id = _conn_id()
     with _client_lock:
         found = _clients.get(conn_id)
-        if found is not None and time.monotonic() - found.made_at < CLIENT_TTL_S:
+        if found is not None and time.monotonic() - found.made_at < CLIENT_TTL_SECONDS:
             return found.client
     from airflow_mlops.core.mlflow_settings import ensure_embedded_store
     from airflow_mlops.hooks.mlflow import MlflowHook
@@ -258,7 +283,7 @@ def _limit_mlflow_http_in_this_thread(timeout: float) -> Iterator[None]:
     from airflow_mlops.core.mlflow_client import HttpLimits, http_limits
 
     request_timeout = math.ceil(timeout) + 1
-    limits = HttpLimits(timeout_s=request_timeout, max_retries=0, backoff_factor=0)
+    limits = HttpLimits(timeout_seconds=request_timeout, max_retries=0, backoff_factor=0)
     outer = getattr(_page_limit, "deadline", None)
     deadline = time.monotonic() + timeout
     _page_limit.deadline = deadline if outer is None else min(outer, deadline)
@@ -297,15 +322,15 @@ def thread_map(fn: Callable[[Any], T], items: list[Any]) -> list[T]:
         return list(pool.map(limited, items))
 
 
-async def call_mlflow(work: Callable[[Any], T], *, timeout: float | None = None) -> T:
-    """Run ``work(client)`` in the page's MLflow executor; wait at most ``timeout`` seconds.
+async def call_mlflow(work: Callable[[Any], T], *, timeout_seconds: float | None = None) -> T:
+    """Run ``work(client)`` in the page's MLflow executor; wait at most ``timeout_seconds``.
 
     :raises MlflowBusy: the executor already has its maximum of calls pending (answer 503).
-    :raises MlflowTimeout: no result within ``timeout`` (default ``[mlops]
-        page_mlflow_timeout``; answer 504).
+    :raises MlflowTimeout: no result within ``timeout_seconds`` (default ``[mlops]
+        page_mlflow_timeout_seconds``; answer 504).
     Exceptions raised by ``work`` propagate unchanged.
     """
-    limit = page_timeout() if timeout is None else timeout
+    limit = page_timeout() if timeout_seconds is None else timeout_seconds
 
     def in_thread() -> T:
         with _limit_mlflow_http_in_this_thread(limit):
@@ -314,12 +339,12 @@ async def call_mlflow(work: Callable[[Any], T], *, timeout: float | None = None)
     return await _run(mlflow_executor(), in_thread, limit)
 
 
-async def call_blocking(work: Callable[[], T], *, timeout: float | None = None) -> T:
+async def call_blocking(work: Callable[[], T], *, timeout_seconds: float | None = None) -> T:
     """Run ``work()`` (a metadata-database read) in the page's second small executor.
 
     Same errors as :func:`call_mlflow`.
     """
-    return await _run(db_executor(), work, timeout)
+    return await _run(db_executor(), work, timeout_seconds)
 
 
 # -- short-lived cache with single flight ---------------------------------------------------
@@ -336,18 +361,20 @@ _cache: dict[str, _Entry] = {}
 _inflight: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = {}
 
 
-async def cached(key: str, loader: Callable[[], Awaitable[T]], ttl: float | None = None) -> T:
-    """``loader()``'s value for ``key``, reused for ``ttl`` seconds (``[mlops]
+async def cached(
+    key: str, loader: Callable[[], Awaitable[T]], ttl_seconds: float | None = None
+) -> T:
+    """``loader()``'s value for ``key``, reused for ``ttl_seconds`` (``[mlops]
     page_cache_seconds`` by default).
 
     Concurrent misses of one key await the same load (single flight). Once expired, the value
-    is still returned for ``STALE_FACTOR * ttl`` more seconds while one background load
+    is still returned for ``STALE_FACTOR * ttl_seconds`` more while one background load
     refreshes it, so a visit waits for the registry only when nothing recent is known. A
     failed load is not cached: its error reaches every caller that waited for it (a failed
     background refresh is logged, and the old value served until it is too old). A caller
     that goes away (client closed the connection) does not cancel the load for the others.
     """
-    ttl = cache_seconds() if ttl is None else ttl
+    ttl = cache_seconds() if ttl_seconds is None else ttl_seconds
     now = time.monotonic()
     hit = _cache.get(key)
     if hit is not None and hit.fresh_until > now:

@@ -2,7 +2,7 @@
 
 Imported only when the API server mounts the plugin's app (``MlopsPlugin.fastapi_apps`` is
 resolved on first access), so schedulers, DAG processors and task processes that load
-plugins do not pay for FastAPI (~0.2-0.5 s; it also pulls ``pydantic.v1``).
+plugins do not pay for FastAPI (it also pulls ``pydantic.v1``).
 
 **Auth, like Airflow's own API.** Routes of a plugin's FastAPI app are not protected by
 Airflow by default, so every route depends on :func:`authorized_user`: Airflow's
@@ -19,12 +19,15 @@ from under ``[mlops] artifacts_uri``, with a byte cap (:mod:`airflow_mlops.plugi
 
 **Responsiveness.** Routes are ``async``: MLflow calls and metadata-database reads run in
 the page's small bounded executors (:mod:`airflow_mlops.plugins.mlflow_calls`): 503 when
-they are full, 504 after ``[mlops] page_mlflow_timeout``. The overview is cached unfiltered
-for ``[mlops] page_cache_seconds``; each request filters its own copy for its user.
+they are full, 504 after ``[mlops] page_mlflow_timeout_seconds``. The overview is cached
+unfiltered for ``[mlops] page_cache_seconds``; each request filters its own copy for its user.
 
 Configuration: the ``[mlops]`` options listed in :mod:`airflow_mlops.plugins.mlops_page`;
 ``mlflow_ui_url`` is read by :func:`airflow_mlops.links.mlflow.mlflow_ui_url`, the function
 the task links use, so the page and the links point at the same MLflow address.
+
+Over 600 lines on purpose: every route and the access check it depends on stay in one file,
+so a review of who may see what reads one module.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow_mlops.plugins import mlflow_calls, reports
+
+__all__ = [
+    "MAX_REPORT_BYTES",
+    "REPORT_CSP",
+    "RETRY_AFTER_SECONDS",
+    "TEMPLATES",
+    "Access",
+    "access_for",
+    "app",
+    "authorized_user",
+    "load_overview",
+    "report_max_bytes",
+    "unfiltered_overview",
+    "visible_models",
+]
 
 log = logging.getLogger(__name__)
 

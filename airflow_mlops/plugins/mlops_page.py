@@ -34,6 +34,8 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+__all__ = ["PAGE_NAME", "URL_PREFIX", "MlopsPlugin"]
+
 URL_PREFIX = "/mlops"
 PAGE_NAME = "MLOps"
 

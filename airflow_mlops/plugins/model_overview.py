@@ -7,12 +7,12 @@ history and links to the MLflow UI. Everything is read; nothing is written.
 Where the facts come from (the conventions of the rest of the provider):
 
 - aliases ``champion`` / ``challenger`` and the history summary in the registered-model tag
-  ``mlops.alias_history`` (:mod:`airflow_mlops.core.registry`);
+  ``mlops.alias_history`` (:mod:`airflow_mlops.core.alias_history`);
 - key metrics: the ``holdout_<metric>`` metrics of the version's training run
   (:mod:`airflow_mlops.core.training`, :mod:`airflow_mlops.core.metrics`);
 - drift: the registered-model tag ``mlops.last_drift``, which the drift operator overwrites
   with its verdict, the task that produced it and the report it attached to the champion's
-  run (:mod:`airflow_mlops.operators.monitoring`), and the tag ``mlops.last_retrain_signal``.
+  run (:mod:`airflow_mlops.operators.drift`), and the tag ``mlops.last_retrain_signal``.
   Reading it costs no call beyond listing the models, however many monitoring runs there
   were (reports of runs older than the tag, found only by listing artifacts, are not read);
 - verdicts recorded as tags, for runs and models created outside the operators:
@@ -26,6 +26,8 @@ A missing piece of information is ``None`` (shown as "—"), never an error: a m
 registered by hand, without any of these tags, still gets its row.
 
 ``mlflow`` is only imported by the functions that need it, so importing this module is cheap.
+Over 600 lines: one read of the registry with its call budget (prefetch, caps) is easier to
+keep bounded in one module than split across several.
 """
 
 from __future__ import annotations
@@ -48,6 +50,38 @@ from airflow_mlops.links.urls import mlflow_page_url
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "CHECK_KINDS",
+    "HOLDOUT_METRIC_PREFIX",
+    "MAX_CHECK_RUNS_PREFETCHED",
+    "MAX_EXPERIMENTS_SEARCHED",
+    "MAX_HISTORY_EVENTS",
+    "MAX_KEY_METRICS",
+    "PREFERRED_METRICS",
+    "REPORT_ARTIFACT_ROOTS",
+    "RUNS_PER_SEARCH",
+    "CheckRuns",
+    "ModelOverview",
+    "Prefetched",
+    "Verdict",
+    "VersionInfo",
+    "all_metric_names",
+    "collect_overview",
+    "drift_verdict_from_tag",
+    "history_events",
+    "is_report_artifact",
+    "iso_from_millis",
+    "key_metrics",
+    "model_url",
+    "overview_of_model",
+    "report_artifact_of_run",
+    "report_uri_of_run",
+    "report_uri_of_version",
+    "run_url",
+    "verdict_from_tags",
+    "version_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +462,8 @@ def overview_of_model(
 
     ``check_runs`` shares the check-run searches between the models of one overview.
     """
-    from airflow_mlops.core.registry import CHALLENGER, CHAMPION, TAG_ALIAS_HISTORY
+    from airflow_mlops.core.alias_history import TAG_ALIAS_HISTORY
+    from airflow_mlops.core.registry import CHALLENGER, CHAMPION
 
     overview = ModelOverview(name=model.name, description=model.description or None)
     aliases = dict(model.aliases or {})

@@ -8,29 +8,33 @@ URI as given. It serves only:
   (:data:`airflow_mlops.plugins.model_overview.REPORT_ARTIFACT_ROOTS`), read through MLflow;
 - HTML and JSON objects (:data:`REPORT_SUFFIXES`) under the configured ``[mlops]
   artifacts_uri`` (a local folder or an ``s3://`` prefix), never the data files the same root
-  holds (holdout, reference, segments, predictions). The URI is normalised before the prefix check: ``..``/``.``/empty segments are
-  refused, ``file://`` must name no other host, local paths are resolved (symlinks
-  followed) and checked again, and the opened file is checked a third time through its file
-  descriptor; S3 keys are compared on whole path segments of the same bucket.
+  holds (holdout, reference, segments, predictions). The URI is normalised before the
+  prefix check (:func:`airflow_mlops.core.storage.is_under_root`, the provider's one "is
+  this URI under that root" rule): ``..``/``.``/empty segments are refused, ``file://`` must
+  name no other host, local paths are resolved (symlinks followed) and checked again, and the
+  opened file is checked a third time through its file descriptor; S3 keys are compared on
+  whole path segments of the same bucket.
 
-Reads go in 64 KiB chunks and stop at the first chunk past ``[mlops] report_max_bytes`` (413):
-a body is never held in memory beyond the cap plus one chunk. ``http(s)://`` report URIs are never fetched nor redirected to: the page shows
-them as plain links. Every refusal is a :class:`ReportRefused` with an HTTP status and a short
+Reads go in 64 KiB chunks and stop at the first chunk past ``[mlops] report_max_bytes``
+(413): a body is never held in memory beyond the cap plus one chunk. ``http(s)://`` report
+URIs are never fetched nor redirected to: the page shows them as plain links. Every refusal is a :class:`ReportRefused` with an HTTP status and a short
 reason that does not echo the URI (it may be a secret path).
 
-Standard library only at import time: this module is imported by the api-server's routes.
+Standard library and :mod:`airflow_mlops.core.storage` (itself standard library at import)
+only: this module is imported by the api-server's routes.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from airflow_mlops.core.storage import UncheckableUriError, is_under_root, normalize_uri
 
 DEFAULT_MAX_REPORT_BYTES = 50 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024
@@ -114,46 +118,40 @@ def _local_path(uri: str) -> str:
         raise ReportRefused(400, "Unsupported report URI scheme.")
     if not uri.startswith("/"):
         raise ReportRefused(400, "A local report URI must be an absolute path.")
-    _refuse_dot_segments(uri.rstrip("/").split("/")[1:])
-    return uri
+    return _checkable(uri, "The report URI has a malformed or '.'/'..' segment.", resolve=False)
 
 
-def _refuse_dot_segments(segments: list[str]) -> None:
-    if any(s in ("", ".", "..") for s in segments):
-        raise ReportRefused(400, "The report URI has empty, '.' or '..' segments.")
+def _checkable(uri: str, malformed: str, *, resolve: bool = True) -> str:
+    """``uri`` normalised for the root check, or a 400 saying it is ``malformed``."""
+    try:
+        return normalize_uri(uri, resolve_links=resolve)
+    except UncheckableUriError as err:
+        raise ReportRefused(400, malformed) from err
+
+
+def _within(uri: str, root: str, *, resolve: bool) -> bool:
+    try:
+        return is_under_root(uri, root, resolve_links=resolve)
+    except UncheckableUriError:  # e.g. a file renamed since with a newline in its name
+        return False
 
 
 def _locate_local(path: str, root: str) -> LocalReport:
     """Lexical prefix check, then the same check on the resolved (symlink-free) paths."""
-    if not _is_within(path, root):
+    if not _within(path, root, resolve=False):
         raise ReportRefused(403, "The report is outside the configured artifacts_uri.")
-    real_root = os.path.realpath(root)
-    real_path = os.path.realpath(path)
-    if not _is_within(real_path, real_root):
+    if not _within(path, root, resolve=True):
         raise ReportRefused(403, "The report resolves outside the configured artifacts_uri.")
-    return LocalReport(path=Path(real_path), root=Path(real_root))
-
-
-def _is_within(path: str, root: str) -> bool:
-    """``path`` is ``root`` or below it, compared on whole path segments."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.query or parsed.fragment or not parsed.netloc:
-        raise ReportRefused(400, "Malformed s3:// report URI.")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return LocalReport(path=Path(os.path.realpath(path)), root=Path(os.path.realpath(root)))
 
 
 def _locate_s3(uri: str, root: str) -> S3Report:
-    bucket, key = _split_s3(uri)
-    root_bucket, root_key = _split_s3(root)
+    normalized = _checkable(uri, "Malformed s3:// report URI.")
+    bucket, _, key = normalized.removeprefix("s3://").partition("/")
     if not key or key.endswith("/"):
         raise ReportRefused(404, "The report is a folder, not a file.")
-    _refuse_dot_segments(key.split("/"))
-    prefix = posixpath.normpath(root_key).strip("/") if root_key.strip("/") else ""
-    if bucket != root_bucket or (prefix and not key.startswith(prefix + "/")):
+    _checkable(root, "Malformed s3:// artifacts_uri.")
+    if not is_under_root(normalized, root):
         raise ReportRefused(403, "The report is outside the configured artifacts_uri.")
     return S3Report(bucket=bucket, key=key)
 
@@ -206,7 +204,7 @@ def _check_opened_file(fd: int, root: Path, cap: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise ReportRefused(403, "The report is not a regular file.")
     link = f"/proc/self/fd/{fd}"
-    if os.path.islink(link) and not _is_within(os.readlink(link), str(root)):
+    if os.path.islink(link) and not _within(os.readlink(link), str(root), resolve=False):
         raise ReportRefused(403, "The report resolves outside the configured artifacts_uri.")
     if info.st_size > cap:
         raise ReportRefused(413, f"The report is larger than {cap} bytes.")

@@ -1,0 +1,1 @@
+"""Sensors on the MLflow model registry (a version becoming READY, an alias moving)."""

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+__all__ = ["ModelAliasChangedSensor", "ModelVersionReadySensor", "default_deferrable"]
+
+
 def default_deferrable() -> bool:
     """``[operators] default_deferrable`` from Airflow's configuration (False if unset)."""
     return conf.getboolean("operators", "default_deferrable", fallback=False)

@@ -1,0 +1,1 @@
+"""Triggers that wait on the MLflow model registry in the triggerer."""

@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
     from airflow_mlops.hooks.mlflow import MlflowHook
 
+__all__ = [
+    "ERROR",
+    "FAILED",
+    "FAILED_REGISTRATION",
+    "PENDING_REGISTRATION",
+    "READY",
+    "SUCCESS",
+    "ModelAliasChangedTrigger",
+    "ModelVersionReadyTrigger",
+    "alias_state",
+    "model_version_state",
+]
+
 # Event statuses. "success" completes the sensor; "failed" fails it without retries (the
 # registry said no); "error" fails it (a retry may help, e.g. the server was unreachable).
 SUCCESS = "success"
@@ -123,13 +136,26 @@ def alias_state(
 
 
 class _RegistryPollTrigger(BaseTrigger):
-    """Polls one registry check every ``poll_interval`` seconds until it is conclusive."""
+    """Polls one registry check every ``poll_interval`` seconds until it is conclusive.
+
+    ``poll_interval`` keeps the name Airflow's own triggers use (the sensors pass their
+    ``poke_interval``). Subclasses list the attributes that rebuild them in ``_fields``.
+    """
+
+    _fields: tuple[str, ...] = ()
 
     def __init__(self, *, mlflow_conn_id: str, poll_interval: float = 30.0) -> None:
         super().__init__()
         self.mlflow_conn_id = mlflow_conn_id
         self.poll_interval = float(poll_interval)
         self._hook: MlflowHook | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        fields = (*self._fields, "mlflow_conn_id", "poll_interval")
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {name: getattr(self, name) for name in fields},
+        )
 
     def _check(self, client: MlflowClient) -> dict[str, Any]:
         raise NotImplementedError
@@ -179,6 +205,8 @@ class ModelVersionReadyTrigger(_RegistryPollTrigger):
     :param poll_interval: seconds between checks.
     """
 
+    _fields = ("model_name", "version")
+
     def __init__(
         self,
         *,
@@ -190,17 +218,6 @@ class ModelVersionReadyTrigger(_RegistryPollTrigger):
         super().__init__(mlflow_conn_id=mlflow_conn_id, poll_interval=poll_interval)
         self.model_name = model_name
         self.version = str(version)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "model_name": self.model_name,
-                "version": self.version,
-                "mlflow_conn_id": self.mlflow_conn_id,
-                "poll_interval": self.poll_interval,
-            },
-        )
 
     def _check(self, client: MlflowClient) -> dict[str, Any]:
         return model_version_state(client, self.model_name, self.version)
@@ -230,6 +247,8 @@ class ModelAliasChangedTrigger(_RegistryPollTrigger):
     :param poll_interval: seconds between checks.
     """
 
+    _fields = ("model_name", "alias", "previous_version")
+
     def __init__(
         self,
         *,
@@ -243,18 +262,6 @@ class ModelAliasChangedTrigger(_RegistryPollTrigger):
         self.model_name = model_name
         self.alias = alias
         self.previous_version = None if previous_version in (None, "") else str(previous_version)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "model_name": self.model_name,
-                "alias": self.alias,
-                "previous_version": self.previous_version,
-                "mlflow_conn_id": self.mlflow_conn_id,
-                "poll_interval": self.poll_interval,
-            },
-        )
 
     def _check(self, client: MlflowClient) -> dict[str, Any]:
         return alias_state(client, self.model_name, self.alias, self.previous_version)

@@ -129,7 +129,7 @@ def status_of(url: str, headers: dict[str, str] | None = None) -> int:
 @pytest.fixture(scope="module")
 def api(stack: dict[str, str]) -> AirflowApi:
     return AirflowApi(
-        stack["airflow_url"], stack["admin_user"], stack["admin_password"], timeout_s=30
+        stack["airflow_url"], stack["admin_user"], stack["admin_password"], timeout_seconds=30
     )
 
 
@@ -173,7 +173,7 @@ def upload_training_data(stack: dict[str, str]) -> str:
 def dag_run(api: AirflowApi, stack: dict[str, str]) -> dict[str, Any]:
     """Trigger the CT DAG through the REST API and wait until the run ends."""
     path = f"/api/v2/dags/{urllib.parse.quote(E2E_DAG_ID)}"
-    dag = api.wait_for_dag(E2E_DAG_ID, timeout_s=240)  # parsed right after start
+    dag = api.wait_for_dag(E2E_DAG_ID, timeout_seconds=240)  # parsed right after start
     assert dag["is_paused"], "new DAGs start paused: the run below must be queued first"
     train_uri = upload_training_data(stack)
     # Before today's scheduled run, which the scheduler creates as soon as the DAG is unpaused.

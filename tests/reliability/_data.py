@@ -83,7 +83,8 @@ def train_candidate(
 
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.storage import Storage
-    from airflow_mlops.core.training import TrainingJob, train_model
+    from airflow_mlops.core.training import train_model
+    from airflow_mlops.core.training_job import TrainingJob
 
     mlflow.set_tracking_uri(tracking_uri)
     config = TrainingJob(
@@ -108,8 +109,10 @@ def crown(
     """Register a trained candidate and make it @champion with the real registry code."""
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, promote_to_champion, register_version
+    from airflow_mlops.core.registry import register_version
 
     client = MlflowClient(tracking_uri)
     context = RunContext(dag_id="reliability", run_id=training_result["run_id"], task_id="crown")

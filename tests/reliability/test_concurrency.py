@@ -74,9 +74,11 @@ def _scene(tracking_uri: str, tmp_path) -> dict[str, Any]:
 def _promote_concurrently(tracking_uri: str, scene: dict[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
     from airflow_mlops.core.evaluation import challenger_from_training, evaluate_challenger
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor, Champion, promote_to_champion
+    from airflow_mlops.core.registry import Champion
     from airflow_mlops.core.storage import Storage
 
     model_name = scene["model_name"]
@@ -108,7 +110,7 @@ def _promote_concurrently(tracking_uri: str, scene: dict[str, Any]) -> dict[str,
                 evaluated_champion=scene["old_champion"],
                 actor=Actor(reason=f"{label} beat v{scene['old_champion']}", context=context),
                 reevaluate=reevaluate,
-                lock_options={"ttl_s": 120, "wait_s": 120, "poll_s": 0.2},
+                lock_options={"ttl_seconds": 120, "wait_seconds": 120, "poll_seconds": 0.2},
             )
         except BaseException as err:  # reported by the main thread
             outcomes[label] = err
@@ -128,7 +130,8 @@ def _promote_concurrently(tracking_uri: str, scene: dict[str, Any]) -> dict[str,
 def test_racing_promotions_end_with_the_best_candidate_and_a_complete_history(mlflow_up, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from airflow_mlops.core.registry import alias_history, current_alias_version
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.registry import current_alias_version
 
     scene = _scene(mlflow_up, tmp_path)
     runs = scene["runs"]

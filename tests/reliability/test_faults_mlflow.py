@@ -42,8 +42,8 @@ pytestmark = pytest.mark.timeout(420)
 COLLECTED: dict[str, Any] = {}
 # The production default TTL, and a wait far shorter: a retry that waited for its dead try's
 # lock to expire (instead of taking it over at once) would give up and fail the test.
-LOCK_TTL_S = 900
-LOCK_WAIT_S = 60
+LOCK_TTL_SECONDS = 900
+LOCK_WAIT_SECONDS = 60
 
 
 def _unique(prefix: str) -> str:
@@ -80,7 +80,8 @@ def _assert_nothing_left_running(tracking_uri: str, experiment: str) -> None:
 
 def _assert_champion_sound(client, model_name: str, expected_version: str) -> dict:
     """@champion is READY, passed its gate, and its move is recorded in the alias history."""
-    from airflow_mlops.core.registry import alias_history, current_alias_version
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.registry import current_alias_version
 
     assert current_alias_version(client, model_name, "champion") == expected_version
     mv = client.get_model_version(model_name, expected_version)
@@ -240,8 +241,8 @@ def _promotion_dag(scene: dict[str, Any], on_retry, *, serving_check: bool):
             promote_kwargs={
                 **retry,
                 "serving_check": serving_check,
-                "lock_ttl": LOCK_TTL_S,
-                "lock_wait": LOCK_WAIT_S,
+                "lock_ttl_seconds": LOCK_TTL_SECONDS,
+                "lock_wait_seconds": LOCK_WAIT_SECONDS,
             },
         )
         tasks.promote >> _collector("evaluate", "register", "promote")
@@ -264,14 +265,14 @@ def test_mlflow_down_inside_the_promotion_lock_then_the_retry_promotes_once(
     """
     from mlflow.tracking import MlflowClient
 
-    import airflow_mlops.core.registry as registry
+    import airflow_mlops.core.alias_moves as alias_moves
 
     scene = _promotion_scene(mlflow_up, tmp_path)
     on_retry = restore_on_retry(rel_mlflow.ensure_up)
     dag = _promotion_dag(scene, on_retry, serving_check=True)
     COLLECTED.clear()
     with outage(
-        monkeypatch, registry, "set_alias_checked", rel_mlflow, when=_is_champion_move
+        monkeypatch, alias_moves, "set_alias_checked", rel_mlflow, when=_is_champion_move
     ) as injected:
         started = time.monotonic()
         dag_run = run_dag(dag)
@@ -292,7 +293,7 @@ def test_mlflow_down_inside_the_promotion_lock_then_the_retry_promotes_once(
     assert move["previous_version"] == scene["champion"]
     assert [mv.version for mv in versions_of(mlflow_up, scene["model_name"])] == ["1", "2"]
     _assert_nothing_left_running(mlflow_up, scene["experiment"])
-    assert elapsed < LOCK_TTL_S
+    assert elapsed < LOCK_TTL_SECONDS
 
 
 @pytest.mark.slow
@@ -301,7 +302,7 @@ def test_mlflow_down_between_the_champion_move_and_its_history_then_the_retry_re
 ):
     from mlflow.tracking import MlflowClient
 
-    import airflow_mlops.core.registry as registry
+    import airflow_mlops.core.alias_moves as alias_moves
 
     scene = _promotion_scene(mlflow_up, tmp_path)
     on_retry = restore_on_retry(rel_mlflow.ensure_up)
@@ -312,7 +313,7 @@ def test_mlflow_down_between_the_champion_move_and_its_history_then_the_retry_re
         return event["alias"] == "champion"
 
     with outage(
-        monkeypatch, registry, "record_alias_event", rel_mlflow, when=is_champion_event
+        monkeypatch, alias_moves, "record_alias_event", rel_mlflow, when=is_champion_event
     ) as injected:
         dag_run = run_dag(dag)
 
@@ -342,7 +343,8 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
     from airflow.sdk import DAG
     from mlflow.tracking import MlflowClient
 
-    import airflow_mlops.core.registry as registry
+    import airflow_mlops.core.alias_moves as alias_moves
+    from airflow_mlops.core.alias_history import alias_history
     from airflow_mlops.operators.registry import RollbackModelOperator
 
     scene = _promotion_scene(mlflow_up, tmp_path)
@@ -354,8 +356,8 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
             task_id="rollback",
             model_name=scene["model_name"],
             reason="reliability test: roll back",
-            lock_ttl=LOCK_TTL_S,
-            lock_wait=LOCK_WAIT_S,
+            lock_ttl_seconds=LOCK_TTL_SECONDS,
+            lock_wait_seconds=LOCK_WAIT_SECONDS,
             retries=1,
             retry_delay=timedelta(seconds=0),
             on_retry_callback=on_retry,
@@ -366,7 +368,7 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
         return event["action"] == "rollback"
 
     with outage(
-        monkeypatch, registry, "record_alias_event", rel_mlflow, when=is_rollback_event
+        monkeypatch, alias_moves, "record_alias_event", rel_mlflow, when=is_rollback_event
     ) as injected:
         dag_run = run_dag(dag)
 
@@ -379,9 +381,7 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
     _assert_succeeded(dag_run, "rollback")
     result = COLLECTED["rollback"]
     assert result["champion_version"] == scene["champion"]
-    events = [
-        e for e in registry.alias_history(client, scene["model_name"]) if e["action"] == "rollback"
-    ]
+    events = [e for e in alias_history(client, scene["model_name"]) if e["action"] == "rollback"]
     assert len(events) == 1 and events[0]["previous_version"] == newer
 
 
@@ -411,8 +411,7 @@ def _replay_twice(method: str) -> Iterator[list[Any]]:
 
 
 def test_a_replayed_create_run_request_leaves_no_run_running(client, tracking, tmp_path):
-    from airflow_mlops.core.lineage import TAG_IDEMPOTENCY_KEY
-    from airflow_mlops.core.training import TAG_ERROR
+    from airflow_mlops.core.lineage import TAG_ERROR, TAG_IDEMPOTENCY_KEY
 
     data = tmp_path / "train.csv"
     clean_frame().to_csv(data, index=False)

@@ -6,7 +6,7 @@ garbage) and pushes each file through what the CT pipeline does with it, in orde
 
 1. ``core.storage.parse_table`` (what ``Storage.read_table`` parses with);
 2. ``core.validation.validate_frame`` with a realistic suite (the pipeline's gate);
-3. ``core.training.prepare_data`` + the default pipeline's ``fit`` (no MLflow needed).
+3. ``core.training_data.prepare_data`` + the default pipeline's ``fit`` (no MLflow needed).
 
 Step 2 is skipped for some examples: a pipeline may run with validation disabled, and then
 whatever the file holds reaches ``prepare_data`` and ``fit``.
@@ -108,7 +108,7 @@ def corrupted_file(draw) -> tuple[bytes, str]:
 
 
 def _suite():
-    from airflow_mlops.core.validation import parse_suite
+    from airflow_mlops.core.suite import parse_suite
 
     return parse_suite(SUITE, source="reliability suite", default_name="reliability")
 
@@ -116,8 +116,10 @@ def _suite():
 def run_through_pipeline_core(data: bytes, fmt: str, gate: bool = True) -> str:
     """Read, validate (unless ``gate`` is off) and, if the gate passes, prepare and fit;
     returns the outcome."""
-    from airflow_mlops.core import training
+    from airflow_mlops.core.estimators import build_pipeline
     from airflow_mlops.core.storage import parse_table
+    from airflow_mlops.core.training_data import check_estimator_accepts_target, prepare_data
+    from airflow_mlops.core.training_job import TrainingJob
     from airflow_mlops.core.validation import validate_frame
 
     uri = f"/data/fuzzed.{fmt}"
@@ -127,16 +129,16 @@ def run_through_pipeline_core(data: bytes, fmt: str, gate: bool = True) -> str:
         if not outcome.success:
             assert outcome.failure_message().strip()
             return "validation failed"
-    config = training.TrainingJob(
+    config = TrainingJob(
         train_uri=uri,
         target="label",
         experiment_name="unused",
         estimator="sklearn.linear_model.LogisticRegression",
         task="classification",
     )
-    prepared = training.prepare_data(config, frame, "sha", len(frame))
-    pipeline = training.build_pipeline(config, prepared.task, prepared.X_train)
-    training.check_estimator_accepts_target(pipeline, prepared)
+    prepared = prepare_data(config, frame, "sha", len(frame))
+    pipeline = build_pipeline(config, prepared.task, prepared.X_train)
+    check_estimator_accepts_target(pipeline, prepared)
     pipeline.fit(prepared.X_train, prepared.y_train)
     return "trained"
 
@@ -199,14 +201,16 @@ def test_a_damaged_gzip_file_raises_unreadable_data_error(kind, tmp_path):
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, "inf"], ids=["inf", "-inf", "text inf"])
 def test_infinite_feature_values_are_refused_before_training_naming_the_column(value):
-    from airflow_mlops.core import training
     from airflow_mlops.core.errors import DataError
+    from airflow_mlops.core.estimators import build_pipeline
     from airflow_mlops.core.storage import parse_table
+    from airflow_mlops.core.training_data import prepare_data
+    from airflow_mlops.core.training_job import TrainingJob
 
     frame = clean_frame(60).astype({"x2": object})
     frame.loc[3, "x2"] = value
     frame = parse_table(frame.to_csv(index=False).encode(), "csv", "/data/inf.csv")
-    config = training.TrainingJob(
+    config = TrainingJob(
         train_uri="/data/inf.csv",
         target="label",
         experiment_name="unused",
@@ -214,8 +218,8 @@ def test_infinite_feature_values_are_refused_before_training_naming_the_column(v
         task="classification",
     )
     with pytest.raises(DataError, match="x2"):
-        prepared = training.prepare_data(config, frame, "sha", len(frame))
-        pipeline = training.build_pipeline(config, prepared.task, prepared.X_train)
+        prepared = prepare_data(config, frame, "sha", len(frame))
+        pipeline = build_pipeline(config, prepared.task, prepared.X_train)
         pipeline.fit(prepared.X_train, prepared.y_train)
 
 

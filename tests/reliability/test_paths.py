@@ -155,7 +155,7 @@ def test_evaluation_refuses_a_poisoned_model_uri_recorded_on_the_training_run(pa
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.evaluation import challenger_from_training
-    from airflow_mlops.core.training import (
+    from airflow_mlops.core.lineage import (
         TAG_HOLDOUT_SHA256,
         TAG_HOLDOUT_URI,
         TAG_MODEL_URI,

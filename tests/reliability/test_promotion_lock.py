@@ -18,20 +18,20 @@ from airflow_mlops.core.errors import PromotionError
 def _lock(client, model_name, **options):
     from airflow_mlops.core.promotion_lock import PromotionLock
 
-    return PromotionLock(client, model_name, **{"poll_s": 0.2, **options})
+    return PromotionLock(client, model_name, **{"poll_seconds": 0.2, **options})
 
 
 def _assert_promotion_refused_while_held(client, model, holder, actor) -> None:
     """While ``holder`` holds the lock, promoting as ``actor`` gives up after 1 s and the lock
     still belongs to ``holder``."""
-    from airflow_mlops.core.registry import promote_to_champion
+    from airflow_mlops.core.alias_moves import promote_to_champion
 
     holder.acquire()
     try:
         with pytest.raises(PromotionError, match="could not take the promotion lock"):
             promote_to_champion(
                 client, model, "1", evaluated_champion=None, actor=actor,
-                lock_options={"wait_s": 1.0, "poll_s": 0.2},
+                lock_options={"wait_seconds": 1.0, "poll_seconds": 0.2},
             )  # fmt: skip
         assert holder.read().owner == holder.owner
     finally:
@@ -43,16 +43,16 @@ def test_another_promoter_waits_for_a_live_holder_and_is_told_who_holds_it(mlflo
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
-    holder = _lock(client, model, holder="airflow:ct/run-1/promote", ttl_s=120)
+    holder = _lock(client, model, holder="airflow:ct/run-1/promote", ttl_seconds=120)
     holder.acquire()
     try:
         with pytest.raises(PromotionError, match="airflow:ct/run-1/promote"):
-            _lock(client, model, holder="airflow:ct/run-2/promote", wait_s=1.0).acquire()
+            _lock(client, model, holder="airflow:ct/run-2/promote", wait_seconds=1.0).acquire()
     finally:
         holder.release()
     # Released: the next one gets it at once.
     started = time.monotonic()
-    with _lock(client, model, wait_s=5.0):
+    with _lock(client, model, wait_seconds=5.0):
         assert time.monotonic() - started < 5.0
 
 
@@ -61,9 +61,9 @@ def test_an_expired_lock_of_a_dead_holder_is_broken(mlflow_up):
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
-    _lock(client, model, ttl_s=1.0).acquire()  # never released: its holder "died"
+    _lock(client, model, ttl_seconds=1.0).acquire()  # never released: its holder "died"
     time.sleep(1.5)
-    with _lock(client, model, wait_s=10.0, clock_skew_s=0.0) as lock:
+    with _lock(client, model, wait_seconds=10.0, clock_skew_seconds=0.0) as lock:
         assert lock.read().owner == lock.owner
 
 
@@ -72,9 +72,10 @@ def test_the_retry_of_the_same_task_instance_reclaims_its_dead_tries_lock_at_onc
 ):
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.alias_moves import promote_to_champion
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.promotion_lock import PromotionLock
-    from airflow_mlops.core.registry import Actor, promote_to_champion
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
@@ -96,7 +97,7 @@ def test_the_retry_of_the_same_task_instance_reclaims_its_dead_tries_lock_at_onc
         with pytest.raises(Killed):
             promote_to_champion(
                 client, model, "1", evaluated_champion=None, actor=Actor("try 1", try1),
-                lock_options={"ttl_s": 900},
+                lock_options={"ttl_seconds": 900},
             )  # fmt: skip
     assert PromotionLock(client, model).read() is not None, "try 1 left its lock behind"
 
@@ -104,7 +105,7 @@ def test_the_retry_of_the_same_task_instance_reclaims_its_dead_tries_lock_at_onc
     try:
         promote_to_champion(
             client, model, "1", evaluated_champion=None, actor=Actor("try 2", try2),
-            lock_options={"wait_s": 3.0, "poll_s": 0.2},
+            lock_options={"wait_seconds": 3.0, "poll_seconds": 0.2},
         )  # fmt: skip
     except PromotionError as err:
         pytest.fail(f"try 2 could not take its own dead try's lock: {err}")
@@ -117,13 +118,13 @@ def test_a_different_task_never_takes_over_a_live_lock(mlflow_up):
     """The reclaim above must not let another run's promotion break a lock in use."""
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(model)
-    holder = _lock(client, model, holder="airflow:ct/run-1/promote", ttl_s=120)
+    holder = _lock(client, model, holder="airflow:ct/run-1/promote", ttl_seconds=120)
     other = RunContext(dag_id="ct", run_id="run-2", task_id="promote")
     _assert_promotion_refused_while_held(client, model, holder, Actor("run 2", other))
 
@@ -138,15 +139,15 @@ def test_the_same_identity_without_a_later_try_never_takes_over_a_live_lock(mlfl
     (``manual``/``manual``/``manual``, try 1) share an idempotency key but are both alive."""
     from mlflow.tracking import MlflowClient
 
+    from airflow_mlops.core.alias_history import Actor
     from airflow_mlops.core.lineage import RunContext
-    from airflow_mlops.core.registry import Actor
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(model)
     run_context = RunContext(**context) if context else RunContext()
     holder = _lock(
-        client, model, holder="a live holder", ttl_s=120,
+        client, model, holder="a live holder", ttl_seconds=120,
         reclaim_key=run_context.idempotency_key, try_number=run_context.try_number,
     )  # fmt: skip
     _assert_promotion_refused_while_held(client, model, holder, Actor("again", run_context))
@@ -174,7 +175,7 @@ def test_a_replayed_create_finds_its_own_lock_and_does_not_wait_out_its_ttl(mlfl
 
     monkeypatch.setattr(client, "create_registered_model", lost_response_then_replay)
     started = time.monotonic()
-    lock = _lock(client, model, ttl_s=600, wait_s=2.0)
+    lock = _lock(client, model, ttl_seconds=600, wait_seconds=2.0)
     lock.acquire()  # before the fix: waits 2 s for "another holder", then PromotionError
     try:
         assert time.monotonic() - started < 2.0
@@ -207,7 +208,7 @@ def test_a_create_racing_the_holders_release_tries_again(mlflow_up, monkeypatch)
         return real_create(name, *args, **kwargs)
 
     monkeypatch.setattr(client, "create_registered_model", raced_once)
-    lock = _lock(client, model, wait_s=2.0)
+    lock = _lock(client, model, wait_seconds=2.0)
     lock.acquire()  # before the fix: the RestException escaped from acquire()
     try:
         assert lock.read().owner == lock.owner
@@ -223,7 +224,7 @@ def test_a_lock_expired_by_less_than_the_clock_skew_is_not_broken(mlflow_up):
 
     client = MlflowClient(mlflow_up)
     model = f"rel-lock-{uuid.uuid4().hex[:8]}"
-    holder = _lock(client, model, holder="slow-clock host", ttl_s=600)
+    holder = _lock(client, model, holder="slow-clock host", ttl_seconds=600)
     holder.acquire()
     try:
         # Its expiry, by the waiter's clock, passed 20 s ago.
@@ -231,10 +232,12 @@ def test_a_lock_expired_by_less_than_the_clock_skew_is_not_broken(mlflow_up):
             lock_name(model), TAG_LOCK_EXPIRES_AT, f"{time.time() - 20:.3f}"
         )
         with pytest.raises(PromotionError, match="slow-clock host"):
-            _lock(client, model, wait_s=1.0).acquire()  # default skew: 60 s
+            _lock(client, model, wait_seconds=1.0).acquire()  # default skew: 60 s
         assert holder.read().owner == holder.owner
         # Beyond the configured skew the lock counts as expired and is broken.
-        with PromotionLock(client, model, wait_s=5.0, poll_s=0.2, clock_skew_s=10.0) as lock:
+        with PromotionLock(
+            client, model, wait_seconds=5.0, poll_seconds=0.2, clock_skew_seconds=10.0
+        ) as lock:
             assert lock.read().owner == lock.owner
     finally:
         holder.release()
@@ -286,7 +289,7 @@ def test_the_lock_of_a_256_character_model_name_works_on_postgresql(tmp_path):
         client.create_registered_model(model)
         with pytest.raises(Exception, match=r"256|too long"):  # the lock's name before the fix
             client.create_registered_model(f"{model}.mlops-lock")
-        with PromotionLock(client, model, wait_s=5.0) as lock:
+        with PromotionLock(client, model, wait_seconds=5.0) as lock:
             assert lock.read().owner == lock.owner
             assert client.get_registered_model(lock_name(model)).name == lock.name
         assert lock.read() is None

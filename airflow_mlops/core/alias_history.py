@@ -1,0 +1,216 @@
+"""The audit trail of alias moves, stored in the MLflow registry itself.
+
+Each alias move writes one JSON event (who, when, why, Airflow run, previous version) as an
+append-only tag ``mlops.alias_event.<ms>-<id>`` on the version that received the alias
+(model version tags hold up to 100,000 characters), and the newest events are kept in the
+registered model's tag ``mlops.alias_history`` (a JSON list trimmed to fit 5,000 characters:
+the SQL column of registered-model tags is ``VARCHAR(5000)``). The summary is rewritten only
+under the promotion lock; the per-version events are never rewritten, so the full history
+survives even if the summary is trimmed or edited by hand.
+
+The moves that write these events are in :mod:`airflow_mlops.core.alias_moves`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from airflow_mlops.core.lineage import RunContext
+from airflow_mlops.core.registry import iter_versions
+
+__all__ = [
+    "HISTORY_SUMMARY_MAX_CHARS",
+    "HISTORY_SUMMARY_MAX_EVENTS",
+    "TAG_ALIAS_EVENT_PREFIX",
+    "TAG_ALIAS_HISTORY",
+    "Actor",
+    "alias_history",
+    "ensure_in_summary",
+    "find_event_by_key",
+    "fit_summary",
+    "latest_alias_event",
+    "make_event",
+    "recent_alias_history",
+    "record_alias_event",
+]
+
+log = logging.getLogger(__name__)
+
+TAG_ALIAS_HISTORY = "mlops.alias_history"
+TAG_ALIAS_EVENT_PREFIX = "mlops.alias_event."
+
+# Registered-model tag values live in a VARCHAR(5000) column in MLflow's SQL stores.
+HISTORY_SUMMARY_MAX_CHARS = 4800
+HISTORY_SUMMARY_MAX_EVENTS = 50
+_SUMMARY_REASON_CHARS = 160
+_EVENT_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who moves an alias and why; stored in every history event."""
+
+    reason: str
+    context: RunContext = field(default_factory=RunContext)
+    user: str | None = None  # e.g. the approver of a manual promotion
+    decision_uri: str | None = None
+
+    @property
+    def description(self) -> str:
+        who = f"{self.user} via " if self.user else ""
+        c = self.context
+        return f"{who}airflow:{c.dag_id}/{c.run_id}/{c.task_id}"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def make_event(
+    alias: str, action: str, version: str, previous: str | None, actor: Actor
+) -> dict[str, Any]:
+    """One history event: ``action`` moved ``alias`` from ``previous`` to ``version``."""
+    c = actor.context
+    return {
+        "id": uuid.uuid4().hex[:8],
+        "at": _now_iso(),
+        "alias": alias,
+        "action": action,
+        "version": str(version),
+        "previous_version": None if previous is None else str(previous),
+        "by": actor.description,
+        "user": actor.user,
+        "reason": actor.reason[:_EVENT_REASON_CHARS],
+        "dag_id": c.dag_id,
+        "run_id": c.run_id,
+        "task_id": c.task_id,
+        "try_number": c.try_number,
+        "idempotency_key": c.idempotency_key,
+        "decision_uri": actor.decision_uri,
+    }
+
+
+def _compact(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Summary form: what an auditor scans first; the full event stays on the version."""
+    keep = ("id", "at", "alias", "action", "version", "previous_version", "by", "idempotency_key")
+    compact = {k: event.get(k) for k in keep}
+    compact["reason"] = str(event.get("reason") or "")[:_SUMMARY_REASON_CHARS]
+    return compact
+
+
+def fit_summary(events: list[dict[str, Any]], max_chars: int = HISTORY_SUMMARY_MAX_CHARS) -> str:
+    """JSON of the newest events that fits ``max_chars`` (oldest dropped first)."""
+    kept = events[-HISTORY_SUMMARY_MAX_EVENTS:]
+    while True:
+        text = json.dumps(kept, separators=(",", ":"))
+        if len(text) <= max_chars or not kept:
+            return text
+        kept = kept[1:]
+
+
+def recent_alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]:
+    """The summary kept on the registered model (newest last); [] when absent or unreadable."""
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    try:
+        events = json.loads(tags.get(TAG_ALIAS_HISTORY, "[]"))
+    except json.JSONDecodeError:
+        log.warning("Tag %s of %s is not JSON; ignoring it.", TAG_ALIAS_HISTORY, model_name)
+        return []
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]:
+    """The full history, from the append-only events on every version (oldest first)."""
+    events = []
+    for mv in iter_versions(client, model_name):
+        for key, value in (mv.tags or {}).items():
+            if key.startswith(TAG_ALIAS_EVENT_PREFIX):
+                try:
+                    events.append(json.loads(value))
+                except json.JSONDecodeError:
+                    log.warning("Unreadable history tag %s on %s v%s", key, model_name, mv.version)
+    events.sort(key=lambda e: (str(e.get("at")), str(e.get("id"))))
+    return events
+
+
+def record_alias_event(
+    client: MlflowClient, model_name: str, event: dict[str, Any]
+) -> dict[str, Any]:
+    """Append ``event``: a per-version tag (never rewritten) and the registered-model summary.
+
+    Call with the promotion lock held: the summary is a read-modify-write.
+    """
+    stamp = int(time.time() * 1000)
+    client.set_model_version_tag(
+        model_name,
+        event["version"],
+        f"{TAG_ALIAS_EVENT_PREFIX}{stamp:013d}-{event['id']}",
+        json.dumps(event, separators=(",", ":")),
+    )
+    summary = [*recent_alias_history(client, model_name), _compact(event)]
+    client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(summary))
+    return event
+
+
+def ensure_in_summary(client: MlflowClient, model_name: str, event: Mapping[str, Any]) -> bool:
+    """Add ``event`` to the registered-model summary if a crashed try never wrote it there.
+
+    :func:`record_alias_event` writes the per-version event first and the summary second; a
+    try that died in between leaves an event the summary lacks. Call with the lock held.
+    Returns True when the summary was repaired.
+    """
+    summary = recent_alias_history(client, model_name)
+    if any(e.get("id") == event.get("id") for e in summary):
+        return False
+    repaired = sorted([*summary, _compact(event)], key=lambda e: str(e.get("at")))
+    client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(repaired))
+    log.warning(
+        "The alias history summary of %s lacked event %s (@%s -> v%s) written by an earlier "
+        "try: repaired.",
+        model_name,
+        event.get("id"),
+        event.get("alias"),
+        event.get("version"),
+    )
+    return True
+
+
+def latest_alias_event(client: MlflowClient, model_name: str, alias: str) -> dict[str, Any] | None:
+    """The newest move of ``alias``: from the summary, else from the full history."""
+    for source in (recent_alias_history, alias_history):
+        moves = [e for e in source(client, model_name) if e.get("alias") == alias]
+        if moves:
+            return moves[-1]
+    return None
+
+
+def find_event_by_key(
+    client: MlflowClient, model_name: str, version: str, alias: str, key: str
+) -> dict[str, Any] | None:
+    """The event on ``version`` that task ``key`` wrote for ``alias``, or None (a retry's
+    way to find what its earlier try recorded)."""
+    mv = client.get_model_version(model_name, version)
+    for tag, value in (mv.tags or {}).items():
+        if tag.startswith(TAG_ALIAS_EVENT_PREFIX):
+            try:
+                event = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+            if event.get("alias") == alias and event.get("idempotency_key") == key:
+                return event
+    return None

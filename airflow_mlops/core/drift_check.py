@@ -1,0 +1,174 @@
+"""The whole drift check of new data against the champion's reference, as one call.
+
+:func:`check_champion_drift` is what ``DriftReportOperator`` runs: compute the drift
+(:func:`airflow_mlops.core.drift.compute_drift`), write the HTML report and the JSON summary,
+attach both to the champion's MLflow run, overwrite the model's ``mlops.last_drift`` tag and
+build the small XCom result. :func:`reference_for` picks the reference table. The operator
+keeps only what Airflow knows: the rendered parameters, where reports go, the task's
+identity, skipping and the retrain signal.
+
+Import-light at module level (standard library and light core modules): the heavy drift
+module is imported when the check runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.constants import DRIFT_REPORT_NAME, DRIFT_SUMMARY_NAME
+from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT, drift_reason, last_drift_tag
+from airflow_mlops.core.errors import ConfigError, MlopsError
+from airflow_mlops.core.lineage import TAG_REFERENCE_URI
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.champion import ChampionFacts
+    from airflow_mlops.core.drift import DriftSettings
+    from airflow_mlops.core.storage import Storage
+
+__all__ = ["DriftOutcome", "NothingToCompareError", "check_champion_drift", "reference_for"]
+
+log = logging.getLogger(__name__)
+
+
+class NothingToCompareError(MlopsError):
+    """No champion yet and no explicit reference: there is nothing to compare with."""
+
+
+def reference_for(
+    champion: ChampionFacts | None, reference_uri: str | None, model_name: str
+) -> str:
+    """The explicit ``reference_uri``, else the champion's recorded reference table.
+
+    :class:`NothingToCompareError` without either (a monitoring DAG may run before the first
+    model exists); :class:`ConfigError` when the champion's run has no reference tag.
+    """
+    explicit = (reference_uri or "").strip()
+    if explicit:
+        return explicit
+    if champion is None:
+        raise NothingToCompareError(
+            f"{model_name} has no champion yet and no reference_uri was given: "
+            "there is nothing to compare the new data with."
+        )
+    if not champion.reference_uri:
+        raise ConfigError(
+            f"No reference_uri given and the champion's run {champion.run_id} has no "
+            f"{TAG_REFERENCE_URI} tag: pass reference_uri."
+        )
+    return champion.reference_uri
+
+
+@dataclass(frozen=True)
+class DriftOutcome:
+    """The XCom ``result``, the verdict, and whether the reports went to the champion's run."""
+
+    result: dict[str, Any]
+    drifted: bool
+    attached: bool
+
+    @property
+    def summary_uri(self) -> str:
+        return str(self.result["summary_uri"])
+
+
+def check_champion_drift(
+    champion: ChampionFacts | None,
+    storage: Storage,
+    current_uri: str,
+    *,
+    model_name: str,
+    reference_uri: str,
+    settings: DriftSettings,
+    html_uri: str,
+    summary_uri: str,
+    mlflow_session: Callable[[], AbstractContextManager[MlflowClient]],
+    mlflow_folder: str | None,
+    airflow_task: Mapping[str, Any],
+) -> DriftOutcome:
+    """Drift of ``current_uri`` against ``reference_uri``, its reports and its records.
+
+    The report goes to ``html_uri`` and the summary to ``summary_uri``; with a champion run
+    and an ``mlflow_folder`` both are also logged on that run (the same folder on every try,
+    so a retry overwrites). With a champion, its model's ``mlops.last_drift`` tag gets the
+    verdict. Raises what :func:`~airflow_mlops.core.drift.compute_drift` raises
+    (``EmptyBatchError`` for an empty current batch, ``SchemaDriftError``, ...), before
+    anything is written.
+    """
+    from airflow_mlops.core.drift import compute_drift, small_summary
+
+    log.info(
+        "Drift of %s vs %s on %s (sample cap %s rows per side, seed %s)",
+        current_uri,
+        reference_uri,
+        list(settings.columns) if settings.columns else "all columns",
+        settings.sampling.max_rows_per_side,
+        settings.sampling.seed,
+    )
+    drift = compute_drift(reference_uri, current_uri, storage, settings)
+    summary = drift.summary
+    storage.write_text(html_uri, drift.html)
+    # Not write_json: it sorts keys, and the columns' order is the data's order.
+    storage.write_text(summary_uri, json.dumps(summary, indent=2, allow_nan=False))
+    log.info("Drift report written to %s, summary to %s", html_uri, summary_uri)
+    report_artifact = None
+    if champion is not None and champion.run_id and mlflow_folder:
+        report_artifact = f"{mlflow_folder}/{DRIFT_REPORT_NAME}"
+        with mlflow_session() as client:
+            client.log_text(champion.run_id, drift.html, report_artifact)
+            client.log_dict(champion.run_id, summary, f"{mlflow_folder}/{DRIFT_SUMMARY_NAME}")
+        log.info("Report attached to MLflow run %s under %s/", champion.run_id, mlflow_folder)
+    if champion is not None:
+        _record_last_drift(
+            mlflow_session, champion, summary, report_artifact, html_uri, airflow_task
+        )
+    reason = drift_reason(summary)
+    log.info("%s", reason)
+    result = {
+        "model_name": model_name,
+        "champion_version": champion.version if champion else None,
+        "mlflow_run_id": champion.run_id if champion else None,
+        "reference_uri": reference_uri,
+        "current_uri": current_uri,
+        "report_uri": html_uri,
+        "summary_uri": summary_uri,
+        **small_summary(summary),
+        "reason": reason,
+    }
+    return DriftOutcome(result=result, drifted=drift.drifted, attached=report_artifact is not None)
+
+
+def _record_last_drift(
+    mlflow_session: Callable[[], AbstractContextManager[MlflowClient]],
+    champion: ChampionFacts,
+    summary: Mapping[str, Any],
+    report_artifact: str | None,
+    report_uri: str,
+    airflow_task: Mapping[str, Any],
+) -> None:
+    """Overwrite the model's ``mlops.last_drift`` tag with this verdict (a retry rewrites
+    the same task's verdict), so the MLOps page reads it without listing artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    value = last_drift_tag(
+        summary,
+        at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        airflow_task=airflow_task,
+        mlflow_run_id=champion.run_id if report_artifact else None,
+        report_artifact=report_artifact,
+        report_uri=report_uri,
+        champion_version=champion.version,
+    )
+    try:
+        with mlflow_session() as client:
+            client.set_registered_model_tag(champion.model_name, TAG_LAST_DRIFT, value)
+    except MlflowException as err:
+        # The XCom and the reports hold the verdict; the tag only speeds up the page.
+        log.warning("Could not tag %s with the drift verdict: %s", champion.model_name, err)

@@ -1,0 +1,167 @@
+"""ModelPerformanceOperator: the champion's performance on newly labelled rows (decay).
+
+The check itself is :func:`airflow_mlops.core.performance.check_champion_performance`; the
+retrain signal, its debounce and the ``on_decay``/``on_empty`` policies come from
+:class:`~airflow_mlops.operators.monitoring.RetrainSignalOperator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.constants import (
+    DEFAULT_MIN_LABELLED_ROWS,
+    DEFAULT_TOLERANCE,
+    PERFORMANCE_REPORT_NAME,
+    TOLERANCE_MODES,
+)
+from airflow_mlops.operators.base import as_mapping, as_number, check_choice
+from airflow_mlops.operators.monitoring import RetrainSignalOperator, TaskIds
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_mlops.core.performance import DecaySettings
+
+__all__ = ["ModelPerformanceOperator"]
+
+
+class ModelPerformanceOperator(RetrainSignalOperator):
+    """Performance decay: score the champion on newly labelled rows, compare with promotion.
+
+    ``labels_uri`` holds recent inference rows whose true labels have arrived (features
+    plus the target column; rows whose label is still missing are ignored). The current
+    champion predicts them, :func:`airflow_mlops.core.metrics.compute_metrics` scores them,
+    and ``metric`` is compared with the ``holdout_<metric>`` value recorded on the
+    champion's training run (or ``baseline_metrics``). A degradation beyond ``tolerance``
+    is decay, handled by ``on_decay`` exactly like ``on_drift`` of
+    :class:`DriftReportOperator` (``emit`` sends the same retrain signal, with the reason).
+
+    Fewer labelled rows than ``min_labelled_rows`` give no verdict (logged, no signal).
+    No champion yet: the task is skipped. The check is
+    :func:`airflow_mlops.core.performance.check_champion_performance`; this operator reads
+    the champion and its parameters, calls it, and applies ``on_decay``.
+
+    XCom: ``{model_name, champion_version, labels_uri, report_uri, rows, labelled_rows,
+    metrics, check, decayed, reason, retrain_signal}``.
+
+    ``model_name``, ``debounce_seconds`` and ``ct_dag_id`` are
+    :class:`~airflow_mlops.operators.monitoring.RetrainSignalOperator`'s; ``report_uri`` in the
+    XCom is the ``performance.json`` file written to ``report_folder_uri``.
+
+    :param labels_uri: labelled rows (templated).
+    :param metric: metric to watch (templated); default ``f1`` / ``rmse`` by task.
+    :param tolerance: largest accepted degradation (templated), default 0.05.
+    :param tolerance_mode: ``absolute`` (metric units, default) or ``relative`` (templated).
+    :param target: label column (templated); default: the champion run's ``mlops.target``.
+    :param task: ``classification`` | ``regression`` (templated); default: ``mlops.task``.
+    :param baseline_metrics: ``{metric: value}`` to compare with instead of the champion's
+        recorded holdout metrics (templated).
+    :param min_labelled_rows: minimum labelled rows for a verdict (templated), default 100.
+    :param on_decay: ``emit`` | ``fail`` | ``skip`` | ``branch`` (templated).
+    :param on_empty: no labelled rows at all: ``fail`` (default) or ``skip`` (templated).
+    :param decay_task_ids / no_decay_task_ids: branches when ``on_decay="branch"``.
+    :param report_folder_uri: folder for ``performance.json`` (templated).
+    """
+
+    policy_field = "on_decay"
+    signal_trigger = "performance_decay"
+    template_fields: Sequence[str] = (
+        *RetrainSignalOperator.template_fields,
+        "labels_uri",
+        "metric",
+        "tolerance",
+        "tolerance_mode",
+        "target",
+        "task",
+        "baseline_metrics",
+        "min_labelled_rows",
+        "on_decay",
+    )
+    template_fields_renderers = {"baseline_metrics": "json"}
+
+    def __init__(
+        self,
+        *,
+        labels_uri: str,
+        metric: str | None = None,
+        tolerance: float | str = DEFAULT_TOLERANCE,
+        tolerance_mode: str = "absolute",
+        target: str | None = None,
+        task: str | None = None,
+        baseline_metrics: Mapping[str, float] | str | None = None,
+        min_labelled_rows: int | str = DEFAULT_MIN_LABELLED_ROWS,
+        on_decay: str = "emit",
+        decay_task_ids: TaskIds = None,
+        no_decay_task_ids: TaskIds = None,
+        **kwargs: Any,
+    ) -> None:
+        check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
+        super().__init__(branches=(decay_task_ids, no_decay_task_ids), **kwargs)
+        self.labels_uri = labels_uri
+        self.metric = metric
+        self.tolerance = tolerance
+        self.tolerance_mode = tolerance_mode
+        self.target = target
+        self.task = task
+        self.baseline_metrics = baseline_metrics
+        self.min_labelled_rows = min_labelled_rows
+        self.on_decay = on_decay
+        self.check_policies()
+
+    def decay_settings(self) -> DecaySettings:
+        from airflow_mlops.core.performance import DecaySettings
+
+        return DecaySettings(
+            metric=self.metric or None,
+            tolerance=as_number(self.tolerance, float, "tolerance"),
+            tolerance_mode=self.tolerance_mode,
+            min_labelled_rows=as_number(self.min_labelled_rows, int, "min_labelled_rows"),
+        )
+
+    def explicit_baseline(self) -> dict[str, float] | None:
+        """``baseline_metrics`` as numbers (errors name the key); None: the champion's."""
+        if not self.baseline_metrics:
+            return None
+        return {
+            k: as_number(v, float, f"baseline_metrics[{k!r}]")
+            for k, v in as_mapping(self.baseline_metrics, "baseline_metrics").items()
+        }
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.core.performance import check_champion_performance
+        from airflow_mlops.hooks.signing import model_trust
+
+        policy = self.checked_policies()
+        settings = self.decay_settings()
+        champion = self.read_champion()
+        if champion is None:
+            raise AirflowSkipException(f"{self.model_name} has no champion yet: nothing to check.")
+        folder = self.mlflow_artifact_folder(context, "performance")
+        with self.empty_input_policy():
+            outcome = check_champion_performance(
+                champion,
+                self.storage,
+                str(self.labels_uri).strip(),
+                settings=settings,
+                mlflow_session=self.mlflow_hook.session,
+                trust=model_trust,
+                report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
+                mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
+                target=self.target,
+                task=self.task,
+                baseline_metrics=self.explicit_baseline(),
+            )
+        self.log.info("%s", outcome.reason)
+        if champion.run_id:
+            self.link_champion(context, champion)
+        return self.finish(
+            context,
+            policy=policy,
+            triggered=outcome.decayed,
+            result=outcome.result(),
+            metric=outcome.metric,
+        )
