@@ -145,10 +145,10 @@ def s3_run(root: Path, workdir: Path, repeats: int) -> dict:
 
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "deploy"))  # tests/_servers imports devkit
-    from _servers import start_moto_server
+    from _servers import moto_server_for
     from fsspec.implementations.arrow import ArrowFSWrapper
 
-    server = start_moto_server(workdir / "moto")
+    server = moto_server_for(workdir / "moto").start()
     try:
         server.wait_ready()
         os.environ["AIRFLOW_CONN_BENCH_S3"] = json.dumps(

@@ -173,16 +173,16 @@ def cold_overview(tracking_uri: str, models: int) -> tuple[CountingClient, float
 
 def start_api_server(tracking_uri: str, cache_seconds: str, models: int) -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _servers import start_api_server as start
+    from _servers import api_server_for
 
-    server = start(
+    server = api_server_for(
         WORKDIR / f"api-server-{uuid.uuid4().hex[:6]}",
         ADMIN_PASSWORD,
         {
             "AIRFLOW__MLOPS__PAGE_CACHE_SECONDS": cache_seconds,
             "AIRFLOW__MLOPS__PAGE_MAX_MODELS": str(models),
         },
-    )
+    ).start()
     try:
         server.wait_ready(timeout_s=120)
     except Exception:

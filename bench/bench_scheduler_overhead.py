@@ -71,8 +71,8 @@ from _common import ROOT, report
 
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "deploy"))
-from _servers import ServerProcess, free_port, start_mlflow_server
-from devkit import group_alive, start_logged  # one process-group rule (zombies)
+from _servers import Server, mlflow_server_for
+from devkit import free_port, group_alive, start_logged  # one process-group rule (zombies)
 
 BIN = Path(sys.executable).parent
 DAG_ID = "bench_scheduler_overhead"
@@ -404,7 +404,7 @@ class Stack:
     min_heartbeat_interval: int = 1
     api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    mlflow: ServerProcess | None = None
+    mlflow: Server | None = None
     scheduler_log: str = "scheduler"
 
     @property
@@ -545,7 +545,7 @@ class Stack:
         """MLflow server, metadata DB, DAG file and data, api-server and dag-processor."""
         for folder in ("dags", "plugins", "data", "out", "airflow/config"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self.mlflow = start_mlflow_server(self.root / "mlflow")
+        self.mlflow = mlflow_server_for(self.root / "mlflow").start()
         template = _migrated_db_template()
         if template is not None:
             shutil.copyfile(template, self.home / "airflow.db")

@@ -38,7 +38,7 @@ for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # for _servers
 from _common import pinned_requirements  # noqa: E402
-from _servers import start_mlflow_server  # noqa: E402
+from _servers import mlflow_server_for  # noqa: E402
 
 N_FEATURES = 20
 XGB_PARAMS = {"n_estimators": 100, "max_depth": 6, "tree_method": "hist", "n_jobs": 2}
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    server = start_mlflow_server(WORKDIR / "mlflow")
+    server = mlflow_server_for(WORKDIR / "mlflow").start()
     try:
         from airflow.utils.db import initdb
 

@@ -1,51 +1,119 @@
-"""Start and stop the real services the tests talk to (MLflow server, moto S3 server)."""
+"""The real services tests and benches talk to: MLflow, moto S3 and Airflow's api-server.
+
+:class:`Server` runs one service as a subprocess in its own process group on a loopback port
+chosen once, so it can be killed mid-test and restarted at the same URL (the Airflow
+connections and MLflow's recorded artifact URIs keep pointing at it). The ``*_server_for``
+functions build a server per service (command line, environment, health path, log name);
+call :meth:`Server.start` and then :meth:`Server.wait_ready` (or :meth:`Server.ensure_up`).
+Used by ``tests/conftest.py`` (session servers), ``tests/reliability/conftest.py``
+(servers the fault tests kill) and the benches.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from devkit import free_port  # re-exported: tests and benches import it from here
+from devkit import free_port, http_ok, start_logged, stop_group
+
+__all__ = ["Server", "api_server_for", "mlflow_server_for", "moto_server_for"]
 
 BIN = Path(sys.executable).parent
 
 
 @dataclass
-class ServerProcess:
-    """A service started as a subprocess in its own process group, with its log file."""
+class Server:
+    """A service run as a subprocess group on a fixed loopback port; killable, restartable.
+
+    Its output goes to ``workdir/<name>.log``, appended across restarts.
+    """
 
     name: str
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-    health_path: str = "/"
+    workdir: Path
+    command: list[str]
+    env: dict[str, str]
+    health_path: str
+    port: int = field(default_factory=free_port)
+    ready_timeout_s: float = 120.0
+    process: subprocess.Popen | None = None
+    starts: int = 0
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Server:
+        """Start the process unless it runs; returns the server, for chaining."""
+        if self.running:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n--- start #{self.starts + 1} at {time.ctime()} ---\n".encode())
+        self.process = start_logged(self.command, self.log_path, self.env, self.workdir)
+        self.starts += 1
+        return self
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until the health path answers below 500; fail with the log if it exits."""
+        timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(self.url + self.health_path, timeout=2) as resp:
-                    if resp.status < 500:
-                        return
-            except urllib.error.HTTPError as err:
-                if err.code < 500:  # 401 from an auth-protected server still means "up"
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
+            if not self.running:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"{self.name} exited ({code}); log:\n{self.log_tail()}")
+            if self.is_answering():
+                return
+            time.sleep(0.2)
         raise TimeoutError(f"{self.name} not ready after {timeout_s}s; log:\n{self.log_tail()}")
+
+    def ensure_up(self) -> None:
+        self.start()
+        self.wait_ready()
+
+    def is_answering(self) -> bool:
+        """Whether the health path answers below 500 (a 401 of an auth-protected server
+        counts as up)."""
+        try:
+            return http_ok(self.url + self.health_path)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Sudden death (SIGKILL to the process group): no graceful shutdown, like a crash.
+
+        Returns once the port is closed, so a request made next fails as against a dead host.
+        """
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self._wait_port_closed()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Graceful stop of the whole group (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        stop_group(self.name, self.process.pid, timeout_seconds=timeout_s)
+        self.process.wait(timeout=5)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -53,55 +121,39 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+    def _wait_port_closed(self, timeout_s: float = 10.0) -> None:
+        # "Nobody listens" (connect refused), not devkit.port_is_free: the TIME_WAIT sockets a
+        # killed server leaves block a plain bind for a minute, not the server's own restart.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.1)
 
 
-def _spawn(
-    name: str, cmd: list[str], workdir: Path, env: dict[str, str], url: str, health: str
-) -> ServerProcess:
+def mlflow_server_for(workdir: Path, *, basic_auth_password: str | None = None) -> Server:
+    """``mlflow server`` with a SQLite backend and proxied artifacts in ``workdir`` (both
+    survive a restart, as a production store does); with ``basic_auth_password``, the
+    basic-auth app with that password for the ``admin`` user."""
     workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
-    process = subprocess.Popen(
-        cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    return ServerProcess(name, url, process, log_path, health)
-
-
-def start_mlflow_server(workdir: Path, *, basic_auth_password: str | None = None) -> ServerProcess:
-    """``mlflow server`` on SQLite with a local artifact root, on a free loopback port."""
     port = free_port()
+    # No job runner: it starts seven worker processes the tests never use.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    for key in list(env):
-        if key.startswith("MLFLOW_TRACKING_") or key == "MLFLOW_TRACKING_URI":
-            env.pop(key)
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(workdir / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    for key in [k for k in env if k.startswith("MLFLOW_TRACKING")]:
+        env.pop(key)
+    command = [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination", str(workdir / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
     name = "mlflow"
     if basic_auth_password:
         name = "mlflow-auth"
-        cmd += ["--app-name", "basic-auth"]
+        command += ["--app-name", "basic-auth"]
         auth_ini = workdir / "basic_auth.ini"
-        workdir.mkdir(parents=True, exist_ok=True)
         auth_ini.write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = sqlite:///{workdir / 'auth.db'}\n"
@@ -111,23 +163,20 @@ def start_mlflow_server(workdir: Path, *, basic_auth_password: str | None = None
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_ini)
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-secret-key"
         env["MLFLOW_AUTH_ADMIN_PASSWORD"] = basic_auth_password
-    return _spawn(name, cmd, workdir, env, f"http://127.0.0.1:{port}", "/health")
+    return Server(name, workdir, command, env, "/health", port)
 
 
-def start_moto_server(workdir: Path) -> ServerProcess:
+def moto_server_for(workdir: Path) -> Server:
+    """moto's standalone S3 server. It keeps objects in memory: a restart empties it."""
     port = free_port()
-    moto = shutil.which("moto_server", path=str(BIN)) or str(BIN / "moto_server")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    cmd = [moto, "-H", "127.0.0.1", "-p", str(port)]
-    return _spawn("moto", cmd, workdir, env, f"http://127.0.0.1:{port}", "/moto-api/")
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    return Server("moto", workdir, command, env, "/moto-api/", port)
 
 
-def start_api_server(workdir: Path, admin_password: str, env: dict[str, str]) -> ServerProcess:
+def api_server_for(workdir: Path, admin_password: str, env: dict[str, str]) -> Server:
     """``airflow api-server`` (one worker) with the simple auth manager's ``admin`` user and
-    the MLOps page loaded; ``env`` adds or overrides settings. Call ``wait_ready()`` next."""
-    import json
-    import uuid
-
+    the MLOps page loaded; ``env`` adds or overrides settings."""
     workdir.mkdir(parents=True, exist_ok=True)
     passwords = workdir / "passwords.json"
     passwords.write_text(json.dumps({"admin": admin_password}))
@@ -144,6 +193,5 @@ def start_api_server(workdir: Path, admin_password: str, env: dict[str, str]) ->
         "MLFLOW_DISABLE_TELEMETRY": "true",
         **env,
     }
-    cmd = [str(BIN / "airflow"), "api-server", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    return _spawn("api-server", cmd, workdir, full_env, url, "/api/v2/monitor/health")
+    command = [str(BIN / "airflow"), "api-server", "--port", str(port)]
+    return Server("api-server", workdir, command, full_env, "/api/v2/monitor/health", port)

@@ -36,11 +36,11 @@ for _var in [v for v in os.environ if v.startswith(("MLFLOW_TRACKING", "AIRFLOW_
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _fuzz  # noqa: E402, F401  (loads the Hypothesis profile: derandomized in CI)
-from _servers import ServerProcess, start_mlflow_server, start_moto_server  # noqa: E402
+from _servers import Server, mlflow_server_for, moto_server_for  # noqa: E402
 
 MLFLOW_ADMIN_PASSWORD = "test-admin-password-1234"
 _SERVER_FIXTURES = {"mlflow_server", "mlflow_conn", "mlflow_auth_server", "s3_server", "s3_bucket"}
-_started: dict[str, ServerProcess] = {}
+_started: dict[str, Server] = {}
 
 
 def _migrate_airflow_db() -> None:
@@ -77,15 +77,17 @@ def _has_airflow_tables(path: Path) -> bool:
     return row is not None
 
 
-def _server(name: str) -> ServerProcess:
+def _server(name: str) -> Server:
+    """The session's server ``name`` (mlflow, mlflow-auth, moto), started on first use."""
     if name not in _started:
         workdir = _SESSION_DIR / name
         if name == "mlflow":
-            _started[name] = start_mlflow_server(workdir)
+            server = mlflow_server_for(workdir)
         elif name == "mlflow-auth":
-            _started[name] = start_mlflow_server(workdir, basic_auth_password=MLFLOW_ADMIN_PASSWORD)
+            server = mlflow_server_for(workdir, basic_auth_password=MLFLOW_ADMIN_PASSWORD)
         else:
-            _started[name] = start_moto_server(workdir)
+            server = moto_server_for(workdir)
+        _started[name] = server.start()
     return _started[name]
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from _servers import free_port
 from conftest import mlflow_connection_env
+from devkit import free_port
 
 
 @pytest.fixture()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from _servers import free_port
 from conftest import mlflow_connection_env
+from devkit import free_port
 
 from airflow_mlops.core.errors import ConfigError, MlflowCallError, MlflowConnectionError
 from airflow_mlops.core.mlflow_settings import redact_uri, settings_from_connection

@@ -7,8 +7,8 @@ import os
 import uuid
 
 import pytest
-from _servers import free_port
 from conftest import mlflow_connection_env
+from devkit import free_port
 
 from airflow_mlops.core.errors import ConfigError, MlflowConnectionError
 from airflow_mlops.core.mlflow_settings import settings_from_connection, tracking_uri_from_parts

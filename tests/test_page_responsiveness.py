@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _servers import start_api_server
+from _servers import api_server_for
 
 from airflow_mlops.plugins import mlflow_calls
 from airflow_mlops.plugins.mlflow_calls import MlflowBusy, MlflowTimeout
@@ -223,14 +223,14 @@ def api_server(
     silent_server: str, tmp_path_factory: pytest.TempPathFactory, airflow_home: Path
 ) -> Iterator[str]:
     """``airflow api-server`` (one worker) with the page, reading a silent MLflow."""
-    server = start_api_server(
+    server = api_server_for(
         tmp_path_factory.mktemp("api-server"),
         ADMIN_PASSWORD,
         {
             "AIRFLOW__MLOPS__PAGE_MLFLOW_TIMEOUT_SECONDS": str(PAGE_TIMEOUT_S),
             "AIRFLOW_CONN_MLFLOW_DEFAULT": silent_connection(silent_server),
         },
-    )
+    ).start()
     try:
         server.wait_ready(timeout_s=60)
         yield server.url

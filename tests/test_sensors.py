@@ -201,7 +201,7 @@ def test_alias_trigger_without_baseline_waits_for_the_alias_to_exist(registry, m
 
 
 def test_trigger_reports_an_unreachable_server_as_an_error(monkeypatch):
-    from _servers import free_port
+    from devkit import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv(

@@ -38,6 +38,7 @@ __all__ = [
     "DAG_ARTIFACTS_PREFIX",
     "NON_DATA_URI_FIELDS",
     "MlopsBaseOperator",
+    "MlopsHookMixin",
     "allowed_estimator_modules",
     "as_mapping",
     "as_name_list",
@@ -238,7 +239,26 @@ def mask_error(text: str) -> str:
     return redact_text(str(redact(text)))
 
 
-class MlopsBaseOperator(BaseOperator):
+class MlopsHookMixin:
+    """The hooks of ``mlflow_conn_id`` and ``aws_conn_id``, built once per task.
+
+    Shared by operators and sensors (like the Amazon provider's ``AwsBaseHookMixin``), so a
+    connection is turned into a hook in one place.
+    """
+
+    mlflow_conn_id: str
+    aws_conn_id: str | None = "aws_default"
+
+    @cached_property
+    def mlflow_hook(self) -> MlflowHook:
+        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return StorageHook(aws_conn_id=self.aws_conn_id).get_storage()
+
+
+class MlopsBaseOperator(MlopsHookMixin, BaseOperator):
     """Shared parameters and helpers; subclasses stay thin and call ``airflow_mlops.core``.
 
     :param mlflow_conn_id: MLflow connection (default ``mlflow_default``, or the embedded
@@ -291,14 +311,6 @@ class MlopsBaseOperator(BaseOperator):
         """Runs after templates are rendered, right before :meth:`execute`."""
         super().pre_execute(context)
         self.check_data_uris()
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
-
-    @cached_property
-    def storage(self) -> Storage:
-        return StorageHook(aws_conn_id=self.aws_conn_id).get_storage()
 
     @staticmethod
     def run_context(context: Context) -> RunContext:

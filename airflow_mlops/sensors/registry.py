@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID, MlflowHook
+from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
+from airflow_mlops.operators.base import MlopsHookMixin
 from airflow_mlops.triggers.registry import (
     ERROR,
     FAILED,
@@ -40,7 +40,7 @@ def default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
-class _RegistrySensor(BaseSensorOperator):
+class _RegistrySensor(MlopsHookMixin, BaseSensorOperator):
     """Shared plumbing: the hook, the deferral, the event check, the links."""
 
     operator_extra_links = mlflow_links()
@@ -56,10 +56,6 @@ class _RegistrySensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.mlflow_conn_id = mlflow_conn_id
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     # Subclasses: one registry check, whether it is conclusive, the trigger to defer to.
     def _check(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ this package owns:
 * connection helpers that keep MLflow/boto retries and timeouts short, so an outage fails a
   task in seconds instead of minutes.
 
-Every fixture brings its servers back up before the next test, whatever the test did.
+Both servers are :class:`_servers.Server` objects, like the shared ones. Every fixture
+brings its servers back up before the next test, whatever the test did.
 """
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,167 +33,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devkit import free_port
+from _servers import Server, mlflow_server_for, moto_server_for
 
-BIN = Path(sys.executable).parent
 # Short enough that an outage fails a task in seconds, long enough for a loaded CI machine.
 MLFLOW_TIMEOUT_S = 10
 MLFLOW_MAX_RETRIES = 0
+# A restart under fault-test load may be slower than the session servers' first start.
+READY_TIMEOUT_S = 180.0
 
 
-@dataclass
-class RestartableServer:
-    """A service started as a subprocess group on a fixed loopback port; killable, restartable.
-
-    ``command(port)`` builds the command line. The port is chosen once: after a restart the
-    service is at the same URL, so everything configured with that URL keeps working.
-    """
-
-    name: str
-    workdir: Path
-    command: Callable[[int], list[str]]
-    env: dict[str, str]
-    health_path: str
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    starts: int = 0
-    stops: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> None:
-        if self.running:
-            return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n--- start #{self.starts + 1} at {time.ctime()} ---\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                self.command(self.port),
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,  # its own process group: we kill the whole group
-            )
-        self.starts += 1
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                raise RuntimeError(f"{self.name} exited ({code}); log:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + self.health_path, timeout=2) as resp:
-                    if resp.status < 500:
-                        return
-            except urllib.error.HTTPError as err:
-                if err.code < 500:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout_s}s; log:\n{self.log_tail()}")
-
-    def ensure_up(self) -> None:
-        self.start()
-        self.wait_ready()
-
-    def kill(self) -> None:
-        """Sudden death (SIGKILL to the process group): no graceful shutdown, like a crash."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-            self.stops += 1
-        self._wait_port_closed()
-
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM, then SIGKILL), for the end of the session."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
-
-    def _wait_port_closed(self, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.1)
-
-    def is_answering(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + self.health_path, timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+_SERVERS: dict[str, Server] = {}
 
 
-def mlflow_server_for(workdir: Path) -> RestartableServer:
-    """A real tracking server: SQLite backend + proxied artifacts, both on disk."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    for key in [k for k in env if k.startswith("MLFLOW_TRACKING")]:
-        env.pop(key)
-
-    def command(port: int) -> list[str]:
-        return [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination", str(workdir / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ]  # fmt: skip
-
-    return RestartableServer("mlflow", workdir, command, env, "/health")
-
-
-def moto_server_for(workdir: Path) -> RestartableServer:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-    def command(port: int) -> list[str]:
-        return [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-
-    return RestartableServer("moto", workdir, command, env, "/moto-api/")
-
-
-_SERVERS: dict[str, RestartableServer] = {}
-
-
-def _reliability_server(name: str, root: Path) -> RestartableServer:
+def _reliability_server(name: str, root: Path) -> Server:
     if name not in _SERVERS:
         factory = mlflow_server_for if name == "mlflow" else moto_server_for
         server = factory(root / f"reliability-{name}")
-        server.start()
-        _SERVERS[name] = server
+        server.ready_timeout_s = READY_TIMEOUT_S
+        _SERVERS[name] = server.start()
     return _SERVERS[name]
 
 
@@ -227,14 +78,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def rel_mlflow() -> RestartableServer:
+def rel_mlflow() -> Server:
     server = _reliability_server("mlflow", _session_root())
     server.wait_ready()
     return server
 
 
 @pytest.fixture(scope="session")
-def rel_moto() -> RestartableServer:
+def rel_moto() -> Server:
     server = _reliability_server("moto", _session_root())
     server.wait_ready()
     return server
@@ -270,7 +121,7 @@ def aws_conn_json(endpoint: str, login: str = "testing", password: str = "testin
 
 
 @pytest.fixture
-def mlflow_up(rel_mlflow: RestartableServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mlflow_up(rel_mlflow: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The restartable MLflow server, up; ``mlflow_default`` and the process point at it."""
     import mlflow
 
@@ -288,7 +139,7 @@ def mlflow_up(rel_mlflow: RestartableServer, monkeypatch: pytest.MonkeyPatch) ->
 class S3Fixture:
     """A bucket on the restartable moto server, re-created (with its objects) after a restart."""
 
-    server: RestartableServer
+    server: Server
     bucket: str
     objects: dict[str, bytes] = field(default_factory=dict)
 
@@ -332,7 +183,7 @@ class S3Fixture:
 
 
 @pytest.fixture
-def s3(rel_moto: RestartableServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Fixture]:
+def s3(rel_moto: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Fixture]:
     """A fresh bucket; Airflow's ``aws_default`` points at the restartable moto server."""
     rel_moto.ensure_up()
     fixture = S3Fixture(rel_moto, f"rel-{uuid.uuid4().hex[:12]}")
@@ -356,7 +207,7 @@ def outage(
     monkeypatch: pytest.MonkeyPatch,
     owner: Any,
     attribute: str,
-    server: RestartableServer,
+    server: Server,
     *,
     when: Callable[..., bool] = lambda *args, **kwargs: True,
     times: int = 1,
