@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from airflow_mlops.core.confidence import (
-    DegenerateResamplesError,
-    TooFewRowsError,
     bootstrap_interval,
     compare_intervals,
     paired_difference_interval,
 )
-from airflow_mlops.core.errors import ConfigError, DataError
+from airflow_mlops.core.errors import (
+    ConfigError,
+    DataError,
+    DegenerateResamplesError,
+    TooFewRowsError,
+)
 from airflow_mlops.core.metrics import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,

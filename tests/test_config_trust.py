@@ -52,7 +52,7 @@ def minimal(**sections: Any) -> dict[str, Any]:
         ({"data": {"predictions_uri": "/out/{{ ti.xcom_pull() }}"}}, r"\['ti'\]"),
         ({"data": {"predictions_uri": "/out/{{ params['x'] }}"}}, "expressions over"),
         ({"data": {"predictions_uri": "/out/{{ ds"}}, "invalid template"),
-        ({"data": {"train_uri": "/d/{{ ds }}/train.parquet"}}, r"data\.train_uri: Jinja"),
+        ({"data": {"new_data_uri": "/d/{{ ds }}/"}}, r"data\.new_data_uri: Jinja"),
         ({"training": {"estimator": "{{ var.value.model }}"}}, r"training\.estimator: Jinja"),
         ({"training": {"params": {"{{ conn.x.password }}": 1}}}, "Jinja"),
         ({"description": "{# hidden #}"}, r"description: Jinja"),

@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fsspec.implementations.arrow import ArrowFSWrapper
@@ -15,11 +16,18 @@ from fsspec.implementations.local import LocalFileSystem
 from airflow_mlops.core.data_window import (
     DataWindow,
     read_window,
+    sample_mask,
     sample_rows,
+    sample_seed,
     select_window,
     window_row_filter,
 )
-from airflow_mlops.core.datasets import filter_partitions, read_files, resolve_files
+from airflow_mlops.core.datasets import (
+    SOURCE_FILE_COLUMN,
+    filter_partitions,
+    read_files,
+    resolve_files,
+)
 from airflow_mlops.core.errors import (
     ConfigError,
     DataNotFoundError,
@@ -160,6 +168,18 @@ def test_read_only_requested_columns_and_pushes_partition_filter(fs, sales):
     assert read_files(fs, chosen)["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_read_tags_each_row_with_its_file_as_the_manifest_spells_it(fs, sales):
+    files = resolve_files(fs, str(sales))
+    frame = read_files(fs, files, columns=["x"], source_column=SOURCE_FILE_COLUMN)
+    assert list(frame.columns) == ["x", SOURCE_FILE_COLUMN]
+    paths = [e.path for e in build_manifest(fs, files).files]
+    assert frame[SOURCE_FILE_COLUMN].astype(str).tolist() == [p for p in paths for _ in range(4)]
+    clash = sales.parent / "clash.parquet"
+    day_frame(DAYS[0]).assign(**{SOURCE_FILE_COLUMN: "x"}).to_parquet(clash, index=False)
+    with pytest.raises(UnreadableDataError, match=f"has a column '{SOURCE_FILE_COLUMN}'"):
+        read_files(fs, resolve_files(fs, str(clash)), source_column=SOURCE_FILE_COLUMN)
+
+
 def test_read_csv_partitions_promotes_inferred_types(fs, tmp_path):
     root = tmp_path / "csv"
     for day, xs in ((DAYS[0], [1, 2]), (DAYS[1], [0.5])):
@@ -239,6 +259,9 @@ def test_select_last_partitions_and_last_duration(sales):
         select_window(files, DataWindow(last_partitions=1), end="2026-01-01")
     with pytest.raises(ConfigError, match=r"window\.key 'region' is not a partition key"):
         select_window(files, DataWindow(last_partitions=1, key="region"))
+    # "all" ending at a partition (a backfill, a new-data event) reads nothing newer.
+    assert select_window(files, DataWindow(), end="2026-11-29") == files[:2]
+    assert select_window(files, DataWindow()) == files
 
 
 def test_select_daily_files_without_partition_folders(tmp_path):
@@ -264,6 +287,28 @@ def test_time_column_window_filters_rows_and_caps_with_seeded_sample(sales):
     assert full["ts"].min() == pd.Timestamp("2026-11-30 18:00") and len(full) == 4
     assert len(read.frame) == 3 and read.frame.equals(sample_rows(full, window))
     assert len(read.files) == len(DAYS)
+
+
+def test_row_cap_samples_by_row_hash_so_membership_can_be_recomputed():
+    from airflow_mlops.core.stable_split import holdout_mask_for_keys, row_keys
+
+    frame = pd.DataFrame({"id": range(1000), "x": [i % 7 for i in range(1000)]})
+    window = DataWindow(max_rows=100, seed=3)
+    kept = sample_rows(frame, window)
+    assert len(kept) == 100 and kept.index.is_monotonic_increasing
+    # Row order and the other rows present do not change which rows are kept...
+    shuffled = sample_rows(frame.sample(frac=1, random_state=1), window)
+    assert set(shuffled["id"]) == set(kept["id"])
+    # ...and the recorded cut (a fraction) gives the same rows back.
+    keys = row_keys(frame)
+    mask, fraction = sample_mask(keys, window)
+    assert np.array_equal(mask, holdout_mask_for_keys(keys, fraction, sample_seed(window)))
+    assert np.array_equal(np.flatnonzero(mask), kept.index.to_numpy())
+    # By key columns; the source-file column never counts in a content hash.
+    assert set(sample_rows(frame, window, ["id"])["id"]) != set(kept["id"])
+    tagged = frame.assign(**{SOURCE_FILE_COLUMN: "a.parquet"})
+    assert sample_rows(tagged, window)["id"].tolist() == kept["id"].tolist()
+    assert sample_mask(keys, DataWindow())[1] is None
 
 
 # -- manifests ----------------------------------------------------------------------------
@@ -345,8 +390,15 @@ def test_s3_partitioned_prefix_through_storage_hook(s3_server, s3_bucket, tmp_pa
     assert [f.path for f in files] == [f"{uri}/dt={day}/part-0.parquet" for day in DAYS]
     assert all(f.etag_or_mtime.startswith(("etag:", "mtime:")) for f in files)
 
-    read = read_window(fs, uri, DataWindow(last_partitions=2), columns=["x", "dt"])
+    read = read_window(
+        fs,
+        uri,
+        DataWindow(last_partitions=2),
+        columns=["x", "dt"],
+        source_column=SOURCE_FILE_COLUMN,
+    )
     assert sorted(read.frame["dt"].unique()) == DAYS[-2:] and len(read.frame) == 8
+    assert set(read.frame[SOURCE_FILE_COLUMN]) == {f.path for f in read.files}
 
     previous = build_manifest(fs, files)
     assert previous.files[0].sha256 == sha256_file(local / f"dt={DAYS[0]}" / "part-0.parquet")

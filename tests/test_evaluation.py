@@ -161,6 +161,13 @@ def test_challenger_and_champion_on_the_same_rows_with_slices(client, tracking, 
     assert record["champion_metrics"] == pytest.approx(stump["metrics"])
     assert record["challenger_metrics"]["accuracy"] > record["champion_metrics"]["accuracy"]
     assert record["promote"] is True, record["reason"]
+    # Same file, same stable split: the champion trained on none of the challenger's holdout.
+    assert record["comparison"]["basis"] == "membership", record["comparison"]
+    assert record["rows_excluded"] == 0
+    assert record["rows_compared"] == record["holdout"]["rows"]
+    difference = record["intervals"]["accuracy"]["difference"]
+    assert difference["low"] <= difference["estimate"] <= difference["high"]
+    assert f"rows compared {record['rows_compared']}, excluded 0" in record["reason"]
     empty = record["slice_metrics"]["group=zzz"]
     assert empty == {"rows": 0, "challenger": None, "champion": None}
     slice_rules = [r for r in record["rules"] if r["rule"] == "slice"]
@@ -257,3 +264,16 @@ def test_slice_masks_compare_json_text_with_numeric_columns():
     assert masks["k=3"].tolist() == [False, False, False, True]
     with pytest.raises(ConfigError, match=r"slices\['k'\] must be a list"):
         slice_masks(frame, {"k": "2"})
+
+
+def test_operator_refuses_an_unknown_evaluation_on_or_min_rows_at_parse_time():
+    from airflow_mlops.operators.evaluation import EvaluateModelOperator
+
+    with pytest.raises(ConfigError, match="evaluation_on must be one of"):
+        EvaluateModelOperator(task_id="e", training_result={}, evaluation_on="everything")
+    with pytest.raises(ConfigError, match="min_rows must be a positive integer"):
+        EvaluateModelOperator(task_id="e", training_result={}, min_rows=0)
+    templated = EvaluateModelOperator(
+        task_id="e", training_result={}, evaluation_on="{{ params.on }}", min_rows=80
+    )
+    assert templated.min_rows == 80

@@ -649,13 +649,13 @@ def test_a_provider_upgrade_counts_as_a_change(monkeypatch):
     """The config fingerprint that detect_changes compares includes the provider's version."""
     import airflow_mlops
     from airflow_mlops.core.changes import decide_retrain
-    from airflow_mlops.core.lineage import TAG_DATA_SHA256, TAG_PIPELINE_CONFIG_HASH
+    from airflow_mlops.core.lineage import TAG_PIPELINE_CONFIG_HASH
 
     config = breast_cancer_config("upgrade", DATA / "breast_cancer" / "reference.parquet")
-    champion_tags = {TAG_PIPELINE_CONFIG_HASH: config.fingerprint(), TAG_DATA_SHA256: "d"}
+    champion_tags = {TAG_PIPELINE_CONFIG_HASH: config.fingerprint()}
     same = decide_retrain(
         run_type="scheduled",
-        data_sha256="d",
+        data_changed=False,
         config_hash=config.fingerprint(),
         champion_tags=champion_tags,
     )
@@ -663,7 +663,7 @@ def test_a_provider_upgrade_counts_as_a_change(monkeypatch):
     monkeypatch.setattr(airflow_mlops, "__version__", f"{airflow_mlops.__version__}.post1")
     upgraded = decide_retrain(
         run_type="scheduled",
-        data_sha256="d",
+        data_changed=False,
         config_hash=config.fingerprint(),
         champion_tags=champion_tags,
     )

@@ -536,3 +536,66 @@ def test_change_rule_records_keep_their_numbers():
         "challenger": 0.9,
         "threshold": -0.01,
     }
+
+
+# -- evidence and confidence ----------------------------------------------------------------
+
+CONFIDENT = {"change_thresholds": {"f1": {"min_delta": 0.0, "min_confidence": 0.9}}}
+
+
+def _evidence(rows: int = 200, low: float = 0.01, high: float = 0.08, level: float = 0.9):
+    from airflow_mlops.core.policy import Evidence
+
+    bounds = {"f1": {"confidence": level, "low": low, "high": high}}
+    return Evidence(rows_compared=rows, min_rows=50, rows_excluded=7, difference_bounds=bounds)
+
+
+def test_min_confidence_needs_the_difference_low_bound_to_clear_the_threshold():
+    better = decide({"f1": 0.9}, {"f1": 0.85}, CONFIDENT, evidence=_evidence(low=0.01))
+    assert better.promote, better.reason
+    assert [r.rule for r in better.rules] == ["change.absolute", "change.absolute.confidence"]
+    assert better.rules[1].observed == pytest.approx(0.01)
+
+    unsure = decide({"f1": 0.9}, {"f1": 0.85}, CONFIDENT, evidence=_evidence(low=-0.02))
+    assert not unsure.promote
+    assert unsure.reason == (
+        "not promoted: 1 rule(s) failed: f1: improvement at the low end of the 0.9 interval "
+        "-0.02 (higher is better; difference interval [-0.02, 0.08]) < min_delta 0"
+    )
+
+
+def test_min_confidence_reads_the_high_end_for_lower_is_better_metrics():
+    policy = {"change_thresholds": {"rmse": {"min_delta": 0.0, "min_confidence": 0.95}}}
+    from airflow_mlops.core.policy import Evidence
+
+    def with_bounds(low: float, high: float) -> Evidence:
+        bounds = {"rmse": {"confidence": 0.95, "low": low, "high": high}}
+        return Evidence(200, 50, difference_bounds=bounds)
+
+    assert decide({"rmse": 1.0}, {"rmse": 1.2}, policy, evidence=with_bounds(-0.3, -0.1)).promote
+    crossing = decide({"rmse": 1.0}, {"rmse": 1.2}, policy, evidence=with_bounds(-0.3, 0.05))
+    assert not crossing.promote and "at the high end of the 0.95 interval -0.05" in crossing.reason
+
+
+def test_min_confidence_without_an_interval_at_that_level_fails_closed():
+    no_evidence = decide({"f1": 0.9}, {"f1": 0.85}, CONFIDENT)
+    assert not no_evidence.promote and "no 0.9 interval of the difference" in no_evidence.reason
+    other_level = decide({"f1": 0.9}, {"f1": 0.85}, CONFIDENT, evidence=_evidence(level=0.95))
+    assert not other_level.promote
+    with pytest.raises(ConfigError, match="min_confidence"):
+        parse_policy({"change_thresholds": {"f1": {"min_delta": 0, "min_confidence": 1.0}}})
+
+
+def test_too_few_comparable_rows_is_insufficient_evidence_not_a_pass():
+    decision = decide({"f1": 0.99}, None, CONFIDENT, evidence=_evidence(rows=12))
+    assert decision.promote is False and decision.first_model is False
+    assert decision.reason == (
+        "not promoted: insufficient evidence (12 rows): 12 comparable row(s) < min_rows 50 "
+        "(7 excluded because a model trained on them or their membership is unknown)"
+    )
+    verdicts = {(r.rule, r.verdict) for r in decision.rules}
+    assert ("evidence", "fail") in verdicts
+    assert ("change.absolute", "not_applicable") in verdicts
+    # Enough rows: no evidence rule at all, the other rules decide.
+    enough = decide({"f1": 0.9}, {"f1": 0.85}, CONFIDENT, evidence=_evidence(rows=50))
+    assert "evidence" not in {r.rule for r in enough.rules} and enough.promote

@@ -80,7 +80,8 @@ def prepared_task(config: TrainingJob, frame: pd.DataFrame | None = None) -> str
 # -- one shape, one set of defaults -----------------------------------------------------------
 def test_yaml_operator_and_core_share_one_config_and_its_defaults():
     defaults = TrainingConfig()
-    assert (defaults.holdout_fraction, defaults.seed, defaults.stratify) == (0.25, 42, True)
+    assert (defaults.holdout_fraction, defaults.seed) == (0.25, 42)
+    assert "stratify" not in TrainingConfig.model_fields  # the split is hash-based (#16)
     assert defaults.estimator is None and defaults.task is None
     yaml_section = parse_config({"name": "p", "data": {"train_uri": "/d/t.csv", "target": "y"}})
     assert yaml_section.training == defaults
@@ -104,12 +105,15 @@ def test_the_factory_hands_the_yaml_section_to_the_operator_intact():
         "params": {"C": 2.0},
         "holdout_fraction": 0.3,
         "seed": 5,
-        "stratify": False,
         "search": {"method": "grid", "space": {"C": [1.0, 2.0]}, "cv": 2},
     }
+    raw["data"] = {**raw["data"], "window": {"last": "7d", "max_rows": 500}, "key": ["x1"]}
     config = parse_config(raw)
     train = continuous_training_dag(config).get_task("train")
     built = train.training_config()
+    # data.window and data.key travel with it (#16).
+    assert built.window == config.data.window and built.window.max_rows == 500
+    assert built.key == ["x1"] and built.split.key == ("x1",)
     for name in TrainingConfig.model_fields:
         expected = getattr(config.training, name)
         assert getattr(built, name) == (
@@ -179,19 +183,26 @@ def test_without_an_estimator_the_target_decides_and_picks_the_random_forest(cap
     assert "RandomForestRegressor" in caplog.text
 
 
-def test_the_stratify_error_names_settings_the_yaml_really_has():
-    frame = small_frame()
-    frame.loc[0, "label"] = 2  # a class with a single row
-    with pytest.raises(DataError, match="stratified split needs 2 rows per class") as error:
+def test_the_split_error_names_settings_the_yaml_really_has():
+    frame = small_frame().assign(label=0)
+    frame.loc[0, "label"] = 1  # a class with a single row: one side of the split lacks it
+    with pytest.raises(DataError, match=r"side of the hash split holds 1 class") as error:
         prepared_task(job("sklearn.linear_model.LogisticRegression", "label"), frame)
     named = re.findall(r"training\.(\w+)", str(error.value))
-    assert named == ["stratify"], str(error.value)
+    assert named and set(named) <= set(TrainingConfig.model_fields), str(error.value)
+
+
+def test_stratify_is_refused_in_yaml_and_operator_because_the_split_is_hash_based():
+    from airflow_mlops.core.errors import ConfigError
+
     raw = pipeline_raw("p", "/data/t.csv", "sklearn.linear_model.LogisticRegression", "label")
-    raw["training"] = {**raw["training"], **{name: False for name in named}}
-    unstratified = parse_config(raw).training
-    assert unstratified.stratify is False
-    settings = unstratified.model_dump(exclude={"experiment_name"})
-    assert prepared_task(job(**{**settings, "target": "label"}), frame) == "classification"
+    raw["training"] = {**raw["training"], "stratify": False}
+    with pytest.raises(ConfigError, match=r"training: .*stratify cannot be honoured.*hash-based"):
+        parse_config(raw)
+    with pytest.raises(ConfigError, match=r"t: stratify cannot be honoured.*hash-based"):
+        TrainModelOperator(task_id="t", train_uri="/d/x.csv", target="y", stratify=True)
+    with pytest.raises(ConfigError, match=r"stratify cannot be honoured"):
+        TrainModelOperator(task_id="t", train_uri="/d/x", target="y", training={"stratify": 1})
 
 
 # -- acceptance: YAML without task: -> factory -> operator -> core, through Airflow ---------------

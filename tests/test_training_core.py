@@ -14,13 +14,18 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from airflow_mlops.core.errors import ConfigError, DataError
+from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
+from airflow_mlops.core.errors import ConfigError, DataError, UnreadableDataError
 from airflow_mlops.core.estimators import resolve_estimator, to_distribution
 from airflow_mlops.core.lineage import (
+    MANIFEST_ARTIFACT_PATH,
     TAG_DAG_ID,
+    TAG_DATA_FILES,
+    TAG_DATA_MANIFEST_HASH,
     TAG_DATA_ROWS,
     TAG_DATA_SHA256,
     TAG_DATA_URI,
+    TAG_DATA_WINDOW,
     TAG_ERROR,
     TAG_FEATURES,
     TAG_HOLDOUT_SHA256,
@@ -38,8 +43,10 @@ from airflow_mlops.core.lineage import (
     RunContext,
     detect_git_commit,
 )
+from airflow_mlops.core.manifest import Manifest
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
 from airflow_mlops.core.mlflow_settings import MlflowSettings, mlflow_environment
+from airflow_mlops.core.stable_split import StableSplit, holdout_mask
 from airflow_mlops.core.storage import Storage, sha256_bytes
 from airflow_mlops.core.training import (
     ARTIFACTS_URI_ENV,
@@ -117,12 +124,20 @@ def runs_of(client: MlflowClient, experiment_id: str, **filters: str) -> list:
     return client.search_runs([experiment_id], filter_string=" AND ".join(clauses))
 
 
+def recorded_manifest(client: MlflowClient, run_id: str) -> Manifest:
+    local = client.download_artifacts(run_id, MANIFEST_ARTIFACT_PATH)
+    return Manifest.from_json(Path(local).read_text())
+
+
 def assert_model_reproduces_metrics(result, target: str) -> None:
     """The logged model, loaded back from its URI, scores the stored holdout identically."""
     model = mlflow.sklearn.load_model(result.model_uri)
     holdout = pd.read_parquet(result.holdout_uri)
     assert sha256_bytes(Path(result.holdout_uri).read_bytes()) == result.holdout_sha256
-    y_pred, y_score = predict_for_metrics(model, holdout.drop(columns=[target]), result.task)
+    # The holdout also carries each row's source file (#16), never a model input.
+    assert holdout[SOURCE_FILE_COLUMN].notna().all()
+    features = holdout.drop(columns=[target, SOURCE_FILE_COLUMN])
+    y_pred, y_score = predict_for_metrics(model, features, result.task)
     again = compute_metrics(result.task, holdout[target], y_pred, y_score)
     assert again == pytest.approx(result.metrics)
 
@@ -149,7 +164,13 @@ def test_sklearn_classification_logs_model_metrics_and_lineage(client, experimen
     tags, data = run.data.tags, make_frame()
     assert tags[TAG_STAGE] == STAGE_TRAINING
     assert tags[TAG_DATA_URI] == train_uri
-    assert tags[TAG_DATA_SHA256] == sha256_bytes(Path(train_uri).read_bytes())
+    # One file is a dataset of one file: the data hash is its manifest's content hash.
+    manifest = recorded_manifest(client, result.run_id)
+    assert [(e.path, e.sha256) for e in manifest.files] == [
+        (train_uri, sha256_bytes(Path(train_uri).read_bytes()))
+    ]
+    assert tags[TAG_DATA_SHA256] == tags[TAG_DATA_MANIFEST_HASH] == manifest.content_hash
+    assert (tags[TAG_DATA_FILES], tags[TAG_DATA_WINDOW]) == ("1", "all partitions")
     assert tags[TAG_DATA_ROWS] == str(len(data))
     assert tags[TAG_HOLDOUT_URI] == result.holdout_uri
     assert tags[TAG_HOLDOUT_SHA256] == result.holdout_sha256
@@ -163,11 +184,16 @@ def test_sklearn_classification_logs_model_metrics_and_lineage(client, experimen
     assert run.data.params["model.n_estimators"] == "25"
     assert run.data.metrics["holdout_accuracy"] == pytest.approx(result.metrics["accuracy"])
 
-    # Holdout: 25 % of rows (the default), stratified; reference: the training features only.
+    # Holdout: the rows the hash of the feature and target columns puts in the lowest 25 %
+    # (the default), about 150; reference: the training features only.
     holdout, reference = pd.read_parquet(result.holdout_uri), pd.read_parquet(result.reference_uri)
-    assert len(holdout) == 150 and len(reference) == 450
+    split = StableSplit.from_tags(tags)
+    assert split.key_columns == ("city", "label", "member", "x1", "x2") and split.by_content
+    assert len(holdout) == holdout_mask(data[list(split.key_columns)], 0.25, 42).sum()
+    assert len(holdout) + len(reference) == 600 and 120 <= len(holdout) <= 180
     assert list(reference.columns) == json.loads(tags[TAG_FEATURES])
-    assert holdout["label"].mean() == pytest.approx(data["label"].mean(), abs=0.01)
+    assert holdout["label"].mean() == pytest.approx(data["label"].mean(), abs=0.06)
+    assert split.holdout(holdout).all()  # evaluation can recompute each row's side
 
     # The model carries a signature, an input example and our pinned requirements.
     model_dir = Path(mlflow.artifacts.download_artifacts(result.model_uri))
@@ -365,7 +391,9 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_configuration(
     refit = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
     assert not refit.reused and refit.run_id != first.run_id
     tags = client.get_run(refit.run_id).data.tags
-    assert tags[TAG_DATA_SHA256] == sha256_bytes(data.read_bytes())
+    assert recorded_manifest(client, refit.run_id).files[0].sha256 == sha256_bytes(
+        data.read_bytes()
+    )
     assert tags[TAG_DATA_SHA256] != client.get_run(first.run_id).data.tags[TAG_DATA_SHA256]
 
     other_params = config_for(str(data), experiment, "label", params={"n_estimators": 30})
@@ -494,7 +522,8 @@ def test_metrics_are_logged_in_batches_never_one_request_per_metric(
         ),
         ({"task": "regression", "target": "tier_name"}, DataError, "non-numeric dtype"),
         ({"holdout_fraction": 1.5}, ConfigError, "holdout_fraction"),
-        ({"features": ["x1", "nope"]}, DataError, r"features \['nope'\]"),
+        # Only the needed columns are read (#16): the reader names the missing one.
+        ({"features": ["x1", "nope"]}, DataError, r"Columns \['nope'\] are not in the dataset"),
         ({"features": ["x1", "day"], "exclude": []}, ConfigError, "datetimes"),
         (
             {"estimator": "xgboost.XGBClassifier", "target": "tier_name"},
@@ -526,7 +555,12 @@ def test_bad_configuration_fails_before_any_run(
     [
         (pd.DataFrame({"x": range(50), "y": [1] * 50}), "y", "single class"),
         (pd.DataFrame({"x": range(3), "y": [0.1, 0.2, 0.3]}), "y", "too small to split"),
-        (pd.DataFrame({"x": range(6), "y": [0, 0, 0, 0, 0, 1]}), "y", "too small to split"),
+        # One row of class 1: a side of the hash split lacks it (or holds < 2 rows).
+        (
+            pd.DataFrame({"x": range(6), "y": [0, 0, 0, 0, 0, 1]}),
+            "y",
+            "too small to split|holds 1 class",
+        ),
         (pd.DataFrame({"x": range(10), "y": [0, 1] * 4 + [None, 1]}), "y", "missing value"),
         # Found by exploring fuzz: the imputer dropped the empty column, then scikit-learn
         # failed on "0 feature(s)" without naming it.
@@ -534,7 +568,7 @@ def test_bad_configuration_fails_before_any_run(
         (
             pd.DataFrame({"x": range(40), "z": [None] * 40, "y": [0, 1] * 20}),
             "y",
-            r"feature columns \['z'\] of .*bad.csv have no value in any of the 30 training rows",
+            r"feature columns \['z'\] of .*bad.csv have no value in any of the \d+ training rows",
         ),
     ],
 )
@@ -552,6 +586,8 @@ def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
 ):
     import boto3
 
+    from airflow_mlops.hooks.storage import StorageHook
+
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     storage = Storage(s3_client_factory=lambda: s3)
     storage.write_table(make_frame(), f"s3://{s3_bucket}/data/train.parquet")
@@ -563,17 +599,129 @@ def test_training_data_from_s3_writes_holdout_and_reference_to_s3(
         params={"n_estimators": 10},
     )
     # Remote data needs a configured artifacts root: never "next to the data" (issue #14).
+    # Remote data is read through the caller's filesystem (the operator's StorageHook).
+    with pytest.raises(ConfigError, match=r"is remote: pass its filesystem"):
+        train_model(config, context(), storage, client, experiment_id=experiment[1])
+    fs = StorageHook(aws_conn_id="aws_default").get_filesystem(config.train_uri)
     monkeypatch.delenv(ARTIFACTS_URI_ENV, raising=False)
     with pytest.raises(ConfigError, match=r"remote but no artifacts location"):
-        train_model(config, context(), storage, client, experiment_id=experiment[1])
+        train_model(config, context(), storage, client, experiment_id=experiment[1], filesystem=fs)
     monkeypatch.setenv(ARTIFACTS_URI_ENV, f"s3://{s3_bucket}/mlops")
-    result = train_model(config, context(), storage, client, experiment_id=experiment[1])
+    result = train_model(
+        config, context(), storage, client, experiment_id=experiment[1], filesystem=fs
+    )
 
     prefix = f"s3://{s3_bucket}/mlops/training/{context().idempotency_key}/"
     assert result.holdout_uri == prefix + "holdout.parquet"
     assert result.reference_uri == prefix + "reference.parquet"
     stored = storage.read_table(result.holdout_uri)
-    assert stored.sha256 == result.holdout_sha256 and stored.rows == 150
+    assert stored.sha256 == result.holdout_sha256
+    assert stored.rows == int(client.get_run(result.run_id).data.tags["mlops.holdout.rows"])
+    assert set(stored.frame[SOURCE_FILE_COLUMN]) == {config.train_uri}
+
+
+# -- datasets, windows and the stable split (#16) ---------------------------------------------
+DAYS = ["2026-11-28", "2026-11-29", "2026-11-30", "2026-12-01"]
+
+
+def day_rows(day: str, n: int = 60) -> pd.DataFrame:
+    index = DAYS.index(day)
+    rng = np.random.default_rng(100 + index)
+    frame = pd.DataFrame(
+        {"id": np.arange(n) + 1000 * index, "x1": rng.normal(size=n), "x2": rng.normal(size=n)}
+    )
+    frame["label"] = (frame["x1"] + frame["x2"] > 0).astype(int)
+    return frame
+
+
+def land(root: Path, days: list[str]) -> Path:
+    """One Hive partition per day, as a producer DAG lands them."""
+    for day in days:
+        (root / f"dt={day}").mkdir(parents=True, exist_ok=True)
+        day_rows(day).to_parquet(root / f"dt={day}" / "part-0.parquet", index=False)
+    return root
+
+
+def partition_job(uri: str, experiment: tuple[str, str], **kwargs) -> TrainingJob:
+    return TrainingJob(
+        train_uri=uri,
+        target="label",
+        experiment_name=experiment[0],
+        exclude=["id"],
+        estimator="sklearn.linear_model.LogisticRegression",
+        **kwargs,
+    )
+
+
+def test_a_window_of_the_last_partitions_trains_on_them_only_and_records_its_manifest(
+    client, experiment, tmp_path
+):
+    root = land(tmp_path / "sales", DAYS)
+    config = partition_job(str(root), experiment, window={"last_partitions": 2})
+    result = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
+
+    tags = client.get_run(result.run_id).data.tags
+    manifest = recorded_manifest(client, result.run_id)
+    read = [str(root / f"dt={day}" / "part-0.parquet") for day in DAYS[-2:]]
+    assert [(e.path, e.partition) for e in manifest.files] == [
+        (path, {"dt": day}) for path, day in zip(read, DAYS[-2:], strict=True)
+    ]
+    assert tags[TAG_DATA_SHA256] == tags[TAG_DATA_MANIFEST_HASH] == manifest.content_hash
+    assert (tags[TAG_DATA_FILES], tags[TAG_DATA_WINDOW]) == ("2", "last 2 partitions")
+    assert (tags[TAG_DATA_URI], tags[TAG_DATA_ROWS]) == (str(root), "120")
+    # Neither the partition column nor the source file is a feature.
+    assert json.loads(tags[TAG_FEATURES]) == ["x1", "x2"]
+    split = StableSplit.from_tags(tags)
+    assert split.key_columns == ("label", "x1", "x2") and split.holdout_fraction == 0.25
+    holdout = pd.read_parquet(result.holdout_uri)
+    assert set(holdout[SOURCE_FILE_COLUMN]) <= set(read)
+    assert split.holdout(holdout).all()
+    assert_model_reproduces_metrics(result, "label")
+
+
+def test_a_row_keeps_its_side_and_a_retry_after_a_new_partition_trains_again(
+    client, experiment, tmp_path
+):
+    root = land(tmp_path / "sales", DAYS[:3])
+    config = partition_job(str(root), experiment, key=["id"])
+    first = train_model(config, context(), Storage(), client, experiment_id=experiment[1])
+    # Read now: a retry of the same task instance writes to the same artifacts folder.
+    first_holdout = pd.read_parquet(first.holdout_uri)
+    land(root, DAYS[3:])  # a partition lands before the task is retried
+    retry = train_model(
+        config, context(try_number=2), Storage(), client, experiment_id=experiment[1]
+    )
+
+    assert not retry.reused and retry.run_id != first.run_id
+    before, after = (client.get_run(r.run_id).data.tags for r in (first, retry))
+    assert before[TAG_DATA_SHA256] != after[TAG_DATA_SHA256]
+    assert (before[TAG_DATA_FILES], after[TAG_DATA_FILES]) == ("3", "4")
+    assert StableSplit.from_tags(after).key_columns == ("id",)
+    # The key column is kept in the holdout (not a feature): the rows of the first three
+    # days held out by the first run are exactly those the second run held out.
+    retry_holdout = pd.read_parquet(retry.holdout_uri)
+    assert "id" in first_holdout.columns and "id" not in json.loads(after[TAG_FEATURES])
+    old_days = retry_holdout[retry_holdout["id"] < 1000 * len(DAYS[:3])]
+    assert set(old_days["id"]) == set(first_holdout["id"])
+    assert set(retry_holdout["id"]) > set(first_holdout["id"])
+    assert np.array_equal(
+        StableSplit.from_tags(before).holdout(first_holdout), np.ones(len(first_holdout), bool)
+    )
+
+
+def test_a_bad_partition_is_named_before_any_run(client, experiment, tmp_path):
+    root = land(tmp_path / "sales", DAYS)
+    bad = root / f"dt={DAYS[1]}" / "part-0.parquet"
+    bad.write_bytes(bad.read_bytes()[:-40])
+    with pytest.raises(UnreadableDataError, match=f"{bad} cannot be read as parquet"):
+        train_model(
+            partition_job(str(root), experiment),
+            context(),
+            Storage(),
+            client,
+            experiment_id=experiment[1],
+        )
+    assert client.search_runs([experiment[1]]) == []
 
 
 # -- pure helpers ----------------------------------------------------------------------------

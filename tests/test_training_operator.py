@@ -59,6 +59,13 @@ def train_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+def expected_holdout_rows(train_uri: str, fraction: float, seed: int = 42) -> int:
+    """Rows the hash split holds out: every column here is a feature or the target."""
+    from airflow_mlops.core.stable_split import holdout_mask
+
+    return int(holdout_mask(pd.read_parquet(train_uri), fraction, seed).sum())
+
+
 @pytest.fixture
 def experiment_name() -> str:
     return f"op-{uuid.uuid4().hex[:10]}"
@@ -101,7 +108,8 @@ def test_operator_trains_xgboost_and_returns_a_small_json_result(
     assert set(result) == RESULT_KEYS
     assert result["reused"] is False and result["best_params"]["max_depth"] in (2, 3)
     assert result["metrics"]["accuracy"] > 0.9
-    assert len(pd.read_parquet(result["holdout_uri"])) == 100  # rendered "0.25" of 400 rows
+    # The rendered "0.25", by row hash: about 100 of 400 rows, exactly those the hash picks.
+    assert len(pd.read_parquet(result["holdout_uri"])) == expected_holdout_rows(train_uri, 0.25)
     assert len(json.dumps(result)) < 2000
 
     run = MlflowClient(mlflow_server).get_run(result["run_id"])
@@ -152,7 +160,7 @@ def test_holdout_goes_under_the_configured_artifacts_root_never_next_to_the_data
         home = Path(os.environ["AIRFLOW_HOME"]) / "mlops_artifacts" / "training"
         assert holdout.is_relative_to(home), holdout
     assert not holdout.is_relative_to(Path(train_uri).parent), holdout
-    assert len(pd.read_parquet(holdout)) == 100  # default holdout_fraction 0.25 of 400 rows
+    assert len(pd.read_parquet(holdout)) == expected_holdout_rows(train_uri, 0.25)
 
 
 def test_a_retry_reuses_the_finished_run_of_the_failed_try(
@@ -251,18 +259,23 @@ def test_templated_values_are_converted_or_refused_naming_the_field(train_uri):
         experiment_name="e",
         holdout_fraction="0.3",
         seed="7",
-        stratify="false",
         search={"method": "random", "space": {"C": [0.1, 1.0]}, "n_iter": 2},
+        window='{"last_partitions": 2, "max_rows": 50}',
+        window_end="",
+        key=["customer_id"],
     )
     config = op.training_config()
-    assert (config.split.holdout_fraction, config.split.seed, config.split.stratify) == (
-        0.3,
-        7,
-        False,
-    )
+    assert (config.split.holdout_fraction, config.split.seed) == (0.3, 7)
     assert config.search.n_iter == 2
+    assert (config.window.last_partitions, config.window.max_rows) == (2, 50)
+    assert config.window_end is None and config.split.key == ("customer_id",)
 
-    for field, value in (("seed", "seven"), ("stratify", "maybe"), ("holdout_fraction", "x")):
+    for field, value in (
+        ("seed", "seven"),
+        ("holdout_fraction", "x"),
+        ("window", "last week"),
+        ("window", '{"last_partitions": 0}'),
+    ):
         op = TrainModelOperator(
             task_id="t",
             train_uri=train_uri,
@@ -343,3 +356,104 @@ def test_clear_and_rerun_after_the_data_file_is_fixed_retrains(
     assert old_sha != new_sha
     logged = client.get_logged_model(fixed["model_uri"].removeprefix("models:/"))
     assert logged.tags["mlops.signature"].startswith("hmac-sha256:v1:")
+
+
+# -- datasets (#16): an S3 prefix of Hive partitions, through StorageHook's filesystem ----------
+DAYS = ["2026-11-29", "2026-11-30", "2026-12-01"]
+
+
+def land_on_s3(s3_server: str, bucket: str, prefix: str, tmp_path: Path) -> str:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    for index, day in enumerate(DAYS):
+        rng = np.random.default_rng(index)
+        frame = pd.DataFrame({"age": rng.integers(18, 80, 80), "income": rng.normal(50, 10, 80)})
+        frame["churned"] = (frame["age"] < 40).astype(int)
+        local = tmp_path / f"{day}.parquet"
+        frame.to_parquet(local, index=False)
+        s3.upload_file(str(local), bucket, f"{prefix}/dt={day}/part-0.parquet")
+    return f"s3://{bucket}/{prefix}"
+
+
+def test_training_on_an_s3_prefix_records_the_window_manifest_and_split(
+    mlflow_conn,
+    mlflow_server,
+    run_dag,
+    s3_server,
+    s3_bucket,
+    experiment_name,
+    tmp_path,
+    monkeypatch,
+):
+    from airflow_mlops.core.lineage import (
+        MANIFEST_ARTIFACT_PATH,
+        TAG_DATA_FILES,
+        TAG_DATA_MANIFEST_HASH,
+        TAG_DATA_SHA256,
+        TAG_DATA_URI,
+        TAG_DATA_WINDOW,
+    )
+    from airflow_mlops.core.manifest import Manifest
+    from airflow_mlops.core.stable_split import StableSplit
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__ARTIFACTS_URI", str(tmp_path / "artifacts"))
+    uri = land_on_s3(s3_server, s3_bucket, "customers", tmp_path)
+    dag = build_dag(
+        f"train_s3_{uuid.uuid4().hex[:6]}",
+        train_uri=uri,
+        window={"last_partitions": 2},
+        window_end="{{ dag_run.conf.get('end', '') }}",
+        target="churned",
+        experiment_name=experiment_name,
+        estimator="sklearn.linear_model.LogisticRegression",
+    )
+    assert run_dag(dag, end=DAYS[1]).state == "success"
+    (result,) = COLLECTED
+
+    client = MlflowClient(mlflow_server)
+    tags = client.get_run(result["run_id"]).data.tags
+    manifest = Manifest.from_json(
+        Path(client.download_artifacts(result["run_id"], MANIFEST_ARTIFACT_PATH)).read_text()
+    )
+    # The window ends with the partition named by the run: the first two days, nothing newer.
+    read = [f"{uri}/dt={day}/part-0.parquet" for day in DAYS[:2]]
+    assert [entry.path for entry in manifest.files] == read
+    assert tags[TAG_DATA_SHA256] == tags[TAG_DATA_MANIFEST_HASH] == manifest.content_hash
+    assert (tags[TAG_DATA_FILES], tags[TAG_DATA_WINDOW], tags[TAG_DATA_URI]) == (
+        "2",
+        "last 2 partitions",
+        uri,
+    )
+    split = StableSplit.from_tags(tags)
+    assert split.key_columns == ("age", "churned", "income")
+    holdout = pd.read_parquet(result["holdout_uri"])
+    assert set(holdout["__mlops_file"]) <= set(read) and split.holdout(holdout).all()
+
+
+def test_a_corrupt_partition_fails_the_task_with_an_error_naming_the_file(
+    mlflow_conn, run_dag, experiment_name, tmp_path
+):
+    from conftest import stored_xcom
+
+    from airflow_mlops.core.summary import ERROR_XCOM_KEY
+
+    root = tmp_path / "customers"
+    for day in DAYS:
+        (root / f"dt={day}").mkdir(parents=True)
+        pd.DataFrame({"age": [20, 50] * 10, "churned": [1, 0] * 10}).to_parquet(
+            root / f"dt={day}" / "part-0.parquet", index=False
+        )
+    bad = root / f"dt={DAYS[1]}" / "part-0.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    dag = build_dag(
+        f"train_bad_{uuid.uuid4().hex[:6]}",
+        train_uri=str(root),
+        target="churned",
+        experiment_name=experiment_name,
+        estimator="sklearn.linear_model.LogisticRegression",
+    )
+    dag_run = run_dag(dag)
+    assert dag_run.state == "failed"
+    error = stored_xcom(dag_run, "train", key=ERROR_XCOM_KEY)["error"]
+    assert error.startswith("UnreadableDataError") and f"{bad} cannot be read as parquet" in error

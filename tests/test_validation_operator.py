@@ -483,3 +483,85 @@ def test_a_data_uri_outside_the_allowed_prefixes_fails_before_anything_is_read(t
     assert isinstance(error, DataUriNotAllowedError), error
     assert "data_uri '/etc/passwd' is outside" in str(error)
     assert not report.exists()
+
+
+# -- datasets: folders, Hive partitions, globs, windows (issue #16) ----------------------------
+CHURN_DAYS = ["2026-11-29", "2026-11-30", "2026-12-01"]
+NOT_NULL_ID = [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "customer_id"}}]
+# Partition keys are columns of the rows (``dt`` here), as the model sees them.
+DAILY_SUITE = [
+    *NOT_NULL_ID,
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "dt"}},
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 100}},
+]
+
+
+def land_churn_days(root: Path, rows: int = 100) -> Path:
+    """One Hive partition per day, ``rows`` rows each."""
+    for n, day in enumerate(CHURN_DAYS):
+        folder = root / f"dt={day}"
+        folder.mkdir(parents=True)
+        churn_frame(rows, seed=n).to_parquet(folder / "part-0.parquet", index=False)
+    return root
+
+
+def test_a_partitioned_folder_validates_the_rows_of_its_window(tmp_path, run_dag):
+    churn = land_churn_days(tmp_path / "churn")
+    dag_run, _ = run_validation(
+        run_dag,
+        data_uri=str(churn),
+        suite=DAILY_SUITE,
+        window={"last_partitions": 2},
+        window_end="{{ params.end }}",
+        params={"end": CHURN_DAYS[1]},  # e.g. the partition an asset event announced
+    )
+    assert states(dag_run) == {"validate": "success", "consume": "success"}
+    summary = summary_of(dag_run)
+    assert (summary["row_count"], summary["files"]) == (200, 2), summary
+    assert summary["window"] == "last 2 partitions"
+    assert summary["data_sha256"] is None and len(summary["manifest_hash"]) == 16
+
+    glob = run_validation(run_dag, data_uri=f"{churn}/dt=*-12-*/*.parquet", suite=NOT_NULL_ID)
+    assert (summary_of(glob[0])["row_count"], summary_of(glob[0])["files"]) == (100, 1)
+
+
+def test_a_failing_partition_is_named(tmp_path, run_dag):
+    churn = land_churn_days(tmp_path / "churn")
+    odd = churn / f"dt={CHURN_DAYS[-1]}" / "part-0.parquet"
+    churn_frame(10).drop(columns=["contract"]).to_parquet(odd, index=False)
+    dag_run, dag = run_validation(
+        run_dag, data_uri=str(churn), suite=NOT_NULL_ID, on_failure="warn"
+    )
+    assert states(dag_run)["validate"] == "failed"
+    error = FAILURES[dag.dag_id]
+    assert isinstance(error, UnreadableDataError)
+    assert f"{odd} has a different schema" in str(error)
+
+    # Outside the window, the odd partition is not read at all.
+    dag_run, _ = run_validation(
+        run_dag,
+        data_uri=str(churn),
+        suite=NOT_NULL_ID,
+        window={"last_partitions": 2},
+        window_end=CHURN_DAYS[1],
+    )
+    assert states(dag_run)["validate"] == "success"
+
+
+def test_an_s3_partitioned_prefix(tmp_path, run_dag, s3_bucket, s3_server):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    local = land_churn_days(tmp_path / "churn", rows=50)
+    for path in sorted(local.rglob("*.parquet")):
+        s3.upload_file(str(path), s3_bucket, f"churn/{path.relative_to(local)}")
+    s3.put_object(Bucket=s3_bucket, Key="churn/_SUCCESS", Body=b"")
+    dag_run, _ = run_validation(
+        run_dag,
+        data_uri=f"s3://{s3_bucket}/churn/",
+        suite=DAILY_SUITE,
+        window={"last_partitions": 2},
+    )
+    assert states(dag_run) == {"validate": "success", "consume": "success"}
+    summary = summary_of(dag_run)
+    assert (summary["row_count"], summary["files"]) == (100, 2), summary

@@ -28,10 +28,11 @@ Label metrics keep the label set and the positive class of the full rows in ever
 resample. A resample where a quantity the full-data metric divides by is zero (no
 positive row for ``recall``, one class for ``roc_auc``, a constant target for ``r2``) is
 *degenerate*: its metric is undefined. By default any degenerate resample raises
-:class:`DegenerateResamplesError` naming the metric and the count; with
-``max_degenerate_share`` the caller may accept a few, which are dropped and counted in the
-result. Fewer than ``MIN_ROWS`` rows raise :class:`TooFewRowsError`. The interval is the
-percentile interval of the resampled values.
+:class:`~airflow_mlops.core.errors.DegenerateResamplesError` naming the metric and the
+count; with ``max_degenerate_share`` the caller may accept a few, which are dropped and counted
+in the result. Fewer than ``MIN_ROWS`` rows raise
+:class:`~airflow_mlops.core.errors.TooFewRowsError`. The interval is the percentile interval
+of the resampled values.
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from airflow_mlops.core.errors import ConfigError, DataError
+from airflow_mlops.core.errors import (
+    ConfigError,
+    DataError,
+    DegenerateResamplesError,
+    TooFewRowsError,
+)
 from airflow_mlops.core.metrics import (  # the alignment helpers are compute_metrics' own:
     CLASSIFICATION_METRICS,  # shared so that an interval's estimate cannot disagree with it
     HIGHER_IS_BETTER,
     REGRESSION_METRICS,
-    _as_proba_matrix,
-    _score_column_codes,
+    as_proba_matrix,
+    score_column_codes,
 )
 
 __all__ = [
@@ -57,9 +63,7 @@ __all__ = [
     "DEFAULT_RESAMPLES",
     "METRICS",
     "MIN_ROWS",
-    "DegenerateResamplesError",
     "Interval",
-    "TooFewRowsError",
     "bootstrap_interval",
     "compare_intervals",
     "paired_difference_interval",
@@ -72,14 +76,6 @@ MIN_ROWS = 20
 #: The metrics an interval can be computed for: all of core.metrics'.
 METRICS: tuple[str, ...] = CLASSIFICATION_METRICS + REGRESSION_METRICS
 _CONFUSION_METRICS = frozenset({"precision", "recall", "f1"})
-
-
-class TooFewRowsError(DataError):
-    """Too few rows to bootstrap a confidence interval; the message names the count."""
-
-
-class DegenerateResamplesError(DataError):
-    """Too many resamples leave the metric undefined (one class, a constant target, ...)."""
 
 
 @dataclass(frozen=True)
@@ -166,13 +162,13 @@ class _ModelRows:
                 f"y_true has {len(self.y_true)} rows but y_score has {len(y_score)}: "
                 "they must match"
             )
-        codes = _score_column_codes(self.y_true, self.labels, y_score)
+        codes = score_column_codes(self.y_true, self.labels, y_score)
         if codes is None:
             raise DataError(
                 "roc_auc and log_loss are not defined here: the probability columns cannot "
                 "be aligned with the labels (compute_metrics leaves them out too)"
             )
-        return codes, _as_proba_matrix(y_score)
+        return codes, as_proba_matrix(y_score)
 
 
 def _label_statistics(metric: str, rows: _ModelRows) -> tuple[np.ndarray, Reducer]:

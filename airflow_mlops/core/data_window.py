@@ -5,6 +5,13 @@ N partitions, or the last duration by a date-like partition key or by a time col
 optional row cap with a seeded sample. :func:`select_window` picks files from a listing
 without reading them; :func:`window_row_filter` is the row filter of a time-column window;
 :func:`read_window` does resolve → select → read → sample in one call.
+
+The row cap samples by row hash, not by row position (:func:`sample_mask`): a row is kept
+when its position under the window's seed (:func:`~airflow_mlops.core.stable_split.hash_positions`
+of its :func:`~airflow_mlops.core.stable_split.row_keys`, with the seed salted apart from the
+split's) is among the ``max_rows`` lowest. The kept rows are exactly those whose position is
+below a threshold, returned as a fraction: with that fraction, the seed and the hashed
+columns, anyone can recompute which rows of the window a run kept, whatever their order.
 """
 
 from __future__ import annotations
@@ -33,15 +40,22 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 __all__ = [
+    "SAMPLE_SEED_SALT",
     "DataWindow",
     "WindowRead",
     "format_duration",
     "parse_duration",
     "read_window",
+    "sample_mask",
     "sample_rows",
+    "sample_seed",
     "select_window",
     "window_row_filter",
 ]
+
+# Salts the window's seed so that the row cap's sample and the split (same seed number)
+# order the rows independently: else the holdout would be a subset of the kept rows' lowest.
+SAMPLE_SEED_SALT = 0x6D6C6F7073636170  # "mlopscap"
 
 DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -151,10 +165,14 @@ def select_window(
 
     ``end`` is the newest partition to include (a date, datetime or partition value; e.g. the
     partition that landed, or the run's data interval end); default: the newest there is.
-    A time-column window keeps every file: its rows are cut by :func:`window_row_filter`.
+    ``all`` with an ``end`` keeps the dated partitions up to it (every file when partitions
+    hold no dates: there is nothing to compare an end with). A time-column window keeps
+    every file: its rows are cut by :func:`window_row_filter`.
     """
-    if window.kind == "all" or window.time_column:
+    if window.time_column or (window.kind == "all" and end is None):
         return list(files)
+    if window.kind == "all":
+        return _all_up_to(files, window, end)
     order = _partition_order(files, window)
     values = sorted(set(order.values()))
     if end is not None:
@@ -165,6 +183,23 @@ def select_window(
     else:
         kept = _values_in_last(values, window, files)
     selected = [f for f in files if order[f.path] in kept]
+    if not selected:
+        raise DataNotFoundError(
+            f"The window ({window.describe()}, ending {end}) selects no file of the dataset "
+            f"of {files[0].path}."
+        )
+    return selected
+
+
+def _all_up_to(files: Sequence[DataFile], window: DataWindow, end: Any) -> list[DataFile]:
+    try:
+        order = _partition_order(files, window)
+    except ConfigError:  # several undated partition keys: no order to cut
+        return list(files)
+    if not all(isinstance(value, datetime) for value in order.values()):
+        return list(files)
+    cap = _order_value(end, dates=True)
+    selected = [f for f in files if order[f.path] <= cap]
     if not selected:
         raise DataNotFoundError(
             f"The window ({window.describe()}, ending {end}) selects no file of the dataset "
@@ -293,11 +328,50 @@ def _time_range(schema: pa.Schema, column: str, start: datetime, stop: datetime)
     return (field > pa.scalar(start, type=kind)) & (field <= pa.scalar(stop, type=kind))
 
 
-def sample_rows(frame: pd.DataFrame, window: DataWindow) -> pd.DataFrame:
-    """At most ``window.max_rows`` rows, drawn with ``window.seed``, in their original order."""
+def sample_mask(keys: Any, window: DataWindow) -> tuple[Any, float | None]:
+    """``(keep mask, fraction)`` for ``window.max_rows`` by row hash (module docstring).
+
+    ``keys`` are the rows' :func:`~airflow_mlops.core.stable_split.row_keys`. Exactly
+    ``max_rows`` rows are kept (fewer only when duplicate keys tie at the cut); ``fraction``
+    is the cut: ``holdout_mask_for_keys(keys, fraction, window.seed ^ SAMPLE_SEED_SALT)``
+    gives the same mask. ``(all True, None)`` when no cap applies.
+    """
+    import numpy as np
+
+    from airflow_mlops.core.stable_split import hash_positions
+
+    rows = len(keys)
+    if not window.max_rows or rows <= window.max_rows:
+        return np.ones(rows, dtype=bool), None
+    positions = hash_positions(keys, sample_seed(window))
+    cut = np.partition(positions, window.max_rows)[window.max_rows]
+    # cut < 2**53: exact as a double, and so is the division by a power of two.
+    return positions < cut, float(cut) / 2.0**53
+
+
+def sample_seed(window: DataWindow) -> int:
+    """The seed of the row cap's hash sample (the window's seed, salted)."""
+    return (window.seed ^ SAMPLE_SEED_SALT) & ((1 << 64) - 1)
+
+
+def sample_rows(
+    frame: pd.DataFrame, window: DataWindow, key_columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """At most ``window.max_rows`` rows, chosen by row hash (:func:`sample_mask`), in their
+    original order. Rows are keyed by ``key_columns``, else by their content (every column
+    but :data:`~airflow_mlops.core.datasets.SOURCE_FILE_COLUMN`)."""
     if not window.max_rows or len(frame) <= window.max_rows:
         return frame
-    return frame.sample(n=window.max_rows, random_state=window.seed).sort_index()
+    from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
+    from airflow_mlops.core.stable_split import row_keys
+
+    if key_columns is None:
+        content = sorted(str(c) for c in frame.columns if c != SOURCE_FILE_COLUMN)
+        keys = row_keys(frame, content, by_content=True)
+    else:
+        keys = row_keys(frame, list(key_columns))
+    mask, _ = sample_mask(keys, window)
+    return frame[mask]
 
 
 @dataclass(frozen=True)
@@ -315,9 +389,19 @@ def read_window(
     *,
     columns: Sequence[str] | None = None,
     end: datetime | date | str | None = None,
+    source_column: str | None = None,
+    key_columns: Sequence[str] | None = None,
 ) -> WindowRead:
-    """List ``uri``, keep the files in ``window``, read them, cap the rows."""
+    """List ``uri``, keep the files in ``window``, read them, cap the rows (by the hash of
+    ``key_columns``, else of each row's content: :func:`sample_rows`). ``source_column``
+    adds each row's file path (:func:`~airflow_mlops.core.datasets.read_files`)."""
     window = window or DataWindow()
     files = select_window(resolve_files(fs, uri), window, end=end)
-    frame = read_files(fs, files, columns=columns, row_filter=window_row_filter(window, end=end))
-    return WindowRead(frame=sample_rows(frame, window), files=files)
+    frame = read_files(
+        fs,
+        files,
+        columns=columns,
+        row_filter=window_row_filter(window, end=end),
+        source_column=source_column,
+    )
+    return WindowRead(frame=sample_rows(frame, window, key_columns), files=files)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 __all__ = [
+    "SOURCE_FILE_COLUMN",
     "DataFile",
     "RowFilter",
     "arrow_filesystem",
@@ -46,6 +47,12 @@ __all__ = [
 #: A pyarrow filter expression, or a function of the dataset schema returning one (for
 #: filters whose literal must match a column's type, such as a timestamp cut-off).
 RowFilter = Union["pads.Expression", Callable[["pa.Schema"], "pads.Expression"]]
+
+#: The column :func:`read_files` adds (``source_column=``) for each row's file: its
+#: :attr:`DataFile.path`, spelt as in manifest entries. Metadata, never a feature.
+SOURCE_FILE_COLUMN = "__mlops_file"
+# pyarrow.dataset's special field holding each row's fragment path (its filesystem's spelling).
+_ARROW_FILENAME = "__filename"
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 LOCAL_SCHEMES = ("", "file")
@@ -279,6 +286,7 @@ def read_files(
     *,
     columns: Sequence[str] | None = None,
     row_filter: RowFilter | None = None,
+    source_column: str | None = None,
 ) -> pd.DataFrame:
     """Read ``files`` (one dataset, from :func:`resolve_files`) into one pandas frame.
 
@@ -287,6 +295,10 @@ def read_files(
     schema is checked first, so a file that cannot be read, holds other columns or types
     than the first file, or has a data column named like a partition key fails with an
     error naming it.
+
+    With ``source_column`` (e.g. :data:`SOURCE_FILE_COLUMN`), the frame gets that column,
+    last: each row's :attr:`DataFile.path`, dictionary-encoded (a pandas categorical of
+    strings: one copy of each path, not one per row), from pyarrow's ``__filename`` field.
     """
     if not files:
         raise DataNotFoundError("No data files to read (the window selected none).")
@@ -299,9 +311,16 @@ def read_files(
     data_schema = _common_schema(files, schemas, files[0].format)
     schema = _with_partition_columns(data_schema, files)
     _check_columns(columns, schema, files[0])
+    if source_column is not None and source_column in schema.names:
+        raise UnreadableDataError(
+            f"{files[0].path} has a column {source_column!r}, the name reserved for each "
+            "row's source file: rename it."
+        )
     dataset = pads.FileSystemDataset(fragments, schema, file_format, arrow_fs)
     by_path = {fs_path(fs, f.path): f for f in files}
-    table = _scan(dataset, by_path, columns, _resolve_filter(row_filter, schema))
+    table = _scan(dataset, by_path, columns, _resolve_filter(row_filter, schema), source_column)
+    if source_column is not None:
+        table = _with_source_paths(table, by_path, source_column)
     # self_destruct frees each Arrow buffer once converted: one copy of the data at a time.
     return table.to_pandas(self_destruct=True, split_blocks=True)
 
@@ -413,13 +432,22 @@ def _resolve_filter(row_filter: RowFilter | None, schema: pa.Schema) -> Any:
     return row_filter(schema) if callable(row_filter) else row_filter
 
 
-def _scan(dataset: Any, by_path: Mapping[str, DataFile], columns: Any, where: Any) -> Any:
+def _scan(
+    dataset: Any,
+    by_path: Mapping[str, DataFile],
+    columns: Any,
+    where: Any,
+    source_column: str | None = None,
+) -> Any:
     """The whole scan at once; on failure, scan file by file to name the bad one."""
     import pyarrow as pa
 
     columns = list(columns) if columns else None
+    wanted = columns
+    if source_column is not None:
+        wanted = [*(columns or dataset.schema.names), _ARROW_FILENAME]
     try:
-        return dataset.to_table(columns=columns, filter=where)
+        return dataset.to_table(columns=wanted, filter=where)
     except (pa.ArrowException, OSError, ValueError) as err:
         for fragment in dataset.get_fragments():
             file = by_path[fragment.path]
@@ -431,3 +459,19 @@ def _scan(dataset: Any, by_path: Mapping[str, DataFile], columns: Any, where: An
                 ) from file_err
         first = next(iter(by_path.values()))
         raise UnreadableDataError(f"The dataset of {first.path} cannot be read: {err}") from err
+
+
+def _with_source_paths(table: Any, by_path: Mapping[str, DataFile], name: str) -> Any:
+    """Replace pyarrow's ``__filename`` (the filesystem's spelling of each fragment) by
+    ``name`` holding the :attr:`DataFile.path`; only the dictionary of paths is rewritten."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    index = table.schema.get_field_index(_ARROW_FILENAME)
+    kind = pa.dictionary(pa.int32(), pa.string())
+    chunks = []
+    for chunk in pc.dictionary_encode(table.column(index)).chunks:
+        paths = [by_path[p].path for p in chunk.dictionary.to_pylist()]
+        chunks.append(pa.DictionaryArray.from_arrays(chunk.indices, pa.array(paths, pa.string())))
+    column = pa.chunked_array(chunks, type=kind)
+    return table.set_column(index, pa.field(name, kind), column)

@@ -8,6 +8,7 @@ __all__ = [
     "DataNotFoundError",
     "DataUriNotAllowedError",
     "DataValidationFailed",
+    "DegenerateResamplesError",
     "DeletedExperimentError",
     "EmptyBatchError",
     "EstimatorNotAllowedError",
@@ -19,6 +20,7 @@ __all__ = [
     "PromotionError",
     "SchemaDriftError",
     "TemplateNotAllowedError",
+    "TooFewRowsError",
     "UnreadableDataError",
     "UnsupportedFormatError",
     "UntrustedModelError",
@@ -103,3 +105,11 @@ class DataUriNotAllowedError(ConfigError):
 
 class DeletedExperimentError(ConfigError):
     """The experiment name belongs to a deleted MLflow experiment (names are never reused)."""
+
+
+class TooFewRowsError(DataError):
+    """Too few rows to bootstrap a confidence interval; the message names the count."""
+
+
+class DegenerateResamplesError(DataError):
+    """Too many resamples leave the metric undefined (one class, a constant target, ...)."""

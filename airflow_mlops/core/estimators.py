@@ -399,10 +399,11 @@ def to_distribution(name: str, value: Any) -> Any:
 
 
 def cv_splitter(task: str, folds: int, policy: SplitPolicy) -> Any:
-    """Time-ordered folds for an out-of-time split, stratified folds for classification."""
+    """Time-ordered folds for an out-of-time split, stratified folds for classification
+    (inside the training side: unlike the holdout, CV folds need not stay put across runs)."""
     if policy.time_column is not None:
         return TimeSeriesSplit(n_splits=folds)
-    if task == "classification" and policy.stratify:
+    if task == "classification":
         return StratifiedKFold(n_splits=folds, shuffle=True, random_state=policy.seed)
     return KFold(n_splits=folds, shuffle=True, random_state=policy.seed)
 

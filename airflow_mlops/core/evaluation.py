@@ -1,4 +1,4 @@
-"""Score a challenger and the current champion on the same holdout, then apply the policy.
+"""Score a challenger and the current champion on rows neither trained on, then decide.
 
 The holdout is the one recorded by training (``mlops.holdout.uri`` on the challenger's
 run) and must still hash to ``mlops.holdout.sha256``: if the file changed, the comparison
@@ -7,6 +7,16 @@ warning. Both models are loaded from the registry by ``models:/`` URIs only (the
 model ``models:/m-<id>`` for the challenger, ``models:/<name>/<version>`` for the champion,
 the alias resolved to its version first so the record names exactly what was scored) and
 both are scored with the same :mod:`airflow_mlops.core.metrics` functions as training.
+
+With a champion, the rows compared are the holdout rows the champion did not train on
+(:mod:`airflow_mlops.core.comparison`, from its recorded manifest and split), or only the
+partitions after its window (``on="newest"``). Fewer than ``min_rows`` such rows and the
+decision is "insufficient evidence". Each gated metric and the challenger-minus-champion
+difference get a seeded bootstrap interval (:mod:`airflow_mlops.core.confidence`), which
+``min_confidence`` policy rules read.
+
+A little over 600 lines: scoring, the intervals and the record are one reading of "what did
+this decision rest on"; the comparison-set rules live in :mod:`airflow_mlops.core.comparison`.
 
 The result is a JSON-safe decision record (policy verdict, both models' metrics, per-slice
 metrics, every rule with its values) that is logged as an MLflow artifact on the
@@ -27,6 +37,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from airflow_mlops.core.comparison import (
+    ComparisonSet,
+    champion_facts,
+    comparison_set,
+    run_manifest,
+)
+from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
 from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
 from airflow_mlops.core.lineage import (
     TAG_FEATURES,
@@ -39,9 +56,17 @@ from airflow_mlops.core.lineage import (
 )
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
 from airflow_mlops.core.model_uri import parse_model_uri
-from airflow_mlops.core.policy import PromotionPolicy, decide, parse_policy
+from airflow_mlops.core.policy import (
+    DEFAULT_MIN_ROWS,
+    EVALUATION_ON,
+    Evidence,
+    PromotionPolicy,
+    decide,
+    parse_policy,
+)
 from airflow_mlops.core.provenance import ModelTrust, verified_local_copy
 from airflow_mlops.core.registry import CHAMPION, Champion, resolve_champion
+from airflow_mlops.core.stable_split import StableSplit
 from airflow_mlops.core.storage import Storage, TableRead
 
 __all__ = [
@@ -86,6 +111,7 @@ class Challenger:
     target: str
     features: list[str] | None
     model_name: str | None
+    split_seed: int = 0  # seeds the bootstrap intervals, so a rerun gives the same ones
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,10 +125,13 @@ class Challenger:
 
 @dataclass(frozen=True)
 class ModelScore:
-    """Metrics of one model on the holdout, overall and per slice (None: empty slice)."""
+    """Metrics of one model on the holdout, overall and per slice (None: empty slice), and
+    the predictions they come from (for the bootstrap intervals)."""
 
     metrics: dict[str, float]
     slices: dict[str, dict[str, float] | None]
+    y_pred: np.ndarray | None = None
+    y_score: np.ndarray | None = None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -168,7 +197,16 @@ def challenger_from_training(
         target=recorded["target"],
         features=_features_from_tags(tags),
         model_name=tags.get(TAG_MODEL_NAME) or training_result.get("model_name"),
+        split_seed=_split_seed(tags),
     )
+
+
+def _split_seed(tags: Mapping[str, str]) -> int:
+    try:
+        split = StableSplit.from_tags(tags)
+    except DataError:
+        return 0
+    return 0 if split is None else split.seed
 
 
 def _features_from_tags(tags: Mapping[str, str]) -> list[str] | None:
@@ -261,8 +299,8 @@ def model_input(
     frame: pd.DataFrame, columns: Sequence[str] | None, target: str, label: str
 ) -> pd.DataFrame:
     """The holdout's feature columns for one model; missing columns are an error."""
-    if columns is None:
-        return frame.drop(columns=[target])
+    if columns is None:  # every column but the target and the row's source file
+        return frame.drop(columns=[target, SOURCE_FILE_COLUMN], errors="ignore")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(
@@ -313,7 +351,7 @@ def score_model(
         per_slice[name] = compute_metrics(
             task, y_true[mask], y_pred[mask], None if y_score is None else y_score[mask]
         )
-    return ModelScore(metrics=metrics, slices=per_slice)
+    return ModelScore(metrics=metrics, slices=per_slice, y_pred=y_pred, y_score=y_score)
 
 
 # -- the whole evaluation -------------------------------------------------------------------
@@ -346,20 +384,38 @@ def evaluate_challenger(
     champion_alias: str = CHAMPION,
     champion: Champion | str | None = "resolve",
     trust: ModelTrust | None = None,
+    on: str = "holdout",
+    min_rows: int = DEFAULT_MIN_ROWS,
+    confidence: float = 0.95,
 ) -> Evaluation:
-    """Score the challenger and the champion on the recorded holdout and decide.
+    """Score the challenger and the champion on the rows neither trained on, and decide.
 
     ``champion="resolve"`` reads the alias now; pass a :class:`Champion` (or None) to score
     against a specific version, as promotion does when the alias moved since evaluation.
+    ``on``/``min_rows``: ``evaluation.on`` and ``evaluation.min_rows`` (see
+    :mod:`airflow_mlops.core.comparison`); ``confidence``: level of the recorded intervals.
     Both models are checked under ``trust`` before they load (see ``core.provenance``).
     """
     policy = parse_policy(policy)
+    min_rows = _check_min_rows(min_rows)
+    if on not in EVALUATION_ON:
+        raise ConfigError(f"evaluation.on must be one of {list(EVALUATION_ON)}, got {on!r}")
     holdout = load_holdout(storage, challenger)
-    frame = holdout.frame
-    y = frame[challenger.target]
-    masks = slice_masks(frame, slices)
     if champion == "resolve":
         champion = resolve_champion(client, model_name, champion_alias)
+    comparison = None
+    frame = holdout.frame
+    if champion is not None:
+        facts = champion_facts(client, storage, champion)
+        comparison = comparison_set(
+            frame, facts, challenger_manifest=run_manifest(client, challenger.run_id), on=on
+        )
+        log.info("Comparison set: %s", comparison.to_record())
+        if comparison.rows_compared >= min_rows:
+            frame = frame[comparison.mask].reset_index(drop=True)
+    compared = champion is None or (comparison is not None and comparison.rows_compared >= min_rows)
+    y = frame[challenger.target]
+    masks = slice_masks(frame, slices)
 
     model, info = load_model_for_scoring(challenger.model_uri, client=client, trust=trust)
     X = model_input(
@@ -372,9 +428,12 @@ def evaluate_challenger(
 
     champion_score = None
     if champion is not None:
+        # Loaded (and its provenance checked) even when too few rows are comparable: an
+        # untrusted champion is reported as such, not hidden behind "insufficient evidence".
         champion_model, champion_info = load_model_for_scoring(
             champion.model_uri, client=client, trust=trust
         )
+    if champion is not None and compared:
         fallback = _champion_features(client, champion)
         X_b = model_input(
             frame,
@@ -385,7 +444,7 @@ def evaluate_challenger(
         champion_score = score_model(champion_model, X_b, y, challenger.task, masks)
 
     slice_metrics = None
-    if masks:
+    if masks and compared:
         slice_metrics = {
             name: {
                 "rows": int(mask.sum()),
@@ -394,15 +453,30 @@ def evaluate_challenger(
             }
             for name, mask in masks.items()
         }
+    intervals, bounds, interval_error = metric_intervals(
+        policy, y.to_numpy(), challenger_score, champion_score, challenger.split_seed, confidence
+    )
+    evidence = None
+    if comparison is not None:
+        evidence = Evidence(
+            rows_compared=comparison.rows_compared,
+            min_rows=min_rows,
+            rows_excluded=comparison.rows_excluded,
+            difference_bounds=bounds,
+            interval_error=interval_error,
+        )
     decision = decide(
         challenger_score.metrics,
         None if champion_score is None else champion_score.metrics,
         policy,
         slice_metrics,
+        evidence,
     )
     record = decision.to_record()
+    comparison_record = _comparison_record(comparison, holdout.rows, on)
     record.update(
         {
+            "reason": _with_evidence(decision.reason, comparison_record, intervals),
             "model_name": model_name,
             "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "challenger": challenger.to_dict(),
@@ -410,9 +484,108 @@ def evaluate_challenger(
             "champion_alias": champion_alias,
             "holdout": holdout.lineage(),
             "slices": None if not slices else {k: list(v) for k, v in slices.items()},
+            "comparison": comparison_record,
+            "rows_compared": comparison_record["rows_compared"],
+            "rows_excluded": comparison_record["rows_excluded"],
+            "min_rows": min_rows,
+            "intervals": intervals,
+            "metrics_rows": "comparison" if compared else "challenger holdout (no comparison)",
         }
     )
     return Evaluation(record=json.loads(json.dumps(record, default=str)))
+
+
+def _check_min_rows(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"evaluation.min_rows must be a positive integer, got {value!r}")
+    return value
+
+
+def _comparison_record(comparison: ComparisonSet | None, rows: int, on: str) -> dict[str, Any]:
+    if comparison is not None:
+        return comparison.to_record()
+    return {
+        "on": on,
+        "basis": "first_model",
+        "rows_holdout": rows,
+        "rows_compared": rows,
+        "rows_excluded": 0,
+        "excluded_because": {},
+        "explanation": "no champion: the challenger is judged on its whole holdout",
+    }
+
+
+def metric_intervals(
+    policy: PromotionPolicy,
+    y_true: np.ndarray,
+    challenger: ModelScore,
+    champion: ModelScore | None,
+    seed: int,
+    confidence: float,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], str | None]:
+    """Bootstrap intervals of each gated metric (and the difference, with a champion).
+
+    Returns ``(record, bounds, error)``: ``record`` maps a metric to ``{challenger, champion,
+    difference}`` intervals at ``confidence`` (or ``{"error": ...}``); ``bounds`` the
+    difference interval at each ``min_confidence`` level the policy asks for; ``error`` the
+    first reason an interval could not be computed.
+    """
+    from airflow_mlops.core.confidence import METRICS, compare_intervals
+
+    levels = policy.confidence_levels()
+    record: dict[str, Any] = {}
+    bounds: dict[str, dict[str, float]] = {}
+    first_error = None
+    for metric in policy.named_metrics():
+        if metric not in METRICS or metric not in challenger.metrics:
+            continue
+        if champion is not None and metric not in champion.metrics:
+            continue
+        wanted = [confidence, *([levels[metric]] if metric in levels else [])]
+        try:
+            computed = [
+                compare_intervals(
+                    [metric],
+                    y_true,
+                    challenger.y_pred,
+                    None if champion is None else champion.y_pred,
+                    score_a=challenger.y_score,
+                    score_b=None if champion is None else champion.y_score,
+                    seed=seed,
+                    confidence=level,
+                )[metric]
+                for level in dict.fromkeys(wanted)
+            ]
+        except DataError as err:  # too few rows, degenerate resamples, undefined metric
+            record[metric] = {"error": str(err)}
+            first_error = first_error or f"{metric}: {err}"
+            continue
+        names = {"a": "challenger", "b": "champion", "difference": "difference"}
+        record[metric] = {names[k]: v.to_dict() for k, v in computed[0].items()}
+        if metric in levels and "difference" in computed[-1]:
+            diff = computed[-1]["difference"]
+            bounds[metric] = {"confidence": diff.confidence, "low": diff.low, "high": diff.high}
+    return record, bounds, first_error
+
+
+def _with_evidence(reason: str, comparison: Mapping[str, Any], intervals: Mapping[str, Any]) -> str:
+    """The policy's reason plus what it rests on: rows compared/excluded, the differences."""
+    if comparison["basis"] == "first_model":
+        return reason
+    because = ", ".join(f"{n} {why}" for why, n in comparison["excluded_because"].items() if n)
+    text = (
+        f"{reason} [rows compared {comparison['rows_compared']}, excluded "
+        f"{comparison['rows_excluded']}{f' ({because})' if because else ''}; "
+        f"on={comparison['on']}, basis={comparison['basis']}"
+    )
+    for metric, entry in intervals.items():
+        diff = entry.get("difference")
+        if diff:
+            text += (
+                f"; {metric} difference {diff['estimate']:+.4f} "
+                f"[{diff['low']:+.4f}, {diff['high']:+.4f}] ({diff['confidence']:.0%})"
+            )
+    return text + "]"
 
 
 def _champion_features(client: MlflowClient, champion: Champion) -> list[str] | None:

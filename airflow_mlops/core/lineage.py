@@ -17,13 +17,18 @@ from typing import Any
 __all__ = [
     "DEFAULT_DEPLOYMENT",
     "HOLDOUT_METRIC_PREFIX",
+    "MANIFEST_ARTIFACT_PATH",
     "MODEL_ARTIFACT_NAME",
     "TAG_ARTIFACT_DIGEST",
     "TAG_CONFIG_HASH",
     "TAG_DAG_ID",
+    "TAG_DATA_FILES",
+    "TAG_DATA_MANIFEST_HASH",
     "TAG_DATA_ROWS",
+    "TAG_DATA_SAMPLE_FRACTION",
     "TAG_DATA_SHA256",
     "TAG_DATA_URI",
+    "TAG_DATA_WINDOW",
     "TAG_DEPLOYMENT",
     "TAG_ERROR",
     "TAG_ESTIMATOR",
@@ -55,6 +60,7 @@ __all__ = [
     "TAG_TASK",
     "TAG_TASK_ID",
     "TAG_TRIAL_INDEX",
+    "TAG_TRIGGER",
     "TAG_TRY_NUMBER",
     "RunContext",
     "config_hash",
@@ -79,11 +85,21 @@ TAG_CONFIG_HASH = f"{TAG_PREFIX}config_hash"
 # Hash of the whole pipeline config (validation, training, policy, ...) and provider version.
 TAG_PIPELINE_CONFIG_HASH = f"{TAG_PREFIX}pipeline.config_hash"
 TAG_PIPELINE = f"{TAG_PREFIX}pipeline"
+# What started the CT run that trained: the run type, or the new-data asset event (source
+# DAG/run, asset URI, partition) that set its window's end (core.changes.trigger_tag).
+TAG_TRIGGER = f"{TAG_PREFIX}trigger"
 
 # Tag keys written on the training run (read by evaluation, promotion and drift monitoring).
 TAG_STAGE = "mlops.stage"  # "training" on the run, "training.trial" on search trials
 TAG_DATA_URI = "mlops.data.uri"
+# The manifest's content hash (core.manifest): one value for a file, a folder or a window.
 TAG_DATA_SHA256 = "mlops.data.sha256"
+TAG_DATA_MANIFEST_HASH = "mlops.data.manifest_hash"
+TAG_DATA_FILES = "mlops.data.files"  # how many files the run read
+TAG_DATA_WINDOW = "mlops.data.window"  # DataWindow.describe()
+# Share of the window's rows kept by the max_rows cap (a row-hash sample, see
+# core.training_data.cap_rows); absent when every row was read.
+TAG_DATA_SAMPLE_FRACTION = "mlops.data.sample_fraction"
 TAG_DATA_ROWS = "mlops.data.rows"
 TAG_HOLDOUT_URI = "mlops.holdout.uri"
 TAG_HOLDOUT_SHA256 = "mlops.holdout.sha256"
@@ -109,6 +125,8 @@ TAG_SOURCE_RUN_ID = "mlops.source_run_id"
 # checked by core.provenance before a load.
 TAG_SIGNATURE = "mlops.signature"
 TAG_ARTIFACT_DIGEST = "mlops.artifact_digest"
+#: The run artifact holding the manifest of the exact files the run read (Manifest.to_json()).
+MANIFEST_ARTIFACT_PATH = "mlops/manifest.json"
 HOLDOUT_METRIC_PREFIX = "holdout_"
 MODEL_ARTIFACT_NAME = "model"
 

@@ -37,9 +37,11 @@ __all__ = [
     "REGRESSION_METRICS",
     "TASKS",
     "Task",
+    "as_proba_matrix",
     "compute_metrics",
     "infer_task",
     "predict_for_metrics",
+    "score_column_codes",
     "validate_task",
 ]
 
@@ -170,13 +172,13 @@ def _classification_metrics(
             raise DataError(
                 f"y_true has {len(y_true)} rows but y_score has {len(y_score)}: they must match"
             )
-        codes = _score_column_codes(y_true, labels, y_score)
+        codes = score_column_codes(y_true, labels, y_score)
         if codes is not None:
-            result.update(_probability_metrics(codes, _as_proba_matrix(y_score)))
+            result.update(_probability_metrics(codes, as_proba_matrix(y_score)))
     return result
 
 
-def _as_proba_matrix(y_score: np.ndarray) -> np.ndarray:
+def as_proba_matrix(y_score: np.ndarray) -> np.ndarray:
     """(n,) positive-class probabilities or (n, k) scores -> clipped rows summing to 1."""
     if y_score.ndim == 1:
         y_score = np.column_stack([1.0 - y_score, y_score])
@@ -184,7 +186,7 @@ def _as_proba_matrix(y_score: np.ndarray) -> np.ndarray:
     return proba / proba.sum(axis=1, keepdims=True)
 
 
-def _score_column_codes(
+def score_column_codes(
     y_true: np.ndarray, labels: np.ndarray, y_score: np.ndarray
 ) -> np.ndarray | None:
     """Index of each true label's column in ``y_score``, or None when it cannot be known.

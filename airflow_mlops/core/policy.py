@@ -24,6 +24,20 @@ Semantics (also in ``docs/operators/evaluation-and-promotion.md``):
   closed.
 - **Exact tie**: when every metric the policy names is exactly equal for both models, the
   challenger is not promoted unless ``promote_on_tie`` is true.
+- **Evidence** (:class:`Evidence`, given by evaluation when a champion exists): with fewer
+  comparable rows than ``min_rows`` (rows neither model trained on) the ``evidence`` rule
+  fails and the reason reads ``not promoted: insufficient evidence (N rows)``; change and
+  slice rules are then not applicable (too few rows to mean anything), never passed.
+- **Confidence** ``min_confidence`` on a change threshold (``L`` in [0.5, 1)): besides the
+  point estimate, the bound of the two-sided bootstrap interval at level ``L`` of the
+  difference challenger - champion must clear the threshold: its low end when higher is
+  better, its high end (negated) when lower is better; the relative check divides that
+  bound by ``|champion|``. The bound of a two-sided ``L`` interval is a one-sided
+  ``(1 + L) / 2`` bound (0.95 -> 97.5 %). No interval for the metric at that level (too few
+  rows, a degenerate resample) fails closed.
+
+Over 600 lines on purpose: the policy model, its rules and the reason text are read together
+when a decision is questioned, and every rule is a few lines of the same shape.
 
 Boundaries are inclusive up to ``float_tolerance`` (1e-9 by default) so that a tolerance of
 ``-0.01`` accepts a drop from 0.86 to 0.85 despite binary floating-point rounding.
@@ -43,6 +57,8 @@ from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.jsonsafe import json_safe, parse_json_mapping
 
 __all__ = [
+    "DEFAULT_MIN_ROWS",
+    "EVALUATION_ON",
     "FAIL",
     "KNOWN_HIGHER_IS_BETTER",
     "KNOWN_LOWER_IS_BETTER",
@@ -52,6 +68,7 @@ __all__ = [
     "ChangeThreshold",
     "Decision",
     "Direction",
+    "Evidence",
     "PromotionPolicy",
     "RuleResult",
     "SliceRule",
@@ -64,6 +81,15 @@ __all__ = [
 ]
 
 RECORD_SCHEMA_VERSION = 1
+
+#: ``evaluation.on`` values: the challenger's holdout minus the champion's training rows, or
+#: only the partitions after the champion's window (forward evaluation). Kept here, with the
+#: evidence rule, because operators and the YAML config validate them at DAG-parse time.
+EVALUATION_ON = ("holdout", "newest")
+#: Fewer comparable rows than this and the decision is "insufficient evidence". At 50 rows a
+#: 95 % interval of an accuracy near 0.85 is about +/- 0.10 wide: a smaller floor lets noise
+#: decide.
+DEFAULT_MIN_ROWS = 50
 
 PASS = "pass"
 FAIL = "fail"
@@ -135,6 +161,13 @@ class ChangeThreshold(_Strict):
     )
     min_delta: float | None = None
     min_relative_delta: float | None = None
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0.5,
+        lt=1.0,
+        description="Also require the bound of the difference's bootstrap interval at this "
+        "level to clear the threshold (see the module docstring).",
+    )
 
     @model_validator(mode="after")
     def _check_deltas(self) -> ChangeThreshold:
@@ -209,6 +242,14 @@ class PromotionPolicy(_Strict):
             return list(self.slice_rule.metrics)
         return list(self.change_thresholds)
 
+    def confidence_levels(self) -> dict[str, float]:
+        """``{metric: min_confidence}`` of the change thresholds that set one."""
+        return {
+            metric: rule.min_confidence
+            for metric, rule in self.change_thresholds.items()
+            if rule.min_confidence is not None
+        }
+
     def named_metrics(self) -> list[str]:
         """Every metric the policy looks at, in a stable order (value rules first)."""
         seen = dict.fromkeys([*self.value_thresholds, *self.change_thresholds])
@@ -243,7 +284,9 @@ def default_policy(task: str) -> PromotionPolicy:
 class RuleResult:
     """One rule applied to one metric (and optionally one slice), with its verdict."""
 
-    rule: str  # "value", "change.absolute", "change.relative", "slice", "tie"
+    # "value.lower", "value.upper", "change.absolute", "change.relative" (each optionally
+    # followed by its ".confidence" check), "slice", "tie", "evidence"
+    rule: str
     metric: str
     verdict: Verdict
     detail: str
@@ -258,6 +301,26 @@ class RuleResult:
 
 
 _ALWAYS_KEYS = frozenset({"rule", "metric", "verdict", "detail"})
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How much the comparison rests on: rows neither model trained on, and intervals.
+
+    ``difference_bounds`` maps a metric to the bootstrap interval of challenger - champion
+    at the level its ``min_confidence`` asks for: ``{"confidence", "low", "high"}``.
+    ``interval_error`` says why an interval could not be computed (rules needing one fail).
+    """
+
+    rows_compared: int
+    min_rows: int
+    rows_excluded: int = 0
+    difference_bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    interval_error: str | None = None
+
+    @property
+    def sufficient(self) -> bool:
+        return self.rows_compared >= self.min_rows
 
 
 @dataclass(frozen=True)
@@ -304,25 +367,35 @@ def decide(
     champion_metrics: Mapping[str, Any] | None,
     policy: PromotionPolicy | Mapping[str, Any],
     slice_metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    evidence: Evidence | None = None,
 ) -> Decision:
     """Apply ``policy`` to the challenger's and champion's metrics on the same holdout.
 
-    ``champion_metrics`` is None when there is no champion yet (first model).
+    ``champion_metrics`` is None when there is no champion yet (first model), or when there
+    is one but no row to score it on (then ``evidence`` says so).
     ``slice_metrics`` maps a slice name (``"column=value"``) to
     ``{"rows": int, "challenger": {metric: value}, "champion": {metric: value} | None}``.
+    ``evidence``: the comparable rows and intervals (see :class:`Evidence`); None when the
+    caller has no such facts (no evidence rule, and ``min_confidence`` rules fail closed).
     """
     policy = parse_policy(policy)
     challenger = dict(challenger_metrics)
     champion = None if champion_metrics is None else dict(champion_metrics)
-    first_model = champion is None
+    first_model = champion is None and evidence is None
+    insufficient = evidence is not None and not evidence.sufficient
 
     rules: list[RuleResult] = []
     rules += _value_rules(challenger, policy)
-    rules += _change_rules(challenger, champion, policy)
-    if not first_model and slice_metrics and policy.slice_rule.enabled:
-        rules += _slice_rules(slice_metrics, policy)
+    if insufficient:
+        assert evidence is not None
+        rules.append(_evidence_rule(evidence))
+        rules += _skipped_for_evidence(policy, evidence)
+    else:
+        rules += _change_rules(challenger, champion, policy, evidence)
+        if not first_model and slice_metrics and policy.slice_rule.enabled:
+            rules += _slice_rules(slice_metrics, policy)
 
-    tie = (not first_model) and _is_exact_tie(challenger, champion, policy)
+    tie = not first_model and not insufficient and _is_exact_tie(challenger, champion, policy)
     failed = [r for r in rules if r.verdict == FAIL]
     if tie:
         rules.append(_tie_rule(challenger, policy))
@@ -407,17 +480,101 @@ _CHANGE_CHECKS = (
 )
 
 
+def _evidence_rule(evidence: Evidence) -> RuleResult:
+    detail = (
+        f"insufficient evidence ({evidence.rows_compared} rows): {evidence.rows_compared} "
+        f"comparable row(s) < min_rows {evidence.min_rows} "
+        f"({evidence.rows_excluded} excluded because a model trained on them or their "
+        "membership is unknown)"
+    )
+    return RuleResult(
+        "evidence",
+        "rows_compared",
+        FAIL,
+        detail,
+        threshold=float(evidence.min_rows),
+        observed=float(evidence.rows_compared),
+    )
+
+
+def _skipped_for_evidence(policy: PromotionPolicy, evidence: Evidence) -> list[RuleResult]:
+    detail = f"skipped: insufficient evidence ({evidence.rows_compared} rows)"
+    return [
+        RuleResult(check.kind, metric, NOT_APPLICABLE, detail)
+        for metric, rule in policy.change_thresholds.items()
+        for check in _CHANGE_CHECKS
+        if getattr(rule, check.threshold_name) is not None
+    ]
+
+
 def _change_rules(
-    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    policy: PromotionPolicy,
+    evidence: Evidence | None = None,
 ) -> list[RuleResult]:
-    """Every change threshold of the policy, per metric: absolute first, then relative."""
+    """Every change threshold of the policy, per metric: absolute first, then relative, each
+    followed by its confidence check when ``min_confidence`` is set."""
     results = []
     for metric, rule in policy.change_thresholds.items():
         for check in _CHANGE_CHECKS:
             threshold = getattr(rule, check.threshold_name)
-            if threshold is not None:
-                results.append(_change_rule(check, threshold, metric, challenger, champion, policy))
+            if threshold is None:
+                continue
+            result = _change_rule(check, threshold, metric, challenger, champion, policy)
+            results.append(result)
+            if rule.min_confidence is not None and result.verdict != NOT_APPLICABLE:
+                results.append(
+                    _confidence_rule(
+                        check, threshold, metric, rule.min_confidence, result, policy, evidence
+                    )
+                )
     return results
+
+
+def _confidence_rule(
+    check: _ChangeCheck,
+    threshold: float,
+    metric: str,
+    level: float,
+    point: RuleResult,
+    policy: PromotionPolicy,
+    evidence: Evidence | None,
+) -> RuleResult:
+    """The improvement's bound from the difference interval at ``level`` vs the threshold."""
+    kind = f"{check.kind}.confidence"
+    bounds = None if evidence is None else evidence.difference_bounds.get(metric)
+    if bounds is None or abs(float(bounds.get("confidence", -1)) - level) > 1e-12:
+        why = (evidence.interval_error if evidence is not None else None) or "none was computed"
+        detail = f"{metric}: no {level:g} interval of the difference ({why}): fail closed"
+        return RuleResult(kind, metric, FAIL, detail, threshold=threshold)
+    direction = policy.direction_of(metric)
+    if direction == Direction.HIGHER:
+        bound, side = float(bounds["low"]), "low"
+    else:
+        bound, side = -float(bounds["high"]), "high"
+    if check.kind == "change.relative":
+        if point.champion is None or point.champion == 0.0:
+            detail = f"{metric}: relative confidence check not applicable (champion value 0)"
+            return RuleResult(kind, metric, NOT_APPLICABLE, detail, threshold=threshold)
+        bound /= abs(point.champion)
+    ok = bound >= threshold - policy.float_tolerance
+    detail = (
+        f"{metric}: {check.measure} at the {side} end of the {level:g} interval "
+        f"{_fmt(bound)} ({direction.value} is better; difference interval "
+        f"[{_fmt(float(bounds['low']))}, {_fmt(float(bounds['high']))}]) "
+        f"{'>=' if ok else '<'} {check.threshold_name} {_fmt(threshold)}"
+    )
+    return RuleResult(
+        kind,
+        metric,
+        PASS if ok else FAIL,
+        detail,
+        point.challenger,
+        point.champion,
+        threshold,
+        observed=bound,
+    )
 
 
 def _change_rule(
@@ -538,10 +695,19 @@ def _reason(
     failed = [r for r in rules if r.verdict == FAIL and r.rule != "tie"]
     passed = [r for r in rules if r.verdict == PASS and r.rule != "tie"]
     not_applicable = [
-        r for r in rules if r.verdict == NOT_APPLICABLE and not r.detail.startswith("first model")
+        r
+        for r in rules
+        if r.verdict == NOT_APPLICABLE
+        and not r.detail.startswith(("first model", "skipped: insufficient evidence"))
     ]
     prefix = "first model (no champion): " if first_model else ""
-    if failed:
+    evidence = next((r for r in failed if r.rule == "evidence"), None)
+    if evidence is not None:
+        others = dict.fromkeys(r.detail for r in failed if r is not evidence)
+        text = "not promoted: " + evidence.detail
+        if others:
+            text += "; also failed: " + "; ".join(others)
+    elif failed:
         details = dict.fromkeys(r.detail for r in failed)  # one line per distinct problem
         text = f"not promoted: {prefix}{len(failed)} rule(s) failed: " + "; ".join(details)
         if tie:

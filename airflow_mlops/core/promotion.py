@@ -239,9 +239,17 @@ def reevaluator(
             champion_alias=evaluation.get("champion_alias", "champion"),
             champion=champion,
             trust=trust(),
+            **_comparison_settings(evaluation),
         ).record
 
     return reevaluate
+
+
+def _comparison_settings(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``evaluation.on``/``min_rows`` the first evaluation used (absent: the defaults)."""
+    on = (evaluation.get("comparison") or {}).get("on")
+    settings = {"on": on, "min_rows": evaluation.get("min_rows")}
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 # -- record ---------------------------------------------------------------------------------

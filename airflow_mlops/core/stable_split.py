@@ -55,6 +55,7 @@ __all__ = [
     "HASH_SCHEME",
     "StableSplit",
     "check_split_classes",
+    "hash_positions",
     "hashed_columns",
     "holdout_mask",
     "holdout_mask_for_keys",
@@ -129,17 +130,25 @@ def hashed_columns(frame: pd.DataFrame, key_columns: Sequence[str] | None) -> li
     return columns
 
 
-def row_keys(frame: pd.DataFrame, key_columns: Sequence[str] | None = None) -> np.ndarray:
+def row_keys(
+    frame: pd.DataFrame,
+    key_columns: Sequence[str] | None = None,
+    *,
+    by_content: bool | None = None,
+) -> np.ndarray:
     """Stable 64-bit id (``uint64``) of each row, from ``key_columns`` or the row's content.
 
     Key columns must have no nulls (a null key cannot identify a row: the error names the
-    column and how many); content hashing accepts nulls. See the module docstring for what
-    the key is stable to.
+    column and how many); content hashing accepts nulls. ``by_content=True`` hashes the
+    given ``key_columns`` (sorted, as recorded) as content, nulls accepted, without copying
+    them out of a wider frame. See the module docstring for what the key is stable to.
     """
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"row_keys needs a pandas DataFrame, got {type(frame).__name__}")
+    if by_content is None:
+        by_content = key_columns is None
     columns = hashed_columns(frame, key_columns)
-    if key_columns is not None:
+    if not by_content:
         for column in columns:
             nulls = int(frame[column].isna().sum())
             if nulls:
@@ -229,13 +238,19 @@ def _objects(series: pd.Series, nulls: np.ndarray) -> np.ndarray:
     return out
 
 
+def hash_positions(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Each key's position in ``[0, 2**53)`` under ``seed`` (``uint64``): the split holds a
+    row out at fraction ``f`` iff its position is below ``f * 2**53``. A seeded sample of
+    exactly ``k`` rows (the ``k`` lowest positions) uses it too."""
+    seed_value = _mix64(np.array([_validate_seed(seed) ^ _SEED_SALT], dtype=np.uint64))[0]
+    return _mix64(np.asarray(keys, dtype=np.uint64) ^ seed_value) >> np.uint64(11)
+
+
 def holdout_mask_for_keys(keys: np.ndarray, holdout_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the held-out rows for precomputed :func:`row_keys`."""
     fraction = _validate_fraction(holdout_fraction)
-    seed_value = _mix64(np.array([_validate_seed(seed) ^ _SEED_SALT], dtype=np.uint64))[0]
-    mixed = _mix64(np.asarray(keys, dtype=np.uint64) ^ seed_value)
     # Top 53 bits as an exact double in [0, 1): the threshold compare has no rounding.
-    return (mixed >> np.uint64(11)).astype(np.float64) < fraction * 2.0**53
+    return hash_positions(keys, seed).astype(np.float64) < fraction * 2.0**53
 
 
 def holdout_mask(
@@ -350,8 +365,13 @@ class StableSplit:
         columns = hashed_columns(frame, key_columns)
         return cls(float(holdout_fraction), int(seed), tuple(columns), key_columns is None)
 
+    def keys(self, frame: pd.DataFrame) -> np.ndarray:
+        """:func:`row_keys` of the recorded columns; content hashing accepts nulls there
+        (a missing feature value), key columns do not."""
+        return row_keys(frame, list(self.key_columns), by_content=self.by_content)
+
     def holdout(self, frame: pd.DataFrame) -> np.ndarray:
-        return holdout_mask(frame, self.holdout_fraction, self.seed, list(self.key_columns))
+        return holdout_mask_for_keys(self.keys(frame), self.holdout_fraction, self.seed)
 
     def trained_on(
         self, frame: pd.DataFrame, in_training_data: np.ndarray | None = None
@@ -362,6 +382,7 @@ class StableSplit:
             self.seed,
             self.holdout_fraction,
             in_training_data=in_training_data,
+            keys=self.keys(frame),
         )
 
     def to_tags(self) -> dict[str, str]:

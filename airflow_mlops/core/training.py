@@ -1,6 +1,14 @@
 """Train a candidate model and record it in MLflow with everything needed to trust it.
 
-One call, :func:`train_model`, goes from a table URI to a finished MLflow run that holds:
+One call, :func:`train_model`, goes from a dataset URI (a file, a folder or prefix of
+Hive partitions, or a glob; read through the fsspec filesystem the caller passes, within
+the job's :class:`~airflow_mlops.core.data_window.DataWindow`) to a finished MLflow run
+that holds:
+
+- the manifest of the exact files read (artifact ``mlops/manifest.json``) and its content
+  hash as ``mlops.data.sha256`` / ``mlops.data.manifest_hash``, the file count and the
+  window; the hash split's settings (``mlops.split.*``), so the rows a model trained on can
+  be worked out later;
 
 - params and holdout metrics, logged in batches (``MlflowClient.log_batch``), never one
   request per value;
@@ -38,18 +46,21 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from sklearn.pipeline import Pipeline
 
-from airflow_mlops.core.errors import ConfigError, MlopsError
+from airflow_mlops.core.data_window import select_window, window_row_filter
+from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN, DataFile, read_files, resolve_files
+from airflow_mlops.core.errors import ConfigError, DataError, MlopsError
 from airflow_mlops.core.estimators import build_pipeline, build_search, pipeline_param_name
 from airflow_mlops.core.jsonsafe import json_safe
 from airflow_mlops.core.lineage import (
     HOLDOUT_METRIC_PREFIX,
+    MANIFEST_ARTIFACT_PATH,
     TAG_CONFIG_HASH,
     TAG_DATA_SHA256,
     TAG_DATA_URI,
@@ -69,6 +80,7 @@ from airflow_mlops.core.lineage import (
     config_hash,
     detect_git_commit,
 )
+from airflow_mlops.core.manifest import build_manifest
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
 from airflow_mlops.core.mlflow_client import get_or_create_experiment
 from airflow_mlops.core.storage import Storage, join_uri
@@ -83,6 +95,7 @@ from airflow_mlops.core.training_job import TrainingJob
 from airflow_mlops.core.training_logging import (
     MLFLOW_PARENT_RUN_ID,
     STAGE_TRAINING,
+    data_tags,
     lineage_tags,
     log_fitted_model,
     log_model_metrics,
@@ -90,6 +103,10 @@ from airflow_mlops.core.training_logging import (
     log_search_trials,
     run_params,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from fsspec import AbstractFileSystem
 
 __all__ = [
     "ARTIFACTS_URI_ENV",
@@ -99,7 +116,9 @@ __all__ = [
     "fail_leftover_runs",
     "kill_replayed_duplicates",
     "latest_finished",
+    "local_filesystem",
     "mark_run_failed",
+    "read_training_data",
     "result_from_run",
     "reuse_fingerprint",
     "runs_for_key",
@@ -150,8 +169,13 @@ def train_model(
     on_run_started: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     signing_key: bytes | None = None,
+    filesystem: AbstractFileSystem | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the holdout and log to MLflow; idempotent per ``context``.
+
+    ``filesystem`` reads ``config.train_uri`` (fsspec; the operator passes
+    ``StorageHook.get_filesystem(train_uri)``); default: the local filesystem, for local
+    URIs only. ``storage`` writes the holdout and the drift reference.
 
     The MLflow tracking URI must already point where ``client`` points (the MLflow hook's
     ``session()`` does both): ``mlflow.sklearn.log_model`` uses the process-wide URI.
@@ -161,8 +185,10 @@ def train_model(
     signed (:mod:`airflow_mlops.core.provenance`) before the run finishes.
 
     A finished run of the same task instance is reused only if it trained on the same data
-    (URI and sha256) with the same configuration: a task cleared and re-run after its data
-    file was fixed trains again.
+    (URI and manifest hash: the same bytes in the same files) with the same configuration:
+    a task cleared and re-run after its data was fixed, or after a new partition landed in
+    its window, trains again. The files are listed and hashed before that check; rows are
+    read only when training.
     """
     experiment_id = experiment_id or get_or_create_experiment(client, config.experiment_name)
     key = context.idempotency_key
@@ -171,8 +197,10 @@ def train_model(
     # Leftovers of killed tries are dead whatever happens next (even if reading fails).
     fail_leftover_runs(client, experiment_id, earlier)
     # Everything that can be wrong with the inputs is found from here, before any run exists.
-    table = storage.read_table(config.train_uri)
-    expected = reuse_fingerprint(config, table.sha256)
+    fs = filesystem if filesystem is not None else local_filesystem(config.train_uri)
+    files = select_window(resolve_files(fs, config.train_uri), config.window, end=config.window_end)
+    manifest = build_manifest(fs, files)
+    expected = reuse_fingerprint(config, manifest.content_hash)
     previous = latest_finished(earlier, expected)
     if previous is not None:
         log.info("Run %s already finished for key %s: reusing it.", previous.info.run_id, key)
@@ -184,7 +212,11 @@ def train_model(
             "training again.",
             stale,
         )
-    prepared = prepare_data(config, table.frame, table.sha256, table.rows)
+    frame = read_training_data(fs, config, files)
+    prepared = prepare_data(
+        config, frame, manifest.content_hash, len(frame), list(files[0].partition)
+    )
+    del frame  # the split's frames hold what training needs
     pipeline = build_pipeline(config, prepared.task, prepared.X_train, prepared.estimator)
     check_estimator_accepts_target(pipeline, prepared)
     search = build_search(config, pipeline, prepared.task) if config.search else None
@@ -194,6 +226,7 @@ def train_model(
         **{str(k): str(v) for k, v in config.extra_tags.items()},
         **context.as_tags(),
         **lineage_tags(config, prepared, artifacts_uri),
+        **data_tags(config, prepared, manifest),
         **expected,
     }
     commit = detect_git_commit(source_dir)
@@ -206,6 +239,7 @@ def train_model(
         on_run_started(run_id)
     stop = should_stop or (lambda: False)
     try:
+        client.log_text(run_id, manifest.to_json(), MANIFEST_ARTIFACT_PATH)
         result = _train_in_run(
             config,
             prepared,
@@ -305,6 +339,54 @@ def _raise_if_stopped(stop: Callable[[], bool]) -> None:
         raise TrainingInterrupted("training was interrupted (task killed); run marked FAILED")
 
 
+# -- Data -----------------------------------------------------------------------------------
+def local_filesystem(uri: str) -> AbstractFileSystem:
+    """The local fsspec filesystem, for a local ``uri``; a remote one needs the caller's."""
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(
+            f"train_uri {uri} is remote: pass its filesystem (TrainModelOperator takes it "
+            "from StorageHook.get_filesystem)"
+        )
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem()
+
+
+def read_training_data(
+    fs: AbstractFileSystem, config: TrainingJob, files: Sequence[DataFile]
+) -> pd.DataFrame:
+    """The rows of ``files`` (the window's), with each row's source file, read once.
+
+    Only the needed columns are read when ``features`` is set. A file whose size or
+    ETag/mtime changed since it was listed and hashed (rewritten while training started)
+    fails the read, naming it: the manifest must describe the bytes trained on.
+    """
+    frame = read_files(
+        fs,
+        files,
+        columns=_columns_to_read(config),
+        row_filter=window_row_filter(config.window, end=config.window_end),
+        source_column=SOURCE_FILE_COLUMN,
+    )
+    listed = {f.path: f.stat_key() for f in resolve_files(fs, config.train_uri)}
+    changed = [f.path for f in files if listed.get(f.path) != f.stat_key()]
+    if changed:
+        raise DataError(
+            f"data files {changed[:5]} changed or disappeared while they were read: "
+            "the manifest would not describe the rows; retry once the writer is done"
+        )
+    return frame
+
+
+def _columns_to_read(config: TrainingJob) -> list[str] | None:
+    if config.features is None:
+        return None
+    wanted = [*config.features, config.target, *(config.key or ())]
+    if config.time_column:
+        wanted.append(config.time_column)
+    return list(dict.fromkeys(wanted))
+
+
 # -- Idempotency ----------------------------------------------------------------------------
 def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any]:
     """Training runs (any status) carrying the idempotency ``key``, newest first; one request."""
@@ -320,7 +402,8 @@ def runs_for_key(client: MlflowClient, experiment_id: str, key: str) -> list[Any
 
 def reuse_fingerprint(config: TrainingJob, data_sha256: str) -> dict[str, str]:
     """The tags a finished run must carry, exactly, to be reused for ``config``: the data
-    (URI and sha256), the training configuration and, when given, the pipeline's."""
+    (URI and manifest content hash), the training configuration and, when given, the
+    pipeline's."""
     fingerprint = {
         TAG_DATA_URI: config.train_uri,
         TAG_DATA_SHA256: data_sha256,

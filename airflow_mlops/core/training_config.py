@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -27,6 +28,7 @@ from airflow_mlops.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ESTIMATORS",
+    "STRATIFY_REFUSED",
     "SearchConfig",
     "TrainingConfig",
     "describe_callable",
@@ -38,6 +40,13 @@ DEFAULT_ESTIMATORS = {
     "classification": "sklearn.ensemble.RandomForestClassifier",
     "regression": "sklearn.ensemble.RandomForestRegressor",
 }
+
+#: Why ``stratify`` is refused wherever it is set (YAML ``training:``, operator arguments).
+STRATIFY_REFUSED = (
+    "stratify cannot be honoured: the train/holdout split is hash-based (a row's side "
+    "depends only on its key and the seed, so that it stays on that side in later runs); "
+    "remove it. Each side is checked to hold at least two classes."
+)
 
 Task = Literal["classification", "regression"]
 CodeSpec = str | SkipJsonSchema[Callable[..., Any]] | None
@@ -91,9 +100,14 @@ class TrainingConfig(_Strict):
         description="'default' (impute, one-hot categoricals), 'none' or a dotted path to "
         "f(X) -> transformer.",
     )
-    holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Share of rows held out.")
+    holdout_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Share of rows held out, by row hash (about this share: each row's side "
+        "is decided by its key alone).",
+    )
     seed: int = Field(42, description="Seed of the split, CV folds and search.")
-    stratify: bool = Field(True, description="Stratify the random split (classification).")
     time_column: str | None = Field(None, description="Out-of-time holdout on this column.")
     search: SearchConfig | None = None
     experiment_name: str | None = Field(None, description="Default: 'mlops/<pipeline name>'.")
@@ -101,6 +115,13 @@ class TrainingConfig(_Strict):
     _numbers_are_not_booleans = field_validator("holdout_fraction", "seed", mode="before")(
         classmethod(lambda cls, value: _not_boolean(value))
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_stratify(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "stratify" in values:
+            raise ValueError(STRATIFY_REFUSED)
+        return values
 
     @field_serializer("estimator", "preprocessing")
     def _code_as_text(self, value: Any) -> str | None:

@@ -3,10 +3,16 @@
 :func:`prepare_data` selects the feature columns, checks the target (present, no missing
 value, two classes or a numeric target), refuses infinite values and empty feature columns,
 learns the task (:func:`resolve_task`: the setting, else the estimator's kind, else the
-target) and cuts the holdout (:func:`split_data`: random, stratified for classification, or
-out-of-time on a time column), failing with the numbers when the data is too small.
+target) and cuts the holdout (:func:`split_data`: by row hash, see
+:mod:`~airflow_mlops.core.stable_split`, or out-of-time on a time column), failing with the
+actual counts when the data is too small or a side holds a single class.
 :func:`holdout_frame` and :func:`reference_frame` are the two tables training writes for
 evaluation and drift monitoring.
+
+Rows carry their source file in :data:`~airflow_mlops.core.datasets.SOURCE_FILE_COLUMN`;
+it and the Hive partition columns are never features unless ``features`` lists a partition
+column. The window's row cap (``window.max_rows``) is applied here, by the same row keys
+as the split (:func:`cap_rows`), so which rows a run kept can be recomputed.
 """
 
 from __future__ import annotations
@@ -19,12 +25,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import is_classifier, is_regressor
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
+from airflow_mlops.core.data_window import DataWindow, sample_mask
+from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
 from airflow_mlops.core.errors import ConfigError, DataError
 from airflow_mlops.core.estimators import final_estimator, resolve_estimator
 from airflow_mlops.core.metrics import infer_task
+from airflow_mlops.core.stable_split import (
+    StableSplit,
+    check_split_classes,
+    holdout_mask_for_keys,
+    row_keys,
+)
 from airflow_mlops.core.training_config import DEFAULT_ESTIMATORS, SearchConfig, describe_callable
 from airflow_mlops.core.training_job import SplitPolicy, TrainingJob
 
@@ -32,6 +45,7 @@ __all__ = [
     "MIN_HOLDOUT_ROWS",
     "MIN_TRAIN_ROWS",
     "PreparedData",
+    "cap_rows",
     "check_estimator_accepts_target",
     "check_features_have_values",
     "check_finite",
@@ -67,17 +81,37 @@ class PreparedData:
     time_cutoff: str | None = None
     #: The estimator built to learn the task, when it was built before the split.
     estimator: Any = None
+    #: The hash split's settings (``None`` for the time split): logged as ``mlops.split.*``.
+    split: StableSplit | None = None
+    #: Holdout columns kept beside features and target: the source file of each row and the
+    #: hashed columns that are not features, so evaluation can recompute row keys.
+    holdout_extra: pd.DataFrame | None = None
+    #: The row cap's cut (:func:`cap_rows`), ``None`` when every row of the window was kept.
+    sample_fraction: float | None = None
 
 
-def prepare_data(config: TrainingJob, frame: pd.DataFrame, sha256: str, rows: int) -> PreparedData:
-    """Select columns, check the target, infer the task and split. Raises before any run."""
+def prepare_data(
+    config: TrainingJob,
+    frame: pd.DataFrame,
+    sha256: str,
+    rows: int,
+    partition_columns: tuple[str, ...] | list[str] = (),
+) -> PreparedData:
+    """Select columns, check the target, infer the task, cap and split. Raises before any run.
+
+    ``partition_columns`` are the dataset's Hive partition keys (read as string columns):
+    not features unless ``features`` names them.
+    """
     columns = [str(c) for c in frame.columns]
     if config.target not in columns:
         raise DataError(
             f"target column {config.target!r} is not in {config.train_uri} "
             f"(columns: {columns[:50]})"
         )
-    features = select_features(config, columns)
+    features = select_features(config, columns, partition_columns)
+    hashed = list(config.key) if config.key else sorted({*features, config.target})
+    frame, sample_fraction = cap_rows(frame, config.window, hashed, by_content=not config.key)
+    rows = len(frame) if sample_fraction is not None else rows
     target = frame[config.target]
     null_targets = int(target.isna().sum())
     if null_targets:
@@ -87,7 +121,7 @@ def prepare_data(config: TrainingJob, frame: pd.DataFrame, sha256: str, rows: in
         )
     estimator = None
     if config.task is None and config.estimator is not None:
-        # Built before the split: its kind decides stratification; reused for the pipeline.
+        # Built before the split: its kind decides the task; reused for the pipeline.
         estimator = resolve_estimator(
             config.estimator, "classification", dict(config.params), config.allowed_modules
         )
@@ -95,23 +129,68 @@ def prepare_data(config: TrainingJob, frame: pd.DataFrame, sha256: str, rows: in
     check_target(task, target, config.target)
     check_finite(frame, [*features, config.target], config.train_uri)
     if config.preprocessing == "default":
-        _check_default_preprocessing_supports(frame[features])
-    X_train, y_train, X_holdout, y_holdout, cutoff = split_data(
-        frame, features, config.target, task, config.split, config.search
+        _check_default_preprocessing_supports(frame, features)
+    # Before the split too: an empty column is named as such, not as a split too small
+    # (rows that differ only by missing values share their hash, hence their side).
+    check_features_have_values(frame, config.train_uri, features)
+    split = None
+    if config.split.time_column is None:
+        # The columns as recorded: data.key in order, else the content columns sorted.
+        split = StableSplit(
+            float(config.split.holdout_fraction),
+            int(config.split.seed),
+            tuple(hashed),
+            not config.key,
+        )
+    train, holdout, cutoff = split_data(
+        frame, features, config.target, task, config.split, config.search, split
     )
+    X_train = _renumbered(train[features])
+    y_train = _renumbered(train[config.target])
+    del train  # one copy of the training rows at a time
     check_features_have_values(X_train, config.train_uri)
+    kept = [c for c in (split.key_columns if split else ()) if c not in {*features, config.target}]
+    if SOURCE_FILE_COLUMN in holdout.columns:
+        kept.append(SOURCE_FILE_COLUMN)
     return PreparedData(
         task=task,
         features=features,
         X_train=X_train,
         y_train=y_train,
-        X_holdout=X_holdout,
-        y_holdout=y_holdout,
+        X_holdout=holdout[features].reset_index(drop=True),
+        y_holdout=holdout[config.target].reset_index(drop=True),
         data_sha256=sha256,
         data_rows=rows,
         time_cutoff=cutoff,
         estimator=estimator,
+        split=split,
+        holdout_extra=holdout[kept].reset_index(drop=True) if kept else None,
+        sample_fraction=sample_fraction,
     )
+
+
+def _renumbered(data: Any) -> Any:
+    """``data`` (a fresh selection) indexed 0..n-1 in place: reset_index would copy it."""
+    data.index = pd.RangeIndex(len(data))
+    return data
+
+
+def cap_rows(
+    frame: pd.DataFrame, window: DataWindow, hashed: list[str], *, by_content: bool
+) -> tuple[pd.DataFrame, float | None]:
+    """At most ``window.max_rows`` rows, kept by the hash of the split's columns
+    (:func:`~airflow_mlops.core.data_window.sample_mask`), and the cut as a fraction
+    (``None``: no cap applied). The same keys as the split: a row kept in one run is kept in
+    another of the same window settings whenever the cut allows."""
+    if not window.max_rows or len(frame) <= window.max_rows:
+        return frame, None
+    missing = [c for c in hashed if c not in frame.columns]
+    if missing:
+        raise DataError(f"data.key column(s) {missing} are not in the data")
+    keys = row_keys(frame, hashed, by_content=by_content)
+    mask, fraction = sample_mask(keys, window)
+    log.info("Row cap: kept %d of %d rows (%s).", int(mask.sum()), len(frame), window.describe())
+    return frame[mask], fraction
 
 
 def resolve_task(config: TrainingJob, target: pd.Series, estimator: Any = None) -> str:
@@ -147,14 +226,22 @@ def resolve_task(config: TrainingJob, target: pd.Series, estimator: Any = None) 
     return task
 
 
-def select_features(config: TrainingJob, columns: list[str]) -> list[str]:
-    """``features`` if given, else every column but target, ``exclude`` and the time column."""
+def select_features(
+    config: TrainingJob, columns: list[str], partition_columns: tuple[str, ...] | list[str] = ()
+) -> list[str]:
+    """``features`` if given, else every column but target, ``exclude``, the time column, the
+    partition columns and the source-file column."""
     time_column = config.split.time_column
     if time_column is not None and time_column not in columns:
         raise DataError(
             f"training.time_column {time_column!r} is not in {config.train_uri} (columns: {columns[:50]})"
         )
     if config.features is not None:
+        if SOURCE_FILE_COLUMN in config.features:
+            raise ConfigError(
+                f"features must not list {SOURCE_FILE_COLUMN!r}: it names each row's source "
+                "file, which is no signal a model can use on new data"
+            )
         missing = [f for f in config.features if f not in columns]
         if missing:
             raise DataError(
@@ -162,7 +249,7 @@ def select_features(config: TrainingJob, columns: list[str]) -> list[str]:
             )
         features = list(dict.fromkeys(config.features))
     else:
-        dropped = {config.target, *config.exclude}
+        dropped = {config.target, *config.exclude, *partition_columns, SOURCE_FILE_COLUMN}
         if time_column is not None:
             dropped.add(time_column)
         features = [c for c in columns if c not in dropped]
@@ -208,11 +295,15 @@ def check_finite(frame: pd.DataFrame, columns: list[str], uri: str) -> None:
         )
 
 
-def check_features_have_values(X_train: pd.DataFrame, uri: str) -> None:
-    """Refuse feature columns with no value in the training rows. The imputers would drop
-    them silently (or scikit-learn would fail on "0 features" when none is left), and an
-    empty column is almost always a broken upstream load, not a signal."""
-    empty = [str(c) for c in X_train.columns if not X_train[c].notna().any()]
+def check_features_have_values(
+    X_train: pd.DataFrame, uri: str, columns: list[str] | None = None
+) -> None:
+    """Refuse feature columns (``columns``, default all) with no value in the training rows.
+    The imputers would drop them silently (or scikit-learn would fail on "0 features" when
+    none is left), and an empty column is almost always a broken upstream load, not a
+    signal. Columns are checked in place, never copied out."""
+    names = X_train.columns if columns is None else columns
+    empty = [str(c) for c in names if not X_train[c].notna().any()]
     if empty:
         raise DataError(
             f"feature columns {empty[:50]} of {uri} have no value in any of the "
@@ -220,11 +311,12 @@ def check_features_have_values(X_train: pd.DataFrame, uri: str) -> None:
         )
 
 
-def _check_default_preprocessing_supports(X: pd.DataFrame) -> None:
+def _check_default_preprocessing_supports(frame: pd.DataFrame, features: list[str]) -> None:
     unsupported = [
         c
-        for c in X.columns
-        if pd.api.types.is_datetime64_any_dtype(X[c]) or pd.api.types.is_timedelta64_dtype(X[c])
+        for c in features
+        if pd.api.types.is_datetime64_any_dtype(frame[c])
+        or pd.api.types.is_timedelta64_dtype(frame[c])
     ]
     if unsupported:
         raise ConfigError(
@@ -240,36 +332,39 @@ def split_data(
     task: str,
     policy: SplitPolicy,
     search: SearchConfig | None,
-) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series, str | None]:
-    """Cut the holdout; fail with the numbers when the data is too small to split."""
+    split: StableSplit | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """``(training rows, holdout rows, time cutoff)``: by ``split`` (row hash) or, without
+    it, by ``policy.time_column``; fail with the actual counts when a side is too small."""
     n = len(frame)
-    n_holdout = math.ceil(n * policy.holdout_fraction)
     min_train = max(MIN_TRAIN_ROWS, search.cv if search else 0)
-    if n_holdout < MIN_HOLDOUT_ROWS or n - n_holdout < min_train:
-        raise DataError(
-            f"dataset too small to split: {n} rows with training.holdout_fraction "
-            f"{policy.holdout_fraction} leave {n - n_holdout} training and {n_holdout} holdout "
-            f"rows; need at least {min_train} training and {MIN_HOLDOUT_ROWS} holdout rows"
-        )
-    if policy.time_column is not None:
+    if split is None:
+        n_holdout = math.ceil(n * policy.holdout_fraction)
+        _check_sizes(n - n_holdout, n_holdout, min_train, policy, "")
         train, holdout, cutoff = _split_by_time(frame, policy, n_holdout)
     else:
-        stratify = frame[target] if task == "classification" and policy.stratify else None
-        if stratify is not None:
-            _check_stratifiable(stratify, n_holdout, n - n_holdout, target)
-        train, holdout = train_test_split(
-            frame, test_size=n_holdout, random_state=policy.seed, stratify=stratify
-        )
-        cutoff = None
+        mask = holdout_mask_for_keys(split.keys(frame), split.holdout_fraction, split.seed)
+        n_holdout = int(mask.sum())
+        _check_sizes(n - n_holdout, n_holdout, min_train, policy, " (hash split)")
+        if task == "classification":
+            check_split_classes(frame[target].to_numpy(), mask, target)
+        # Training rows need only the model's columns; holdout rows keep every column.
+        train, holdout, cutoff = frame.loc[~mask, [*features, target]], frame[mask], None
     if task == "classification":
         _check_training_classes(train[target], target, search)
-    return (
-        train[features].reset_index(drop=True),
-        train[target].reset_index(drop=True),
-        holdout[features].reset_index(drop=True),
-        holdout[target].reset_index(drop=True),
-        cutoff,
-    )
+    return train, holdout, cutoff
+
+
+def _check_sizes(
+    n_train: int, n_holdout: int, min_train: int, policy: SplitPolicy, how: str
+) -> None:
+    if n_holdout < MIN_HOLDOUT_ROWS or n_train < min_train:
+        raise DataError(
+            f"dataset too small to split: {n_train + n_holdout} rows with "
+            f"training.holdout_fraction {policy.holdout_fraction} give {n_train} training "
+            f"and {n_holdout} holdout rows{how}; need at least {min_train} training and "
+            f"{MIN_HOLDOUT_ROWS} holdout rows"
+        )
 
 
 def _split_by_time(
@@ -291,23 +386,6 @@ def _split_by_time(
     return train, holdout, str(cutoff)
 
 
-def _check_stratifiable(y: pd.Series, n_holdout: int, n_train: int, target: str) -> None:
-    counts = y.value_counts()
-    rare = counts[counts < 2]
-    if len(rare):
-        raise DataError(
-            f"dataset too small to split: class(es) {list(rare.index)[:10]} of target "
-            f"{target!r} have a single row; a stratified split needs 2 rows per class "
-            "(add data, or set stratify to false: training.stratify in a pipeline file)"
-        )
-    if n_holdout < len(counts) or n_train < len(counts):
-        raise DataError(
-            f"dataset too small to split: {len(counts)} classes need at least that many rows "
-            f"on each side, got {n_train} training and {n_holdout} holdout rows "
-            "(raise training.holdout_fraction or add data)"
-        )
-
-
 def _check_training_classes(y_train: pd.Series, target: str, search: SearchConfig | None) -> None:
     counts = y_train.value_counts()
     if len(counts) < 2:
@@ -323,9 +401,13 @@ def _check_training_classes(y_train: pd.Series, target: str, search: SearchConfi
 
 
 def holdout_frame(prepared: PreparedData, target: str) -> pd.DataFrame:
-    """Features and target of the holdout, exactly the rows the metrics were computed on."""
+    """Features and target of the holdout, exactly the rows the metrics were computed on,
+    then the hashed columns that are not features and each row's source file."""
     frame = prepared.X_holdout.copy()
     frame[target] = prepared.y_holdout.to_numpy()
+    if prepared.holdout_extra is not None:
+        for column in prepared.holdout_extra.columns:
+            frame[column] = prepared.holdout_extra[column].to_numpy()
     return frame
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from airflow_mlops.core.data_window import DataWindow
 from airflow_mlops.core.training_config import TrainingConfig, build
 
 __all__ = ["SplitPolicy", "TrainingJob"]
@@ -34,9 +35,18 @@ class TrainingJob(TrainingConfig):
     ``"default"`` (median impute numerics, most-frequent impute + one-hot categoricals),
     ``None``/``"none"`` (the estimator gets the raw columns), or a dotted path / callable
     ``f(X: DataFrame) -> transformer``.
+
+    ``train_uri`` names a file, a folder or prefix (Hive partitions included) or a glob;
+    ``window`` picks the partitions (and caps the rows) read, ``window_end`` is the newest
+    partition or time it may include (default: the newest there is); ``key`` names the
+    columns whose hash puts a row in training or holdout (default: the model's feature and
+    target columns).
     """
 
     train_uri: str = Field(pattern=r"\S")
+    window: DataWindow = Field(default_factory=DataWindow)
+    window_end: str | None = None
+    key: list[str] | None = Field(None, min_length=1)
     target: str = Field(pattern=r"\S")
     experiment_name: str = Field(pattern=r"\S")  # type: ignore[assignment]
     model_name: str | None = None
@@ -51,6 +61,15 @@ class TrainingJob(TrainingConfig):
     #: More modules dotted paths may name, from ``[mlops] allowed_estimator_modules``.
     allowed_modules: tuple[str, ...] = ()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_end_is_none(cls, values: Any) -> Any:
+        # A template that renders to "" or "None" (no triggering partition: an absent XCom or
+        # conf value) means "the newest".
+        if isinstance(values, Mapping) and values.get("window_end") in ("", "None"):
+            return {**values, "window_end": None}
+        return values
+
     @model_validator(mode="after")
     def _target_is_no_feature(self) -> TrainingJob:
         if self.features is not None and self.target in self.features:
@@ -63,7 +82,9 @@ class TrainingJob(TrainingConfig):
 
     @property
     def split(self) -> SplitPolicy:
-        return SplitPolicy(self.holdout_fraction, self.seed, self.stratify, self.time_column)
+        return SplitPolicy(
+            self.holdout_fraction, self.seed, self.time_column, tuple(self.key or ()) or None
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """JSON-safe description of the configuration (for ``mlops.config_hash``); the run's
@@ -73,16 +94,18 @@ class TrainingJob(TrainingConfig):
 
 @dataclass(frozen=True)
 class SplitPolicy:
-    """How the holdout is cut (the split fields of :class:`TrainingConfig`).
+    """How the holdout is cut (the split fields of :class:`TrainingConfig`, plus ``data.key``).
 
-    Random split: ``holdout_fraction`` of the rows, drawn with ``seed``, stratified by the
-    target for classification (unless ``stratify`` is false). Out-of-time split: with
-    ``time_column``, the latest ``holdout_fraction`` of rows by time are held out and every
-    training row is strictly earlier than every holdout row; the time column is not a
-    feature unless listed in ``features``.
+    Hash split (:mod:`airflow_mlops.core.stable_split`): a row is held out when the hash of
+    its ``key`` columns (default: the model's feature and target columns) mixed with
+    ``seed`` falls in the lowest ``holdout_fraction`` of the range, so about that share is
+    held out and a row keeps its side in every run with the same settings. Out-of-time
+    split: with ``time_column``, the latest ``holdout_fraction`` of rows by time are held out
+    and every training row is strictly earlier than every holdout row; the time column is
+    not a feature unless listed in ``features``.
     """
 
     holdout_fraction: float
     seed: int
-    stratify: bool
     time_column: str | None
+    key: tuple[str, ...] | None = None

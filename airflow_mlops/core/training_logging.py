@@ -3,6 +3,8 @@
 - :func:`lineage_tags`: the tags known before the fit (data URI and hash, holdout and
   reference URIs, target, task, estimator, split); the tag names are
   :mod:`airflow_mlops.core.lineage`'s ``TAG_*`` constants.
+- :func:`data_tags`: what was read (manifest hash, file count, window, row-cap fraction)
+  and the hash split's settings (``mlops.split.*``), the contract evaluation reads.
 - :func:`run_params`: the estimator's effective params and the configuration's key choices.
 - :func:`log_search_trials`: one nested, finished run per search candidate.
 - :func:`log_fitted_model`: the fitted pipeline with signature, input example and
@@ -22,7 +24,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -35,9 +37,13 @@ from airflow_mlops.core.estimators import default_scoring, final_estimator, is_e
 from airflow_mlops.core.jsonsafe import json_safe
 from airflow_mlops.core.lineage import (
     MODEL_ARTIFACT_NAME,
+    TAG_DATA_FILES,
+    TAG_DATA_MANIFEST_HASH,
     TAG_DATA_ROWS,
+    TAG_DATA_SAMPLE_FRACTION,
     TAG_DATA_SHA256,
     TAG_DATA_URI,
+    TAG_DATA_WINDOW,
     TAG_ESTIMATOR,
     TAG_FEATURES,
     TAG_FEATURES_URI,
@@ -57,10 +63,14 @@ from airflow_mlops.core.training_config import DEFAULT_ESTIMATORS, describe_call
 from airflow_mlops.core.training_data import PreparedData
 from airflow_mlops.core.training_job import TrainingJob
 
+if TYPE_CHECKING:
+    from airflow_mlops.core.manifest import Manifest
+
 __all__ = [
     "MLFLOW_PARENT_RUN_ID",
     "STAGE_TRAINING",
     "STAGE_TRIAL",
+    "data_tags",
     "lineage_tags",
     "log_fitted_model",
     "log_model_metrics",
@@ -100,12 +110,28 @@ def lineage_tags(config: TrainingJob, prepared: PreparedData, artifacts_uri: str
     if len(features_json) <= MAX_TAG_VAL_LENGTH:
         tags[TAG_FEATURES] = features_json
     else:
-        # Too long for a tag: the holdout file's columns are the features plus the target.
-        tags[TAG_FEATURES_URI] = join_uri(artifacts_uri, "holdout.parquet")
+        # Too long for a tag: the reference file's columns are exactly the features, in
+        # order (the holdout also carries the target, the source file and hashed columns).
+        tags[TAG_FEATURES_URI] = join_uri(artifacts_uri, "reference.parquet")
     if config.model_name:
         tags[TAG_MODEL_NAME] = config.model_name
     if prepared.time_cutoff is not None:
         tags[TAG_SPLIT_TIME_CUTOFF] = prepared.time_cutoff
+    return tags
+
+
+def data_tags(config: TrainingJob, prepared: PreparedData, manifest: Manifest) -> dict[str, str]:
+    """The files read (``mlops.data.*``) and the hash split's settings (``mlops.split.*``;
+    none for the time split)."""
+    tags = {
+        TAG_DATA_MANIFEST_HASH: manifest.content_hash,
+        TAG_DATA_FILES: str(len(manifest.files)),
+        TAG_DATA_WINDOW: config.window.describe(),
+    }
+    if prepared.sample_fraction is not None:
+        tags[TAG_DATA_SAMPLE_FRACTION] = repr(prepared.sample_fraction)
+    if prepared.split is not None:
+        tags.update(prepared.split.to_tags())
     return tags
 
 
@@ -127,7 +153,8 @@ def run_params(config: TrainingJob, prepared: PreparedData, fitted: Pipeline) ->
             "holdout_rows": len(prepared.X_holdout),
             "split.holdout_fraction": config.split.holdout_fraction,
             "split.seed": config.split.seed,
-            "split.stratify": config.split.stratify,
+            "split.key": json.dumps(config.key) if config.key else None,
+            "data.window": config.window.describe(),
             "split.time_column": config.split.time_column,
         }
     )

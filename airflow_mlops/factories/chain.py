@@ -8,14 +8,23 @@ Construction does no I/O and imports no ML library (operators are imported when 
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import task
+from airflow.sdk import Asset, task
 
-from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH
+from airflow_mlops.core.lineage import TAG_PIPELINE, TAG_PIPELINE_CONFIG_HASH, TAG_TRIGGER
+from airflow_mlops.core.values import is_templated
 from airflow_mlops.factories.config import PipelineConfig
 
-__all__ = ["CT_STEPS", "single_model_chain", "summary_task"]
+__all__ = [
+    "CT_STEPS",
+    "new_data_asset",
+    "single_model_chain",
+    "summary_task",
+    "train_uri_field",
+]
 
 #: The steps of one model's CT chain, in order; the summary reports them (plus ``predict``).
 CT_STEPS = (
@@ -46,25 +55,37 @@ def single_model_chain(
     """
     prefixes = data_prefixes if data_prefixes is not None else config.allowed_data_prefixes
     from airflow_mlops.factories.promotion import promotion_tasks
-    from airflow_mlops.operators.changes import DetectChangesOperator
+    from airflow_mlops.operators.changes import (
+        TRIGGER_TAG_XCOM_KEY,
+        WINDOW_END_XCOM_KEY,
+        DetectChangesOperator,
+    )
     from airflow_mlops.operators.training import TrainModelOperator
     from airflow_mlops.operators.validation import DataValidationOperator
 
     fingerprint = config.fingerprint()
+    asset = new_data_asset(config)
     detect = DetectChangesOperator(
         task_id="detect_changes",
         train_uri=train_uri,
         model_name=model,
         config_hash=fingerprint,
+        window=config.data.window,
+        new_data_asset_uri=asset.uri if asset is not None else None,
         allowed_data_prefixes=prefixes,
         **conns,
     )
+    # The window ends with the partition a new-data event announced (else the newest);
+    # detect_changes reads the event, validate and train read its XCom.
+    window_end = _detect_xcom(detect.task_id, WINDOW_END_XCOM_KEY)
     chain: list[Any] = [detect]
     if config.validation.enabled and config.validation.suite:
         chain.append(
             DataValidationOperator(
                 task_id="validate",
                 data_uri=train_uri,
+                window=config.data.window,
+                window_end=window_end,
                 suite=config.validation.suite,
                 on_failure=config.validation.on_failure,
                 allowed_data_prefixes=prefixes,
@@ -74,13 +95,20 @@ def single_model_chain(
     train = TrainModelOperator(
         task_id="train",
         train_uri=train_uri,
+        window=config.data.window,
+        window_end=window_end,
+        key=config.data.key,
         target=config.data.target,
         experiment_name=config.experiment_name,
         training=config.training,
         model_name=model,
         features=config.data.features,
         exclude=config.data.exclude or None,
-        extra_tags={TAG_PIPELINE_CONFIG_HASH: fingerprint, TAG_PIPELINE: config.name},
+        extra_tags={
+            TAG_PIPELINE_CONFIG_HASH: fingerprint,
+            TAG_PIPELINE: config.name,
+            TAG_TRIGGER: _detect_xcom(detect.task_id, TRIGGER_TAG_XCOM_KEY),
+        },
         allowed_data_prefixes=prefixes,
         **conns,
     )
@@ -92,6 +120,8 @@ def single_model_chain(
         policy=_policy_value(config),
         model_name=model,
         slices=config.evaluation.slices or None,
+        evaluation_on=config.evaluation.on,
+        min_rows=config.evaluation.min_rows,
         approval=config.promotion.approval,
         promote_kwargs={"serving_check": config.promotion.serving_check},
         **conns,
@@ -112,6 +142,35 @@ def single_model_chain(
         last >> predict
         last = predict
     return last
+
+
+def new_data_asset(config: PipelineConfig) -> Asset | None:
+    """The Asset of ``data.new_data_uri`` (a local path becomes a ``file://`` URI), if set."""
+    uri = config.data.new_data_uri
+    if not uri:
+        return None
+    return Asset(uri=uri if "://" in uri else Path(uri).resolve().as_uri())
+
+
+def train_uri_field(config: PipelineConfig) -> str:
+    """The tasks' ``train_uri``: the run's ``train_uri`` param.
+
+    Airflow renders a template field once and never renders params, so when
+    ``data.train_uri`` is itself a template (``.../{{ ds }}/``), the param's default holds
+    that text unrendered: the field renders it for the run unless a trigger overrode it.
+    """
+    raw = config.data.train_uri
+    if not is_templated(raw):
+        return "{{ params.train_uri }}"
+    return (
+        f"{{% if params.train_uri == {json.dumps(raw)} %}}{raw}"
+        "{% else %}{{ params.train_uri }}{% endif %}"
+    )
+
+
+def _detect_xcom(task_id: str, key: str) -> str:
+    """A template of a detect_changes XCom (the same map index inside a mapped group)."""
+    return f"{{{{ ti.xcom_pull(task_ids={task_id!r}, key={key!r}) or '' }}}}"
 
 
 def summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:

@@ -25,9 +25,10 @@ from airflow_mlops.core.constants import (
     DEFAULT_MAX_ROWS_PER_SIDE,
     DEFAULT_TOLERANCE,
 )
+from airflow_mlops.core.data_window import DataWindow
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
-from airflow_mlops.core.policy import PromotionPolicy
+from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, PromotionPolicy
 from airflow_mlops.core.training_config import TrainingConfig
 from airflow_mlops.core.values import TEMPLATE_MARKERS, is_templated
 from airflow_mlops.factories.templating import check_config_templates
@@ -67,8 +68,23 @@ class ConnectionsConfig(_Section):
 
 
 class DataConfig(_Section):
-    train_uri: str = Field(description="Training data (parquet/csv; local path or s3://).")
+    train_uri: str = Field(
+        description="Training data: a parquet/csv file, a folder or prefix of such files "
+        "(Hive key=value partitions included) or a glob; local path or s3://."
+    )
     target: str = Field(description="Label column.")
+    window: DataWindow = Field(
+        default_factory=DataWindow,
+        description="Which partitions training reads: 'all' (default), {last_partitions: N}, "
+        "{last: '30d', key: dt} or {last: '30d', time_column: ts}; optional max_rows (a "
+        "row-hash sample) and seed.",
+    )
+    key: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Columns identifying a row; their hash puts it in training or holdout "
+        "(default: the model's feature and target columns).",
+    )
     features: list[str] | None = Field(None, description="Feature columns (default: all others).")
     exclude: list[str] = Field(default_factory=list, description="Columns never used as features.")
     new_data_uri: str | None = Field(
@@ -131,6 +147,16 @@ class EvaluationConfig(_Section):
     )
     slices: dict[str, list[Any]] = Field(
         default_factory=dict, description="Column -> values to report and gate per slice."
+    )
+    on: Literal["holdout", "newest"] = Field(
+        "holdout",
+        description="Rows compared: the challenger's holdout minus the rows the champion "
+        "trained on, or only the partitions after the champion's window.",
+    )
+    min_rows: int = Field(
+        DEFAULT_MIN_ROWS,
+        ge=1,
+        description="Fewer comparable rows: not promoted, insufficient evidence.",
     )
 
 

@@ -12,10 +12,19 @@ from typing import Any
 from airflow.sdk import DAG, Param, TaskGroup
 
 from airflow_mlops.assets import retrain_asset
-from airflow_mlops.factories.chain import single_model_chain, summary_task
+from airflow_mlops.factories.chain import (
+    new_data_asset,
+    single_model_chain,
+    summary_task,
+    train_uri_field,
+)
 from airflow_mlops.factories.config import PipelineConfig, load_config
 
-__all__ = ["continuous_training_dag", "continuous_training_group", "ct_params"]
+__all__ = [
+    "continuous_training_dag",
+    "continuous_training_group",
+    "ct_params",
+]
 
 
 def _as_config(config: PipelineConfig | str | Path) -> PipelineConfig:
@@ -32,20 +41,17 @@ def _default_args(config: PipelineConfig) -> dict[str, Any]:
 
 def _ct_schedule(config: PipelineConfig) -> Any:
     """Cron (if any) OR retrain signal OR new data: the Level-1 triggers."""
-    from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
     assets = retrain_asset(config.registered_model_name)
-    if config.data.new_data_uri:
-        assets = assets | Asset(uri=_asset_uri(config.data.new_data_uri))
+    new_data = new_data_asset(config)
+    if new_data is not None:
+        assets = assets | new_data
     if config.schedule:
         return AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(config.schedule, timezone="UTC"), assets=assets
         )
     return assets
-
-
-def _asset_uri(uri: str) -> str:
-    return uri if "://" in uri else Path(uri).resolve().as_uri()
 
 
 def continuous_training_group(
@@ -102,8 +108,7 @@ def _ct_tasks(config: PipelineConfig, prefix: str) -> None:
         return
     model = config.registered_model_name
     conns = config.connections.model_dump()
-    train_uri = "{{ params.train_uri }}"
-    last = single_model_chain(config, model, train_uri, conns)
+    last = single_model_chain(config, model, train_uri_field(config), conns)
     last >> summary_task(config, prefix, model=model)
 
 

@@ -39,6 +39,8 @@ def promotion_tasks(
     policy: Any,
     model_name: str | None = None,
     slices: Any = None,
+    evaluation_on: str = "holdout",
+    min_rows: int | None = None,
     approval: str = "auto",
     task_id_prefix: str = "",
     mlflow_conn_id: str = "mlflow_default",
@@ -70,6 +72,8 @@ def promotion_tasks(
         policy=policy,
         model_name=model_name,
         slices=slices,
+        evaluation_on=evaluation_on,
+        **({} if min_rows is None else {"min_rows": min_rows}),
         **conns,
         **dict(evaluate_kwargs or {}),
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import task, task_group
 
-from airflow_mlops.factories.chain import single_model_chain, summary_task
+from airflow_mlops.factories.chain import single_model_chain, summary_task, train_uri_field
 from airflow_mlops.factories.config import PipelineConfig
 from airflow_mlops.operators.base import DAG_ARTIFACTS_PREFIX
 
@@ -24,12 +24,11 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
     model = config.registered_model_name
 
     @task(task_id="split_segments")
-    def split(**context: Any) -> list[dict[str, Any]]:
+    def split(train_uri: str, **context: Any) -> list[dict[str, Any]]:
         from airflow_mlops.core.segments import split_segments
         from airflow_mlops.hooks.storage import StorageHook
         from airflow_mlops.operators.base import MlopsBaseOperator, check_data_uri
 
-        train_uri = context["params"]["train_uri"]
         check_data_uri(train_uri, config.allowed_data_prefixes, "params.train_uri")
         storage = StorageHook(aws_conn_id=conns["aws_conn_id"]).get_storage()
         prefix_uri = MlopsBaseOperator.default_report_uri_for(context, "segments")
@@ -51,4 +50,5 @@ def segmented_ct_tasks(config: PipelineConfig, prefix: str) -> None:
         last = single_model_chain(config, segment_model, segment_uri, conns, prefixes)
         last >> summary_task(config, prefix=f"{prefix}segment.", model=segment_model)
 
-    per_segment.expand_kwargs(split())
+    # A task's arguments are rendered: a templated data.train_uri gets the run's dates.
+    per_segment.expand_kwargs(split(train_uri_field(config)))

@@ -26,7 +26,12 @@ __all__ = [
 
 #: Dotted config keys whose values Airflow renders at run time (date-partitioned data).
 TEMPLATED_KEYS = frozenset(
-    {"data.inference_uri", "data.predictions_uri", "monitoring.decay.labels_uri"}
+    {
+        "data.train_uri",
+        "data.inference_uri",
+        "data.predictions_uri",
+        "monitoring.decay.labels_uri",
+    }
 )
 #: Names those values may use: the run's dates and ``params.<name>``. Never ``conn``,
 #: ``var``, ``macros``, ``ti``, ``dag_run`` or anything else of the task context.

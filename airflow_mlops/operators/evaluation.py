@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.policy import PromotionPolicy, default_policy, parse_policy
+from airflow_mlops.core.policy import (
+    DEFAULT_MIN_ROWS,
+    EVALUATION_ON,
+    PromotionPolicy,
+    default_policy,
+    parse_policy,
+)
 from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
@@ -31,7 +37,7 @@ def as_slices(value: Any) -> dict[str, list[Any]] | None:
 
 
 class EvaluateModelOperator(MlopsBaseOperator):
-    """Score the challenger and the current champion on the same holdout and decide.
+    """Score the challenger and the current champion on rows neither trained on and decide.
 
     The challenger is the training task's result (``TrainModelOperator``'s XCom, at least
     ``run_id``); its run's tags give the logged model, the holdout URI and sha256, the
@@ -39,7 +45,10 @@ class EvaluateModelOperator(MlopsBaseOperator):
     champion is ``models:/<model_name>@<champion_alias>`` resolved to its version; with no
     champion the challenger is judged as the first model. Both load from the registry by
     ``models:/`` URIs only and are scored with the same metric code as training, overall
-    and per slice. The :class:`~airflow_mlops.core.policy.PromotionPolicy` then decides.
+    and per slice, on the holdout rows the champion did not train on (worked out from its
+    recorded manifest and split; see :mod:`airflow_mlops.core.comparison`). The
+    :class:`~airflow_mlops.core.policy.PromotionPolicy` then decides; with fewer than
+    ``min_rows`` comparable rows the decision is "not promoted: insufficient evidence".
     See ``docs/operators/evaluation-and-promotion.md`` for the policy semantics.
 
     The decision record is logged as the artifact ``decision_artifact`` on the challenger's
@@ -55,6 +64,9 @@ class EvaluateModelOperator(MlopsBaseOperator):
         checks (templated).
     :param champion_alias: alias of the model in production (templated), default ``champion``.
     :param decision_artifact: artifact path of the record on the run (templated).
+    :param evaluation_on: ``holdout`` (default: the challenger's holdout minus the rows the
+        champion trained on) or ``newest`` (only partitions after the champion's window).
+    :param min_rows: fewest comparable rows for a decision (default 50).
     :param trust_unsigned_models: load models this provider did not train and sign
         (default False: the challenger or champion is refused with ``UntrustedModelError``
         before it is unpickled; see ``docs/security.md``).
@@ -68,6 +80,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         "slices",
         "champion_alias",
         "decision_artifact",
+        "evaluation_on",
     )
     operator_extra_links = mlflow_links()
     ui_color = "#e6dff5"
@@ -81,10 +94,18 @@ class EvaluateModelOperator(MlopsBaseOperator):
         slices: Mapping[str, Sequence[Any]] | str | None = None,
         champion_alias: str = "champion",
         decision_artifact: str = "mlops/decision.json",
+        evaluation_on: str = "holdout",
+        min_rows: int = DEFAULT_MIN_ROWS,
         trust_unsigned_models: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not is_templated(evaluation_on) and evaluation_on not in EVALUATION_ON:
+            raise ConfigError(
+                f"evaluation_on must be one of {list(EVALUATION_ON)}, got {evaluation_on!r}"
+            )
+        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+            raise ConfigError(f"min_rows must be a positive integer, got {min_rows!r}")
         if isinstance(policy, PromotionPolicy):
             policy = policy.model_dump(mode="json")
         elif policy is not None and not is_templated(policy):
@@ -95,6 +116,8 @@ class EvaluateModelOperator(MlopsBaseOperator):
         self.slices = slices
         self.champion_alias = champion_alias
         self.decision_artifact = decision_artifact
+        self.evaluation_on = evaluation_on
+        self.min_rows = min_rows
         self.trust_unsigned_models = trust_unsigned_models
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -124,6 +147,8 @@ class EvaluateModelOperator(MlopsBaseOperator):
                 slices=slices,
                 champion_alias=self.champion_alias,
                 trust=trust,
+                on=self.evaluation_on,
+                min_rows=self.min_rows,
             )
             record = evaluation.record
             artifact_uri = ev.log_record(client, challenger.run_id, record, self.decision_artifact)
@@ -135,6 +160,12 @@ class EvaluateModelOperator(MlopsBaseOperator):
             challenger.model_uri,
             f"champion v{champion['version']}" if champion else "no champion",
             record["reason"],
+        )
+        self.log.info(
+            "Rows compared %s, excluded %s (%s).",
+            record["rows_compared"],
+            record["rows_excluded"],
+            record["comparison"]["explanation"],
         )
         self.log.info("Decision record: %s", artifact_uri)
         persist_mlflow_links(

@@ -7,17 +7,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.training_config import STRATIFY_REFUSED
 from airflow_mlops.hooks.signing import model_signing_key
+from airflow_mlops.hooks.storage import StorageHook
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import (
     MlopsBaseOperator,
     allowed_estimator_modules,
+    as_mapping,
     configured_artifacts_root,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.training_config import TrainingConfig
     from airflow_mlops.core.training_job import TrainingJob
 
@@ -32,7 +36,6 @@ _CONFIG_ARGUMENTS = {
     "preprocessing": "preprocessing",
     "holdout_fraction": "holdout_fraction",
     "seed": "seed",
-    "stratify": "stratify",
     "time_column": "time_column",
     "search": "search",
     "experiment_name": "experiment_name",
@@ -42,10 +45,14 @@ _CONFIG_ARGUMENTS = {
 class TrainModelOperator(MlopsBaseOperator):
     """Fit a scikit-learn / XGBoost model on ``train_uri`` and log it to MLflow.
 
-    The data is read (parquet or CSV, local or ``s3://``), checked, split into training and
-    holdout rows, fitted inside a ``Pipeline`` (default preprocessing: impute, one-hot for
-    categoricals), scored on the holdout and logged with params, metrics, signature, input
-    example, pinned pip requirements and lineage tags. The holdout and the drift reference
+    The data (parquet or CSV: a file, a folder or prefix of Hive partitions, or a glob;
+    local or ``s3://``, read through ``StorageHook.get_filesystem``) is read within
+    ``window``, recorded as a manifest of the exact files (artifact ``mlops/manifest.json``,
+    tag ``mlops.data.manifest_hash``), checked, split into training and holdout rows by row
+    hash (``key``; a row keeps its side in later runs), fitted inside a ``Pipeline``
+    (default preprocessing: impute, one-hot for categoricals), scored on the holdout and
+    logged with params, metrics, signature, input example, pinned pip requirements and
+    lineage tags. The holdout and the drift reference
     are written under ``artifacts_uri`` (default: ``[mlops] artifacts_uri``, else
     ``$AIRFLOW_HOME/mlops_artifacts`` for local data; never next to the data) and their
     hashes are tagged. Dotted estimator paths must name ``sklearn``/``xgboost`` classes or
@@ -54,8 +61,9 @@ class TrainModelOperator(MlopsBaseOperator):
 
     Retries are safe: the run carries the task's idempotency key (which includes
     ``[mlops] deployment``); a retry returns the finished run of an earlier try instead of
-    training again, but only if that run trained on the same data (URI and sha256) and
-    configuration, so a task cleared after its data was fixed trains again. A RUNNING
+    training again, but only if that run trained on the same data (URI and manifest hash)
+    and configuration, so a task cleared after its data was fixed, or after a partition
+    landed in its window, trains again. A RUNNING
     leftover of a killed try is marked FAILED, a duplicate left by a replayed create-run
     request KILLED. ``on_kill`` (SIGTERM, timeout) marks the active run FAILED.
 
@@ -63,10 +71,21 @@ class TrainModelOperator(MlopsBaseOperator):
     logged model is signed (tag ``mlops.signature``), so later tasks can tell it from a
     model someone else put in the registry (see ``docs/security.md``).
 
+    ``stratify`` is refused with a :class:`ConfigError`: the split is hash-based (a row's side
+    depends on its key and the seed only), so it cannot be stratified; instead each side is
+    checked to hold at least two classes.
+
     Returns (XCom) ``{run_id, experiment_id, model_uri, holdout_uri, holdout_sha256,
     reference_uri, task, metrics, best_params, idempotency_key, reused}``.
 
-    :param train_uri: training table (templated).
+    :param train_uri: training data: a file, a folder or prefix, or a glob (templated).
+    :param window: which partitions (and rows) to read: ``"all"`` (default), or a mapping
+        such as ``{"last_partitions": 7}``, ``{"last": "30d"}``, ``{"max_rows": 100000}``
+        (:class:`~airflow_mlops.core.data_window.DataWindow`; templated).
+    :param window_end: the newest partition or time the window may include, e.g. the
+        partition that landed (templated string); default: the newest there is.
+    :param key: columns whose hash puts a row in training or holdout (templated); default:
+        the model's feature and target columns.
     :param target: target column (templated).
     :param training: a :class:`~airflow_mlops.core.training_config.TrainingConfig` (a
         pipeline file's ``training:`` section) or a mapping of its fields; the arguments
@@ -87,9 +106,7 @@ class TrainModelOperator(MlopsBaseOperator):
     :param preprocessing: ``"default"``, ``None`` (raw columns) or a dotted path / callable
         ``f(X) -> transformer`` (templated when a string).
     :param holdout_fraction: share of rows held out (templated), default 0.25.
-    :param seed: random seed for the split, CV folds and random search (templated), default 42.
-    :param stratify: stratify the random split by the target for classification (templated),
-        default true.
+    :param seed: seed of the hash split, CV folds and random search (templated), default 42.
     :param time_column: hold out the latest rows by this column instead (templated).
     :param search: ``{"method": "random"|"grid", "space": {...}, "n_iter", "cv", "scoring",
         "n_jobs"}`` (templated); each trial is logged as a nested run.
@@ -105,6 +122,9 @@ class TrainModelOperator(MlopsBaseOperator):
     template_fields: Sequence[str] = (
         *MlopsBaseOperator.template_fields,
         "train_uri",
+        "window",
+        "window_end",
+        "key",
         "target",
         "experiment_name",
         "model_name",
@@ -116,7 +136,6 @@ class TrainModelOperator(MlopsBaseOperator):
         "preprocessing",
         "holdout_fraction",
         "seed",
-        "stratify",
         "time_column",
         "search",
         "artifacts_uri",
@@ -132,6 +151,9 @@ class TrainModelOperator(MlopsBaseOperator):
         *,
         train_uri: str,
         target: str,
+        window: str | Mapping[str, Any] | DataWindow | None = None,
+        window_end: str | None = None,
+        key: Sequence[str] | None = None,
         experiment_name: str | None = None,
         training: TrainingConfig | Mapping[str, Any] | None = None,
         model_name: str | None = None,
@@ -143,7 +165,6 @@ class TrainModelOperator(MlopsBaseOperator):
         preprocessing: str | Callable[..., Any] | None = None,
         holdout_fraction: float | str | None = None,
         seed: int | str | None = None,
-        stratify: bool | str | None = None,
         time_column: str | None = None,
         search: Mapping[str, Any] | None = None,
         artifacts_uri: str | None = None,
@@ -152,8 +173,13 @@ class TrainModelOperator(MlopsBaseOperator):
         extra_tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        if "stratify" in kwargs:
+            raise ConfigError(f"{kwargs.get('task_id', 'train')}: {STRATIFY_REFUSED}")
         super().__init__(**kwargs)
         self.train_uri = train_uri
+        self.window = _window_value(window)
+        self.window_end = window_end
+        self.key = list(key) if key is not None else None
         self.target = target
         self.model_name = model_name
         self.features = list(features) if features is not None else None
@@ -167,7 +193,6 @@ class TrainModelOperator(MlopsBaseOperator):
             "preprocessing": preprocessing,
             "holdout_fraction": holdout_fraction,
             "seed": seed,
-            "stratify": stratify,
             "time_column": time_column,
             "search": search,
             "experiment_name": experiment_name,
@@ -189,7 +214,6 @@ class TrainModelOperator(MlopsBaseOperator):
         self.preprocessing, self._preprocessing_object = _split_callable(values["preprocessing"])
         self.holdout_fraction = values["holdout_fraction"]
         self.seed = values["seed"]
-        self.stratify = values["stratify"]
         self.time_column = values["time_column"]
         self.search = dict(values["search"]) if values["search"] is not None else None
         self.artifacts_uri = artifacts_uri
@@ -215,7 +239,6 @@ class TrainModelOperator(MlopsBaseOperator):
             "preprocessing": self._preprocessing_object or self.preprocessing,
             "holdout_fraction": self.holdout_fraction,
             "seed": self.seed,
-            "stratify": self.stratify,
             "time_column": self.time_column or None,
             "search": self.search,
         }
@@ -224,6 +247,9 @@ class TrainModelOperator(MlopsBaseOperator):
                 # Unset (None) settings take TrainingConfig's defaults.
                 **{k: v for k, v in settings.items() if v is not None},
                 "train_uri": self.train_uri,
+                "window": _rendered_window(self.window),
+                "window_end": self.window_end or None,
+                "key": self.key or None,
                 "target": self.target,
                 "experiment_name": self.experiment_name,
                 "model_name": self.model_name or None,
@@ -251,6 +277,7 @@ class TrainModelOperator(MlopsBaseOperator):
         self._killed = False
         hook = self.mlflow_hook
         signing_key = model_signing_key()
+        filesystem = StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem(config.train_uri)
         with hook.session() as client:
             experiment_id = hook.get_or_create_experiment(config.experiment_name)
             result = train_model(
@@ -263,6 +290,7 @@ class TrainModelOperator(MlopsBaseOperator):
                 on_run_started=self._remember_run,
                 should_stop=lambda: self._killed,
                 signing_key=signing_key,
+                filesystem=filesystem,
             )
         self._active_run_id = None
         self.log.info(
@@ -301,6 +329,26 @@ class TrainModelOperator(MlopsBaseOperator):
             self.log.exception("Could not mark MLflow run %s FAILED while being killed", run_id)
             return
         self.log.warning("Task killed: MLflow run %s marked FAILED.", run_id)
+
+
+def _rendered_window(window: Any) -> Any:
+    """A rendered window: ``None``/``""`` is ``all``; JSON object text is read as a mapping."""
+    if window is None or window == "":
+        return "all"
+    if isinstance(window, str) and window.lstrip().startswith("{"):
+        return as_mapping(window, "window")
+    return window
+
+
+def _window_value(window: Any) -> Any:
+    """The window as templatable data (``"all"``, a mapping or a template string); a
+    DataWindow object becomes its mapping, which builds the same window again."""
+    if window is None or isinstance(window, (str, Mapping)):
+        return dict(window) if isinstance(window, Mapping) else window
+    dump = getattr(window, "model_dump", None)
+    if dump is None:
+        raise ConfigError(f"window must be 'all', a mapping or a DataWindow, got {window!r}")
+    return dump(mode="json", exclude_defaults=True) or "all"
 
 
 def _split_callable(value: Any) -> tuple[Any, Any]:

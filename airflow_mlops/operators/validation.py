@@ -16,8 +16,10 @@ from airflow_mlops.core.values import is_templated
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.sdk import Context
 
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.suite import SuiteDefinition
     from airflow_mlops.core.validation import ValidationOutcome
 
@@ -37,13 +39,17 @@ class ValidationGateFailed(DataValidationFailed, AirflowFailException):
 class DataValidationOperator(MlopsBaseOperator):
     """Validate a table against a Great Expectations 1.x suite before anything trains on it.
 
-    The data is read in ``execute()`` only (never at DAG-parse time) from a local path or
-    ``s3://`` URI (parquet, csv, csv.gz) and validated with an ephemeral GX context; GX
-    writes nothing and sends nothing. The full GX result goes to ``report_uri``; XCom gets a
-    small JSON summary (schema in ``docs/operators/validation.md``), never the data.
+    The data is read in ``execute()`` only (never at DAG-parse time): a parquet/csv file, a
+    folder or prefix of such files (Hive ``key=value/`` partitions included) or a glob, local
+    or ``s3://``, through ``pyarrow.dataset`` (:func:`~airflow_mlops.core.data_window.read_window`);
+    only the files and rows of ``window`` are validated, all of them as one table, with an
+    ephemeral GX context; GX writes nothing and sends nothing. The full GX result goes to
+    ``report_uri``; XCom gets a small JSON summary (schema in ``docs/operators/validation.md``,
+    plus ``files``, ``window`` and ``manifest_hash``), never the data.
 
-    Bad input (missing/empty/unreadable file, unknown extension, invalid suite) always fails
-    the task. Data that breaks the suite follows ``on_failure``:
+    Bad input (missing/empty/unreadable file, a partition whose schema differs, unknown
+    extension, invalid suite) always fails the task, with an error naming the file. Data that
+    breaks the suite follows ``on_failure``:
 
     * ``fail`` (default): raise :class:`~airflow_mlops.core.errors.DataValidationFailed`
       whose message has one line per failed expectation;
@@ -53,7 +59,11 @@ class DataValidationOperator(MlopsBaseOperator):
 
     The summary is pushed to XCom (``return_value``) under every policy.
 
-    :param data_uri: table to validate (templated).
+    :param data_uri: file, folder/prefix or glob to validate (templated).
+    :param window: the ``data.window`` setting (a ``DataWindow``, its mapping or ``"all"``,
+        the default): which partitions and rows of ``data_uri`` are validated.
+    :param window_end: the partition the window ends with (templated; empty: the newest),
+        e.g. the partition an asset event announced.
     :param suite: a GX 1.x suite JSON file (path, absolute or relative to the working
         directory, the DAG folder, its parent (``include/...``) or ``$AIRFLOW_HOME``; or an
         ``s3://`` URI), a suite dict, or a list of expectation configs
@@ -72,6 +82,7 @@ class DataValidationOperator(MlopsBaseOperator):
     template_fields: Sequence[str] = (
         *MlopsBaseOperator.template_fields,
         "data_uri",
+        "window_end",
         "suite",
         "result_format",
         "on_failure",
@@ -91,10 +102,14 @@ class DataValidationOperator(MlopsBaseOperator):
         report_uri: str | None = None,
         mlflow_run_id: str | None = None,
         builtin_checks: bool = True,
+        window: DataWindow | Mapping[str, Any] | str | None = None,
+        window_end: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.data_uri = data_uri
+        self.window = window
+        self.window_end = window_end
         self.suite = suite
         self.result_format = result_format
         self.on_failure = on_failure
@@ -116,25 +131,55 @@ class DataValidationOperator(MlopsBaseOperator):
             raise ConfigError(f"data_uri must be a non-empty string, got {self.data_uri!r}.")
         # Suite first: a broken suite fails before any data is read or anything is written.
         suite = self.load_suite(context)
-        table = self.storage.read_table(self.data_uri.strip())
+        data_uri = self.data_uri.strip()
+        frame, lineage = self._read_window(data_uri)
         report_uri = self.report_uri or self.default_report_uri(context, REPORT_NAME)
         outcome = core.validate_frame(
-            table.frame,
+            frame,
             suite,
             result_format=result_format,
-            data_uri=table.uri,
-            data_sha256=table.sha256,
+            data_uri=data_uri,
+            data_sha256=lineage.pop("data_sha256"),
             report_uri=report_uri,
             builtin_checks=bool(self.builtin_checks),
         )
-        del table  # the frame is not needed any more; free it before writing reports
+        del frame  # not needed any more; free it before writing reports
         report_text = outcome.report_json()
         self.storage.write_text(report_uri, report_text)
         self.log.info("Full validation result written to %s", report_uri)
-        summary = {**outcome.summary, "on_failure": on_failure}
+        summary = {**outcome.summary, **lineage, "on_failure": on_failure}
         if self.mlflow_run_id:
             self._attach_to_mlflow_run(str(self.mlflow_run_id), report_text, summary)
         return self._apply_policy(on_failure, outcome, summary, context)
+
+    # -- data -----------------------------------------------------------------------------------
+    def _read_window(self, uri: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The window's rows, and its lineage: ``data_sha256`` (the bytes' sha256 when the URI
+        names one file), ``manifest_hash`` (the files' manifest content hash: the value a
+        training run on the same window tags as ``mlops.data.sha256``), ``files``, ``window``."""
+        from airflow_mlops.core.data_window import DataWindow, read_window
+        from airflow_mlops.core.manifest import build_manifest
+        from airflow_mlops.hooks.storage import StorageHook
+
+        window = DataWindow.model_validate(self.window if self.window is not None else "all")
+        fs = StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem(uri)
+        try:
+            read = read_window(fs, uri, window, end=self.window_end or None)
+        except DataNotFoundError as err:
+            if not _names_a_file(uri) or fs.exists(uri):
+                raise
+            # A missing file is named as one, as "nothing at" would leave the reader guessing.
+            raise DataNotFoundError(
+                f"No {'object' if uri.startswith('s3://') else 'file'} at {uri}."
+            ) from err
+        manifest = build_manifest(fs, read.files)
+        one_file = _names_a_file(uri) and len(manifest.files) == 1
+        return read.frame, {
+            "data_sha256": manifest.files[0].sha256 if one_file else None,
+            "manifest_hash": manifest.content_hash,
+            "files": len(manifest.files),
+            "window": window.describe(),
+        }
 
     # -- suite ----------------------------------------------------------------------------------
     def load_suite(self, context: Context) -> SuiteDefinition:
@@ -217,3 +262,12 @@ class DataValidationOperator(MlopsBaseOperator):
             self.log.warning("%s\non_failure='skip': skipping downstream tasks.", message)
             raise AirflowSkipException(message)
         raise ValidationGateFailed(message, summary)
+
+
+def _names_a_file(uri: str) -> bool:
+    """Whether ``uri`` spells one data file (a table suffix, no glob), not a folder or glob."""
+    from airflow_mlops.core.datasets import GLOB_CHARS
+    from airflow_mlops.core.storage import TABLE_FORMATS
+
+    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
+    return not GLOB_CHARS.search(uri) and any(name.endswith(s) for s in TABLE_FORMATS)
