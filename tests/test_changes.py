@@ -293,3 +293,32 @@ def test_an_s3_prefix_with_nothing_new_skips_without_a_get(
     assert states_of(unchanged)["detect_changes"] == "skipped"
     assert xcom(unchanged, "detect_changes")["data"]["unchanged"] == len(DAYS)
     assert CountingArrowFS.opens == 0
+
+
+def test_a_byte_identical_copy_elsewhere_is_no_change_and_other_bytes_are(
+    tmp_path, client, mlflow_conn, counting_fs, watched
+):
+    """The champion trained on a copy of the data under another prefix (as when a run's
+    ``train_uri`` was overridden with an uploaded copy): no path is shared, so the window is
+    hashed, and the same bytes are no change; different bytes of the same size are one."""
+    import shutil
+
+    sales = land_days(tmp_path / "sales")
+    model = make_champion(client, resolve_files(counting_fs, str(sales)))
+    copy = tmp_path / "copy"
+    shutil.copytree(sales, copy)
+    counting_fs.opens = 0
+
+    same = scheduled_run(changes_dag(copy, model), 1)
+    assert states_of(same)["detect_changes"] == "skipped"
+    data = xcom(same, "detect_changes")["data"]
+    assert data["basis"] == "manifest (same bytes, other paths)", data
+    assert counting_fs.opens == len(DAYS), "only the moved files are hashed"
+
+    day = copy / f"dt={DAYS[0]}" / "part-0.parquet"
+    raw = bytearray(day.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, other bytes
+    day.write_bytes(bytes(raw))
+    changed = scheduled_run(changes_dag(copy, model), 2)
+    assert states_of(changed)["train"] == "success"
+    assert xcom(changed, "detect_changes")["data"]["basis"] == "manifest"

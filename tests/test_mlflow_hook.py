@@ -177,3 +177,20 @@ def test_password_and_token_are_masked(monkeypatch, mlflow_server):
     line = json.dumps({"msg": "using pw-abc-123456 and tok-xyz-987654"})
     assert "pw-abc-123456" not in str(redact(line))
     assert "tok-xyz-987654" not in str(redact(line))
+
+
+def test_only_real_auth_errors_are_reported_as_refused_credentials():
+    """A model name or run id holding the digits 401 is not an HTTP 401, and this provider's
+    own errors (an untrusted model, say) keep their type and text."""
+    from mlflow.exceptions import MlflowException
+
+    from airflow_mlops.core.errors import UntrustedModelError
+    from airflow_mlops.core.mlflow_settings import MlflowSettings, translate_mlflow_error
+
+    settings = MlflowSettings(tracking_uri="http://mlflow.example:5000")
+    own = UntrustedModelError("model 'foreign-fb040100' version 1 is refused (HTTP 401 text)")
+    assert translate_mlflow_error(own, settings) is None
+    named = MlflowException("RESOURCE_DOES_NOT_EXIST: run a401ffe not found")
+    assert translate_mlflow_error(named, settings) is None
+    auth = MlflowException("API request failed with error code 401 != 200")
+    assert "refused the credentials" in str(translate_mlflow_error(auth, settings))

@@ -74,27 +74,52 @@ class DataChange:
         return asdict(self)
 
 
-def compare_with_manifest(previous: Manifest, listing: Iterable[DataFile]) -> DataChange:
-    """Compare the window's listing with the champion's manifest by (path, size, ETag/mtime)."""
+def compare_with_manifest(
+    previous: Manifest, listing: Iterable[DataFile], fs: AbstractFileSystem | None = None
+) -> DataChange:
+    """Compare the window's listing with the champion's manifest by (path, size, ETag/mtime).
+
+    With ``fs``, a window that shares no path with the manifest (the data moved: a
+    byte-identical copy under another prefix, as many files of the same sizes) is hashed and
+    counts as unchanged when its bytes are the champion's. A window that shares paths is
+    decided from the listing alone, so a new or missing partition reads no data file.
+    """
     from airflow_mlops.core.manifest import detect_changes
 
+    listing = list(listing)
     changes = detect_changes(previous, listing)
-    return DataChange(
-        changed=changes.any,
-        basis="manifest",
-        new=len(changes.new),
-        removed=len(changes.removed),
-        changed_files=len(changes.changed),
-        unchanged=len(changes.unchanged),
-        paths={
-            kind: [item.path for item in items[:SUMMARY_PATHS]]
-            for kind, items in (
-                ("new", changes.new),
-                ("removed", changes.removed),
-                ("changed", changes.changed),
-            )
-            if items
-        },
+    paths = {
+        kind: [item.path for item in items[:SUMMARY_PATHS]]
+        for kind, items in (
+            ("new", changes.new),
+            ("removed", changes.removed),
+            ("changed", changes.changed),
+        )
+        if items
+    }
+    counts = {
+        "new": len(changes.new),
+        "removed": len(changes.removed),
+        "changed_files": len(changes.changed),
+        "unchanged": len(changes.unchanged),
+    }
+    moved = changes.any and not changes.unchanged and not changes.changed
+    if moved and fs is not None and _same_bytes(fs, previous, changes.new):
+        return DataChange(changed=False, basis="manifest (same bytes, other paths)", **counts)
+    return DataChange(changed=changes.any, basis="manifest", paths=paths, **counts)
+
+
+def _same_bytes(fs: AbstractFileSystem, previous: Manifest, files: Sequence[DataFile]) -> bool:
+    """Whether ``files`` hold exactly the manifest's bytes; hashed only when their count and
+    sizes match the manifest's."""
+    from collections import Counter
+
+    from airflow_mlops.core.manifest import hash_data_file
+
+    if sorted(f.size for f in files) != sorted(e.size for e in previous.files):
+        return False
+    return Counter(hash_data_file(fs, f) for f in files) == Counter(
+        e.sha256 for e in previous.files
     )
 
 

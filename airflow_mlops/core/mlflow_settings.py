@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from airflow_mlops.core.errors import ConfigError, MlflowCallError, MlflowConnectionError
+from airflow_mlops.core.errors import (
+    ConfigError,
+    MlflowCallError,
+    MlflowConnectionError,
+    MlopsError,
+)
 from airflow_mlops.core.values import parse_bool
 
 __all__ = [
@@ -354,6 +359,10 @@ _UNREACHABLE_MARKERS = (
 )
 
 
+_HTTP_401 = re.compile(r"(?<![0-9A-Za-z])401(?![0-9A-Za-z])")
+_HTTP_403 = re.compile(r"(?<![0-9A-Za-z])403(?![0-9A-Za-z])")
+
+
 def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> BaseException | None:
     """Turn MLflow's transport and auth errors into a clear MlflowConnectionError.
 
@@ -361,6 +370,8 @@ def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> Base
     masked); any other error whose text holds one comes back as a scrubbed MlflowCallError.
     Returns ``None`` for other errors that are not about reaching or authenticating to MLflow.
     """
+    if isinstance(err, MlopsError):
+        return None  # this provider's own errors already say what went wrong
     text = redact_text(str(err), settings.secrets)
     uri = settings.display_uri
     if any(marker in text for marker in _UNREACHABLE_MARKERS):
@@ -369,13 +380,14 @@ def translate_mlflow_error(err: BaseException, settings: MlflowSettings) -> Base
             f"(timeout {settings.timeout_seconds}s, {settings.max_retries} retries): "
             f"{_first_line(text)}"
         )
-    if "401" in text or "UNAUTHENTICATED" in text:
+    # Whole tokens: a model name or run id may contain the digits "401" or "403".
+    if _HTTP_401.search(text) or "UNAUTHENTICATED" in text:
         who = f"user {settings.username!r}" if settings.username else "anonymous access"
         return MlflowConnectionError(
             f"MLflow tracking server {uri} refused the credentials ({who}): check the "
             f"connection's login/password or token. Server said: {_first_line(text)}"
         )
-    if "403" in text and "PERMISSION_DENIED" in text:
+    if _HTTP_403.search(text) and "PERMISSION_DENIED" in text:
         return MlflowConnectionError(
             f"MLflow tracking server {uri} denied permission: {_first_line(text)}"
         )

@@ -19,6 +19,14 @@ trust check (:mod:`airflow_mlops.core.provenance`), the score, the verdict and t
 performance record, written to storage and to the champion's run. The operator reads what
 only Airflow knows (the champion, the rendered parameters, the model trust, where reports
 go), then applies ``on_decay`` to the outcome and sends the retrain signal.
+
+With delayed labels (predictions written by partition, labels landing later as their own
+dataset), :func:`check_partitioned_performance` is the check instead: it loads no model. It
+joins the stored predictions with the labels by id (:mod:`airflow_mlops.core.delayed_labels`),
+scores each partition whose label coverage reaches ``min_label_coverage`` and reports the
+others as pending; the verdict compares the champion version's newest scored partitions
+(pooled up to ``min_labelled_rows``) with the baseline, and each scored partition is logged
+once to MLflow as a point of the model's metric history.
 """
 
 from __future__ import annotations
@@ -44,11 +52,14 @@ from airflow_mlops.core.metrics import (
     predict_for_metrics,
     validate_task,
 )
+from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
 
 if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.champion import ChampionFacts
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.promotion import TrustProvider
     from airflow_mlops.core.storage import Storage, TableRead
 
@@ -64,6 +75,7 @@ __all__ = [
     "champion_target_and_task",
     "check_champion_performance",
     "check_decay",
+    "check_partitioned_performance",
     "labelled_rows",
     "read_labelled_rows",
     "score_labelled_batch",
@@ -90,12 +102,15 @@ class DecaySettings:
     :param tolerance: the largest accepted degradation (>= 0).
     :param tolerance_mode: ``absolute`` (metric units) or ``relative`` (share of the baseline).
     :param min_labelled_rows: fewer labelled rows than this is not enough evidence: no verdict.
+    :param min_label_coverage: with delayed labels, the share of a partition's predictions
+        that must have their label before the partition is scored (else it is pending).
     """
 
     metric: str | None = None
     tolerance: float = DEFAULT_TOLERANCE
     tolerance_mode: ToleranceMode = "absolute"
     min_labelled_rows: int = DEFAULT_MIN_LABELLED_ROWS
+    min_label_coverage: float = DEFAULT_MIN_LABEL_COVERAGE
 
     def __post_init__(self) -> None:
         tol = self.tolerance
@@ -113,6 +128,13 @@ class DecaySettings:
         rows = self.min_labelled_rows
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ConfigError(f"min_labelled_rows must be an integer >= 1, got {rows!r}")
+        coverage = self.min_label_coverage
+        if (
+            isinstance(coverage, bool)
+            or not isinstance(coverage, (int, float))
+            or not 0 < coverage <= 1
+        ):
+            raise ConfigError(f"min_label_coverage must be in (0, 1], got {coverage!r}")
         if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
             raise ConfigError(f"metric must be a metric name, got {self.metric!r}")
 
@@ -251,6 +273,8 @@ class PerformanceOutcome:
     record: dict[str, Any]
     metric: str
     report_uri: str
+    #: The XCom form when the record is too large for XCom (per-partition history).
+    summary: dict[str, Any] | None = None
 
     @property
     def decayed(self) -> bool:
@@ -261,8 +285,8 @@ class PerformanceOutcome:
         return str(self.record["reason"])
 
     def result(self) -> dict[str, Any]:
-        """The task's JSON result: the record and where it was written."""
-        return {**self.record, "report_uri": self.report_uri}
+        """The task's JSON result: the record (or its summary) and where it was written."""
+        return {**(self.summary or self.record), "report_uri": self.report_uri}
 
 
 def champion_target_and_task(
@@ -363,3 +387,149 @@ def check_champion_performance(
         with mlflow_session() as client:
             client.log_dict(champion.run_id, record, mlflow_artifact)
     return PerformanceOutcome(record=record, metric=metric, report_uri=report_uri)
+
+
+# -- delayed labels: predictions and labels by partition --------------------------------------
+
+#: Partitions listed in the XCom (the newest); the report holds all of them.
+XCOM_PARTITIONS = 5
+
+
+def check_partitioned_performance(
+    champion: ChampionFacts,
+    fs_for: Callable[[str], AbstractFileSystem],
+    storage: Storage,
+    *,
+    predictions_uri: str,
+    labels_uri: str,
+    id_columns: Sequence[str],
+    settings: DecaySettings,
+    mlflow_session: MlflowSession,
+    report_uri: str,
+    mlflow_artifact: str,
+    target: str | None = None,
+    task: str | None = None,
+    baseline_metrics: Mapping[str, float] | None = None,
+    window: DataWindow | None = None,
+) -> PerformanceOutcome:
+    """Judge decay from stored predictions by partition and labels that landed later.
+
+    Partitions whose label coverage is below ``settings.min_label_coverage`` are pending
+    (never counted as good). The verdict needs ``settings.min_labelled_rows`` labelled rows
+    of the champion version in its newest scored partitions; with fewer there is no verdict
+    (``decayed`` False, ``check`` None, the reason says why). The full record (every
+    partition) goes to ``report_uri`` and the champion's run; the XCom summary keeps counts
+    and the newest partitions. No model is loaded.
+    """
+    from airflow_mlops.core.delayed_labels import (
+        join_labels,
+        log_history,
+        partition_metrics,
+        score_partitions,
+        verdict_rows,
+    )
+
+    target, task = champion_target_and_task(champion, target, task)
+    metric = settings.metric_for(task)
+    baseline = (
+        dict(baseline_metrics)
+        if baseline_metrics is not None
+        else baseline_metrics_from_run(champion.metrics)
+    )
+    joined = join_labels(fs_for, predictions_uri, labels_uri, id_columns, target, window=window)
+    scores = score_partitions(joined.frame, target, task, settings.min_label_coverage)
+    version = int(champion.version)
+    rows, chosen = verdict_rows(
+        joined.frame, scores, target, (champion.model_name, version), settings.min_labelled_rows
+    )
+    pending = [s.partition for s in scores if s.status == "pending"]
+    record: dict[str, Any] = {
+        "mode": "partitions",
+        "model_name": champion.model_name,
+        "champion_version": champion.version,
+        "mlflow_run_id": champion.run_id,
+        "predictions_uri": predictions_uri,
+        "labels_uri": labels_uri,
+        "id_columns": list(id_columns),
+        "min_label_coverage": settings.min_label_coverage,
+        "rows": len(joined.frame),
+        "labelled_rows": int(joined.frame[target].notna().sum()),
+        "task": task,
+        "target": target,
+        "verdict_partitions": chosen,
+        "verdict_rows": len(rows),
+        "metrics": None,
+        "baseline_metrics": baseline,
+        "check": None,
+        "decayed": False,
+        "pending": pending,
+        "partitions": [s.to_dict() for s in scores],
+    }
+    if len(rows) < settings.min_labelled_rows:
+        record["reason"] = _no_verdict_reason(len(rows), chosen, pending, version, settings)
+    else:
+        current = partition_metrics(rows, target, task)
+        check = check_decay(baseline, current, metric, settings.tolerance, settings.tolerance_mode)
+        reason = f"{check.reason} on partitions {', '.join(sorted(chosen))}"
+        record.update(metrics=current, check=check.to_dict(), decayed=check.decayed, reason=reason)
+    storage.write_json(report_uri, record)
+    with mlflow_session() as client:
+        runs = _runs_of_versions(client, champion, scores)
+        record_points = log_history(client, scores, runs)
+        if champion.run_id:
+            client.log_dict(champion.run_id, record, mlflow_artifact)
+    summary = _partition_summary(record, scores, record_points)
+    return PerformanceOutcome(record=record, metric=metric, report_uri=report_uri, summary=summary)
+
+
+def _no_verdict_reason(
+    rows: int, chosen: Sequence[str], pending: Sequence[str], version: int, settings: DecaySettings
+) -> str:
+    waiting = (
+        f"; {len(pending)} partition(s) pending (label coverage below "
+        f"{settings.min_label_coverage:g})"
+        if pending
+        else ""
+    )
+    if not chosen:
+        return f"no verdict: no scored partition predicted by version {version}{waiting}"
+    return (
+        f"no verdict: not enough labelled rows: {rows} < {settings.min_labelled_rows} in "
+        f"{len(chosen)} scored partition(s) of version {version}{waiting}"
+    )
+
+
+def _runs_of_versions(
+    client: MlflowClient, champion: ChampionFacts, scores: Sequence[Any]
+) -> dict[int, str]:
+    """The training run of every version that predicted a scored partition."""
+    from mlflow.exceptions import MlflowException
+
+    runs: dict[int, str] = {}
+    if champion.run_id:
+        runs[int(champion.version)] = champion.run_id
+    versions = {v for s in scores if s.status == "scored" for v in s.model_versions}
+    for version in sorted(versions - set(runs)):
+        try:
+            run_id = client.get_model_version(champion.model_name, str(version)).run_id
+        except MlflowException:  # a deleted version: its partitions stay in the report only
+            continue
+        if run_id:
+            runs[version] = run_id
+    return runs
+
+
+def _partition_summary(
+    record: Mapping[str, Any], scores: Sequence[Any], history_points: int
+) -> dict[str, Any]:
+    """The XCom: the record without the per-partition list, plus counts and the newest."""
+    summary = {k: v for k, v in record.items() if k not in ("partitions", "pending")}
+    summary["partitions"] = {
+        "total": len(scores),
+        "scored": sum(s.status == "scored" for s in scores),
+        "pending": sum(s.status == "pending" for s in scores),
+    }
+    summary["pending"] = list(record["pending"])[-XCOM_PARTITIONS:]
+    summary["recent"] = [s.to_dict() for s in scores[-XCOM_PARTITIONS:]]
+    summary["history_points_logged"] = history_points
+    return summary

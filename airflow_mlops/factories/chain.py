@@ -135,6 +135,7 @@ def single_model_chain(
             task_id="predict",
             input_uri=config.data.inference_uri,
             output_uri=config.data.predictions_uri,
+            key_columns=config.data.id_columns,
             model_name=model,
             allowed_data_prefixes=prefixes,
             **conns,

@@ -29,6 +29,7 @@ from airflow_mlops.core.data_window import DataWindow
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, PromotionPolicy
+from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
 from airflow_mlops.core.training_config import TrainingConfig
 from airflow_mlops.core.values import TEMPLATE_MARKERS, is_templated
 from airflow_mlops.factories.templating import check_config_templates
@@ -93,7 +94,17 @@ class DataConfig(_Section):
         "lands new data with this URI as outlet triggers retraining.",
     )
     inference_uri: str | None = Field(None, description="Data to score with the champion.")
-    predictions_uri: str | None = Field(None, description="Where batch predictions are written.")
+    predictions_uri: str | None = Field(
+        None,
+        description="Where batch predictions are written: a file, or a folder/prefix that "
+        "gets one partition per run (dt=<partition>/part-<writer>.parquet; needs id_columns).",
+    )
+    id_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Columns identifying a prediction: copied into the predictions and used "
+        "to join the labels that land later (monitoring.decay).",
+    )
     allowed_prefixes: list[str] | None = Field(
         None,
         description="Local folders or s3:// prefixes every data URI must lie under, checked "
@@ -166,7 +177,17 @@ class PromotionConfig(_Section):
 
 
 class DecayConfig(_Section):
-    labels_uri: str = Field(description="Recent predictions joined with their true labels.")
+    labels_uri: str = Field(
+        description="Recent predictions joined with their true labels; with data.id_columns "
+        "and a predictions folder, a dataset of the id columns and the target landing later."
+    )
+    min_label_coverage: float = Field(
+        DEFAULT_MIN_LABEL_COVERAGE,
+        gt=0.0,
+        le=1.0,
+        description="Delayed labels: share of a prediction partition's rows that must be "
+        "labelled before it is scored; the others are reported pending.",
+    )
     tolerance: float = Field(
         DEFAULT_TOLERANCE, ge=0.0, description="Largest accepted drop of the metric."
     )

@@ -76,10 +76,18 @@ def _monitoring_tasks(config: PipelineConfig) -> None:
         **conns,
     )
     if monitoring.decay:
+        from airflow_mlops.core.prediction_layout import is_partitioned_output
+
+        predictions = config.data.predictions_uri
+        delayed = bool(config.data.id_columns and predictions)
+        delayed = delayed and is_partitioned_output(str(predictions))
         ModelPerformanceOperator(
             task_id="decay",
             model_name=model,
             labels_uri=monitoring.decay.labels_uri,
+            predictions_uri=predictions if delayed else None,
+            id_columns=config.data.id_columns if delayed else None,
+            min_label_coverage=monitoring.decay.min_label_coverage,
             tolerance=monitoring.decay.tolerance,
             metric=monitoring.decay.metric,
             debounce_seconds=int(monitoring.debounce_hours * 3600),

@@ -139,7 +139,7 @@ class DetectChangesOperator(MlopsBaseOperator):
         files = select_window(resolve_files(fs, uri), self._window(), end=window_end)
         manifest = self._champion_manifest(run_id)
         if manifest is not None:
-            return compare_with_manifest(manifest, files)
+            return compare_with_manifest(manifest, files, fs)
         self.log.info("The champion's run has no manifest: comparing content hashes.")
         return compare_with_hash(fs, files, champion_tags.get(TAG_DATA_SHA256))
 

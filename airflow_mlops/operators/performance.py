@@ -16,13 +16,17 @@ from airflow_mlops.core.constants import (
     PERFORMANCE_REPORT_NAME,
     TOLERANCE_MODES,
 )
-from airflow_mlops.operators.base import as_mapping, as_number, check_choice
+from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
+from airflow_mlops.core.values import is_templated
+from airflow_mlops.operators.base import as_mapping, as_name_list, as_number, check_choice
 from airflow_mlops.operators.monitoring import RetrainSignalOperator, TaskIds
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.core.performance import DecaySettings
+    from airflow_mlops.core.data_window import DataWindow
+    from airflow_mlops.core.performance import DecaySettings, PerformanceOutcome
 
 __all__ = ["ModelPerformanceOperator"]
 
@@ -46,6 +50,21 @@ class ModelPerformanceOperator(RetrainSignalOperator):
     XCom: ``{model_name, champion_version, labels_uri, report_uri, rows, labelled_rows,
     metrics, check, decayed, reason, retrain_signal}``.
 
+    **Delayed labels** (``predictions_uri`` and ``id_columns`` set): ``predictions_uri`` is the
+    folder :class:`~airflow_mlops.operators.prediction.BatchPredictionOperator` writes one
+    partition per run into, and ``labels_uri`` a dataset (file, folder, Hive partitions or
+    glob) of the id columns and the target, landing later. They are joined by id; a
+    prediction partition whose label coverage (labelled / predicted rows) reaches
+    ``min_label_coverage`` is scored from its stored predictions (no model is loaded), the
+    others are ``pending``. The verdict compares the champion version's newest scored
+    partitions (pooled up to ``min_labelled_rows`` labelled rows) with the baseline; each
+    scored partition is logged once to its model version's MLflow run as metrics
+    ``decay/<metric>``, ``decay/label_coverage``, ``decay/labelled_rows`` with ``step`` = its
+    day number (one chart over time). The report holds every partition; the XCom adds
+    ``mode: "partitions"``, ``partitions: {total, scored, pending}``, the newest ``pending``
+    keys and ``recent`` partitions, ``verdict_partitions``. No label file yet is an empty
+    input (``on_empty``).
+
     ``model_name``, ``debounce_seconds`` and ``ct_dag_id`` are
     :class:`~airflow_mlops.operators.monitoring.RetrainSignalOperator`'s; ``report_uri`` in the
     XCom is the ``performance.json`` file written to ``report_folder_uri``.
@@ -63,6 +82,13 @@ class ModelPerformanceOperator(RetrainSignalOperator):
     :param on_empty: no labelled rows at all: ``fail`` (default) or ``skip`` (templated).
     :param decay_task_ids / no_decay_task_ids: branches when ``on_decay="branch"``.
     :param report_folder_uri: folder for ``performance.json`` (templated).
+    :param predictions_uri: folder of predictions by partition (templated); with
+        ``id_columns``, switches to the delayed-labels check.
+    :param id_columns: columns identifying a prediction in both datasets (templated).
+    :param min_label_coverage: share of a partition's predictions that must be labelled
+        before it is scored (templated), default 0.8.
+    :param window: which prediction partitions to read (``"all"`` by default, or a
+        :class:`~airflow_mlops.core.data_window.DataWindow` mapping).
     """
 
     policy_field = "on_decay"
@@ -78,6 +104,9 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         "baseline_metrics",
         "min_labelled_rows",
         "on_decay",
+        "predictions_uri",
+        "id_columns",
+        "min_label_coverage",
     )
     template_fields_renderers = {"baseline_metrics": "json"}
 
@@ -95,6 +124,10 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         on_decay: str = "emit",
         decay_task_ids: TaskIds = None,
         no_decay_task_ids: TaskIds = None,
+        predictions_uri: str | None = None,
+        id_columns: Sequence[str] | str | None = None,
+        min_label_coverage: float | str = DEFAULT_MIN_LABEL_COVERAGE,
+        window: Mapping[str, Any] | str | DataWindow | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
@@ -108,6 +141,17 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         self.baseline_metrics = baseline_metrics
         self.min_labelled_rows = min_labelled_rows
         self.on_decay = on_decay
+        self.predictions_uri = predictions_uri
+        self.id_columns = list(id_columns) if isinstance(id_columns, (list, tuple)) else id_columns
+        self.min_label_coverage = min_label_coverage
+        self.window = window
+        if not is_templated([predictions_uri, id_columns]) and bool(predictions_uri) != bool(
+            id_columns
+        ):
+            raise ConfigError(
+                f"{self.task_id}: give both predictions_uri and id_columns (delayed labels) "
+                "or neither (labels_uri holds the labelled rows)."
+            )
         self.check_policies()
 
     def decay_settings(self) -> DecaySettings:
@@ -118,6 +162,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             tolerance=as_number(self.tolerance, float, "tolerance"),
             tolerance_mode=self.tolerance_mode,
             min_labelled_rows=as_number(self.min_labelled_rows, int, "min_labelled_rows"),
+            min_label_coverage=as_number(self.min_label_coverage, float, "min_label_coverage"),
         )
 
     def explicit_baseline(self) -> dict[str, float] | None:
@@ -128,6 +173,34 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             k: as_number(v, float, f"baseline_metrics[{k!r}]")
             for k, v in as_mapping(self.baseline_metrics, "baseline_metrics").items()
         }
+
+    def _check_partitions(
+        self, context: Context, champion: Any, settings: DecaySettings, folder: str
+    ) -> PerformanceOutcome:
+        """The delayed-labels check on predictions by partition."""
+        from airflow_mlops.core.performance import check_partitioned_performance
+        from airflow_mlops.hooks.storage import StorageHook
+        from airflow_mlops.operators.prediction import as_data_window
+
+        id_columns = as_name_list(self.id_columns, "id_columns")
+        if not id_columns:
+            raise ConfigError("id_columns must name the columns that identify a prediction.")
+        return check_partitioned_performance(
+            champion,
+            StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem,
+            self.storage,
+            predictions_uri=str(self.predictions_uri).strip(),
+            labels_uri=str(self.labels_uri).strip(),
+            id_columns=id_columns,
+            settings=settings,
+            mlflow_session=self.mlflow_hook.session,
+            report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
+            mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
+            target=self.target,
+            task=self.task,
+            baseline_metrics=self.explicit_baseline(),
+            window=as_data_window(self.window),
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -142,19 +215,22 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             raise AirflowSkipException(f"{self.model_name} has no champion yet: nothing to check.")
         folder = self.mlflow_artifact_folder(context, "performance")
         with self.empty_input_policy():
-            outcome = check_champion_performance(
-                champion,
-                self.storage,
-                str(self.labels_uri).strip(),
-                settings=settings,
-                mlflow_session=self.mlflow_hook.session,
-                trust=model_trust,
-                report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
-                mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
-                target=self.target,
-                task=self.task,
-                baseline_metrics=self.explicit_baseline(),
-            )
+            if self.predictions_uri:
+                outcome = self._check_partitions(context, champion, settings, folder)
+            else:
+                outcome = check_champion_performance(
+                    champion,
+                    self.storage,
+                    str(self.labels_uri).strip(),
+                    settings=settings,
+                    mlflow_session=self.mlflow_hook.session,
+                    trust=model_trust,
+                    report_uri=self.report_location(context, PERFORMANCE_REPORT_NAME),
+                    mlflow_artifact=f"{folder}/{PERFORMANCE_REPORT_NAME}",
+                    target=self.target,
+                    task=self.task,
+                    baseline_metrics=self.explicit_baseline(),
+                )
         self.log.info("%s", outcome.reason)
         if champion.run_id:
             self.link_champion(context, champion)

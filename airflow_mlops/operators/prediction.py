@@ -1,22 +1,32 @@
-"""BatchPredictionOperator: score a dataset with the champion model, chunk by chunk."""
+"""BatchPredictionOperator: score a dataset with the champion model, chunk by chunk, into
+one file or into one partition per run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.constants import DEFAULT_CHUNK_ROWS
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.model_uri import model_uri_for, validate_model_uri
+from airflow_mlops.core.prediction_layout import (
+    DEFAULT_PARTITION_COLUMN,
+    is_partitioned_output,
+    partition_key,
+    partition_output_uri,
+    writer_hash,
+)
 from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-__all__ = ["BatchPredictionOperator"]
+    from airflow_mlops.core.data_window import DataWindow
+
+__all__ = ["BatchPredictionOperator", "as_data_window"]
 
 
 class BatchPredictionOperator(MlopsBaseOperator):
@@ -28,13 +38,30 @@ class BatchPredictionOperator(MlopsBaseOperator):
     output has one row per input row: the ``key_columns``, ``prediction`` (or
     ``prediction_<i>`` for multi-output models), ``model_name`` and ``model_version``.
 
-    The input (parquet or CSV, local or ``s3://``) is scored ``chunk_rows`` rows at a time.
-    The output format follows its extension; it is replaced atomically, so a retry overwrites
-    it. Returns (XCom) :meth:`airflow_mlops.core.prediction.PredictionResult.to_xcom`.
+    The input is a parquet/CSV file (streamed ``chunk_rows`` rows at a time) or a dataset: a
+    folder or prefix (Hive partitions included) or a glob, read within ``window`` ending
+    ``window_end`` as training reads (``docs/data.md``); local or ``s3://``.
 
-    :param input_uri: dataset to score (templated).
-    :param output_uri: where to write predictions (templated); default
+    ``output_uri`` naming a file: the predictions go to that file (format by extension).
+    ``output_uri`` naming a folder or prefix: the run writes ONE partition,
+    ``<output_uri>/dt=<partition>/part-<writer>.parquet``, keyed by ``partition`` (default:
+    ``window_end``, else the run's ``ds``); ``<writer>`` hashes the DAG, task and map index,
+    so a retry or a rerun of the partition overwrites the same file. That mode needs
+    ``key_columns`` (the ids the decay check joins labels by) and adds the classifier's
+    probabilities (``score``, or ``score_<class>``) when the model has them. Either way the
+    file is replaced atomically. Returns (XCom)
+    :meth:`airflow_mlops.core.prediction.PredictionResult.to_xcom`.
+
+    :param input_uri: file or dataset to score (templated).
+    :param output_uri: where to write predictions (templated): a file, or a folder/prefix
+        for one partition per run; default
         ``<artifacts root>/<dag>/<run>/<task>/predictions.parquet``.
+    :param window: which partitions of a dataset input to score (``"all"`` by default, or a
+        :class:`~airflow_mlops.core.data_window.DataWindow` mapping; templated).
+    :param window_end: the newest partition of the input to read, and the default partition
+        key of the output (templated).
+    :param partition: the output partition key, e.g. ``2026-12-01`` or ``dt=2026-12-01``
+        (templated); default ``window_end``, else ``{{ ds }}``.
     :param model_name: registered model name (templated); exclusive with ``model_uri``.
     :param alias: alias of ``model_name`` to load (templated), default ``champion``.
     :param model_uri: explicit ``models:/<name>@<alias>`` or ``models:/<name>/<version>``
@@ -58,6 +85,9 @@ class BatchPredictionOperator(MlopsBaseOperator):
         "key_columns",
         "feature_columns",
         "chunk_rows",
+        "window",
+        "window_end",
+        "partition",
     )
     operator_extra_links = mlflow_links()
     ui_color = "#f7e6d5"
@@ -74,6 +104,9 @@ class BatchPredictionOperator(MlopsBaseOperator):
         feature_columns: Sequence[str] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         trust_unsigned_models: bool = False,
+        window: str | Mapping[str, Any] | DataWindow | None = None,
+        window_end: str | None = None,
+        partition: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -86,6 +119,11 @@ class BatchPredictionOperator(MlopsBaseOperator):
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
         self.chunk_rows = chunk_rows
         self.trust_unsigned_models = trust_unsigned_models
+        self.window = _window_value(window)
+        self.window_end = window_end
+        self.partition = partition
+        if output_uri and not is_templated(output_uri):
+            self._check_ids_for(output_uri)
         if (model_name is None) == (model_uri is None):
             raise ConfigError(
                 f"{self.task_id}: give exactly one of model_name (with alias) or model_uri."
@@ -99,15 +137,46 @@ class BatchPredictionOperator(MlopsBaseOperator):
             return validate_model_uri(self.model_uri)
         return model_uri_for(str(self.model_name), alias=self.alias)
 
+    def _check_ids_for(self, output_uri: str) -> None:
+        if is_partitioned_output(output_uri) and not self.key_columns:
+            raise ConfigError(
+                f"{self.task_id}: output_uri {output_uri!r} is a folder (one partition per "
+                "run): give key_columns (data.id_columns), the ids labels are joined by."
+            )
+
+    def _partition_target(self, context: Context, folder: str) -> tuple[str, str]:
+        """(the file this run writes under ``folder``, its partition ``dt=<key>``)."""
+        self._check_ids_for(folder)
+        column, key = partition_key(
+            self.partition or self.window_end or context["ds"], DEFAULT_PARTITION_COLUMN
+        )
+        run = self.run_context(context)
+        writer = writer_hash(run.dag_id, run.task_id, run.map_index)
+        return partition_output_uri(folder, f"{column}={key}", writer), f"{column}={key}"
+
+    def _input_filesystem(self, window: DataWindow) -> Any:
+        """The input's filesystem when it is read as a dataset (a single file is streamed)."""
+        from airflow_mlops.core.prediction_layout import is_dataset_input, reads_a_window
+        from airflow_mlops.hooks.storage import StorageHook
+
+        windowed = reads_a_window(window, self.window_end)
+        if not is_dataset_input(self.input_uri, windowed=windowed):
+            return None
+        return StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem(self.input_uri)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.prediction import run_batch_prediction
 
         model_uri = self._requested_model_uri()
         output_uri = self.output_uri or self.default_report_uri(context, "predictions.parquet")
+        partition = None
+        if is_partitioned_output(output_uri):
+            output_uri, partition = self._partition_target(context, output_uri)
         try:
             chunk_rows = int(self.chunk_rows)
         except (TypeError, ValueError):
             raise ConfigError(f"chunk_rows must be an integer, got {self.chunk_rows!r}.") from None
+        window = as_data_window(self.window)
         hook = self.mlflow_hook
         trust = model_trust(self.trust_unsigned_models is True)
         with hook.session() as client:
@@ -122,6 +191,11 @@ class BatchPredictionOperator(MlopsBaseOperator):
                 chunk_rows=chunk_rows,
                 allowed_registry_uri=hook.settings.registry_uri or hook.tracking_uri,
                 trust=trust,
+                fs=self._input_filesystem(window),
+                window=window,
+                window_end=self.window_end or None,
+                with_scores=partition is not None,
+                partition=partition,
             )
             experiment_id = (
                 client.get_run(result.model_run_id).info.experiment_id
@@ -145,3 +219,24 @@ class BatchPredictionOperator(MlopsBaseOperator):
             model_version=result.model_version,
         )
         return result.to_xcom()
+
+
+def as_data_window(window: Any) -> DataWindow:
+    """A rendered ``window`` parameter: None/``""`` is ``all``; JSON object text a mapping."""
+    from airflow_mlops.core.data_window import DataWindow
+
+    if window is None or window == "":
+        window = "all"
+    elif isinstance(window, str) and window.lstrip().startswith("{"):
+        window = as_mapping(window, "window")
+    return DataWindow.model_validate(window)
+
+
+def _window_value(window: Any) -> Any:
+    """The window as templatable data: ``"all"``, a mapping, or a template string."""
+    if window is None or isinstance(window, (str, Mapping)):
+        return dict(window) if isinstance(window, Mapping) else window
+    dump = getattr(window, "model_dump", None)
+    if dump is None:
+        raise ConfigError(f"window must be 'all', a mapping or a DataWindow, got {window!r}")
+    return dump(mode="json", exclude_defaults=True) or "all"
