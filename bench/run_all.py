@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("bench_evaluation.py", [], ["--rows", "100000", "--repeats", "1"]),
     ("bench_manifest.py", [], ["--files", "200", "--repeats", "3"]),
     ("bench_e2e.py", [], ["--rows", "100000", "--repeats", "1"]),
+    ("bench_ct_scale.py", ["--rows", "1000000"], ["--rows", "200000"]),  # full: --rows 5000000
     ("bench_scaling.py", [], []),
     # 50 models x 365 daily monitoring runs (~7 min to write them), then the real api-server.
     ("bench_page.py", [], ["--days", "30", "--cold", "10", "--warm", "100"]),

@@ -404,6 +404,59 @@ def test_missing_file_is_data_not_found(tmp_path):
         drift.compute_drift(ref, str(tmp_path / "nope.parquet"), Storage())
 
 
+# -- datasets -------------------------------------------------------------------------------
+
+
+def write_days(root, frames: dict[str, pd.DataFrame]) -> str:
+    """One Hive partition per day (``dt=<day>/part-0.parquet``) under ``root``."""
+    for day, frame in frames.items():
+        (root / f"dt={day}").mkdir(parents=True)
+        frame.to_parquet(root / f"dt={day}" / "part-0.parquet", index=False)
+    (root / "_SUCCESS").write_text("")  # a writer's side file, skipped
+    return str(root)
+
+
+def test_partitioned_folder_is_read_within_its_window_and_a_bad_file_is_named(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from airflow_mlops.core.data_window import DataWindow
+    from airflow_mlops.core.drift_sampling import TableSource
+    from airflow_mlops.core.errors import UnreadableDataError
+
+    ref = write(make_frame(3_000, seed=1), tmp_path, "reference.parquet")
+    days = {
+        "2026-12-01": make_frame(1_500, seed=2),
+        "2026-12-02": make_frame(1_500, seed=3),
+        "2026-12-03": make_frame(1_500, seed=4, shift=("amount", "channel", "is_member")),
+    }
+    current = write_days(tmp_path / "current", days)
+    fs = LocalFileSystem()
+    sampling = SamplingPolicy(max_rows_per_side=1_000)
+
+    def check(window: DataWindow, end: str | None = None) -> drift.DriftResult:
+        sources = (
+            TableSource(ref, Storage(), filesystem=fs),
+            TableSource(current, Storage(), filesystem=fs, window=window, window_end=end),
+        )
+        settings = drift.DriftSettings(sampling=sampling)
+        return drift.compute_drift(ref, current, Storage(), settings, sources=sources)
+
+    # The partition key (dt) is no data column: the sides compare without naming columns.
+    earlier = check(DataWindow(last_partitions=2), end="2026-12-02")
+    assert earlier.drifted is False
+    assert earlier.summary["sampling"]["current"]["rows"] == 3_000  # two days, sampled
+    assert earlier.summary["sampling"]["current"]["sampled_rows"] == 1_000
+    newest = check(DataWindow(last_partitions=1))
+    assert sorted(newest.summary["drifted_columns"]) == ["amount", "channel", "is_member"]
+    assert newest.summary["sampling"]["current"]["rows"] == 1_500
+
+    bad = tmp_path / "current" / "dt=2026-12-04" / "part-0.parquet"
+    bad.parent.mkdir()
+    make_frame(10, seed=5).drop(columns=["age"]).to_parquet(bad, index=False)
+    with pytest.raises(UnreadableDataError, match=r"dt=2026-12-04/part-0\.parquet.*\['age'\]"):
+        check(DataWindow())
+
+
 # -- HTML -----------------------------------------------------------------------------------
 
 

@@ -598,3 +598,39 @@ def test_s3_inputs_and_reports(run_dag, champion, s3_bucket, s3_server):
     assert summary["sampling"]["reference"]["sampled_rows"] == 1_000
     html = s3.get_object(Bucket=s3_bucket, Key="reports/drift/drift_report.html")["Body"].read()
     assert b"uniform sample of 1,000 of 2,000 rows" in html
+
+
+def test_s3_prefix_of_daily_partitions_is_compared_within_its_window(
+    run_dag, champion, s3_bucket, s3_server
+):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    days = {
+        "2026-12-01": feature_frame(800, seed=2),
+        "2026-12-02": feature_frame(800, seed=4),
+        "2026-12-03": feature_frame(800, seed=3, shifted=True),  # after the window's end
+    }
+    for day, frame in days.items():
+        key = f"features/dt={day}/part-0.parquet"
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=frame.to_parquet(index=False))
+    s3.put_object(Bucket=s3_bucket, Key="features/_SUCCESS", Body=b"")
+
+    dag_run = run_dag(
+        drift_dag(
+            model_name=champion["name"],
+            current_uri=f"s3://{s3_bucket}/features/",
+            window={"last_partitions": 2},
+            window_end="{{ '2026-12-02' }}",
+            report_folder_uri=f"s3://{s3_bucket}/reports/prefix",
+        )
+    )
+
+    assert states(dag_run) == {"drift": "success", "after": "success"}
+    result = xcom_result(dag_run)
+    assert result["dataset"]["drifted"] is False, result  # the shifted day is outside
+    summary = json.loads(
+        s3.get_object(Bucket=s3_bucket, Key="reports/prefix/drift_summary.json")["Body"].read()
+    )
+    assert summary["sampling"]["current"]["rows"] == 1_600  # two days of 800 rows
+    assert list(summary["columns"]) == FEATURES  # the champion's features, not dt

@@ -40,6 +40,7 @@ __all__ = [
     "arrow_filesystem",
     "filter_partitions",
     "fs_path",
+    "open_dataset",
     "read_files",
     "resolve_files",
 ]
@@ -51,8 +52,6 @@ RowFilter = Union["pads.Expression", Callable[["pa.Schema"], "pads.Expression"]]
 #: The column :func:`read_files` adds (``source_column=``) for each row's file: its
 #: :attr:`DataFile.path`, spelt as in manifest entries. Metadata, never a feature.
 SOURCE_FILE_COLUMN = "__mlops_file"
-# pyarrow.dataset's special field holding each row's fragment path (its filesystem's spelling).
-_ARROW_FILENAME = "__filename"
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 LOCAL_SCHEMES = ("", "file")
@@ -298,7 +297,29 @@ def read_files(
 
     With ``source_column`` (e.g. :data:`SOURCE_FILE_COLUMN`), the frame gets that column,
     last: each row's :attr:`DataFile.path`, dictionary-encoded (a pandas categorical of
-    strings: one copy of each path, not one per row), from pyarrow's ``__filename`` field.
+    strings: one copy of each path, not one per row).
+    """
+    dataset = open_dataset(fs, files)
+    schema = dataset.schema
+    _check_columns(columns, schema, files[0])
+    if source_column is not None and source_column in schema.names:
+        raise UnreadableDataError(
+            f"{files[0].path} has a column {source_column!r}, the name reserved for each "
+            "row's source file: rename it."
+        )
+    by_path = {fs_path(fs, f.path): f for f in files}
+    table = _scan(dataset, by_path, columns, _resolve_filter(row_filter, schema), source_column)
+    # self_destruct frees each Arrow buffer once converted: one copy of the data at a time.
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def open_dataset(fs: AbstractFileSystem, files: Sequence[DataFile]) -> pads.FileSystemDataset:
+    """``files`` (one dataset) as a ``pyarrow.dataset``, every file's schema checked.
+
+    Reads each file's footer (parquet) or header (csv), no rows. The schema is the files'
+    common one plus the partition keys as string columns; its fragments are in the order of
+    ``files``. Fails naming the file that is empty, unreadable, has other columns or types
+    than the first file, or a data column named like a partition key.
     """
     if not files:
         raise DataNotFoundError("No data files to read (the window selected none).")
@@ -310,19 +331,7 @@ def read_files(
     schemas = [_physical_schema(fragment, f) for fragment, f in zip(fragments, files, strict=True)]
     data_schema = _common_schema(files, schemas, files[0].format)
     schema = _with_partition_columns(data_schema, files)
-    _check_columns(columns, schema, files[0])
-    if source_column is not None and source_column in schema.names:
-        raise UnreadableDataError(
-            f"{files[0].path} has a column {source_column!r}, the name reserved for each "
-            "row's source file: rename it."
-        )
-    dataset = pads.FileSystemDataset(fragments, schema, file_format, arrow_fs)
-    by_path = {fs_path(fs, f.path): f for f in files}
-    table = _scan(dataset, by_path, columns, _resolve_filter(row_filter, schema), source_column)
-    if source_column is not None:
-        table = _with_source_paths(table, by_path, source_column)
-    # self_destruct frees each Arrow buffer once converted: one copy of the data at a time.
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    return pads.FileSystemDataset(fragments, schema, file_format, arrow_fs)
 
 
 def arrow_filesystem(fs: AbstractFileSystem) -> Any:
@@ -443,11 +452,10 @@ def _scan(
     import pyarrow as pa
 
     columns = list(columns) if columns else None
-    wanted = columns
-    if source_column is not None:
-        wanted = [*(columns or dataset.schema.names), _ARROW_FILENAME]
     try:
-        return dataset.to_table(columns=wanted, filter=where)
+        if source_column is None:
+            return dataset.to_table(columns=columns, filter=where)
+        return _scan_with_source(dataset, by_path, columns, where, source_column)
     except (pa.ArrowException, OSError, ValueError) as err:
         for fragment in dataset.get_fragments():
             file = by_path[fragment.path]
@@ -461,17 +469,28 @@ def _scan(
         raise UnreadableDataError(f"The dataset of {first.path} cannot be read: {err}") from err
 
 
-def _with_source_paths(table: Any, by_path: Mapping[str, DataFile], name: str) -> Any:
-    """Replace pyarrow's ``__filename`` (the filesystem's spelling of each fragment) by
-    ``name`` holding the :attr:`DataFile.path`; only the dictionary of paths is rewritten."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _scan_with_source(
+    dataset: Any, by_path: Mapping[str, DataFile], columns: Any, where: Any, name: str
+) -> Any:
+    """The scan plus ``name``: each row's :attr:`DataFile.path`, dictionary-encoded.
 
-    index = table.schema.get_field_index(_ARROW_FILENAME)
+    Each batch comes tagged with its fragment, so every chunk of the column is a run of one
+    dictionary code: no per-row path string is ever built (pyarrow's ``__filename`` field
+    would materialise one per row before it could be encoded).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    scanner = dataset.scanner(columns=columns, filter=where)
+    batches, sources = [], []
+    for tagged in scanner.scan_batches():
+        batch = tagged.record_batch
+        if not batch.num_rows:  # a filtered-out file must not become a category
+            continue
+        batches.append(batch)
+        indices = pa.array(np.zeros(batch.num_rows, dtype=np.int32))
+        path = pa.array([by_path[tagged.fragment.path].path], pa.string())
+        sources.append(pa.DictionaryArray.from_arrays(indices, path))
+    table = pa.Table.from_batches(batches, schema=scanner.projected_schema)
     kind = pa.dictionary(pa.int32(), pa.string())
-    chunks = []
-    for chunk in pc.dictionary_encode(table.column(index)).chunks:
-        paths = [by_path[p].path for p in chunk.dictionary.to_pylist()]
-        chunks.append(pa.DictionaryArray.from_arrays(chunk.indices, pa.array(paths, pa.string())))
-    column = pa.chunked_array(chunks, type=kind)
-    return table.set_column(index, pa.field(name, kind), column)
+    return table.append_column(pa.field(name, kind), pa.chunked_array(sources, type=kind))

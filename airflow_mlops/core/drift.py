@@ -488,15 +488,21 @@ def compute_drift(
     current_uri: str,
     storage: Storage,
     settings: DriftSettings | None = None,
+    *,
+    sources: tuple[TableSource, TableSource] | None = None,
 ) -> DriftResult:
     """Schema check, sampling, Evidently, summary and safe HTML for two tables by URI.
 
-    Raises :class:`SchemaDriftError` (columns or types differ), :class:`EmptyBatchError`
-    (current has no rows), :class:`DataError` (reference has no rows, or nothing testable).
+    ``sources``: the (reference, current) tables already opened (datasets, windows);
+    default: each URI read as one file through ``storage``. Raises
+    :class:`SchemaDriftError` (columns or types differ), :class:`EmptyBatchError` (current
+    has no rows), :class:`DataError` (reference has no rows, or nothing testable).
     """
     settings = settings or DriftSettings()
-    reference_source = TableSource(reference_uri, storage)
-    current_source = TableSource(current_uri, storage)
+    reference_source, current_source = sources or (
+        TableSource(reference_uri, storage),
+        TableSource(current_uri, storage),
+    )
     ref_kinds, cur_kinds = reference_source.kinds(), current_source.kinds()
     columns = check_schema(ref_kinds, cur_kinds, settings.columns)
     stratify = settings.sampling.stratify_by

@@ -27,9 +27,11 @@ from airflow_mlops.core.errors import ConfigError, MlopsError
 from airflow_mlops.core.lineage import TAG_REFERENCE_URI
 
 if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
     from mlflow.tracking import MlflowClient
 
     from airflow_mlops.core.champion import ChampionFacts
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.drift import DriftSettings
     from airflow_mlops.core.storage import Storage
 
@@ -92,8 +94,16 @@ def check_champion_drift(
     mlflow_session: Callable[[], AbstractContextManager[MlflowClient]],
     mlflow_folder: str | None,
     airflow_task: Mapping[str, Any],
+    filesystem: Callable[[str], AbstractFileSystem] | None = None,
+    window: DataWindow | None = None,
+    window_end: str | None = None,
 ) -> DriftOutcome:
     """Drift of ``current_uri`` against ``reference_uri``, its reports and its records.
+
+    With ``filesystem`` (a URI's fsspec filesystem), either side may be a dataset: a file,
+    folder or prefix (Hive partitions included) or glob; the current side is read within
+    ``window`` (default: all of it) ending at ``window_end`` (default: the newest
+    partition). Without it, each side is one file read through ``storage``.
 
     The report goes to ``html_uri`` and the summary to ``summary_uri``; with a champion run
     and an ``mlflow_folder`` both are also logged on that run (the same folder on every try,
@@ -103,6 +113,7 @@ def check_champion_drift(
     anything is written.
     """
     from airflow_mlops.core.drift import compute_drift, small_summary
+    from airflow_mlops.core.drift_sampling import TableSource
 
     log.info(
         "Drift of %s vs %s on %s (sample cap %s rows per side, seed %s)",
@@ -112,7 +123,25 @@ def check_champion_drift(
         settings.sampling.max_rows_per_side,
         settings.sampling.seed,
     )
-    drift = compute_drift(reference_uri, current_uri, storage, settings)
+    sources = None
+    if filesystem is not None:
+        reference = TableSource(reference_uri, storage, filesystem=filesystem(reference_uri))
+        current = TableSource(
+            current_uri,
+            storage,
+            filesystem=filesystem(current_uri),
+            window=window,
+            window_end=window_end,
+        )
+        if current.files:
+            log.info(
+                "Current data: %d file(s) of %s (%s)",
+                len(current.files),
+                current_uri,
+                window.describe() if window else "all partitions",
+            )
+        sources = (reference, current)
+    drift = compute_drift(reference_uri, current_uri, storage, settings, sources=sources)
     summary = drift.summary
     storage.write_text(html_uri, drift.html)
     # Not write_json: it sorts keys, and the columns' order is the data's order.

@@ -1,9 +1,15 @@
 """The two sides of a drift check, read once: streamed tables, the schema check, the sample.
 
-Parquet is read one column and one row group at a time, only the columns under test; each
-chunk updates a small full-data profile (non-missing count, distinct values up to a cap)
-and contributes the rows drawn by a seeded sample (uniform, or stratified on one column).
-Memory stays at one decoded column chunk plus the sample, whatever the input size.
+Parquet is read one column and one row group (or scan batch) at a time, only the columns
+under test; each chunk updates a small full-data profile (non-missing count, distinct values
+up to a cap) and contributes the rows drawn by a seeded sample (uniform, or stratified on one
+column). Memory stays at one decoded column chunk plus the sample, whatever the input size.
+
+A side is one file read through :class:`~airflow_mlops.core.storage.Storage`, or, given an
+fsspec filesystem, a dataset (a folder or prefix of files, Hive partitions included, or a
+glob; :mod:`airflow_mlops.core.datasets`) within an optional
+:class:`~airflow_mlops.core.data_window.DataWindow`, streamed file by file with
+``pyarrow.dataset``, so an error names the file.
 :mod:`airflow_mlops.core.drift` plans the columns from the profiles and runs Evidently on
 the sample.
 """
@@ -31,6 +37,9 @@ from airflow_mlops.core.errors import (
 from airflow_mlops.core.storage import is_s3_uri, local_path, table_format
 
 if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.storage import Storage
 
 __all__ = [
@@ -134,13 +143,35 @@ class TableSource:
     Parquet is the format for large inputs: its schema and row count come from the file
     footer and batches decode only the requested columns. CSV has no footer, so it is
     parsed once in full (all columns) and then streamed from memory.
+
+    With ``filesystem`` (fsspec, e.g. ``StorageHook.get_filesystem(uri)``), a ``uri`` naming
+    a folder, prefix or glob, or any ``uri`` with a ``window``, is read as a dataset: its
+    files are listed, the window's are kept (``window_end``: the newest partition or time to
+    include), every file's schema is checked, and rows are streamed file by file. Hive
+    partition keys are where a row sits, not data: they are left out of :meth:`kinds`.
+    A single file URI without a window keeps the one-file reader.
     """
 
-    def __init__(self, uri: str, storage: Storage) -> None:
+    def __init__(
+        self,
+        uri: str,
+        storage: Storage,
+        *,
+        filesystem: AbstractFileSystem | None = None,
+        window: DataWindow | None = None,
+        window_end: str | None = None,
+    ) -> None:
         self.uri = uri
-        self.format = table_format(uri)
         self._parquet: pq.ParquetFile | None = None
         self._table: pa.Table | None = None
+        self._dataset: _DatasetReader | None = None
+        self.partition_columns: tuple[str, ...] = ()
+        #: The files read, when read as a dataset (empty for the one-file reader).
+        self.files: list[Any] = []
+        if filesystem is not None and (window is not None or not _names_one_file(uri)):
+            self._open_dataset(filesystem, window, window_end)
+            return
+        self.format = table_format(uri)
         if self.format == "parquet":
             self._parquet = self._open_parquet(uri, storage)
             self.schema = self._parquet.schema_arrow
@@ -182,18 +213,41 @@ class TableSource:
             raise UnreadableDataError(f"{uri} has no columns (empty csv).") from err
         except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
             raise UnreadableDataError(f"{uri} cannot be read as csv: {err}") from err
-        # A column without a single value has no type in CSV (pandas says float64): mark it
-        # null so it is reported as "all values missing", not as a type change.
-        empty = [c for c in frame.columns if frame[c].isna().all()]
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        for name in empty:
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, pa.field(name, pa.null()), pa.nulls(len(table)))
-        return table
+        return _csv_table(frame)
+
+    def _open_dataset(
+        self, fs: AbstractFileSystem, window: DataWindow | None, window_end: str | None
+    ) -> None:
+        from airflow_mlops.core.data_window import DataWindow, select_window, window_row_filter
+        from airflow_mlops.core.datasets import open_dataset, read_files, resolve_files
+
+        window = window or DataWindow()
+        if window.max_rows:
+            raise ConfigError(
+                f"window.max_rows does not apply to drift data ({self.uri}): the drift "
+                "sample is capped by sample_rows."
+            )
+        files = select_window(resolve_files(fs, self.uri), window, end=window_end)
+        self.files = files
+        self.format = files[0].format
+        self.partition_columns = tuple(files[0].partition)
+        row_filter = window_row_filter(window, end=window_end)
+        if self.format == "csv":
+            # CSV has no footer: read whole, as a single csv file is.
+            self._table = _csv_table(read_files(fs, files, row_filter=row_filter))
+            self.schema, self.num_rows = self._table.schema, self._table.num_rows
+            return
+        dataset = open_dataset(fs, files)
+        where = row_filter(dataset.schema) if row_filter is not None else None
+        self._dataset = _DatasetReader(fs, dataset, files, where)
+        self.schema = dataset.schema
+        self.num_rows = self._dataset.count_rows()
 
     def kinds(self) -> dict[str, Kind]:
-        """Column name -> kind, in file order."""
-        return {f.name: arrow_kind(f.type) for f in self.schema}
+        """Column name -> kind, in file order (partition keys left out)."""
+        return {
+            f.name: arrow_kind(f.type) for f in self.schema if f.name not in self.partition_columns
+        }
 
     def iter_column(self, column: str) -> Iterator[pa.Array]:
         """One column, one row group at a time (CSV: one in-memory chunk at a time).
@@ -201,7 +255,9 @@ class TableSource:
         Column by column rather than row batches: a file written as a single row group of
         millions of rows would otherwise be decoded whole, all columns at once.
         """
-        if self._parquet is not None:
+        if self._dataset is not None:
+            yield from self._dataset.iter_column(column)
+        elif self._parquet is not None:
             for index in range(self._parquet.metadata.num_row_groups):
                 chunked = self._parquet.read_row_group(index, columns=[column]).column(0)
                 yield from chunked.chunks
@@ -210,10 +266,83 @@ class TableSource:
             yield from self._table.column(column).chunks
 
     def read_column(self, column: str) -> pa.ChunkedArray:
+        if self._dataset is not None:
+            field_type = self.schema.field(column).type
+            return pa.chunked_array(list(self._dataset.iter_column(column)), type=field_type)
         if self._parquet is not None:
             return self._parquet.read(columns=[column]).column(0)
         assert self._table is not None
         return self._table.column(column)
+
+
+def _names_one_file(uri: str) -> bool:
+    """A URI spelt as one data file (no wildcard, a table suffix)."""
+    from airflow_mlops.core.datasets import GLOB_CHARS
+    from airflow_mlops.core.storage import TABLE_FORMATS
+
+    lowered = uri.lower()
+    return not GLOB_CHARS.search(uri) and any(lowered.endswith(s) for s in TABLE_FORMATS)
+
+
+def _csv_table(frame: pd.DataFrame) -> pa.Table:
+    """A parsed CSV as Arrow. A column without a single value has no type in CSV (pandas
+    says float64): it is marked null, so it is reported as "all values missing", not as a
+    type change."""
+    empty = [c for c in frame.columns if frame[c].isna().all()]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name in empty:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, pa.field(name, pa.null()), pa.nulls(len(table)))
+    return table
+
+
+class _DatasetReader:
+    """A parquet dataset streamed one column at a time, file by file, in the files' order
+    (the sample's row positions count rows in that order); errors name the file."""
+
+    BATCH_ROWS = 1 << 17
+
+    def __init__(self, fs: Any, dataset: Any, files: Sequence[Any], where: Any) -> None:
+        from airflow_mlops.core.datasets import fs_path
+
+        by_path = {fs_path(fs, f.path): f for f in files}
+        self._parts = [(fragment, by_path[fragment.path]) for fragment in dataset.get_fragments()]
+        self._schema = dataset.schema
+        self._where = where
+
+    def count_rows(self) -> int:
+        # Without a filter, from the files' footers; with one, by scanning its columns.
+        return sum(
+            self._guarded(file, lambda f=fragment: f.count_rows(filter=self._where))
+            for fragment, file in self._parts
+        )
+
+    def iter_column(self, column: str) -> Iterator[pa.Array]:
+        for fragment, file in self._parts:
+            batches = self._guarded(
+                file,
+                lambda f=fragment: f.to_batches(
+                    schema=self._schema,
+                    columns=[column],
+                    filter=self._where,
+                    batch_size=self.BATCH_ROWS,
+                    use_threads=False,
+                ),
+            )
+            while True:
+                batch = self._guarded(file, lambda b=batches: next(b, None))
+                if batch is None:
+                    break
+                yield batch.column(0)
+
+    @staticmethod
+    def _guarded(file: Any, read: Any) -> Any:
+        try:
+            return read()
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise UnreadableDataError(
+                f"{file.path} cannot be read as {file.format}: {err}"
+            ) from err
 
 
 # -- schema check ---------------------------------------------------------------------------

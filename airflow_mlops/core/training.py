@@ -80,7 +80,7 @@ from airflow_mlops.core.lineage import (
     config_hash,
     detect_git_commit,
 )
-from airflow_mlops.core.manifest import build_manifest
+from airflow_mlops.core.manifest import Manifest, build_manifest
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics
 from airflow_mlops.core.mlflow_client import get_or_create_experiment
 from airflow_mlops.core.storage import Storage, join_uri
@@ -199,7 +199,11 @@ def train_model(
     # Everything that can be wrong with the inputs is found from here, before any run exists.
     fs = filesystem if filesystem is not None else local_filesystem(config.train_uri)
     files = select_window(resolve_files(fs, config.train_uri), config.window, end=config.window_end)
-    manifest = build_manifest(fs, files)
+    frame = None
+    if any(r.info.status == "FINISHED" for r in earlier):
+        manifest = build_manifest(fs, files)  # decides whether a finished run is reused
+    else:
+        manifest, frame = _hash_while_reading(fs, config, files)
     expected = reuse_fingerprint(config, manifest.content_hash)
     previous = latest_finished(earlier, expected)
     if previous is not None:
@@ -212,7 +216,8 @@ def train_model(
             "training again.",
             stale,
         )
-    frame = read_training_data(fs, config, files)
+    if frame is None:
+        frame = read_training_data(fs, config, files)
     prepared = prepare_data(
         config, frame, manifest.content_hash, len(frame), list(files[0].partition)
     )
@@ -361,13 +366,42 @@ def read_training_data(
     ETag/mtime changed since it was listed and hashed (rewritten while training started)
     fails the read, naming it: the manifest must describe the bytes trained on.
     """
-    frame = read_files(
+    frame = _read_rows(fs, config, files)
+    _refuse_changed_files(fs, config, files)
+    return frame
+
+
+def _hash_while_reading(
+    fs: AbstractFileSystem, config: TrainingJob, files: Sequence[DataFile]
+) -> tuple[Manifest, pd.DataFrame]:
+    """The manifest and the rows, the files hashed in a thread while pyarrow reads them
+    (hashlib and pyarrow release the GIL): for runs with no finished run to reuse, whose
+    rows are read whatever the hash. Files are checked unchanged once both are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="manifest") as pool:
+        hashing = pool.submit(build_manifest, fs, files)
+        frame = _read_rows(fs, config, files)
+        manifest = hashing.result()
+    _refuse_changed_files(fs, config, files)
+    return manifest, frame
+
+
+def _read_rows(
+    fs: AbstractFileSystem, config: TrainingJob, files: Sequence[DataFile]
+) -> pd.DataFrame:
+    return read_files(
         fs,
         files,
         columns=_columns_to_read(config),
         row_filter=window_row_filter(config.window, end=config.window_end),
         source_column=SOURCE_FILE_COLUMN,
     )
+
+
+def _refuse_changed_files(
+    fs: AbstractFileSystem, config: TrainingJob, files: Sequence[DataFile]
+) -> None:
     listed = {f.path: f.stat_key() for f in resolve_files(fs, config.train_uri)}
     changed = [f.path for f in files if listed.get(f.path) != f.stat_key()]
     if changed:
@@ -375,7 +409,6 @@ def read_training_data(
             f"data files {changed[:5]} changed or disappeared while they were read: "
             "the manifest would not describe the rows; retry once the writer is done"
         )
-    return frame
 
 
 def _columns_to_read(config: TrainingJob) -> list[str] | None:

@@ -145,9 +145,11 @@ def prepare_data(
     train, holdout, cutoff = split_data(
         frame, features, config.target, task, config.split, config.search, split
     )
-    X_train = _renumbered(train[features])
-    y_train = _renumbered(train[config.target])
-    del train  # one copy of the training rows at a time
+    y_train = _renumbered(train.pop(config.target))
+    # The hash split's training rows hold exactly the features once the target is popped:
+    # taking them as they are avoids a second copy of the largest frame.
+    X_train = _renumbered(train if list(train.columns) == features else train[features])
+    del train
     check_features_have_values(X_train, config.train_uri)
     kept = [c for c in (split.key_columns if split else ()) if c not in {*features, config.target}]
     if SOURCE_FILE_COLUMN in holdout.columns:

@@ -23,6 +23,7 @@ from airflow_mlops.operators.monitoring import RetrainSignalOperator, TaskIds
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_mlops.core.data_window import DataWindow
     from airflow_mlops.core.drift import DriftSettings
 
 __all__ = ["DriftReportOperator"]
@@ -56,9 +57,14 @@ class DriftReportOperator(RetrainSignalOperator):
     :class:`~airflow_mlops.operators.monitoring.RetrainSignalOperator`'s. ``report_uri`` in the
     XCom is the HTML report file, ``summary_uri`` the JSON summary file.
 
-    :param current_uri: the new data (templated).
-    :param reference_uri: the reference data (templated); default: the ``mlops.reference.uri``
-        tag of the champion's training run.
+    :param current_uri: the new data (templated): a file, a folder or prefix of parquet/csv
+        files (Hive partitions included) or a glob, local or ``s3://`` (read through
+        ``StorageHook.get_filesystem``, streamed file by file).
+    :param reference_uri: the reference data (templated), in any of the same forms; default:
+        the ``mlops.reference.uri`` tag of the champion's training run.
+    :param window: which partitions of ``current_uri`` are compared (a ``DataWindow``, its
+        mapping, e.g. ``{"last_partitions": 1}``, or ``"all"``, the default).
+    :param window_end: the partition the window ends with (templated; empty: the newest).
     :param columns: columns to compare (templated); default: the champion's features
         (``mlops.features``), else every column (both sides must then match exactly).
     :param column_methods: Evidently stat test per column, e.g. ``{"age": "psi"}`` (templated).
@@ -83,6 +89,7 @@ class DriftReportOperator(RetrainSignalOperator):
         *RetrainSignalOperator.template_fields,
         "current_uri",
         "reference_uri",
+        "window_end",
         "columns",
         "column_methods",
         "column_thresholds",
@@ -110,6 +117,8 @@ class DriftReportOperator(RetrainSignalOperator):
         drift_task_ids: TaskIds = None,
         no_drift_task_ids: TaskIds = None,
         attach_to_mlflow: bool = True,
+        window: DataWindow | Mapping[str, Any] | str | None = None,
+        window_end: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(branches=(drift_task_ids, no_drift_task_ids), **kwargs)
@@ -124,7 +133,22 @@ class DriftReportOperator(RetrainSignalOperator):
         self.stratify_by = stratify_by
         self.on_drift = on_drift
         self.attach_to_mlflow = attach_to_mlflow
+        self.window = window
+        self.window_end = window_end
         self.check_policies()
+
+    def current_window(self) -> DataWindow | None:
+        """The ``window`` setting, checked (errors name the field); ``None`` for all data."""
+        from pydantic import ValidationError
+
+        from airflow_mlops.core.data_window import DataWindow
+
+        if self.window is None:
+            return None
+        try:
+            return DataWindow.model_validate(self.window)
+        except ValidationError as err:
+            raise ConfigError(f"window: {err}") from err
 
     def drift_settings(self, default_columns: Sequence[str] | None) -> DriftSettings:
         """The typed core settings from the rendered fields (errors name the field)."""
@@ -157,8 +181,10 @@ class DriftReportOperator(RetrainSignalOperator):
             check_champion_drift,
             reference_for,
         )
+        from airflow_mlops.hooks.storage import StorageHook
 
         policy = self.checked_policies()
+        window = self.current_window()
         if not isinstance(self.current_uri, str) or not self.current_uri.strip():
             raise ConfigError(f"current_uri must be a non-empty string, got {self.current_uri!r}")
         champion = self.read_champion()
@@ -180,6 +206,9 @@ class DriftReportOperator(RetrainSignalOperator):
                 mlflow_session=self.mlflow_hook.session,
                 mlflow_folder=self.mlflow_artifact_folder(context, "drift") if attach else None,
                 airflow_task=self.airflow_task(context),
+                filesystem=StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem,
+                window=window,
+                window_end=None if self.window_end in (None, "", "None") else self.window_end,
             )
         if outcome.attached and champion is not None:
             self.link_champion(context, champion)
