@@ -221,8 +221,12 @@ def test_versions_runs_are_read_in_one_search(mlflow_server: str) -> None:
     experiment_id = client.create_experiment(f"runs_{uuid.uuid4().hex[:8]}")
     name = f"batch_{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
+    decision = "promoted: all 1 applicable rule(s) passed [rows compared 136, excluded 26 <b>"
     for alias, f1 in (("champion", 0.8), ("challenger", 0.9)):
-        run = client.create_run(experiment_id, tags={"mlops.airflow.dag_id": f"ct_{name}"})
+        tags = {"mlops.airflow.dag_id": f"ct_{name}"}
+        if alias == "challenger":
+            tags["mlops.decision.reason"] = decision
+        run = client.create_run(experiment_id, tags=tags)
         client.log_metric(run.info.run_id, "holdout_f1", f1)
         version = client.create_model_version(
             name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
@@ -243,4 +247,6 @@ def test_versions_runs_are_read_in_one_search(mlflow_server: str) -> None:
     assert calls.count("get_run") == 0 and calls.count("search_runs") == 1 + 2  # + 2 checks
     assert overview.to_dict() == one_by_one.to_dict()
     assert overview.version("challenger").metrics == {"f1": 0.9}
+    assert overview.version("challenger").decision == decision  # rows compared, on the page
+    assert overview.version("champion").decision is None
     assert overview.lineage_dag_ids == [f"ct_{name}"]

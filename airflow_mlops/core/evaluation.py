@@ -46,6 +46,9 @@ from airflow_mlops.core.comparison import (
 from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
 from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
 from airflow_mlops.core.lineage import (
+    TAG_DECISION_CHAMPION,
+    TAG_DECISION_PROMOTE,
+    TAG_DECISION_REASON,
     TAG_FEATURES,
     TAG_HOLDOUT_SHA256,
     TAG_HOLDOUT_URI,
@@ -71,9 +74,6 @@ from airflow_mlops.core.storage import Storage, TableRead
 
 __all__ = [
     "DECISION_ARTIFACT",
-    "TAG_DECISION_CHAMPION",
-    "TAG_DECISION_PROMOTE",
-    "TAG_DECISION_REASON",
     "Challenger",
     "Evaluation",
     "ModelScore",
@@ -93,9 +93,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DECISION_ARTIFACT = "mlops/decision.json"
-TAG_DECISION_PROMOTE = "mlops.decision.promote"
-TAG_DECISION_REASON = "mlops.decision.reason"
-TAG_DECISION_CHAMPION = "mlops.decision.champion_version"
 _RUN_TAG_VALUE_LIMIT = 5000  # stay well under MLflow's run tag limit (8000)
 
 

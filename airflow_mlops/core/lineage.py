@@ -29,6 +29,9 @@ __all__ = [
     "TAG_DATA_SHA256",
     "TAG_DATA_URI",
     "TAG_DATA_WINDOW",
+    "TAG_DECISION_CHAMPION",
+    "TAG_DECISION_PROMOTE",
+    "TAG_DECISION_REASON",
     "TAG_DEPLOYMENT",
     "TAG_ERROR",
     "TAG_ESTIMATOR",
@@ -214,3 +217,10 @@ def _read_head(git_dir: Path) -> str | None:
             if len(parts) == 2 and parts[1] == ref:
                 return parts[0]
     return None  # a branch without commits yet
+
+
+#: The promotion decision, tagged on the challenger's training run by evaluation (the page
+#: shows the reason: rows compared and excluded, the difference intervals).
+TAG_DECISION_PROMOTE = "mlops.decision.promote"
+TAG_DECISION_REASON = "mlops.decision.reason"
+TAG_DECISION_CHAMPION = "mlops.decision.champion_version"

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT
-from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_MODEL_NAME, TAG_STAGE
+from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_DECISION_REASON, TAG_MODEL_NAME, TAG_STAGE
 from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
 from airflow_mlops.core.values import parse_bool
 from airflow_mlops.links.urls import mlflow_page_url
@@ -103,6 +103,8 @@ PREFERRED_METRICS: tuple[str, ...] = (
     "r2",
 )
 MAX_KEY_METRICS = 6
+#: Characters of a version's decision reason shown in its table row.
+MAX_DECISION_CHARS = 600
 MAX_HISTORY_EVENTS = 20
 MAX_EXPERIMENTS_SEARCHED = 100
 #: Newest check runs of a kind listed at once for all models (one search instead of one per
@@ -146,6 +148,8 @@ class VersionInfo:
     created_at: str | None = None
     status: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: The evaluation's one-line reason (rows compared and excluded, difference intervals).
+    decision: str | None = None
 
 
 @dataclass
@@ -371,9 +375,17 @@ def _version_info(
         run = known.runs.get(mv.run_id) or client.get_run(mv.run_id)
         info.experiment_id = run.info.experiment_id
         info.metrics = key_metrics(run.data.metrics or {})
+        info.decision = _short((run.data.tags or {}).get(TAG_DECISION_REASON))
         tags.update(run.data.tags or {})
     tags.update(mv.tags or {})  # a tag on the version wins over its run's
     return info, tags
+
+
+def _short(text: str | None, limit: int = MAX_DECISION_CHARS) -> str | None:
+    """A tag's text cut to what a table cell can show (the record holds the rest)."""
+    if not text:
+        return None
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _experiment_ids(client: MlflowClient) -> list[str]:
