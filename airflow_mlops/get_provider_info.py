@@ -112,8 +112,7 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_mlops.links.mlflow.MlflowRunLink",
             "airflow_mlops.links.mlflow.MlflowModelVersionLink",
         ],
-        # Airflow loads provider-declared plugins when [core] lazy_discover_providers=False.
-        "plugins": [
-            {"name": "mlops", "plugin-class": "airflow_mlops.plugins.mlops_page.MlopsPlugin"}
-        ],
+        # The MLOps page plugin is declared once, in the ``airflow.plugins`` entry-point group
+        # (pyproject.toml), which Airflow loads whatever lazy_discover_providers says; declaring
+        # it here too would register it twice when that setting is False.
     }

@@ -139,12 +139,23 @@ def test_monitoring_dag_only_when_there_is_data_to_monitor(tmp_path):
     dags_from_yaml(
         str(ROOT / "dags" / "x.py"), "../include/pipelines/breast_cancer.yaml", namespace
     )
-    assert set(namespace) == {"ct__breast_cancer", "monitor__breast_cancer"}
+    assert set(namespace) == {
+        "ct__breast_cancer",
+        "monitor__breast_cancer",
+        "rollback__breast_cancer",
+        "freeze__breast_cancer",
+    }
     namespace = {}
     dags_from_yaml(
         str(ROOT / "dags" / "x.py"), "../include/pipelines/diabetes_by_sex.yaml", namespace
     )
-    assert set(namespace) == {"ct__diabetes_by_sex"}
+    assert set(namespace) == {
+        "ct__diabetes_by_sex",
+        "rollback__diabetes_by_sex",
+        "freeze__diabetes_by_sex",
+    }
+    # Segmented: the forms choose a segment among the YAML's values, pinned in the DAG file.
+    assert namespace["freeze__diabetes_by_sex"].params.get_param("segment").schema["enum"]
 
 
 def test_sync_dag_files_writes_and_prunes(tmp_path):

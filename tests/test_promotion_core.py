@@ -24,7 +24,7 @@ from airflow_mlops.core.approval import (
     approval_record,
     store_approval,
 )
-from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.errors import ConfigError, PromotionError
 from airflow_mlops.core.promotion import check_promotion_inputs, promotion_gate, promotion_reason
 
 QUALIFIED = {"promote": True, "reason": "promoted: all 2 applicable rule(s) passed"}
@@ -178,3 +178,100 @@ def test_a_default_applied_at_timeout_is_not_a_human_approval(client, version):
     _answer(client, name, v, task, APPROVE, None)
     decision = approval_decision(client, name, v, task, None)
     assert decision["answered"] is True and decision["approved"] is False and decision["by"] is None
+
+
+# -- rollback target and freeze, on the registry ---------------------------------------------
+
+
+def _actor(task: str, reason: str = "test", user: str | None = None):
+    from airflow_mlops.core.alias_history import Actor
+    from airflow_mlops.core.lineage import RunContext
+
+    return Actor(
+        reason=reason, context=RunContext(dag_id="d", run_id=task, task_id=task), user=user
+    )
+
+
+@pytest.fixture
+def three_champions(client) -> tuple[str, list[str]]:
+    """A model whose @champion went v1 -> v2 -> v3 through the provider (no model files)."""
+    from airflow_mlops.core.alias_moves import promote_to_champion
+
+    name = f"rb_{uuid.uuid4().hex[:8]}"
+    run = client.create_run(client.create_experiment(f"exp_{name}"))
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    versions = []
+    for i in range(3):
+        mv = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        )
+        previous = versions[-1] if versions else None
+        promote_to_champion(
+            client, name, str(mv.version), evaluated_champion=previous, actor=_actor(f"p{i}")
+        )
+        versions.append(str(mv.version))
+    return name, versions
+
+
+def test_a_second_rollback_goes_further_back_never_toggles(client, three_champions):
+    """v3 -> v2 -> v1: the default target of the second rollback is v1, never v3 (the old
+    target, the previous_version of the last move, was v3)."""
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.alias_moves import rollback_candidates, rollback_champion
+
+    name, (v1, v2, v3) = three_champions
+    first = rollback_champion(client, name, _actor("rb1", "v3 is bad", user="alice"))
+    assert (first.outcome, first.previous_version, first.version) == ("rolled_back", v3, v2)
+    second = rollback_champion(client, name, _actor("rb2", "v2 is bad too", user="bob"))
+    assert (second.outcome, second.previous_version, second.version) == ("rolled_back", v2, v1)
+    assert str(client.get_registered_model(name).aliases["champion"]) == v1
+    with pytest.raises(PromotionError, match="no previous champion to roll back to"):
+        rollback_champion(client, name, _actor("rb3"))
+    rollbacks = [e for e in alias_history(client, name) if e["action"] == "rollback"]
+    assert [(e["user"], e["reason"]) for e in rollbacks] == [
+        ("alice", "v3 is bad"),
+        ("bob", "v2 is bad too"),
+    ]
+    statuses = {r["version"]: r["status"] for r in rollback_candidates(client, name)}
+    assert statuses == {v1: "current", v2: "rolled away from", v3: "rolled away from"}
+    # An explicit former champion is still allowed (the operator chooses).
+    back = rollback_champion(client, name, _actor("rb4", "v3 was fine"), to_version=v3)
+    assert (back.previous_version, back.version) == (v1, v3)
+    assert rollback_champion(client, name, _actor("rb5")).version == v1
+
+
+def test_freeze_stops_promotions_until_unfrozen_and_lives_in_the_registry(
+    client, three_champions, tracking
+):
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.alias_history import TAG_FROZEN, alias_history, freeze_state
+    from airflow_mlops.core.alias_moves import promote_to_champion, rollback_champion, set_frozen
+
+    name, (_, v2, v3) = three_champions
+    frozen = set_frozen(client, name, _actor("f", "incident 42", user="ops"), frozen=True)
+    assert frozen["outcome"] == "frozen"
+    again = set_frozen(client, name, _actor("f2", "twice"), frozen=True)
+    assert again["outcome"] == "already_frozen" and again["event"] is None
+    # Another client (another process) reads the same record from the registry tag.
+    state = freeze_state(MlflowClient(tracking), name)
+    assert (state["user"], state["reason"]) == ("ops", "incident 42") and state["at"]
+    assert json.loads(client.get_registered_model(name).tags[TAG_FROZEN])["reason"] == "incident 42"
+
+    source = client.get_model_version(name, v3)
+    new = client.create_model_version(name, source=source.source, run_id=source.run_id).version
+    move = promote_to_champion(client, name, str(new), evaluated_champion=v3, actor=_actor("p"))
+    assert move.outcome == "frozen" and move.frozen["reason"] == "incident 42"
+    assert str(client.get_registered_model(name).aliases["champion"]) == v3
+    # A rollback is the operator's action: allowed while frozen, and the freeze stays.
+    assert rollback_champion(client, name, _actor("rb")).version == v2
+    assert freeze_state(client, name) is not None
+
+    unfrozen = set_frozen(client, name, _actor("u", "fixed", user="ops"), frozen=False)
+    assert unfrozen["outcome"] == "unfrozen" and freeze_state(client, name) is None
+    assert TAG_FROZEN not in client.get_registered_model(name).tags
+    move = promote_to_champion(client, name, str(new), evaluated_champion=v2, actor=_actor("p2"))
+    assert move.outcome == "promoted"
+    actions = [e["action"] for e in alias_history(client, name)]
+    assert actions[-4:] == ["freeze", "rollback", "unfreeze", "promote"]

@@ -517,3 +517,71 @@ def test_policy_rejection_skips_the_approval_question(client, tracking, tmp_path
     assert result["promote"]["outcome"] == "not_promoted"
     assert "champion" not in client.get_registered_model(name).aliases
     assert isinstance(pd.__version__, str)
+
+
+# -- the generated rollback DAG -------------------------------------------------------------
+
+
+def test_generated_rollback_dag_goes_further_back_and_records_who_and_why(
+    client, tracking, tmp_path, run_dag
+):
+    """``rollback__<name>`` from a pipeline config, triggered twice as the UI form does:
+    v3 -> v2 -> v1 (never back to v3), each run audited with the triggering user, the
+    ``requested_by`` of the form and the required reason."""
+    from airflow.sdk.exceptions import ParamValidationError
+    from conftest import stored_xcom
+    from test_evaluation import train
+    from test_registry import actor
+
+    from airflow_mlops.core.alias_history import alias_history
+    from airflow_mlops.core.alias_moves import promote_to_champion
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import register_version
+    from airflow_mlops.factories import parse_config
+    from airflow_mlops.factories.rollback import rollback_dag
+
+    name = unique_name("gen-rb")
+    data = make_dataset(tmp_path / "d.csv")
+    result = train(tracking, data, STUMP, model_name=name)
+    versions = []
+    for i in range(3):  # three champions of one trained model: the rollback is what is tested
+        v = register_version(
+            client, name, result["model_uri"], context=RunContext(task_id=f"r{i}")
+        ).version
+        promote_to_champion(
+            client,
+            name,
+            v,
+            evaluated_champion=versions[-1] if versions else None,
+            actor=actor(f"p{i}"),
+        )
+        versions.append(v)
+    v1, v2, v3 = versions
+    config = parse_config({"name": name, "data": {"train_uri": data, "target": "label"}})
+    dag = rollback_dag(config)
+    assert dag.dag_id == f"rollback__{name}"
+    assert {"to_version", "reason", "requested_by"} == set(dag.params)
+    first = run_dag(dag, reason="v3 misbehaves in prod", requested_by="alice")
+    states = {t: s for (t, _), s in task_states(first).items()}
+    assert states == {"champion_history": "success", "rollback": "success"}, states
+    assert champion_of(client, name) == v2
+    # The form sends every field; dag.test() runs in-process and would keep the last conf.
+    second = run_dag(dag, reason="v2 too", requested_by=None, to_version=None)
+    assert {t: s for (t, _), s in task_states(second).items()}["rollback"] == "success"
+    assert champion_of(client, name) == v1  # further back, not toggled to v3
+
+    rollbacks = [e for e in alias_history(client, name) if e["action"] == "rollback"]
+    assert [(e["previous_version"], e["version"]) for e in rollbacks] == [(v3, v2), (v2, v1)]
+    assert [e["reason"] for e in rollbacks] == ["v3 misbehaves in prod", "v2 too"]
+    # dag.test() triggers as "dag_test"; the form's requested_by is recorded beside it.
+    assert [e["user"] for e in rollbacks] == ["dag_test (for alice)", "dag_test"]
+    assert rollbacks[0]["dag_id"] == dag.dag_id
+
+    listed = stored_xcom(second, "champion_history")
+    assert [(r["version"], r["status"]) for r in listed][:1] == [(v2, "current")]
+    assert {r["version"]: r["status"] for r in listed}[v1] == "default target"
+    result = stored_xcom(second, "rollback")
+    assert result["serving_check"]["ok"] is True and result["user"] == "dag_test"
+    # No reason: the form refuses it (a required param without default).
+    with pytest.raises(ParamValidationError, match="reason"):
+        dag.params.validate()

@@ -8,6 +8,12 @@ the SQL column of registered-model tags is ``VARCHAR(5000)``). The summary is re
 under the promotion lock; the per-version events are never rewritten, so the full history
 survives even if the summary is trimmed or edited by hand.
 
+A model can be *frozen*: the registered-model tag ``mlops.frozen`` (JSON ``{by, user, reason,
+at, ...}``) stops promotions from moving ``@champion`` until it is removed. Freezing and
+unfreezing are recorded in the same history (actions ``freeze``/``unfreeze``, on the current
+champion's version, or only in the summary when there is no champion); they are not alias
+moves, so :func:`latest_alias_event` skips them.
+
 The moves that write these events are in :mod:`airflow_mlops.core.alias_moves`.
 """
 
@@ -31,13 +37,17 @@ from airflow_mlops.core.registry import iter_versions
 __all__ = [
     "HISTORY_SUMMARY_MAX_CHARS",
     "HISTORY_SUMMARY_MAX_EVENTS",
+    "MOVE_ACTIONS",
     "TAG_ALIAS_EVENT_PREFIX",
     "TAG_ALIAS_HISTORY",
+    "TAG_FROZEN",
     "Actor",
     "alias_history",
     "ensure_in_summary",
     "find_event_by_key",
     "fit_summary",
+    "freeze_state",
+    "frozen_reason",
     "latest_alias_event",
     "make_event",
     "recent_alias_history",
@@ -48,6 +58,9 @@ log = logging.getLogger(__name__)
 
 TAG_ALIAS_HISTORY = "mlops.alias_history"
 TAG_ALIAS_EVENT_PREFIX = "mlops.alias_event."
+TAG_FROZEN = "mlops.frozen"
+#: History actions that move an alias; ``freeze``/``unfreeze`` events move nothing.
+MOVE_ACTIONS = frozenset({"set", "promote", "rollback"})
 
 # Registered-model tag values live in a VARCHAR(5000) column in MLflow's SQL stores.
 HISTORY_SUMMARY_MAX_CHARS = 4800
@@ -77,16 +90,18 @@ def _now_iso() -> str:
 
 
 def make_event(
-    alias: str, action: str, version: str, previous: str | None, actor: Actor
+    alias: str, action: str, version: str | None, previous: str | None, actor: Actor
 ) -> dict[str, Any]:
-    """One history event: ``action`` moved ``alias`` from ``previous`` to ``version``."""
+    """One history event: ``action`` moved ``alias`` from ``previous`` to ``version``.
+
+    ``version`` is None only for a freeze or unfreeze of a model without a champion."""
     c = actor.context
     return {
         "id": uuid.uuid4().hex[:8],
         "at": _now_iso(),
         "alias": alias,
         "action": action,
-        "version": str(version),
+        "version": None if version is None else str(version),
         "previous_version": None if previous is None else str(previous),
         "by": actor.description,
         "user": actor.user,
@@ -153,15 +168,17 @@ def record_alias_event(
 ) -> dict[str, Any]:
     """Append ``event``: a per-version tag (never rewritten) and the registered-model summary.
 
-    Call with the promotion lock held: the summary is a read-modify-write.
+    Call with the promotion lock held: the summary is a read-modify-write. An event without a
+    version (a freeze of a model that has no champion) goes to the summary only.
     """
     stamp = int(time.time() * 1000)
-    client.set_model_version_tag(
-        model_name,
-        event["version"],
-        f"{TAG_ALIAS_EVENT_PREFIX}{stamp:013d}-{event['id']}",
-        json.dumps(event, separators=(",", ":")),
-    )
+    if event["version"] is not None:
+        client.set_model_version_tag(
+            model_name,
+            event["version"],
+            f"{TAG_ALIAS_EVENT_PREFIX}{stamp:013d}-{event['id']}",
+            json.dumps(event, separators=(",", ":")),
+        )
     summary = [*recent_alias_history(client, model_name), _compact(event)]
     client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(summary))
     return event
@@ -191,9 +208,14 @@ def ensure_in_summary(client: MlflowClient, model_name: str, event: Mapping[str,
 
 
 def latest_alias_event(client: MlflowClient, model_name: str, alias: str) -> dict[str, Any] | None:
-    """The newest move of ``alias``: from the summary, else from the full history."""
+    """The newest move of ``alias`` (freeze events skipped): from the summary, else from the
+    full history."""
     for source in (recent_alias_history, alias_history):
-        moves = [e for e in source(client, model_name) if e.get("alias") == alias]
+        moves = [
+            e
+            for e in source(client, model_name)
+            if e.get("alias") == alias and e.get("action", "promote") in MOVE_ACTIONS
+        ]
         if moves:
             return moves[-1]
     return None
@@ -214,3 +236,33 @@ def find_event_by_key(
             if event.get("alias") == alias and event.get("idempotency_key") == key:
                 return event
     return None
+
+
+def freeze_state(client: MlflowClient, model_name: str) -> dict[str, Any] | None:
+    """The model's freeze record (``{by, user, reason, at, ...}``), or None when not frozen.
+
+    A tag that is not a JSON object still counts as frozen (fail closed): someone meant to
+    stop promotions, and only an unfreeze may lift that.
+    """
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    raw = tags.get(TAG_FROZEN)
+    if raw is None:
+        return None
+    try:
+        state = json.loads(raw)
+    except json.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict):
+        return {"by": None, "user": None, "reason": f"unreadable {TAG_FROZEN} tag: {raw[:100]!r}"}
+    return state
+
+
+def frozen_reason(state: Mapping[str, Any]) -> str:
+    """``frozen: <reason> (by <who>)``: what a CT run that could not promote says."""
+    who = state.get("user") or state.get("by") or "unknown"
+    return f"frozen: {state.get('reason') or 'no reason given'} (by {who})"

@@ -17,12 +17,20 @@ with compare-and-set:
 Every move is recorded in the alias history (:mod:`airflow_mlops.core.alias_history`); a
 retry finds the event its dead try wrote, or records the move that try made without one.
 A rollback only returns to a version the history shows as a former holder of the alias.
+Without an explicit target it goes one step further back each time: the champion history is
+read as a stack (a promotion pushes, a rollback pops back to its target), so the version a
+rollback moved away from is never chosen again by default (:func:`champion_stack`).
+
+A frozen model (:func:`set_frozen`, tag ``mlops.frozen``) keeps its ``@champion``: the freeze is
+read under the promotion lock, so a promotion racing a freeze either moved before it or
+ends ``frozen``. A rollback is an operator's action and is allowed while frozen.
 The serving check (:mod:`airflow_mlops.core.serving`) is passed in by the caller
 (``core.promotion``) as a callback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,12 +41,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from airflow_mlops.core.alias_history import (
+    MOVE_ACTIONS,
     TAG_ALIAS_EVENT_PREFIX,
     TAG_ALIAS_HISTORY,
+    TAG_FROZEN,
     Actor,
     alias_history,
     ensure_in_summary,
     find_event_by_key,
+    freeze_state,
     latest_alias_event,
     make_event,
     recent_alias_history,
@@ -58,10 +69,13 @@ __all__ = [
     "Reevaluate",
     "RollbackRefused",
     "ServingCheck",
+    "champion_stack",
     "promote_to_champion",
+    "rollback_candidates",
     "rollback_champion",
     "set_alias_checked",
     "set_challenger",
+    "set_frozen",
     "was_champion",
 ]
 
@@ -72,8 +86,8 @@ log = logging.getLogger(__name__)
 class AliasMove:
     """What a promotion, challenger update or rollback did (JSON via :meth:`to_dict`)."""
 
-    outcome: str  # promoted | already_champion | not_promoted_after_reevaluation | set |
-    #               already_set | rolled_back | already_rolled_back
+    outcome: str  # promoted | already_champion | not_promoted_after_reevaluation | frozen |
+    #               set | already_set | rolled_back | already_rolled_back
     model_name: str
     alias: str
     version: str | None
@@ -81,6 +95,7 @@ class AliasMove:
     current_version: str | None
     event: dict[str, Any] | None = None
     reevaluations: list[dict[str, Any]] = field(default_factory=list)
+    frozen: dict[str, Any] | None = None  # the freeze record that stopped a promotion
 
     @property
     def moved(self) -> bool:
@@ -156,13 +171,15 @@ def promote_to_champion(
     max_reevaluations: int = 3,
     alias: str = CHAMPION,
     lock_options: Mapping[str, Any] | None = None,
+    respect_freeze: bool = True,
 ) -> AliasMove:
     """Move ``@champion`` to ``version`` with compare-and-set under the promotion lock.
 
     ``evaluated_champion`` is the version the decision was made against (None: no champion).
     If the alias moved since, ``reevaluate(new_champion_version)`` must return a fresh
     decision record (``{"promote": bool, ...}``) before anything is written, or, with
-    ``on_champion_changed="fail"``, :class:`PromotionError` stops the move.
+    ``on_champion_changed="fail"``, :class:`PromotionError` stops the move. A frozen model
+    (read under the lock) ends with outcome ``frozen`` and nothing written.
     """
     if on_champion_changed not in {"reevaluate", "fail"}:
         raise ConfigError(
@@ -192,6 +209,19 @@ def promote_to_champion(
                     current,
                     event,
                     reevaluations,
+                )
+            frozen = freeze_state(client, model_name) if respect_freeze else None
+            if frozen is not None:
+                return AliasMove(
+                    "frozen",
+                    model_name,
+                    alias,
+                    version,
+                    current,
+                    current,
+                    None,
+                    reevaluations,
+                    frozen,
                 )
             if current != expected:
                 moved = (
@@ -297,45 +327,104 @@ def was_champion(
     """
     for source in (recent_alias_history, alias_history):
         if any(
-            e.get("alias") == alias and str(e.get("version")) == str(version)
+            e.get("alias") == alias
+            and e.get("action", "promote") in MOVE_ACTIONS
+            and str(e.get("version")) == str(version)
             for e in source(client, model_name)
         ):
             return True
     return False
 
 
+def champion_stack(events: list[Mapping[str, Any]], alias: str = CHAMPION) -> list[str]:
+    """The versions a default rollback walks back through, oldest first (top: the holder).
+
+    A promotion pushes its version; a rollback pops back to its target (pushing it when an
+    explicit target is not on the stack). The versions a rollback moved away from are thus
+    gone, and rolling back again goes further back instead of toggling.
+    """
+    stack: list[str] = []
+    for event in events:
+        if event.get("alias") != alias or event.get("version") is None:
+            continue
+        action, version = event.get("action", "promote"), str(event["version"])
+        if action == "rollback" and version in stack:
+            del stack[stack.index(version) + 1 :]
+        elif action in ("promote", "rollback") and (not stack or stack[-1] != version):
+            stack.append(version)
+    return stack
+
+
 def _rollback_target(
+    client: MlflowClient,
     model_name: str,
     alias: str,
     current: str | None,
-    last: Mapping[str, Any] | None,
     to_version: str | None,
 ) -> str:
-    """The version to roll back to: ``to_version``, else the previous champion."""
+    """The version to roll back to: ``to_version``, else the one below the holder on the
+    :func:`champion_stack`."""
     if to_version is not None:
         return str(to_version)
     if current is None:
         raise PromotionError(f"{model_name} has no @{alias}: nothing to roll back")
-    if (
-        last is not None
-        and last.get("version") != current
-        and last.get("previous_version") == current
-    ):
+    stack = champion_stack(alias_history(client, model_name), alias)
+    below = [v for v in stack[:-1] if v != (stack[-1] if stack else None)]
+    if stack and stack[-1] != current and below and below[-1] == current:
         # An earlier try set @alias back and died before recording it.
         return current
-    if last is None or last.get("version") != current:
+    if not stack or stack[-1] != current:
         raise PromotionError(
             f"the alias history of {model_name} does not say how @{alias} reached "
             f"version {current} (moved outside airflow-mlops?); pass to_version "
             "explicitly to roll back"
         )
-    target = last.get("previous_version")
-    if target is None:
+    if not below:
         raise PromotionError(
-            f"version {current} was the first @{alias} of {model_name}: there is no "
-            "previous champion to roll back to"
+            f"version {current} was the first @{alias} of {model_name} (or every earlier one "
+            "was rolled away from): there is no previous champion to roll back to; pass "
+            "to_version to choose a former champion"
         )
-    return str(target)
+    return below[-1]
+
+
+def rollback_candidates(
+    client: MlflowClient, model_name: str, alias: str = CHAMPION
+) -> list[dict[str, Any]]:
+    """The former holders of ``alias``, newest first, as a rollback form would list them.
+
+    Each row: ``version``, ``status`` (``current``, ``default target``, ``on the stack``,
+    ``rolled away from``), and the ``at``/``by``/``reason`` of the move that last installed it.
+    """
+    events = [
+        e
+        for e in alias_history(client, model_name)
+        if e.get("alias") == alias and e.get("action", "promote") in MOVE_ACTIONS
+    ]
+    stack = champion_stack(events, alias)
+    current = current_alias_version(client, model_name, alias)
+    below = [v for v in stack if v != current]
+    default = below[-1] if below else None
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        rows[str(event["version"])] = {
+            "version": str(event["version"]),
+            "at": event.get("at"),
+            "action": event.get("action"),
+            "by": event.get("user") or event.get("by"),
+            "reason": str(event.get("reason") or "")[:160],
+        }
+    for version, row in rows.items():
+        row["status"] = (
+            "current"
+            if version == current
+            else "default target"
+            if version == default
+            else "on the stack"
+            if version in stack
+            else "rolled away from"
+        )
+    return sorted(rows.values(), key=lambda r: str(r["at"]), reverse=True)
 
 
 def _check_rollback_target(
@@ -374,8 +463,9 @@ def rollback_champion(
 ) -> AliasMove:
     """Point ``@champion`` back at a former champion (default: the previous one) in one step.
 
-    Without ``to_version`` the target is the ``previous_version`` of the move that put the
-    current champion in place. Only versions the alias history shows as former holders of
+    Without ``to_version`` the target is the version below the current champion on the
+    :func:`champion_stack`: a second rollback goes further back, never to the version the
+    first one moved away from. Only versions the alias history shows as former holders of
     the alias are accepted (:class:`RollbackRefused` otherwise). ``serving_check(version)``
     runs before the move and must raise to stop it. Idempotent: a retry of the same task
     finds its own event and completes the history a dead try left half-written.
@@ -404,7 +494,7 @@ def rollback_champion(
                 own,
             )
         last = latest_alias_event(client, model_name, alias)
-        target = _rollback_target(model_name, alias, current, last, to_version)
+        target = _rollback_target(client, model_name, alias, current, to_version)
         _check_rollback_target(client, model_name, alias, target)
         if current == target:
             if last is not None and last.get("version") != current:
@@ -424,3 +514,52 @@ def rollback_champion(
             client, model_name, make_event(alias, "rollback", target, current, actor)
         )
         return AliasMove("rolled_back", model_name, alias, target, current, target, event)
+
+
+def set_frozen(
+    client: MlflowClient,
+    model_name: str,
+    actor: Actor,
+    *,
+    frozen: bool,
+    alias: str = CHAMPION,
+    lock_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Freeze (``frozen=True``) or unfreeze a model, under the promotion lock, and record it.
+
+    The freeze record ``{by, user, reason, at, dag_id, run_id}`` goes to the registered-model
+    tag ``mlops.frozen``; the event (``freeze``/``unfreeze``) to the alias history. Asking for
+    the state the model is already in writes nothing (outcome ``already_frozen`` /
+    ``not_frozen``), so a retried task does not stack events.
+    """
+    with PromotionLock(
+        client,
+        model_name,
+        **_lock_identity(actor),
+        **dict(lock_options or {}),
+    ) as lock:
+        state = freeze_state(client, model_name)
+        if frozen == (state is not None):
+            outcome = "already_frozen" if frozen else "not_frozen"
+            return {"model_name": model_name, "outcome": outcome, "frozen": state, "event": None}
+        current = current_alias_version(client, model_name, alias)
+        action = "freeze" if frozen else "unfreeze"
+        event = make_event(alias, action, current, current, actor)
+        lock.verify()
+        if frozen:
+            record = {k: event[k] for k in ("by", "user", "reason", "at", "dag_id", "run_id", "id")}
+            client.set_registered_model_tag(
+                model_name, TAG_FROZEN, json.dumps(record, separators=(",", ":"))
+            )
+            state = record
+        else:
+            client.delete_registered_model_tag(model_name, TAG_FROZEN)
+        record_alias_event(client, model_name, event)
+        outcome = "frozen" if frozen else "unfrozen"
+        return {
+            "model_name": model_name,
+            "outcome": outcome,
+            "frozen": state if frozen else None,
+            "previous_freeze": None if frozen else state,
+            "event": event,
+        }

@@ -35,13 +35,24 @@ if TYPE_CHECKING:
     from airflow_mlops.core.drift import DriftSettings
     from airflow_mlops.core.storage import Storage
 
-__all__ = ["DriftOutcome", "NothingToCompareError", "check_champion_drift", "reference_for"]
+__all__ = [
+    "DriftOutcome",
+    "NothingCheckedError",
+    "NothingToCompareError",
+    "check_champion_drift",
+    "reference_for",
+]
 
 log = logging.getLogger(__name__)
 
 
 class NothingToCompareError(MlopsError):
     """No champion yet and no explicit reference: there is nothing to compare with."""
+
+
+class NothingCheckedError(MlopsError):
+    """A monitoring run whose every check was skipped (no champion of any model it watches):
+    it fails rather than end green having checked nothing."""
 
 
 def reference_for(
@@ -97,13 +108,18 @@ def check_champion_drift(
     filesystem: Callable[[str], AbstractFileSystem] | None = None,
     window: DataWindow | None = None,
     window_end: str | None = None,
+    row_filter: Any = None,
+    reference_filter: Any = None,
 ) -> DriftOutcome:
     """Drift of ``current_uri`` against ``reference_uri``, its reports and its records.
 
     With ``filesystem`` (a URI's fsspec filesystem), either side may be a dataset: a file,
     folder or prefix (Hive partitions included) or glob; the current side is read within
     ``window`` (default: all of it) ending at ``window_end`` (default: the newest
-    partition). Without it, each side is one file read through ``storage``.
+    partition). Without it, each side is one file read through ``storage``. ``row_filter``
+    and ``reference_filter`` (with ``filesystem``; e.g.
+    :func:`airflow_mlops.core.segments.segment_row_filter`) keep only the matching rows of
+    the current and the reference side: one segment's rows.
 
     The report goes to ``html_uri`` and the summary to ``summary_uri``; with a champion run
     and an ``mlflow_folder`` both are also logged on that run (the same folder on every try,
@@ -124,14 +140,22 @@ def check_champion_drift(
         settings.sampling.seed,
     )
     sources = None
+    if (row_filter is not None or reference_filter is not None) and filesystem is None:
+        raise ConfigError("a row filter (segment) needs the data's filesystem to read with.")
     if filesystem is not None:
-        reference = TableSource(reference_uri, storage, filesystem=filesystem(reference_uri))
+        reference = TableSource(
+            reference_uri,
+            storage,
+            filesystem=filesystem(reference_uri),
+            row_filter=reference_filter,
+        )
         current = TableSource(
             current_uri,
             storage,
             filesystem=filesystem(current_uri),
             window=window,
             window_end=window_end,
+            row_filter=row_filter,
         )
         if current.files:
             log.info(

@@ -149,7 +149,9 @@ class TableSource:
     files are listed, the window's are kept (``window_end``: the newest partition or time to
     include), every file's schema is checked, and rows are streamed file by file. Hive
     partition keys are where a row sits, not data: they are left out of :meth:`kinds`.
-    A single file URI without a window keeps the one-file reader.
+    ``row_filter`` (a pyarrow expression or a function of the schema returning one, e.g. a
+    segment's rows) keeps only matching rows and reads the ``uri`` as a dataset. A single
+    file URI without a window or filter keeps the one-file reader.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class TableSource:
         filesystem: AbstractFileSystem | None = None,
         window: DataWindow | None = None,
         window_end: str | None = None,
+        row_filter: Any = None,
     ) -> None:
         self.uri = uri
         self._parquet: pq.ParquetFile | None = None
@@ -168,8 +171,9 @@ class TableSource:
         self.partition_columns: tuple[str, ...] = ()
         #: The files read, when read as a dataset (empty for the one-file reader).
         self.files: list[Any] = []
-        if filesystem is not None and (window is not None or not _names_one_file(uri)):
-            self._open_dataset(filesystem, window, window_end)
+        filtered = window is not None or row_filter is not None
+        if filesystem is not None and (filtered or not _names_one_file(uri)):
+            self._open_dataset(filesystem, window, window_end, row_filter)
             return
         self.format = table_format(uri)
         if self.format == "parquet":
@@ -216,7 +220,11 @@ class TableSource:
         return _csv_table(frame)
 
     def _open_dataset(
-        self, fs: AbstractFileSystem, window: DataWindow | None, window_end: str | None
+        self,
+        fs: AbstractFileSystem,
+        window: DataWindow | None,
+        window_end: str | None,
+        extra_filter: Any = None,
     ) -> None:
         from airflow_mlops.core.data_window import DataWindow, select_window, window_row_filter
         from airflow_mlops.core.datasets import open_dataset, read_files, resolve_files
@@ -231,14 +239,14 @@ class TableSource:
         self.files = files
         self.format = files[0].format
         self.partition_columns = tuple(files[0].partition)
-        row_filter = window_row_filter(window, end=window_end)
+        row_filter = _both_filters(window_row_filter(window, end=window_end), extra_filter)
         if self.format == "csv":
             # CSV has no footer: read whole, as a single csv file is.
             self._table = _csv_table(read_files(fs, files, row_filter=row_filter))
             self.schema, self.num_rows = self._table.schema, self._table.num_rows
             return
         dataset = open_dataset(fs, files)
-        where = row_filter(dataset.schema) if row_filter is not None else None
+        where = _resolved(row_filter, dataset.schema) if row_filter is not None else None
         self._dataset = _DatasetReader(fs, dataset, files, where)
         self.schema = dataset.schema
         self.num_rows = self._dataset.count_rows()
@@ -273,6 +281,21 @@ class TableSource:
             return self._parquet.read(columns=[column]).column(0)
         assert self._table is not None
         return self._table.column(column)
+
+
+def _both_filters(first: Any, second: Any) -> Any:
+    """Two row filters (expressions or functions of the schema) as one, ``None`` for none."""
+    if first is None or second is None:
+        return first if second is None else second
+
+    def both(schema: pa.Schema) -> Any:
+        return _resolved(first, schema) & _resolved(second, schema)
+
+    return both
+
+
+def _resolved(row_filter: Any, schema: pa.Schema) -> Any:
+    return row_filter(schema) if callable(row_filter) else row_filter
 
 
 def _names_one_file(uri: str) -> bool:

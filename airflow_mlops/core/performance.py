@@ -304,14 +304,25 @@ def champion_target_and_task(
 
 
 def read_labelled_rows(
-    storage: Storage, labels_uri: str, target: str
+    storage: Storage, labels_uri: str, target: str, segment: tuple[str, str] | None = None
 ) -> tuple[TableRead, pd.DataFrame]:
-    """The table at ``labels_uri`` and its labelled rows; :class:`EmptyBatchError` if none."""
+    """The table at ``labels_uri`` and its labelled rows (of one ``(column, value)``
+    segment when given); :class:`EmptyBatchError` if none."""
     table = storage.read_table(labels_uri)
-    labelled = labelled_rows(table.frame, target)
+    frame = table.frame
+    if segment is not None:
+        column, value = segment
+        if column not in frame.columns:
+            raise ConfigError(
+                f"segments.column {column!r} is not a column of {table.uri} "
+                f"(columns: {', '.join(map(str, frame.columns[:20]))})."
+            )
+        frame = frame[frame[column].astype(str) == str(value)]
+    labelled = labelled_rows(frame, target)
     if labelled.empty:
+        where = f" of segment {segment[0]}={segment[1]!r}" if segment is not None else ""
         raise EmptyBatchError(
-            f"{table.uri} has no labelled rows ({table.rows} rows, none with {target!r})."
+            f"{table.uri} has no labelled rows{where} ({len(frame)} rows, none with {target!r})."
         )
     return table, labelled
 
@@ -329,8 +340,12 @@ def check_champion_performance(
     target: str | None = None,
     task: str | None = None,
     baseline_metrics: Mapping[str, float] | None = None,
+    segment: tuple[str, str] | None = None,
 ) -> PerformanceOutcome:
     """Score ``champion`` on the labelled rows at ``labels_uri`` and judge decay.
+
+    With ``segment`` (``(column, value)``), only that segment's rows are scored: the check
+    of one segment model.
 
     ``target`` / ``task`` default to the champion run's tags and ``baseline_metrics`` (None)
     to its ``holdout_<metric>`` metrics. Fewer labelled rows than
@@ -349,7 +364,7 @@ def check_champion_performance(
         if baseline_metrics is not None
         else baseline_metrics_from_run(champion.metrics)
     )
-    table, labelled = read_labelled_rows(storage, labels_uri, target)
+    table, labelled = read_labelled_rows(storage, labels_uri, target, segment)
     model_trust = trust()
     with mlflow_session() as client:
         model, info = load_model_for_scoring(champion.model_uri, client=client, trust=model_trust)

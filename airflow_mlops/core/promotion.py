@@ -4,9 +4,12 @@ Promotion: check the evaluation and registration agree, **gate** (the policy qua
 challenger; a required human approval said *Approve*), **serving check** (the version loads
 from the registry in a clean process and predicts a holdout sample), **compare-and-set** move
 of ``@champion`` under the promotion lock (re-scoring the challenger if the champion moved
-since evaluation), and the **promotion record** logged on the challenger's run. Rollback: the
-target must be a former champion (:func:`airflow_mlops.core.alias_moves.rollback_champion`) and
-pass the same serving check.
+since evaluation), and the **promotion record** logged on the challenger's run. A **frozen**
+model (tag ``mlops.frozen``, see :func:`airflow_mlops.core.alias_moves.set_frozen`) stops a
+qualified challenger before the serving check, and again under the lock: outcome ``frozen``,
+reason ``frozen: <reason> (by <who>)``, not a failure. Rollback: the target must be a former
+champion (:func:`airflow_mlops.core.alias_moves.rollback_champion`) and pass the same serving
+check; it is allowed while frozen (an operator's action) and says so in its result.
 
 ``PromoteModelOperator`` and ``RollbackModelOperator`` read what only Airflow knows (the run,
 the approval XCom, the ``[mlops]`` settings, the model trust) and call
@@ -46,6 +49,7 @@ __all__ = [
     "ServingCheckOptions",
     "TrustProvider",
     "check_promotion_inputs",
+    "freeze_or_unfreeze",
     "promote_challenger",
     "promotion_gate",
     "promotion_reason",
@@ -108,17 +112,21 @@ class RollbackOutcome:
 
     move: AliasMove
     serving_check: dict[str, Any] | None
+    frozen: dict[str, Any] | None = None  # the model's freeze record, if it is frozen
 
     def result(self, reason: str) -> dict[str, Any]:
         """The rollback task's JSON result."""
+        event = self.move.event or {}
         return {
             "model_name": self.move.model_name,
             "outcome": self.move.outcome,
             "champion_version": self.move.current_version,
             "previous_champion_version": self.move.previous_version,
             "reason": reason,
+            "user": event.get("user"),
             "serving_check": self.serving_check,
             "history_event": self.move.event,
+            "frozen": self.frozen,
         }
 
 
@@ -266,6 +274,13 @@ def promotion_reason(move: AliasMove, evaluation: Mapping[str, Any]) -> str:
         )
     if move.outcome == "already_champion":
         return f"version {move.version} already holds @champion (retry)"
+    if move.outcome == "frozen":
+        from airflow_mlops.core.alias_history import frozen_reason
+
+        return (
+            f"{frozen_reason(move.frozen or {})}; version {move.version} qualified but "
+            f"@champion unchanged ({version_label(move.current_version)})"
+        )
     last = move.reevaluations[-1] if move.reevaluations else {}
     return (
         f"@champion moved to {version_label(move.current_version)} since evaluation; re-scored "
@@ -303,8 +318,9 @@ def promote_challenger(
     A failed serving check stores the record (outcome ``serving_check_failed``) and raises
     :class:`PromotionError`. The result's ``outcome`` is one of ``promoted``,
     ``already_champion``, ``not_promoted``, ``not_promoted_after_reevaluation``,
-    ``rejected``, ``not_approved``.
+    ``rejected``, ``not_approved``, ``frozen``.
     """
+    from airflow_mlops.core.alias_history import freeze_state
     from airflow_mlops.core.registry import current_alias_version, version_label
 
     check_promotion_inputs(evaluation, registration)
@@ -324,7 +340,18 @@ def promote_challenger(
     outcome, reason = promotion_gate(
         evaluation, approval, champion_before, options.approval_task_id
     )
-    if outcome is None:
+    frozen = freeze_state(client, model_name) if outcome is None else None
+    if frozen is not None:
+        # Checked again under the lock by promote_to_champion; this early exit spares the
+        # serving check of a version that cannot move.
+        from airflow_mlops.core.alias_moves import AliasMove
+
+        move = AliasMove(
+            "frozen", model_name, alias, version, champion_before, champion_before, frozen=frozen
+        )
+        record["promotion"] = move.to_dict()
+        outcome, reason = move.outcome, promotion_reason(move, evaluation)
+    elif outcome is None:
         if options.serving is not None:
             check = serving_check_of_version(
                 client, storage, run_id, model_name, version, options=options.serving, trust=trust
@@ -413,10 +440,13 @@ def rollback_to_former_champion(
 ) -> RollbackOutcome:
     """Point ``@champion`` back at a former champion (default: the previous one).
 
+    Allowed while the model is frozen (the freeze stops automatic promotions, not an
+    operator); the result carries the freeze record so the run says the model stays frozen.
     The target must be a version the alias history shows as a former champion
     (:class:`~airflow_mlops.core.alias_moves.RollbackRefused` otherwise) and, unless
     ``serving`` is None, pass the serving check before the alias moves.
     """
+    from airflow_mlops.core.alias_history import freeze_state
     from airflow_mlops.core.alias_moves import rollback_champion
 
     checks: list[dict[str, Any]] = []
@@ -432,7 +462,7 @@ def rollback_to_former_champion(
             else _rollback_serving_check(client, storage, model_name, serving, trust, checks)
         ),
     )
-    return RollbackOutcome(move, checks[-1] if checks else None)
+    return RollbackOutcome(move, checks[-1] if checks else None, freeze_state(client, model_name))
 
 
 def _rollback_serving_check(
@@ -465,3 +495,23 @@ def _rollback_serving_check(
             )
 
     return check
+
+
+def freeze_or_unfreeze(
+    client: MlflowClient,
+    model_name: str,
+    actor: Actor,
+    *,
+    action: str,
+    lock_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``action`` is ``freeze`` or ``unfreeze``; see :func:`~airflow_mlops.core.alias_moves.set_frozen`."""
+    from airflow_mlops.core.alias_moves import set_frozen
+
+    if action not in ("freeze", "unfreeze"):
+        raise ConfigError(f"action must be 'freeze' or 'unfreeze', got {action!r}")
+    result = set_frozen(
+        client, model_name, actor, frozen=action == "freeze", lock_options=lock_options
+    )
+    log.info("%s: %s (%s)", model_name, result["outcome"], actor.reason)
+    return {**result, "action": action, "reason": actor.reason, "user": actor.user}

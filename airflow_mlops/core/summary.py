@@ -105,6 +105,8 @@ def summarize_run(
         reason = f"task {first.step} {first.state}" + (f": {error}" if error else "")
     elif promotion.get("promoted"):
         outcome, reason = "promoted", promotion.get("reason") or decision.get("reason", "")
+    elif promotion.get("outcome") == "frozen":
+        outcome, reason = "frozen", promotion.get("reason", "frozen")
     elif promotion:
         outcome, reason = "not promoted", promotion.get("reason") or decision.get("reason", "")
     elif decision:

@@ -20,6 +20,9 @@ _EXPORTS = {
     "PromotionTasks": "airflow_mlops.factories.promotion",
     "promotion_tasks": "airflow_mlops.factories.promotion",
     "rollback_dag_params": "airflow_mlops.factories.promotion",
+    "freeze_dag_params": "airflow_mlops.factories.promotion",
+    "rollback_dag": "airflow_mlops.factories.rollback",
+    "freeze_dag": "airflow_mlops.factories.rollback",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -183,15 +183,20 @@ def summary_task(config: PipelineConfig, prefix: str, model: Any) -> Any:
 
     @task(task_id="summary", trigger_rule="all_done", retries=0, multiple_outputs=False)
     def summary(model_name: str, **context: Any) -> dict[str, Any]:
-        return _summarize(context, model_name, steps, prefix)
+        return _summarize(context, model_name, steps, prefix, config)
 
     return summary(model)
 
 
 def _summarize(
-    context: dict[str, Any], model: str, steps: list[str], prefix: str
+    context: dict[str, Any],
+    model: str,
+    steps: list[str],
+    prefix: str,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
-    """Collect states, XComs and errors of the run's steps; fail if any step failed."""
+    """Collect states, XComs and errors of the run's steps, send the run's notification
+    events (``notifications`` in the result); fail if any step failed."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_mlops.core.summary import ERROR_XCOM_KEY, summarize_run
@@ -216,6 +221,8 @@ def _summarize(
             # Pushed by the operator's failure callback (MlopsBaseOperator.record_task_error).
             errors[step] = _pull(ti, task_id, map_index, key=ERROR_XCOM_KEY)
     summary = summarize_run(model, states, results, errors).to_dict()
+    if config is not None and config.notifications.events:
+        summary["notifications"] = _notify_ct_run(config, context, summary, results)
     print(_format_summary(summary))
     failed = [step for step, state in states.items() if state in FAILED_STATES]
     if failed:
@@ -226,6 +233,40 @@ def _summarize(
             f"{model}: {summary['outcome']} ({', '.join(failed)} failed): {summary['reason']}"
         )
     return summary
+
+
+def _notify_ct_run(
+    config: PipelineConfig, context: dict[str, Any], summary: dict[str, Any], results: dict
+) -> list[dict[str, Any]]:
+    """Send the run's events; the records go into the summary. Never raises."""
+    from airflow_mlops.core.notifications import ct_events, ct_message, retrain_signal_of
+    from airflow_mlops.notifiers.dispatch import (
+        airflow_run_url,
+        mlflow_version_url,
+        notify_events,
+        triggering_events,
+    )
+
+    try:
+        model = summary["model_name"]
+        signal = retrain_signal_of(triggering_events(context), model)
+        events = ct_events(summary, signal)
+        if not events:
+            return []
+        dag_run = context["dag_run"]
+        version = summary["challenger_version"] or summary["champion_version"]
+        links = {
+            "airflow_run": airflow_run_url(dag_run.dag_id, dag_run.run_id),
+            "mlflow_version": mlflow_version_url(config.connections.mlflow_conn_id, model, version),
+        }
+        messages = [ct_message(event, summary, results, links, signal) for event in events]
+        return notify_events(config.notifications, messages, context)
+    except Exception as err:  # a notification never changes the run's outcome
+        from airflow_mlops.operators.base import mask_error
+
+        error = mask_error(f"{type(err).__name__}: {err}")[:300]
+        print(f"notifications not sent: {error}")
+        return [{"event": None, "notifier": None, "ok": False, "attempts": 0, "error": error}]
 
 
 def _pull(ti: Any, task_id: str, map_index: int | None, key: str = "return_value") -> Any:
@@ -248,6 +289,11 @@ def _format_summary(summary: dict[str, Any]) -> str:
         f"(champion v{summary['champion_version'] or '-'}) - {summary['reason']}"
     ]
     lines += [f"  {s['step']:<15} {s['state']:<16} {s['detail']}" for s in summary["steps"]]
+    lines += [
+        f"  notified {n['event']} -> {n['notifier']}: "
+        + ("ok" if n["ok"] else f"FAILED after {n['attempts']} attempt(s): {n['error']}")
+        for n in summary.get("notifications") or []
+    ]
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, PromotionPolicy
 from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
 from airflow_mlops.core.training_config import TrainingConfig
 from airflow_mlops.core.values import TEMPLATE_MARKERS, is_templated
+from airflow_mlops.factories.notifications_config import NotificationsConfig
 from airflow_mlops.factories.templating import check_config_templates
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "DecayConfig",
     "EvaluationConfig",
     "MonitoringConfig",
+    "NotificationsConfig",
     "PipelineConfig",
     "PromotionConfig",
     "SegmentsConfig",
@@ -237,6 +239,7 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     segments: SegmentsConfig | None = None
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     @model_validator(mode="after")
     def _segments_write_no_shared_predictions(self) -> PipelineConfig:
@@ -319,11 +322,22 @@ class PipelineConfig(_Section):
     def monitoring_dag_id(self) -> str:
         return f"monitor__{self.name}"
 
+    @property
+    def rollback_dag_id(self) -> str:
+        return f"rollback__{self.name}"
+
+    @property
+    def freeze_dag_id(self) -> str:
+        return f"freeze__{self.name}"
+
     def fingerprint(self) -> str:
-        """Hash of the effective config (defaults included) and the provider version."""
+        """Hash of the effective config (defaults included) and the provider version.
+
+        ``notifications`` is left out: who is told about a run is no reason to retrain."""
         from airflow_mlops import __version__
 
-        return config_hash({"config": self.model_dump(mode="json"), "provider": __version__})
+        config = self.model_dump(mode="json", exclude={"notifications"})
+        return config_hash({"config": config, "provider": __version__})
 
 
 def _folder_of(uri: str) -> str:

@@ -44,6 +44,12 @@ def _ct_schedule(config: PipelineConfig) -> Any:
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
     assets = retrain_asset(config.registered_model_name)
+    if config.segments is not None:
+        from airflow_mlops.core.segments import segment_models
+
+        # Monitoring signals each segment model on its own Asset (its own debounce).
+        for _, model in segment_models(config.registered_model_name, config.segments.values):
+            assets = assets | retrain_asset(model)
     new_data = new_data_asset(config)
     if new_data is not None:
         assets = assets | new_data

@@ -1,5 +1,6 @@
 """DAG wiring of a promotion: evaluate -> register -> [approval -> gate] -> promote, and the
-params of a rollback DAG triggered from the UI.
+params of the rollback and freeze DAGs triggered from the UI (built in
+:mod:`airflow_mlops.factories.rollback`).
 
 The operators are imported when the tasks are built, like the other factories do, and the
 human-in-the-loop operator only for ``approval="manual"`` (its triggers and pydantic models
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from airflow_mlops.operators.evaluation import EvaluateModelOperator
     from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
 
-__all__ = ["PromotionTasks", "promotion_tasks", "rollback_dag_params"]
+__all__ = ["PromotionTasks", "freeze_dag_params", "promotion_tasks", "rollback_dag_params"]
 
 APPROVAL_MODES = ("auto", "manual")
 
@@ -113,7 +114,13 @@ def promotion_tasks(
 
 
 def rollback_dag_params(model_name: str | None = None) -> dict[str, Any]:
-    """DAG ``params`` for a rollback DAG triggered from the UI form: target version and reason.
+    """DAG ``params`` for a rollback DAG triggered from the UI form: target, reason, who.
+
+    ``to_version`` is a free field, not an enum: the former champions live in MLflow, and a
+    DAG file must not call MLflow while Airflow parses it (every 30 s, in every parser). The
+    rollback task checks the value against the alias history at run time (``RollbackRefused``
+    for a version that never held ``@champion``); the generated rollback DAG lists the history
+    in its first task's log and XCom. ``reason`` has no default: the form requires it.
 
     The model is not a param: pass it to
     :class:`~airflow_mlops.operators.registry.RollbackModelOperator` in the DAG file.
@@ -126,9 +133,60 @@ def rollback_dag_params(model_name: str | None = None) -> dict[str, Any]:
         "to_version": Param(
             None,
             type=["null", "string", "integer"],
-            description=f"Former @champion version{of}; empty: the previous champion",
+            title="Version to roll back to",
+            description=(
+                f"A former @champion version{of}. Empty: the one before the current champion "
+                "(a second rollback goes further back, never to the version it left). The "
+                "'champion_history' task lists the versions; any other is refused."
+            ),
         ),
         "reason": Param(
-            "rollback from the Airflow UI", type="string", minLength=1, description="Why (audited)"
+            type="string",
+            minLength=1,
+            title="Reason",
+            description="Why (required; stored in the alias history).",
+        ),
+        **_requested_by_param(),
+    }
+
+
+def freeze_dag_params(model_name: str | None = None) -> dict[str, Any]:
+    """DAG ``params`` of a freeze DAG: ``action`` (freeze/unfreeze), a required ``reason``."""
+    from airflow.sdk import Param
+
+    of = f" {model_name}" if model_name else " the model"
+    return {
+        "action": Param(
+            "freeze",
+            type="string",
+            enum=["freeze", "unfreeze"],
+            title="Action",
+            description=(
+                f"freeze: CT runs of{of} still train and evaluate but never move @champion "
+                "(their summary says 'frozen'); unfreeze: promotions resume with the next run."
+            ),
+        ),
+        "reason": Param(
+            type="string",
+            minLength=1,
+            title="Reason",
+            description="Why (required; stored in the mlops.frozen tag and the alias history).",
+        ),
+        **_requested_by_param(),
+    }
+
+
+def _requested_by_param() -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    return {
+        "requested_by": Param(
+            None,
+            type=["null", "string"],
+            title="Requested by",
+            description=(
+                "Optional: on whose behalf. Recorded next to the triggering Airflow user, "
+                "which is always recorded when Airflow knows it."
+            ),
         ),
     }

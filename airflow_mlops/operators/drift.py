@@ -81,6 +81,11 @@ class DriftReportOperator(RetrainSignalOperator):
     :param drift_task_ids: task ids to follow on drift when ``on_drift="branch"``.
     :param no_drift_task_ids: task ids to follow without drift when ``on_drift="branch"``.
     :param attach_to_mlflow: log the report and summary on the champion's run (default True).
+    :param segment_column: with ``segment_value``, compare only that segment's rows (those
+        whose ``segment_column`` as text equals ``segment_value``) of the current data, and of
+        an explicit ``reference_uri``: the check of one segment model (``segments`` in a
+        pipeline), whose own recorded reference already holds its segment's rows only.
+    :param segment_value: the segment whose rows are compared.
     """
 
     policy_field = "on_drift"
@@ -119,9 +124,15 @@ class DriftReportOperator(RetrainSignalOperator):
         attach_to_mlflow: bool = True,
         window: DataWindow | Mapping[str, Any] | str | None = None,
         window_end: str | None = None,
+        segment_column: str | None = None,
+        segment_value: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(branches=(drift_task_ids, no_drift_task_ids), **kwargs)
+        if (segment_column is None) != (segment_value is None):
+            raise ConfigError("give both segment_column and segment_value, or neither")
+        self.segment_column = segment_column
+        self.segment_value = segment_value
         self.current_uri = current_uri
         self.reference_uri = reference_uri
         self.columns = columns
@@ -173,6 +184,14 @@ class DriftReportOperator(RetrainSignalOperator):
             ),
         )
 
+    def segment_filter(self) -> Any:
+        """The row filter of ``segment_column == segment_value``; ``None`` without a segment."""
+        from airflow_mlops.core.segments import segment_row_filter
+
+        if self.segment_column is None:
+            return None
+        return segment_row_filter(str(self.segment_column), str(self.segment_value))
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -193,6 +212,10 @@ class DriftReportOperator(RetrainSignalOperator):
         except NothingToCompareError as err:
             raise AirflowSkipException(str(err)) from err
         attach = champion is not None and bool(champion.run_id) and self.attach_to_mlflow
+        segment = self.segment_filter()
+        # A champion's own reference holds its segment's rows only (without the segment
+        # column); an explicit reference_uri holds every segment.
+        explicit_reference = bool((self.reference_uri or "").strip())
         with self.empty_input_policy():
             outcome = check_champion_drift(
                 champion,
@@ -209,6 +232,8 @@ class DriftReportOperator(RetrainSignalOperator):
                 filesystem=StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem,
                 window=window,
                 window_end=None if self.window_end in (None, "", "None") else self.window_end,
+                row_filter=segment,
+                reference_filter=segment if explicit_reference else None,
             )
         if outcome.attached and champion is not None:
             self.link_champion(context, champion)
@@ -219,4 +244,5 @@ class DriftReportOperator(RetrainSignalOperator):
             result=outcome.result,
             drifted_columns=outcome.result["drifted_columns"][:20],
             summary_uri=outcome.summary_uri,
+            **({"segment": str(self.segment_value)} if self.segment_column else {}),
         )

@@ -89,6 +89,9 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         before it is scored (templated), default 0.8.
     :param window: which prediction partitions to read (``"all"`` by default, or a
         :class:`~airflow_mlops.core.data_window.DataWindow` mapping).
+    :param segment_column: with ``segment_value``, score only the ``labels_uri`` rows whose
+        ``segment_column`` as text equals ``segment_value``: the check of one segment model.
+    :param segment_value: the segment whose rows are scored.
     """
 
     policy_field = "on_decay"
@@ -128,6 +131,8 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         id_columns: Sequence[str] | str | None = None,
         min_label_coverage: float | str = DEFAULT_MIN_LABEL_COVERAGE,
         window: Mapping[str, Any] | str | DataWindow | None = None,
+        segment_column: str | None = None,
+        segment_value: str | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
@@ -145,6 +150,12 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         self.id_columns = list(id_columns) if isinstance(id_columns, (list, tuple)) else id_columns
         self.min_label_coverage = min_label_coverage
         self.window = window
+        if (segment_column is None) != (segment_value is None):
+            raise ConfigError("give both segment_column and segment_value, or neither")
+        if segment_column is not None and predictions_uri:
+            raise ConfigError("segment_column applies to labels_uri rows, not to predictions_uri")
+        self.segment_column = segment_column
+        self.segment_value = segment_value
         if not is_templated([predictions_uri, id_columns]) and bool(predictions_uri) != bool(
             id_columns
         ):
@@ -230,6 +241,11 @@ class ModelPerformanceOperator(RetrainSignalOperator):
                     target=self.target,
                     task=self.task,
                     baseline_metrics=self.explicit_baseline(),
+                    segment=(
+                        (str(self.segment_column), str(self.segment_value))
+                        if self.segment_column is not None
+                        else None
+                    ),
                 )
         self.log.info("%s", outcome.reason)
         if champion.run_id:
@@ -240,4 +256,5 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             triggered=outcome.decayed,
             result=outcome.result(),
             metric=outcome.metric,
+            **({"segment": str(self.segment_value)} if self.segment_column is not None else {}),
         )

@@ -3,13 +3,18 @@
 ``RegisterModelOperator`` -> (optional ``PromotionApprovalOperator`` -> gate) ->
 ``PromoteModelOperator``; :func:`airflow_mlops.factories.promotion.promotion_tasks` builds
 and wires them (with the evaluation) in one call. ``RollbackModelOperator`` restores a former
-champion. The workflows live in :mod:`airflow_mlops.core.promotion`, the registry writes in
+champion; ``FreezeModelOperator`` freezes or unfreezes a model (no promotion moves its
+``@champion`` while frozen). The workflows live in :mod:`airflow_mlops.core.promotion`, the registry writes in
 :mod:`airflow_mlops.core.registry`, the approval protocol in :mod:`airflow_mlops.core.approval`.
+
+Over 600 lines on purpose: the four operators that write registry aliases or their freeze
+share the lock, who/why and model-pinning helpers below, and keeping them in one module keeps
+those rules in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAMPION_MOVES_ALIAS",
+    "FreezeModelOperator",
     "PromoteModelOperator",
     "RegisterModelOperator",
     "RollbackModelOperator",
@@ -199,7 +205,8 @@ class PromoteModelOperator(MlopsBaseOperator):
     ``{model_name, version, outcome, promoted, champion_version, previous_champion_version,
     reason, approval, serving_check, reevaluations, history_event, promotion_artifact_uri}``.
     ``outcome`` is one of ``promoted``, ``already_champion``, ``not_promoted``,
-    ``not_promoted_after_reevaluation``, ``rejected``, ``not_approved``.
+    ``not_promoted_after_reevaluation``, ``rejected``, ``not_approved``, ``frozen`` (the model
+    is frozen: the task succeeds, @champion unchanged).
 
     :param evaluation: ``EvaluateModelOperator``'s result (templated).
     :param registration: ``RegisterModelOperator``'s result (templated).
@@ -363,15 +370,22 @@ class RollbackModelOperator(MlopsBaseOperator):
     must be a version the alias history shows as a former ``@champion``
     (``RollbackRefused`` otherwise: a rejected challenger can never be rolled "back" to), and
     it must pass the clean-process **serving check** (like a promotion) before the alias
-    moves. Idempotent on retry; recorded in the alias history with the reason and the
-    triggering user. Returns (XCom) ``{model_name, outcome, champion_version,
-    previous_champion_version, reason, serving_check, history_event}`` with ``outcome``
-    ``rolled_back`` or ``already_rolled_back``.
+    moves. Without ``to_version`` it goes one step back on the champion history; a second
+    rollback goes further back, never to the version the first one left. Allowed while the
+    model is frozen (the result carries ``frozen``). Idempotent on retry; recorded in the alias
+    history with the reason and the user (``dag_run.triggering_user_name``, else
+    ``requested_by``). Returns (XCom) ``{model_name, outcome, champion_version,
+    previous_champion_version, reason, user, serving_check, history_event, frozen}`` with
+    ``outcome`` ``rolled_back`` or ``already_rolled_back``.
 
     :param model_name: registered model name. Not templated: a trigger param must not be able
         to choose which model's champion moves.
     :param to_version: explicit target version (templated); default: the previous champion.
-    :param reason: why, stored in the history (templated).
+    :param reason: why, stored in the history (templated); required, non-empty.
+    :param requested_by: who asked, recorded beside the triggering user (templated).
+    :param segments: segment value -> model name, pinned in the DAG file (a segmented
+        pipeline's models); then ``segment`` chooses one of them and ``model_name`` is the base.
+    :param segment: the segment to roll back (templated; only with ``segments``).
     :param serving_check: run the clean-process serving check before the move (templated).
     :param serving_sample_rows: holdout rows predicted by the serving check (templated).
     :param serving_timeout_seconds: seconds allowed to the serving check (templated).
@@ -381,6 +395,8 @@ class RollbackModelOperator(MlopsBaseOperator):
         *MlopsBaseOperator.template_fields,
         "to_version",
         "reason",
+        "requested_by",
+        "segment",
         "lock_ttl_seconds",
         "lock_wait_seconds",
         "serving_check",
@@ -396,6 +412,9 @@ class RollbackModelOperator(MlopsBaseOperator):
         model_name: str,
         to_version: str | int | None = None,
         reason: str = "rollback",
+        requested_by: str | None = None,
+        segment: str | None = None,
+        segments: Mapping[str, str] | None = None,
         lock_ttl_seconds: float = 900.0,
         lock_wait_seconds: float = 1800.0,
         serving_check: bool = True,
@@ -407,6 +426,9 @@ class RollbackModelOperator(MlopsBaseOperator):
         self.model_name = _pinned_model_name(model_name, kwargs.get("task_id"))
         self.to_version = to_version
         self.reason = reason
+        self.requested_by = requested_by
+        self.segment = segment
+        self.segments = _pinned_segments(segments, self.task_id)
         self.lock_ttl_seconds = lock_ttl_seconds
         self.lock_wait_seconds = lock_wait_seconds
         self.serving_check = serving_check
@@ -419,13 +441,15 @@ class RollbackModelOperator(MlopsBaseOperator):
         from airflow_mlops.hooks.signing import model_trust
 
         to_version = None if self.to_version in (None, "", "None") else str(self.to_version)
+        model_name = _chosen_model(self)
+        actor = _operator_actor(self, context)
         hook = self.mlflow_hook
         with hook.session() as client:
             rollback = rollback_to_former_champion(
                 client,
                 self.storage,
-                self.model_name,
-                self._actor(context),
+                model_name,
+                actor,
                 to_version=to_version,
                 lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
                 serving=_serving_options(self),
@@ -434,7 +458,7 @@ class RollbackModelOperator(MlopsBaseOperator):
         move = rollback.move
         self.log.info(
             "%s: @champion %s -> %s (%s)",
-            self.model_name,
+            model_name,
             version_label(move.previous_version),
             version_label(move.version),
             move.outcome,
@@ -442,7 +466,7 @@ class RollbackModelOperator(MlopsBaseOperator):
         if move.outcome == "rolled_back":
             _emit_champion_moved(
                 context,
-                self.model_name,
+                model_name,
                 {
                     "version": move.version,
                     "previous_version": move.previous_version,
@@ -452,19 +476,122 @@ class RollbackModelOperator(MlopsBaseOperator):
         persist_mlflow_links(
             context,
             tracking_uri=hook.tracking_uri,
-            model_name=self.model_name,
+            model_name=model_name,
             model_version=move.version,
         )
-        return rollback.result(str(self.reason))
+        return rollback.result(actor.reason)
 
-    def _actor(self, context: Context) -> Actor:
-        from airflow_mlops.core.alias_history import Actor
 
-        dag_run = context.get("dag_run")
-        user = getattr(dag_run, "triggering_user_name", None)
-        return Actor(
-            reason=str(self.reason or "rollback"), context=self.run_context(context), user=user
+class FreezeModelOperator(MlopsBaseOperator):
+    """Freeze or unfreeze a model: while frozen, promotions end ``frozen`` and leave
+    ``@champion`` where it is (training and evaluation still run).
+
+    The freeze record ``{by, user, reason, at, dag_id, run_id}`` is the registered-model tag
+    ``mlops.frozen``, written under the promotion lock, and the ``freeze``/``unfreeze`` event
+    goes to the alias history. Returns (XCom) ``{model_name, action, outcome, frozen,
+    reason, user, event}``; ``outcome`` is ``frozen``, ``already_frozen``, ``unfrozen`` or
+    ``not_frozen``.
+
+    :param model_name: registered model name, pinned like ``RollbackModelOperator``'s.
+    :param action: ``freeze`` or ``unfreeze`` (templated).
+    :param reason: why, required (templated).
+    :param requested_by: who asked, recorded beside the triggering user (templated).
+    :param segments: segment value -> model name, pinned (see ``RollbackModelOperator``).
+    :param segment: the segment to freeze or unfreeze (templated; only with ``segments``).
+    """
+
+    template_fields: Sequence[str] = (
+        *MlopsBaseOperator.template_fields,
+        "action",
+        "reason",
+        "requested_by",
+        "segment",
+        "lock_ttl_seconds",
+        "lock_wait_seconds",
+    )
+    ui_color = "#d5e3f5"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        action: str = "freeze",
+        reason: str,
+        requested_by: str | None = None,
+        segment: str | None = None,
+        segments: Mapping[str, str] | None = None,
+        lock_ttl_seconds: float = 900.0,
+        lock_wait_seconds: float = 1800.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = _pinned_model_name(model_name, kwargs.get("task_id"))
+        if action not in ("freeze", "unfreeze") and not is_templated(action):
+            raise ConfigError(
+                f"{self.task_id}: action must be 'freeze' or 'unfreeze', got {action!r}"
+            )
+        self.action = action
+        self.reason = reason
+        self.requested_by = requested_by
+        self.segment = segment
+        self.segments = _pinned_segments(segments, self.task_id)
+        self.lock_ttl_seconds = lock_ttl_seconds
+        self.lock_wait_seconds = lock_wait_seconds
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core.promotion import freeze_or_unfreeze
+
+        model_name = _chosen_model(self)
+        actor = _operator_actor(self, context)
+        with self.mlflow_hook.session() as client:
+            result = freeze_or_unfreeze(
+                client,
+                model_name,
+                actor,
+                action=str(self.action),
+                lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
+            )
+        self.log.info("%s: %s by %s: %s", model_name, result["outcome"], actor.user, actor.reason)
+        return result
+
+
+def _operator_actor(operator: Any, context: Context) -> Actor:
+    """Who (the triggering user, else ``requested_by``) and why (a required reason)."""
+    from airflow_mlops.core.alias_history import Actor
+
+    reason = str(operator.reason or "").strip()
+    if not reason or reason == "None":
+        raise ConfigError(f"{operator.task_id}: reason is required (it goes to the audit trail)")
+    dag_run = context.get("dag_run")
+    user = getattr(dag_run, "triggering_user_name", None)
+    requested = str(operator.requested_by or "").strip()
+    if requested and requested != "None":
+        # The conf is the trigger's claim; the authenticated name stays first when known.
+        user = f"{user} (for {requested})" if user else f"{requested} (from conf)"
+    return Actor(reason=reason, context=operator.run_context(context), user=user or None)
+
+
+def _pinned_segments(segments: Mapping[str, str] | None, task_id: Any) -> dict[str, str] | None:
+    """A segmented pipeline's models, fixed in the DAG file: the trigger form only picks one."""
+    if segments is None:
+        return None
+    pinned = {str(k): _pinned_model_name(v, task_id) for k, v in dict(segments).items()}
+    if not pinned:
+        raise ConfigError(f"{task_id}: segments is empty")
+    return pinned
+
+
+def _chosen_model(operator: Any) -> str:
+    """The model this run acts on: the pinned one, or the pinned model of the chosen segment."""
+    if operator.segments is None:
+        return operator.model_name
+    segment = str(operator.segment or "").strip()
+    if segment not in operator.segments:
+        raise ConfigError(
+            f"{operator.task_id}: segment {segment!r} is not one of this pipeline's segments "
+            f"({sorted(operator.segments)[:20]})"
         )
+    return operator.segments[segment]
 
 
 def _pinned_model_name(model_name: Any, task_id: Any) -> str:
