@@ -290,3 +290,26 @@ def test_sync_refuses_two_yamls_for_one_generated_file(tmp_path, pair):
         sync_dag_files(pipelines, dags)
     assert all(name in str(err.value) for name in pair)
     assert not dags.exists()
+
+
+def test_unquoted_yaml_on_key_and_decay_on_empty_reach_the_dags(tmp_path):
+    """YAML 1.1 reads ``on:`` as ``True``; it still sets ``evaluation.on``. A delayed-labels
+    pipeline can skip, not fail, its decay task before the first labels land."""
+    import yaml
+
+    from airflow_mlops.factories.config import PipelineConfig
+
+    text = """
+name: onkey
+data: {train_uri: /data/train.parquet, target: y}
+evaluation: {on: newest, min_rows: 10}
+monitoring:
+  current_uri: /data/current.parquet
+  decay: {labels_uri: /data/labels.parquet, on_empty: skip}
+"""
+    from airflow_mlops.factories.monitoring import monitoring_dag
+
+    config = PipelineConfig.model_validate(yaml.safe_load(text))
+    assert config.evaluation.on == "newest"
+    assert config.monitoring.decay.on_empty == "skip"
+    assert monitoring_dag(config).get_task("decay").on_empty == "skip"

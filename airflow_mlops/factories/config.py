@@ -153,6 +153,14 @@ class ValidationConfig(_Section):
 
 
 class EvaluationConfig(_Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on:`` key as ``True``: take it as ``on``."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     policy: PromotionPolicy | None = Field(
         None,
         description="Promotion policy. Default: the challenger must be at least as good as the "
@@ -195,6 +203,11 @@ class DecayConfig(_Section):
     )
     metric: str | None = Field(
         None, description="Default: f1 (classification) / rmse (regression)."
+    )
+    on_empty: Literal["fail", "skip"] = Field(
+        "fail",
+        description="No labelled rows yet (labels land later): fail the decay task, or skip "
+        "it. Delayed-labels pipelines usually want skip.",
     )
 
 

@@ -166,6 +166,7 @@ def _decay_operator(config: PipelineConfig) -> Any:
         min_label_coverage=monitoring.decay.min_label_coverage,
         tolerance=monitoring.decay.tolerance,
         metric=monitoring.decay.metric,
+        on_empty=monitoring.decay.on_empty,
         debounce_seconds=int(monitoring.debounce_hours * 3600),
         ct_dag_id=config.ct_dag_id,
         allowed_data_prefixes=config.allowed_data_prefixes,
