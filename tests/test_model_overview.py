@@ -12,7 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from airflow_mlops.core.alias_history import TAG_FROZEN
 from airflow_mlops.core.drift_verdict import MAX_MODEL_TAG_CHARS, TAG_LAST_DRIFT, last_drift_tag
+from airflow_mlops.core.model_status import (
+    MAX_REASON_CHARS,
+    TAG_LAST_CT,
+    FreezeNote,
+    LastCt,
+    last_ct_tag,
+    read_frozen,
+    read_last_ct,
+)
 from airflow_mlops.plugins import model_overview as mo
 
 SUMMARY = {
@@ -250,3 +260,230 @@ def test_versions_runs_are_read_in_one_search(mlflow_server: str) -> None:
     assert overview.version("challenger").decision == decision  # rows compared, on the page
     assert overview.version("champion").decision is None
     assert overview.lineage_dag_ids == [f"ct_{name}"]
+
+
+# -- frozen state and the last CT run (issue 17 item 6) ----------------------------------------
+
+NOTIFIED = [
+    {"event": "not_promoted_after_signal", "notifier": "ops_email", "ok": True, "attempts": 1},
+    {"event": "not_promoted_after_signal", "notifier": "ops_slack", "ok": False, "attempts": 3},
+]
+
+
+def ct_summary(**fields: Any) -> dict[str, Any]:
+    return {
+        "model_name": "m",
+        "outcome": "not promoted",
+        "reason": "challenger f1 0.91 < champion f1 0.93",
+        "champion_version": "3",
+        "challenger_version": "4",
+        "steps": [],
+        "notifications": NOTIFIED,
+        **fields,
+    }
+
+
+def test_last_ct_tag_round_trips_and_always_fits_a_tag() -> None:
+    raw = last_ct_tag(ct_summary(), dag_id="ct_m", run_id="manual__1", at="2026-03-01T00:00:00")
+    ct = read_last_ct(raw)
+    assert ct is not None and not ct.unreadable
+    assert (ct.outcome, ct.dag_id, ct.run_id, ct.challenger_version) == (
+        "not promoted",
+        "ct_m",
+        "manual__1",
+        "4",
+    )
+    assert [(n.event, n.notifier, n.ok) for n in ct.notifications] == [
+        ("not_promoted_after_signal", "ops_email", True),
+        ("not_promoted_after_signal", "ops_slack", False),
+    ]
+    many = [{"event": "e" * 500, "notifier": "n" * 500, "ok": True}] * 300
+    raw = last_ct_tag(
+        ct_summary(reason="x " * 5000, notifications=many), dag_id="d", run_id="r", at="t"
+    )
+    assert len(raw) <= MAX_MODEL_TAG_CHARS
+    ct = read_last_ct(raw)
+    assert ct is not None and len(ct.reason) == MAX_REASON_CHARS
+    assert ct.notifications and len(ct.notifications) + ct.more_notifications == 300
+
+
+@pytest.mark.parametrize(
+    "raw", ["{not json", "[]", '"promoted"', '{"outcome": 3}', '{"outcome": "ok"' + " " * 30_000]
+)
+def test_unusable_ct_tag_is_unreadable_not_an_error(raw: str) -> None:
+    assert read_last_ct(raw) == LastCt(unreadable=True)
+
+
+def test_any_frozen_tag_means_frozen_even_unreadable() -> None:
+    assert read_frozen(None) is None
+    assert (
+        read_frozen("") == read_frozen("{oops") == read_frozen("[1]") == FreezeNote(unreadable=True)
+    )
+    note = read_frozen(json.dumps({"by": "airflow", "user": "ops-alice", "reason": "r" * 9000}))
+    assert note is not None and note.by == "ops-alice" and len(note.reason) == MAX_REASON_CHARS
+
+
+HOSTILE = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def status_models(mlflow_server: str) -> dict[str, str]:
+    """A frozen model with a last CT run, and one whose tags are hostile (HTML, huge, bad JSON)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    frozen, hostile = f"status_frozen_{uuid.uuid4().hex[:6]}", f"status_bad_{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(
+        frozen,
+        tags={
+            TAG_FROZEN: json.dumps(
+                {
+                    "by": "airflow freeze__x",
+                    "user": "ops-alice",
+                    "reason": "incident 42",
+                    "at": "T1",
+                }
+            ),
+            TAG_LAST_CT: last_ct_tag(ct_summary(), dag_id="ct_x", run_id="run/1", at="T2"),
+        },
+    )
+    client.create_registered_model(
+        hostile,
+        tags={
+            TAG_FROZEN: json.dumps({"user": HOSTILE, "reason": HOSTILE + "A" * 4000}),
+            TAG_LAST_CT: "{" + HOSTILE,
+        },
+    )
+    return {"frozen": frozen, "hostile": hostile}
+
+
+def test_overview_reads_frozen_and_last_ct_from_the_listing_alone(
+    mlflow_server: str, status_models: dict[str, str]
+) -> None:
+    """Both come with ``search_registered_models``: no call per model beyond the overview's."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    [model] = client.search_registered_models(f"name = '{status_models['frozen']}'")
+    overview = mo.overview_of_model(NoArtifactListing(client), model, experiment_ids=[])
+    assert overview.frozen == FreezeNote(by="ops-alice", at="T1", reason="incident 42")
+    assert overview.last_ct is not None and overview.last_ct.outcome == "not promoted"
+    assert overview.last_ct.reason == "challenger f1 0.91 < champion f1 0.93"
+    assert [n.ok for n in overview.last_ct.notifications] == [True, False]
+
+
+@pytest.fixture(scope="module")
+def page(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, status_models: dict[str, str]
+) -> str:
+    """The MLOps page's HTML as an admin gets it from Airflow's real API app."""
+    from conftest import mlflow_connection_env
+    from test_plugin import airflow_api, plugin_declared_by_package
+
+    plugins = tmp_path_factory.mktemp("status_plugins")
+    if not plugin_declared_by_package():
+        (plugins / "mlops_plugin.py").write_text(
+            "from airflow_mlops.plugins.mlops_page import MlopsPlugin\n"
+        )
+    env = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": mlflow_connection_env(mlflow_server),
+    }
+    with airflow_api(plugins, {"admin": "status-test-password"}, env) as api:
+        login = {"username": "admin", "password": "status-test-password"}
+        token = api.post("/auth/token", json=login).json()["access_token"]
+        response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def card_of(html: str, name: str) -> str:
+    return html.split(f'<section class="card" data-model="{name}">')[1].split("</section>")[0]
+
+
+def test_page_shows_frozen_badge_last_ct_and_notifications(
+    page: str, status_models: dict[str, str]
+) -> None:
+    card = card_of(page, status_models["frozen"])
+    assert "data-frozen>FROZEN<" in card
+    frozen = card.split("data-frozen-detail>")[1].split("</div>")[0]
+    assert "ops-alice" in frozen and "T1" in frozen and "incident 42" in frozen
+    ct = card.split("data-last-ct>")[1].split("<h3>")[0]
+    assert "data-ct-outcome>not promoted<" in ct
+    assert "challenger f1 0.91 &lt; champion f1 0.93" in ct
+    assert 'href="/dags/ct_x/runs/run%2F1"' in ct  # the tag's run id cannot add path segments
+    notes = ct.split("data-notifications>")[1].split("</ul>")[0]
+    assert "not_promoted_after_signal → ops_email" in notes and ">sent<" in notes
+    assert "ops_slack" in notes and ">failed<" in notes
+
+
+def test_hostile_tags_are_escaped_capped_or_unreadable(
+    page: str, status_models: dict[str, str]
+) -> None:
+    card = card_of(page, status_models["hostile"])
+    assert "<script>" not in card and "<img" not in card
+    assert "&lt;script&gt;" in card  # shown as text
+    frozen = card.split("data-frozen-detail>")[1].split("</div>")[0]
+    assert "A" * (MAX_REASON_CHARS - len(HOSTILE)) not in frozen and "A…" in frozen  # capped
+    ct = card.split("data-last-ct>")[1].split("<h3>")[0]
+    assert "unreadable" in ct
+
+
+# -- the CT DAG's summary writes the tag ------------------------------------------------------
+
+
+def test_ct_run_records_its_outcome_and_notifications_for_the_page(
+    mlflow_conn: str, mlflow_server: str, run_dag: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """A CT run whose training fails (an empty file: no model is trained, so it stays fast)
+    tags the model with ``failed``, its reason and the notification it tried to send."""
+    from conftest import stored_xcom
+    from devkit import free_port
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.factories import continuous_training_dag, parse_config
+
+    smtp_down = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": free_port(),  # nothing listens there: the delivery fails, the run goes on
+        "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 2},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DOWN", json.dumps(smtp_down))
+    monkeypatch.setenv("AIRFLOW__MLOPS__NOTIFICATION_ATTEMPTS", "1")
+    monkeypatch.setenv("AIRFLOW__MLOPS__NOTIFICATION_RETRY_DELAY_SECONDS", "0")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    name = f"last_ct_{uuid.uuid4().hex[:6]}"
+    config = parse_config(
+        {
+            "name": name,
+            "retries": 0,
+            "data": {"train_uri": str(empty), "target": "y"},
+            "validation": {"enabled": False},
+            "training": {"estimator": "sklearn.linear_model.LogisticRegression"},
+            "monitoring": {"enabled": False},
+            "notifications": {
+                "notifiers": {
+                    "ops_email": {"type": "smtp", "to": ["ops@x.io"], "smtp_conn_id": "smtp_down"}
+                },
+                "events": {"failed": ["ops_email"]},
+            },
+        },
+        source="<test last_ct>",
+    )
+    client = MlflowClient(mlflow_server)
+    client.create_registered_model(config.registered_model_name)  # earlier runs made it
+
+    dag_run = run_dag(continuous_training_dag(config))
+
+    assert dag_run.state == "failed"
+    summary = stored_xcom(dag_run, "summary")
+    model = client.get_registered_model(config.registered_model_name)
+    record = json.loads(model.tags[TAG_LAST_CT])
+    assert record["outcome"] == "failed" and record["reason"] == summary["reason"][:300]
+    assert record["reason"].startswith("task train failed: ")
+    assert (record["dag_id"], record["run_id"]) == (dag_run.dag_id, dag_run.run_id)
+    assert record["notifications"] == [{"event": "failed", "notifier": "ops_email", "ok": False}]
+    ct = mo.overview_of_model(client, model, experiment_ids=[]).last_ct
+    assert ct is not None and ct.outcome == "failed" and ct.notifications[0].ok is False

@@ -5,7 +5,9 @@ receive the messages; a third notifier points at a closed port. One breast-cance
 (module-scoped) goes through: a first CT run (promoted), a monitoring run on drifted data with
 flipped labels (drift and decay), the asset-triggered retrain that does not promote
 (``not_promoted_after_signal``), a run stopped by validation (blocked) and one whose training
-fails (failed). Every DAG runs with Airflow's real task runner (``dag.test()``) against the
+fails (failed). A second pipeline goes through the operations DAGs: a freeze (frozen), a CT run
+whose qualifying challenger the freeze holds back (frozen), an unfreeze (unfrozen) and a
+rollback (rolled_back). Every DAG runs with Airflow's real task runner (``dag.test()``) against the
 MLflow server fixture.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import html
 import json
 import logging
 import sys
@@ -28,6 +31,7 @@ from conftest import mlflow_connection_env, serialize_dag
 from devkit import free_port
 from test_pipelines import (
     DATA,
+    WEAK_FEATURES,
     breast_cancer_config,
     execute_run,
     land,
@@ -41,8 +45,15 @@ from test_pipelines import (
 )
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.notifications import Notification, ct_events, deliver
+from airflow_mlops.core.notifications import (
+    Notification,
+    ct_events,
+    deliver,
+    operations_events,
+    operations_message,
+)
 from airflow_mlops.factories import continuous_training_dag, monitoring_dag, parse_config
+from airflow_mlops.factories.rollback import freeze_dag, rollback_dag
 
 AIRFLOW_BASE_URL = "http://airflow.example:8080"
 WEBHOOK_SECRET_PATH = "/services/T000/B000/s3cr3t-webhook-token"
@@ -311,6 +322,71 @@ def test_blocked_and_failed_runs_are_sent(pipeline, services, train_uri, event, 
     assert [r["ok"] for r in summary["notifications"]] == [True, True], summary
 
 
+def test_freeze_held_back_challenger_unfreeze_and_rollback_are_sent(
+    services, tmp_path, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+    from test_registry import actor
+
+    from airflow_mlops.core.alias_moves import promote_to_champion
+
+    ops = {
+        "notifiers": {"ops_email": NOTIFIERS["ops_email"], "down_email": NOTIFIERS["down_email"]},
+        "events": {
+            "frozen": ["ops_email"],
+            "unfrozen": ["ops_email"],
+            "rolled_back": ["ops_email", "down_email"],
+        },
+    }
+    name = unique("notify_ops")
+    data = land(tmp_path, "reference")
+    weak_data = {"train_uri": str(data), "target": "benign", "features": WEAK_FEATURES}
+    weak = breast_cancer_config(name, data, data=weak_data, notifications=ops)
+    # A clean batch lands: the full-feature model beats the weak champion.
+    full = breast_cancer_config(name, land(tmp_path, "reference", "clean"), notifications=ops)
+    model, inbox = full.registered_model_name, services["inbox"]
+    assert summary_of(_run(continuous_training_dag(weak)))["outcome"] == "promoted"
+
+    freezer = freeze_dag(full)
+    frozen = _run(freezer, action="freeze", reason="incident 7", requested_by="ops-bob")
+    assert xcom(frozen, "notify")["events"] == ["frozen"], states_of(frozen)
+    who = "dag_test (for ops-bob)"
+    [(subject, body)] = inbox.about("frozen", model)
+    assert subject == f"[mlops] frozen: {model} (champion v1)", subject
+    assert_message(body, model, freezer.dag_id, "champion v1", "incident 7")
+    assert f"By: {who}" in body and f"/#/models/{model}/versions/1" in body, body
+
+    held = _run(continuous_training_dag(full))
+    summary = summary_of(held)
+    assert (held.state, summary["outcome"]) == ("success", "frozen"), summary
+    [_, (subject, body)] = inbox.about("frozen", model)
+    assert subject == f"[mlops] frozen: {model} (champion v1, challenger v2)", subject
+    cause = f"challenger v2 qualified but the model is frozen: incident 7 (by {who})"
+    assert_message(body, model, held.dag_id, "challenger v2", cause)
+    assert f"/#/models/{model}/versions/2" in body, body
+
+    _run(freezer, action="unfreeze", reason="labels fixed")
+    [(subject, body)] = inbox.about("unfrozen", model)
+    assert subject == f"[mlops] unfrozen: {model} (champion v1)" and "labels fixed" in body
+
+    # v2 becomes champion through the registry (a CT run would only add time), then regresses.
+    client = MlflowClient(mlflow_server)
+    promote_to_champion(client, model, "2", evaluated_champion="1", actor=actor("p"))
+    rollback = rollback_dag(full)
+    rolled = _run(rollback, reason="v2 misroutes band s", requested_by="ops-carol")
+    assert rolled.state == "success", states_of(rolled)
+    assert client.get_model_version_by_alias(model, "champion").version == "1"
+    [(subject, body)] = inbox.about("rolled_back", model)
+    body = html.unescape(body)  # the e-mail is HTML: "->" arrives as "-&gt;"
+    assert subject == f"[mlops] rolled_back: {model} (champion v2 -> v1)", subject
+    reason = "@champion rolled back from v2 to v1: v2 misroutes band s"
+    assert_message(body, model, rollback.dag_id, "champion v2 -> v1", reason)
+    assert "By: dag_test (for ops-carol)" in body and f"/#/models/{model}/versions/1" in body
+    # The dead notifier is recorded and changes nothing.
+    records = {r["notifier"]: r for r in xcom(rolled, "notify")["notifications"]}
+    assert records["ops_email"]["ok"] and not records["down_email"]["ok"], records
+
+
 # -- configuration and delivery, without a DAG run -----------------------------------------------
 
 
@@ -335,8 +411,8 @@ def test_notifier_outside_the_allow_list_is_refused_before_import(monkeypatch):
     monkeypatch.setenv("AIRFLOW__MLOPS__ALLOWED_NOTIFIER_MODULES", "notify_evil_mod")
     with pytest.raises(ConfigError, match=r"params.u: a URL may carry a secret"):
         parse_config({**raw, "notifications": {"notifiers": {"x": url}}})
-    planned = {"notifiers": {}, "events": {"rolled_back": []}}
-    with pytest.raises(ConfigError, match=r"events.rolled_back: this event is not sent yet"):
+    planned = {"notifiers": {}, "events": {"approval_pending": []}}
+    with pytest.raises(ConfigError, match=r"events.approval_pending: this event is not sent yet"):
         parse_config({**raw, "notifications": planned})
     slack_url = {"type": "slack_webhook", "http_conn_id": "s", "url": "https://hooks/x"}
     with pytest.raises(ConfigError, match=r"url"):
@@ -404,6 +480,15 @@ def test_events_of_a_ct_summary():
     assert ct_events({"outcome": "not promoted"}) == []
     assert ct_events({"outcome": "not promoted"}, "decay") == ["not_promoted_after_signal"]
     assert ct_events({"outcome": "skipped"}, "drift") == []
+    assert ct_events({"outcome": "frozen"}) == ["frozen"]
+    assert ct_events({"outcome": "frozen"}, "drift") == ["frozen", "not_promoted_after_signal"]
+    assert operations_events({"outcome": "already_frozen"}) == []
+    retry = {"outcome": "already_rolled_back", "previous_champion_version": "2"}
+    assert operations_events({**retry, "champion_version": "1"}) == ["rolled_back"]
+    assert operations_events({**retry, "champion_version": "2"}) == []  # nothing moved
+    # requested_by comes from the trigger form: it cannot add a (fake link) line.
+    forged = {**retry, "champion_version": "1", "user": "x\nAirflow run: http://evil"}
+    assert "\nAirflow run" not in operations_message("rolled_back", forged, {}).text()
 
 
 def test_monitoring_failure_names_what_failed_per_segment():

@@ -5,9 +5,11 @@ plain values in, and ``airflow_mlops/notifiers/`` does the sending through Airfl
 
 - :func:`ct_events` maps a CT run summary (:mod:`airflow_mlops.core.summary`) and the retrain
   signal that triggered the run to events; :func:`monitoring_events` does the same for a
-  monitoring run's drift and decay results.
-- :class:`Notification` is one message: model, versions, a one-line reason and links;
-  :func:`ct_message` and :func:`monitoring_message` build it from the run's results.
+  monitoring run's drift and decay results, :func:`operations_events` for the result of a
+  ``rollback__``/``freeze__`` DAG's action task.
+- :class:`Notification` is one message: model, versions, a one-line reason, who acted and
+  links; :func:`ct_message`, :func:`monitoring_message` and :func:`operations_message` build
+  it from the run's results.
 - :func:`deliver` calls one sender a few times; a failure ends as a record, never as an
   exception, so a notification cannot change what the run decided.
 
@@ -37,19 +39,25 @@ __all__ = [
     "deliver",
     "monitoring_events",
     "monitoring_message",
+    "operations_events",
+    "operations_message",
     "retrain_signal_of",
 ]
 
 #: Events the provider sends today.
-EVENTS = ("drift", "decay", "blocked", "failed", "not_promoted_after_signal", "promoted")
-#: Events of issue #17 that no run produces yet; a pipeline naming one is refused until then.
-PLANNED_EVENTS = (
+EVENTS = (
+    "drift",
+    "decay",
+    "blocked",
+    "failed",
+    "not_promoted_after_signal",
+    "promoted",
     "rolled_back",
     "frozen",
-    "approval_pending",
-    "approval_timed_out",
-    "stale_champion",
+    "unfrozen",
 )
+#: Events of issue #17 that no run produces yet; a pipeline naming one is refused until then.
+PLANNED_EVENTS = ("approval_pending", "approval_timed_out", "stale_champion")
 #: ``trigger`` of a retrain asset event → the signal it stands for.
 RETRAIN_SIGNAL_TRIGGERS = {"drift": "drift", "performance_decay": "decay"}
 DEFAULT_ATTEMPTS = 3
@@ -64,16 +72,37 @@ _MAX_DELIVERY_ERROR_CHARS = 300
 
 def ct_events(summary: Mapping[str, Any], signal: str | None = None) -> list[str]:
     """The events of a CT run: its outcome, plus ``not_promoted_after_signal`` when a retrain
-    asked for by drift or decay (``signal``) ended without a promotion."""
+    asked for by drift or decay (``signal``) ended without a promotion.
+
+    A run stopped by a freeze sends ``frozen``: its challenger qualified and was held back,
+    which the people who froze the model need to hear, or the freeze is forgotten. With a
+    signal it also sends ``not_promoted_after_signal``: the drifting model is still serving.
+    """
     outcome = summary.get("outcome")
-    if outcome == "promoted":
-        return ["promoted"]
-    if outcome == "blocked":
-        return ["blocked"]
-    if outcome == "failed":
-        return ["failed"]
+    if outcome in ("promoted", "blocked", "failed"):
+        return [str(outcome)]
+    if outcome == "frozen":
+        return ["frozen", "not_promoted_after_signal"] if signal else ["frozen"]
     if outcome == "not promoted" and signal:
         return ["not_promoted_after_signal"]
+    return []
+
+
+def operations_events(result: Mapping[str, Any]) -> list[str]:
+    """The event of a ``rollback``/``freeze`` task's result; none when nothing changed.
+
+    ``already_rolled_back`` with two different versions is a retry of this run's own move
+    (its notification was not sent: the sending task runs after a successful try);
+    ``already_frozen``/``not_frozen`` and a rollback onto the current champion changed nothing.
+    """
+    outcome = result.get("outcome")
+    if outcome == "rolled_back":
+        return ["rolled_back"]
+    if outcome == "already_rolled_back":
+        moved = result.get("previous_champion_version") != result.get("champion_version")
+        return ["rolled_back"] if moved else []
+    if outcome in ("frozen", "unfrozen"):
+        return [str(outcome)]
     return []
 
 
@@ -119,6 +148,10 @@ class Notification:
     champion_version: str | None = None
     challenger_version: str | None = None
     links: dict[str, str | None] = field(default_factory=dict)
+    #: The champion before a rollback (``versions`` reads "champion vA -> vB").
+    previous_champion_version: str | None = None
+    #: Who acted (a rollback or freeze); ``None`` for what a scheduled run decided.
+    by: str | None = None
 
     @property
     def one_line_reason(self) -> str:
@@ -130,6 +163,8 @@ class Notification:
         # None: the run stopped before it read the champion (or there is none yet).
         champion = f"v{self.champion_version}" if self.champion_version else "unknown"
         text = f"champion {champion}"
+        if self.previous_champion_version:
+            text = f"champion v{self.previous_champion_version} -> {champion}"
         if self.challenger_version:
             text += f", challenger v{self.challenger_version}"
         return text
@@ -146,6 +181,7 @@ class Notification:
     def text(self) -> str:
         """Plain text (chat messages, logs)."""
         lines = [self.subject, f"Reason: {self.one_line_reason}"]
+        lines += [f"By: {self.by}"] if self.by else []
         lines += [f"{label}: {url}" for label, url in self.link_lines()]
         return "\n".join(lines)
 
@@ -155,10 +191,11 @@ class Notification:
             f'<li>{escape(label)}: <a href="{escape(url, quote=True)}">{escape(url)}</a></li>'
             for label, url in self.link_lines()
         )
+        by = f"<p>By: {escape(self.by)}</p>" if self.by else ""
         return (
             f"<p><b>{escape(self.event)}</b>: model <b>{escape(self.model_name)}</b> "
             f"({escape(self.versions)})</p><p>Reason: {escape(self.one_line_reason)}</p>"
-            f"<ul>{links}</ul>"
+            f"{by}<ul>{links}</ul>"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +205,8 @@ class Notification:
             "model_name": self.model_name,
             "champion_version": self.champion_version,
             "challenger_version": self.challenger_version,
+            "previous_champion_version": self.previous_champion_version,
+            "by": self.by,
             "reason": self.one_line_reason,
             "links": dict(self.links),
             "subject": self.subject,
@@ -187,6 +226,11 @@ def ct_message(
     if event == "not_promoted_after_signal":
         reason = (
             f"the retrain asked for by a {signal or 'retrain'} signal was not promoted: {reason}"
+        )
+    elif event == "frozen":
+        challenger = summary.get("challenger_version")
+        reason = (
+            f"challenger v{challenger} qualified but the model is frozen: {_freeze_cause(reason)}"
         )
     return Notification(
         event=event,
@@ -220,6 +264,60 @@ def monitoring_message(
         champion_version=None if champion is None else str(champion),
         links={**links, "report": _report_uri(results, order)},
     )
+
+
+def _freeze_cause(reason: str) -> str:
+    """``<reason> (by <who>)`` of a frozen promotion's reason.
+
+    The promote task's reason is ``frozen: <reason> (by <who>); version N qualified but
+    @champion unchanged (vM)`` (:func:`airflow_mlops.core.promotion.promotion_reason`); the
+    summary carries only that text, so the freeze's own part is cut out of it.
+    """
+    cause = reason.removeprefix("frozen: ")
+    head, sep, _ = cause.rpartition("; version ")
+    return head if sep else cause
+
+
+def operations_message(
+    event: str, result: Mapping[str, Any], links: Mapping[str, str | None]
+) -> Notification:
+    """The message of a ``rolled_back``/``frozen``/``unfrozen`` event from the result of a
+    ``rollback``/``freeze`` task (:class:`~airflow_mlops.operators.registry.RollbackModelOperator`,
+    :class:`~airflow_mlops.operators.registry.FreezeModelOperator`)."""
+    history = result.get("history_event") or result.get("event") or {}
+    why = str(result.get("reason") or history.get("reason") or "")
+    if event == "rolled_back":
+        previous, champion = result.get("previous_champion_version"), result.get("champion_version")
+        still_frozen = "; the model stays frozen" if result.get("frozen") else ""
+        reason = f"@champion rolled back from v{previous} to v{champion}{still_frozen}: {why}"
+    else:
+        previous, champion = None, history.get("version")
+        what = (
+            "CT runs train and evaluate but do not move @champion"
+            if event == "frozen"
+            else "CT runs promote again"
+        )
+        reason = f"{event} ({what}): {why}"
+    return Notification(
+        event=event,
+        model_name=str(result.get("model_name") or ""),
+        reason=reason,
+        champion_version=_optional_str(champion),
+        links=dict(links),
+        previous_champion_version=_optional_str(previous),
+        by=_one_line(result.get("user") or history.get("user") or history.get("by")),
+    )
+
+
+def _one_line(value: Any) -> str | None:
+    """``requested_by`` comes from the trigger form: one line, so it cannot add a fake link
+    line to the message text."""
+    text = " ".join(str(value or "").split())[:MAX_REASON_CHARS]
+    return text or None
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _report_uri(results: Mapping[str, Any], steps: Sequence[str]) -> str | None:

@@ -223,6 +223,8 @@ def _summarize(
     summary = summarize_run(model, states, results, errors).to_dict()
     if config is not None and config.notifications.events:
         summary["notifications"] = _notify_ct_run(config, context, summary, results)
+    if config is not None:
+        _record_last_ct(config.connections.mlflow_conn_id, context, summary)
     print(_format_summary(summary))
     failed = [step for step, state in states.items() if state in FAILED_STATES]
     if failed:
@@ -245,6 +247,7 @@ def _notify_ct_run(
         mlflow_version_url,
         notify_events,
         triggering_events,
+        unsent_record,
     )
 
     try:
@@ -262,11 +265,37 @@ def _notify_ct_run(
         messages = [ct_message(event, summary, results, links, signal) for event in events]
         return notify_events(config.notifications, messages, context)
     except Exception as err:  # a notification never changes the run's outcome
+        return [unsent_record(err)]
+
+
+def _record_last_ct(mlflow_conn_id: str, context: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Overwrite the model's ``mlops.last_ct`` tag (outcome, reason, notifications) for the
+    MLOps page. Never raises: the summary and its XCom are the record, the tag a convenience.
+
+    A run that skipped because nothing changed keeps the previous record: otherwise a quiet
+    day would hide the last real outcome (and every such run would pay MLflow's import).
+    """
+    if summary.get("outcome") == "skipped":
+        return
+    from datetime import datetime, timezone
+
+    from airflow_mlops.core.model_status import TAG_LAST_CT, last_ct_tag
+    from airflow_mlops.hooks.mlflow import MlflowHook
+
+    model, dag_run = summary["model_name"], context["dag_run"]
+    try:
+        value = last_ct_tag(
+            summary,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        with MlflowHook(mlflow_conn_id=mlflow_conn_id).client() as client:
+            client.set_registered_model_tag(model, TAG_LAST_CT, value)
+    except Exception as err:  # e.g. no registered model yet: the first run failed early
         from airflow_mlops.operators.base import mask_error
 
-        error = mask_error(f"{type(err).__name__}: {err}")[:300]
-        print(f"notifications not sent: {error}")
-        return [{"event": None, "notifier": None, "ok": False, "attempts": 0, "error": error}]
+        print(f"{model}: last CT outcome not recorded in MLflow: {mask_error(str(err))[:300]}")
 
 
 def _pull(ti: Any, task_id: str, map_index: int | None, key: str = "return_value") -> Any:

@@ -1,8 +1,13 @@
-"""The monitoring DAG's ``notify`` task: the run's drift/decay/failed events → notifiers.
+"""The ``notify`` tasks: a run's events → the pipeline's notifiers.
 
-Added by :mod:`airflow_mlops.factories.monitoring` only when the pipeline's ``notifications``
-section maps an event, so a pipeline without notifications keeps its DAG as it was. The CT
-DAG sends its events from its ``summary`` task (:mod:`airflow_mlops.factories.chain`).
+- :func:`monitoring_notify_task`: the monitoring DAG's drift/decay/failed events. Added by
+  :mod:`airflow_mlops.factories.monitoring` only when the pipeline's ``notifications``
+  section maps an event, so a pipeline without notifications keeps its DAG as it was.
+- :func:`operations_notify_task`: ``rolled_back``/``frozen``/``unfrozen`` after the action
+  task of ``rollback__<name>``/``freeze__<name>`` (:mod:`airflow_mlops.factories.rollback`),
+  added only when one of those events is mapped.
+
+The CT DAG sends its events from its ``summary`` task (:mod:`airflow_mlops.factories.chain`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from airflow.sdk import task
 
 from airflow_mlops.factories.config import PipelineConfig
 
-__all__ = ["NOTIFY_TASK_ID", "monitoring_notify_task"]
+__all__ = ["NOTIFY_TASK_ID", "monitoring_notify_task", "operations_notify_task"]
 
 NOTIFY_TASK_ID = "notify"
 _FAILED_STATES = frozenset({"failed", "upstream_failed"})
@@ -128,8 +133,8 @@ def _send(
         airflow_run_url,
         mlflow_version_url,
         notify_events,
+        unsent_record,
     )
-    from airflow_mlops.operators.base import mask_error
 
     pipeline_model = config.registered_model_name
     events: list[str] = []
@@ -158,8 +163,52 @@ def _send(
             events.append(event)
         return events, notify_events(config.notifications, messages, context)
     except Exception as err:
-        error = mask_error(f"{type(err).__name__}: {err}")[:300]
-        print(f"notifications not sent: {error}")
-        return events, [
-            {"event": None, "notifier": None, "ok": False, "attempts": 0, "error": error}
-        ]
+        return events, [unsent_record(err)]
+
+
+# -- rollback and freeze -------------------------------------------------------------------
+
+
+def operations_notify_task(config: PipelineConfig, action: Any) -> Any:
+    """A task after ``action`` (the ``rollback`` or ``freeze`` operator) that sends its event.
+
+    Runs only when the action succeeded (a refused rollback moved nothing). Never fails: it
+    returns ``{"model_name", "events", "notifications"}`` with every delivery's record.
+    """
+
+    @task(task_id=NOTIFY_TASK_ID, retries=0, multiple_outputs=False)
+    def notify(result: Any, **context: Any) -> dict[str, Any]:
+        return _notify_operation(config, result, context)
+
+    return notify(action.output)
+
+
+def _notify_operation(config: PipelineConfig, result: Any, context: dict[str, Any]) -> dict:
+    from airflow_mlops.core.notifications import operations_events, operations_message
+    from airflow_mlops.notifiers.dispatch import (
+        airflow_run_url,
+        mlflow_version_url,
+        notify_events,
+        unsent_record,
+    )
+
+    result = result if isinstance(result, Mapping) else {}
+    model = str(result.get("model_name") or config.registered_model_name)
+    events = operations_events(result)
+    try:
+        dag_run = context["dag_run"]
+        messages = []
+        for event in events:
+            draft = operations_message(event, result, {})
+            links = {
+                "airflow_run": airflow_run_url(dag_run.dag_id, dag_run.run_id),
+                "mlflow_version": mlflow_version_url(
+                    config.connections.mlflow_conn_id, model, draft.champion_version
+                ),
+            }
+            messages.append(operations_message(event, result, links))
+        records = notify_events(config.notifications, messages, context)
+    except Exception as err:
+        records = [unsent_record(err)]
+    print(f"{model}: {result.get('outcome')}; events {events or 'none'}; notifications {records}")
+    return {"model_name": model, "events": events, "notifications": records}

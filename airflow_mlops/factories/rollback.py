@@ -11,6 +11,11 @@ record who (the triggering user) and why (a required ``reason``).
   an action on the rollback DAG: in the UI's DAG list an operator looks for "freeze", and a
   rollback form with a freeze switch would let one run do two different things.
 
+When the pipeline's ``notifications`` map ``rolled_back`` (rollback DAG) or ``frozen`` /
+``unfrozen`` (freeze DAG), a ``notify`` task follows the action task
+(:func:`airflow_mlops.factories.notify.operations_notify_task`); otherwise the DAGs have no
+such task.
+
 A segmented pipeline's forms add ``segment``, an enum of the YAML's ``segments.values``
 (known when the file is parsed); the operators map it to ``<model>__<segment>`` through a
 mapping pinned in the DAG file, so the form can only choose among this pipeline's models.
@@ -27,6 +32,7 @@ from typing import Any
 from airflow.sdk import DAG, task
 
 from airflow_mlops.factories.config import PipelineConfig, load_config
+from airflow_mlops.factories.notify import operations_notify_task
 from airflow_mlops.factories.promotion import freeze_dag_params, rollback_dag_params
 
 __all__ = ["freeze_dag", "operations_dags", "rollback_dag"]
@@ -83,7 +89,7 @@ _SEGMENT = "{{ params.segment | default('', true) }}"
 
 
 def rollback_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DAG:
-    """``rollback__<name>``: champion_history -> rollback, for the pipeline's model."""
+    """``rollback__<name>``: champion_history -> rollback (-> notify), for the pipeline's model."""
     from airflow_mlops.operators.registry import RollbackModelOperator
 
     config = _as_config(config)
@@ -107,11 +113,13 @@ def rollback_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DAG:
             **conns,
         )
         history >> rollback
+        if _notifies(config, "rolled_back"):
+            operations_notify_task(config, rollback)
     return dag
 
 
 def freeze_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DAG:
-    """``freeze__<name>``: freeze or unfreeze the pipeline's model."""
+    """``freeze__<name>``: freeze or unfreeze the pipeline's model (-> notify)."""
     from airflow_mlops.operators.registry import FreezeModelOperator
 
     config = _as_config(config)
@@ -121,7 +129,7 @@ def freeze_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DAG:
     kwargs["params"] = {**_segment_param(segments), **freeze_dag_params(model)}
     kwargs.update(dag_kwargs)
     with DAG(**kwargs) as dag:
-        FreezeModelOperator(
+        freeze = FreezeModelOperator(
             task_id="freeze",
             model_name=model,
             segments=segments,
@@ -131,7 +139,13 @@ def freeze_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DAG:
             requested_by="{{ params.requested_by or '' }}",
             **config.connections.model_dump(),
         )
+        if _notifies(config, "frozen", "unfrozen"):
+            operations_notify_task(config, freeze)
     return dag
+
+
+def _notifies(config: PipelineConfig, *events: str) -> bool:
+    return any(config.notifications.targets(event) for event in events)
 
 
 def operations_dags(config: PipelineConfig) -> list[DAG]:

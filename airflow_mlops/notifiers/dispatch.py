@@ -26,6 +26,7 @@ __all__ = [
     "mlflow_version_url",
     "notify_events",
     "triggering_events",
+    "unsent_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,16 @@ def notify_events(
             record = _deliver_one(name, spec, message, context, attempts, delay)
             records.append(record.to_dict())
     return records
+
+
+def unsent_record(err: BaseException) -> dict[str, Any]:
+    """The delivery record of a run whose messages could not even be prepared (masked error);
+    the sending tasks catch everything, because a notification never changes the run."""
+    from airflow_mlops.operators.base import mask_error
+
+    error = mask_error(f"{type(err).__name__}: {err}")[:300]
+    print(f"notifications not sent: {error}")
+    return {"event": None, "notifier": None, "ok": False, "attempts": 0, "error": error}
 
 
 def _deliver_one(

@@ -374,6 +374,7 @@ async def mlops_page(request: Request, user: UserDep) -> HTMLResponse:
         "report": lambda model, verdict: _report_href(_prefix(request), model, verdict),
         "external": _external_report,
         "task": _airflow_task_href,
+        "airflow_run": _airflow_run_href,
     }
     html = _templates.get_template("mlops.html").render(
         error=None,
@@ -604,6 +605,13 @@ def _report_href(prefix: str, model: Any, verdict: Any) -> str | None:
     if verdict.run_id:
         return f"{prefix}/reports/runs/{quote(verdict.run_id, safe='')}/{kind}"
     return None
+
+
+def _airflow_run_href(dag_id: str | None, run_id: str | None) -> str | None:
+    """The Airflow UI page of a DAG run named by a tag (each part quoted: no path tricks)."""
+    if not dag_id or not run_id:
+        return None
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
 def _airflow_task_href(verdict: Any) -> str | None:

@@ -8,6 +8,9 @@ Where the facts come from (the conventions of the rest of the provider):
 
 - aliases ``champion`` / ``challenger`` and the history summary in the registered-model tag
   ``mlops.alias_history`` (:mod:`airflow_mlops.core.alias_history`);
+- frozen state and the last CT run (outcome, reason, notifications sent): the registered-model
+  tags ``mlops.frozen`` and ``mlops.last_ct``, decoded (capped, never an error) by
+  :mod:`airflow_mlops.core.model_status`;
 - key metrics: the ``holdout_<metric>`` metrics of the version's training run
   (:mod:`airflow_mlops.core.training`, :mod:`airflow_mlops.core.metrics`);
 - drift: the registered-model tag ``mlops.last_drift``, which the drift operator overwrites
@@ -44,6 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT
 from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_DECISION_REASON, TAG_MODEL_NAME, TAG_STAGE
+from airflow_mlops.core.model_status import (
+    TAG_LAST_CT,
+    FreezeNote,
+    LastCt,
+    read_frozen,
+    read_last_ct,
+)
 from airflow_mlops.core.retrain_signal import TAG_LAST_RETRAIN_SIGNAL
 from airflow_mlops.core.values import parse_bool
 from airflow_mlops.links.urls import mlflow_page_url
@@ -163,6 +173,10 @@ class ModelOverview:
     history: list[dict[str, Any]] = field(default_factory=list)
     lineage_dag_ids: list[str] = field(default_factory=list)
     retrain_signal: dict[str, Any] | None = None
+    #: Set while promotions are frozen (tag ``mlops.frozen``).
+    frozen: FreezeNote | None = None
+    #: The newest CT run's outcome and notifications (tag ``mlops.last_ct``).
+    last_ct: LastCt | None = None
     error: str | None = None
 
     def version(self, alias: str) -> VersionInfo | None:
@@ -474,10 +488,13 @@ def overview_of_model(
 
     ``check_runs`` shares the check-run searches between the models of one overview.
     """
-    from airflow_mlops.core.alias_history import TAG_ALIAS_HISTORY
+    from airflow_mlops.core.alias_history import TAG_ALIAS_HISTORY, TAG_FROZEN
     from airflow_mlops.core.registry import CHALLENGER, CHAMPION
 
     overview = ModelOverview(name=model.name, description=model.description or None)
+    model_tags = model.tags or {}
+    overview.frozen = read_frozen(model_tags.get(TAG_FROZEN))
+    overview.last_ct = read_last_ct(model_tags.get(TAG_LAST_CT))
     aliases = dict(model.aliases or {})
     version_tags: dict[str, dict[str, str]] = {}
     for alias in (CHAMPION, CHALLENGER):
