@@ -16,6 +16,10 @@ Usage (through the ``deploy/local-stack`` wrapper)::
     deploy/local-stack prod  start|stop|status [--dags-folder DIR] [--auto-ports] [--purge]
     deploy/local-stack quick start --preload     # pay the operators' imports once per worker
 
+About 1,000 lines in one file on purpose: it is a command, run by path from a fresh checkout,
+that describes two stacks service by service (each service's command line, settings and
+readiness check read best next to each other); its reusable half lives in ``devkit``.
+
 State lives under ``.local-stack/<shape>/`` (ports, process groups, logs, databases). Every
 service is started in its own session (``setsid``) and stopped by signalling its process
 group, so nothing is left behind. Only the standard library is imported at module level;
