@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,8 @@ from airflow_mlops.hooks.storage import StorageHook
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_mlops.core.data_window import DataWindow
+
 __all__ = [
     "ARTIFACTS_ENV",
     "DAG_ARTIFACTS_PREFIX",
@@ -40,6 +42,7 @@ __all__ = [
     "MlopsBaseOperator",
     "MlopsHookMixin",
     "allowed_estimator_modules",
+    "as_data_window",
     "as_mapping",
     "as_name_list",
     "as_number",
@@ -53,6 +56,8 @@ __all__ = [
     "normalize_data_uri",
     "path_safe",
     "record_task_error",
+    "rendered_window",
+    "window_param",
 ]
 
 ARTIFACTS_ENV = "AIRFLOW__MLOPS__ARTIFACTS_URI"
@@ -167,6 +172,38 @@ def as_mapping(value: Any, field: str) -> dict[str, Any]:
         bad_json="{field} must be a mapping or JSON object text: {error}",
         not_mapping="{field} must be a mapping, got {type}: {value}",
     )
+
+
+def window_param(window: Any) -> Any:
+    """A ``window`` parameter as templatable data: ``"all"``, a mapping or a template string;
+    a ``DataWindow`` object becomes its mapping, which builds the same window again."""
+    if window is None or isinstance(window, (str, Mapping)):
+        return dict(window) if isinstance(window, Mapping) else window
+    dump = getattr(window, "model_dump", None)
+    if dump is None:
+        raise ConfigError(f"window must be 'all', a mapping or a DataWindow, got {window!r}")
+    return dump(mode="json", exclude_defaults=True) or "all"
+
+
+def rendered_window(window: Any) -> Any:
+    """A rendered ``window``: ``None``/``""`` is ``all``; JSON object text is read as a mapping."""
+    if window is None or window == "":
+        return "all"
+    if isinstance(window, str) and window.lstrip().startswith("{"):
+        return as_mapping(window, "window")
+    return window
+
+
+def as_data_window(window: Any) -> DataWindow:
+    """The checked ``DataWindow`` of a rendered ``window`` parameter (errors name the field)."""
+    from pydantic import ValidationError
+
+    from airflow_mlops.core.data_window import DataWindow
+
+    try:
+        return DataWindow.model_validate(rendered_window(window))
+    except ValidationError as err:
+        raise ConfigError(f"window: {err}") from err
 
 
 def check_choice(value: Any, choices: Sequence[str], field: str, *, rendered: bool = False) -> None:

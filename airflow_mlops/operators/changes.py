@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, as_data_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -144,11 +144,7 @@ class DetectChangesOperator(MlopsBaseOperator):
         return compare_with_hash(fs, files, champion_tags.get(TAG_DATA_SHA256))
 
     def _window(self) -> DataWindow:
-        from airflow_mlops.core.data_window import DataWindow
-
-        if isinstance(self.window, DataWindow):
-            return self.window
-        return DataWindow.model_validate(self.window if self.window is not None else "all")
+        return as_data_window(self.window)
 
     def _champion_manifest(self, run_id: str | None) -> Manifest | None:
         """The champion's ``mlops/manifest.json``, or ``None`` when its run logged none."""

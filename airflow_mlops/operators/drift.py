@@ -17,7 +17,7 @@ from airflow_mlops.core.constants import (
     DRIFT_SUMMARY_NAME,
 )
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.operators.base import as_mapping, as_name_list, as_number
+from airflow_mlops.operators.base import as_data_window, as_mapping, as_name_list, as_number
 from airflow_mlops.operators.monitoring import RetrainSignalOperator, TaskIds
 
 if TYPE_CHECKING:
@@ -150,16 +150,7 @@ class DriftReportOperator(RetrainSignalOperator):
 
     def current_window(self) -> DataWindow | None:
         """The ``window`` setting, checked (errors name the field); ``None`` for all data."""
-        from pydantic import ValidationError
-
-        from airflow_mlops.core.data_window import DataWindow
-
-        if self.window is None:
-            return None
-        try:
-            return DataWindow.model_validate(self.window)
-        except ValidationError as err:
-            raise ConfigError(f"window: {err}") from err
+        return None if self.window is None else as_data_window(self.window)
 
     def drift_settings(self, default_columns: Sequence[str] | None) -> DriftSettings:
         """The typed core settings from the rendered fields (errors name the field)."""

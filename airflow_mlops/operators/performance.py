@@ -191,7 +191,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         """The delayed-labels check on predictions by partition."""
         from airflow_mlops.core.performance import check_partitioned_performance
         from airflow_mlops.hooks.storage import StorageHook
-        from airflow_mlops.operators.prediction import as_data_window
+        from airflow_mlops.operators.base import as_data_window
 
         id_columns = as_name_list(self.id_columns, "id_columns")
         if not id_columns:

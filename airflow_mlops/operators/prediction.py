@@ -19,14 +19,14 @@ from airflow_mlops.core.prediction_layout import (
 from airflow_mlops.core.values import is_templated
 from airflow_mlops.hooks.signing import model_trust
 from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
-from airflow_mlops.operators.base import MlopsBaseOperator, as_mapping
+from airflow_mlops.operators.base import MlopsBaseOperator, as_data_window, window_param
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.core.data_window import DataWindow
 
-__all__ = ["BatchPredictionOperator", "as_data_window"]
+__all__ = ["BatchPredictionOperator"]
 
 
 class BatchPredictionOperator(MlopsBaseOperator):
@@ -119,7 +119,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
         self.chunk_rows = chunk_rows
         self.trust_unsigned_models = trust_unsigned_models
-        self.window = _window_value(window)
+        self.window = window_param(window)
         self.window_end = window_end
         self.partition = partition
         if output_uri and not is_templated(output_uri):
@@ -219,24 +219,3 @@ class BatchPredictionOperator(MlopsBaseOperator):
             model_version=result.model_version,
         )
         return result.to_xcom()
-
-
-def as_data_window(window: Any) -> DataWindow:
-    """A rendered ``window`` parameter: None/``""`` is ``all``; JSON object text a mapping."""
-    from airflow_mlops.core.data_window import DataWindow
-
-    if window is None or window == "":
-        window = "all"
-    elif isinstance(window, str) and window.lstrip().startswith("{"):
-        window = as_mapping(window, "window")
-    return DataWindow.model_validate(window)
-
-
-def _window_value(window: Any) -> Any:
-    """The window as templatable data: ``"all"``, a mapping, or a template string."""
-    if window is None or isinstance(window, (str, Mapping)):
-        return dict(window) if isinstance(window, Mapping) else window
-    dump = getattr(window, "model_dump", None)
-    if dump is None:
-        raise ConfigError(f"window must be 'all', a mapping or a DataWindow, got {window!r}")
-    return dump(mode="json", exclude_defaults=True) or "all"

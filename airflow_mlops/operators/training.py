@@ -14,8 +14,9 @@ from airflow_mlops.links.mlflow import mlflow_links, persist_mlflow_links
 from airflow_mlops.operators.base import (
     MlopsBaseOperator,
     allowed_estimator_modules,
-    as_mapping,
     configured_artifacts_root,
+    rendered_window,
+    window_param,
 )
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class TrainModelOperator(MlopsBaseOperator):
             raise ConfigError(f"{kwargs.get('task_id', 'train')}: {STRATIFY_REFUSED}")
         super().__init__(**kwargs)
         self.train_uri = train_uri
-        self.window = _window_value(window)
+        self.window = window_param(window)
         self.window_end = window_end
         self.key = list(key) if key is not None else None
         self.target = target
@@ -247,7 +248,7 @@ class TrainModelOperator(MlopsBaseOperator):
                 # Unset (None) settings take TrainingConfig's defaults.
                 **{k: v for k, v in settings.items() if v is not None},
                 "train_uri": self.train_uri,
-                "window": _rendered_window(self.window),
+                "window": rendered_window(self.window),
                 "window_end": self.window_end or None,
                 "key": self.key or None,
                 "target": self.target,
@@ -329,26 +330,6 @@ class TrainModelOperator(MlopsBaseOperator):
             self.log.exception("Could not mark MLflow run %s FAILED while being killed", run_id)
             return
         self.log.warning("Task killed: MLflow run %s marked FAILED.", run_id)
-
-
-def _rendered_window(window: Any) -> Any:
-    """A rendered window: ``None``/``""`` is ``all``; JSON object text is read as a mapping."""
-    if window is None or window == "":
-        return "all"
-    if isinstance(window, str) and window.lstrip().startswith("{"):
-        return as_mapping(window, "window")
-    return window
-
-
-def _window_value(window: Any) -> Any:
-    """The window as templatable data (``"all"``, a mapping or a template string); a
-    DataWindow object becomes its mapping, which builds the same window again."""
-    if window is None or isinstance(window, (str, Mapping)):
-        return dict(window) if isinstance(window, Mapping) else window
-    dump = getattr(window, "model_dump", None)
-    if dump is None:
-        raise ConfigError(f"window must be 'all', a mapping or a DataWindow, got {window!r}")
-    return dump(mode="json", exclude_defaults=True) or "all"
 
 
 def _split_callable(value: Any) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_mlops.core.errors import ConfigError, DataNotFoundError, DataValidationFailed
 from airflow_mlops.core.suite import check_on_failure, check_result_format
 from airflow_mlops.core.values import is_templated
-from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.base import MlopsBaseOperator, as_data_window
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,11 +157,11 @@ class DataValidationOperator(MlopsBaseOperator):
         """The window's rows, and its lineage: ``data_sha256`` (the bytes' sha256 when the URI
         names one file), ``manifest_hash`` (the files' manifest content hash: the value a
         training run on the same window tags as ``mlops.data.sha256``), ``files``, ``window``."""
-        from airflow_mlops.core.data_window import DataWindow, read_window
+        from airflow_mlops.core.data_window import read_window
         from airflow_mlops.core.manifest import build_manifest
         from airflow_mlops.hooks.storage import StorageHook
 
-        window = DataWindow.model_validate(self.window if self.window is not None else "all")
+        window = as_data_window(self.window)
         fs = StorageHook(aws_conn_id=self.aws_conn_id).get_filesystem(uri)
         try:
             read = read_window(fs, uri, window, end=self.window_end or None)
