@@ -17,12 +17,18 @@ PY = sys.executable
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 600) -> dict:
     """Run ``code`` in a fresh interpreter; it must print one JSON object on its last line."""
-    merged = {**os.environ, **(env or {})}
+    return run_json([PY, "-c", code], {**os.environ, **(env or {})}, timeout)
+
+
+def run_json(
+    argv: list[str], env: dict[str, str] | None = None, timeout: int | None = None
+) -> dict:
+    """Run ``argv`` (a fresh interpreter); the JSON object on the last line of its stdout."""
     result = subprocess.run(
-        [PY, "-c", code], capture_output=True, text=True, env=merged, timeout=timeout, check=False
+        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
     if result.returncode != 0:
-        raise RuntimeError(result.stderr[-3000:])
+        raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -59,8 +65,9 @@ PLAIN_REQUIREMENTS = (
 )
 
 
-def pinned_requirements() -> list[str]:
-    """What a plain script pins when it logs an sklearn + XGBoost model (installed versions)."""
+def pinned_requirements(names: tuple[str, ...] = PLAIN_REQUIREMENTS) -> list[str]:
+    """What a plain script pins when it logs a model (installed versions; default: sklearn +
+    XGBoost)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in PLAIN_REQUIREMENTS]
+    return [f"{name}=={version(name)}" for name in names]

@@ -30,12 +30,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+from _common import pinned_requirements, run_json
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "results" / "ct_scale_cache"
@@ -44,6 +45,7 @@ FIRST_DAY = date(2026, 11, 1)
 WINDOW = {"last": "30d"}
 SGD_PARAMS = {"loss": "log_loss", "max_iter": 5, "tol": None, "random_state": SEED}
 HOLDOUT_FRACTION = 0.2
+SGD_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "cloudpickle")
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -155,17 +157,11 @@ def run_plain(data: Path, tracking_uri: str, work: Path, tag: str) -> None:
             name="model",
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=pinned_requirements(SGD_REQUIREMENTS),
             serialization_format="cloudpickle",
         )
         mlflow.log_metrics(metrics)
     assert metrics["roc_auc"] > 0.6, metrics
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{n}=={version(n)}" for n in ("mlflow", "scikit-learn", "numpy", "cloudpickle")]
 
 
 def side_main(side: str, data: Path, tracking_uri: str, work: Path, tag: str) -> None:
@@ -192,16 +188,7 @@ def measure(side: str, data: Path, tracking_uri: str, work: Path, tag: str) -> d
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [sys.executable, __file__, "--side", side, "--data", str(data)]
     command += ["--tracking", tracking_uri, "--work", str(work), "--tag", tag]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{side} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json(command, env)
 
 
 def main() -> None:

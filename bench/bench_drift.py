@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import run_json
 
 N_FLOAT, N_INT, N_CAT = 14, 3, 3
 # Shifts of the shifted columns (in standard deviations for floats): the smallest is just
@@ -149,15 +150,7 @@ def run_operator(reference: str, current: str, outdir: str) -> dict:
 
 
 def in_subprocess(mode: str, *args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{mode} run failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, __file__, "--child", mode, *args])
 
 
 def main() -> None:
