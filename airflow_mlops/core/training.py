@@ -283,30 +283,24 @@ def _train_in_run(
     artifacts_uri: str,
     stop: Callable[[], bool],
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    best_params: dict[str, Any] | None = None
-    if search is not None:
-        search.fit(prepared.X_train, prepared.y_train)
-        _raise_if_stopped(stop)
-        log_search_trials(client, experiment_id, run_id, search)
-        fitted = search.best_estimator_
-        # Report the best params under the names the user wrote in search.space.
-        user_names = {pipeline_param_name(name): name for name in config.search.space}
-        best_params = json_safe({user_names.get(k, k): v for k, v in search.best_params_.items()})
-    else:
-        fitted = pipeline.fit(prepared.X_train, prepared.y_train)
-    fit_seconds = time.perf_counter() - started
+    from concurrent.futures import ThreadPoolExecutor
+
+    holdout_uri = join_uri(artifacts_uri, "holdout.parquet")
+    reference_uri = join_uri(artifacts_uri, "reference.parquet")
+    # The holdout and reference files depend on the split only: written while the model fits
+    # (parquet encoding and the estimators' inner loops release the GIL).
+    with ThreadPoolExecutor(1, thread_name_prefix="split-files") as pool:
+        writing = pool.submit(
+            _write_split_files, storage, prepared, config, holdout_uri, reference_uri
+        )
+        fitted, best_params, fit_seconds = _fit(
+            config, prepared, pipeline, search, client, experiment_id, run_id, stop
+        )
+        holdout_sha, reference_sha = writing.result()
     _raise_if_stopped(stop)
 
     y_pred, y_score = predict_for_metrics(fitted, prepared.X_holdout, prepared.task)
     metrics = compute_metrics(prepared.task, prepared.y_holdout, y_pred, y_score)
-
-    holdout_uri = join_uri(artifacts_uri, "holdout.parquet")
-    reference_uri = join_uri(artifacts_uri, "reference.parquet")
-    holdout_sha = storage.write_table(holdout_frame(prepared, config.target), holdout_uri)
-    reference = reference_frame(prepared.X_train, config.reference_max_rows, config.split.seed)
-    reference_sha = storage.write_table(reference, reference_uri)
-    _raise_if_stopped(stop)
 
     run_tags = {TAG_HOLDOUT_SHA256: holdout_sha, TAG_REFERENCE_SHA256: reference_sha}
     if best_params is not None:
@@ -337,6 +331,45 @@ def _train_in_run(
         "metrics": metrics,
         "best_params": best_params,
     }
+
+
+def _fit(
+    config: TrainingJob,
+    prepared: PreparedData,
+    pipeline: Pipeline,
+    search: Any,
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    stop: Callable[[], bool],
+) -> tuple[Any, dict[str, Any] | None, float]:
+    """(fitted model, best params of the search or ``None``, fit seconds)."""
+    started = time.perf_counter()
+    best_params: dict[str, Any] | None = None
+    if search is not None:
+        search.fit(prepared.X_train, prepared.y_train)
+        _raise_if_stopped(stop)
+        log_search_trials(client, experiment_id, run_id, search)
+        fitted = search.best_estimator_
+        # Report the best params under the names the user wrote in search.space.
+        user_names = {pipeline_param_name(name): name for name in config.search.space}
+        best_params = json_safe({user_names.get(k, k): v for k, v in search.best_params_.items()})
+    else:
+        fitted = pipeline.fit(prepared.X_train, prepared.y_train)
+    return fitted, best_params, time.perf_counter() - started
+
+
+def _write_split_files(
+    storage: Storage,
+    prepared: PreparedData,
+    config: TrainingJob,
+    holdout_uri: str,
+    reference_uri: str,
+) -> tuple[str, str]:
+    """Write the holdout and the drift reference; returns their sha256."""
+    holdout_sha = storage.write_table(holdout_frame(prepared, config.target), holdout_uri)
+    reference = reference_frame(prepared.X_train, config.reference_max_rows, config.split.seed)
+    return holdout_sha, storage.write_table(reference, reference_uri)
 
 
 def _raise_if_stopped(stop: Callable[[], bool]) -> None:
