@@ -487,3 +487,93 @@ def test_ct_run_records_its_outcome_and_notifications_for_the_page(
     assert record["notifications"] == [{"event": "failed", "notifier": "ops_email", "ok": False}]
     ct = mo.overview_of_model(client, model, experiment_ids=[]).last_ct
     assert ct is not None and ct.outcome == "failed" and ct.notifications[0].ok is False
+
+
+# -- decay history, health, pipelines (issue #17, item 6) ------------------------------------
+
+
+def decay_result(**fields: Any) -> dict[str, Any]:
+    """A decay task's XCom result as ``ModelPerformanceOperator`` pushes it (partitions)."""
+    return {
+        "model_name": "churn",
+        "decayed": True,
+        "check": {"metric": "f1", "baseline": 0.9},
+        "reason": "performance decay: f1 0.61 vs 0.90",
+        "partitions": {"total": 4, "scored": 3, "pending": 1},
+        "recent": [
+            {"partition": "dt=2026-12-03", "status": "scored", "coverage": 1.0,
+             "metrics": {"f1": 0.61}},
+            {"partition": "dt=2026-12-04", "status": "pending", "coverage": 0.2, "metrics": None},
+        ],
+        **fields,
+    }  # fmt: skip
+
+
+def test_decay_history_and_verdict_make_one_escaped_chart() -> None:
+    from airflow_mlops.core.delayed_labels import HISTORY_PREFIX
+
+    assert mo.DECAY_HISTORY_PREFIX == HISTORY_PREFIX  # the page reads what the check logs
+    assert mo.decay_metric_of({"decay/accuracy": 0.8, "decay/f1": 0.7, "holdout_f1": 0.9}) == (
+        "f1",
+        0.9,
+    )
+    cached = mo.DecayView(
+        metric="f1",
+        baseline=0.9,
+        points=[mo.DecayPoint("2026-12-01", 0.93, 1.0), mo.DecayPoint("2026-12-03", 0.61, 1.0)],
+    )
+    hostile = decay_result(
+        reason="<script>alert(1)</script>",
+        recent=[{"partition": 'dt=2026-12-04/"><script>x</script>', "status": "pending"}],
+    )
+    task = {"dag_id": "monitor__churn", "run_id": "r", "task_id": "decay", "map_index": -1}
+    view = mo.apply_decay_result(cached, hostile, task)
+    assert (view.verdict, view.ok, view.pending_partitions) == ("decay", False, 1)
+    assert [p.status for p in view.points] == ["scored", "scored", "pending"]
+    assert len(cached.points) == 2  # the cached overview is never changed
+    svg = mo.decay_sparkline(view)
+    assert svg.startswith("<svg") and "<script" not in svg and "&lt;script&gt;" in svg
+    assert svg.count("data-scored") == 2 and svg.count("data-pending") == 1
+    assert "stroke-dasharray" in svg  # the value at promotion
+    assert mo.decay_sparkline(None) == "" and mo.decay_sparkline(mo.DecayView()) == ""
+    no_verdict = mo.apply_decay_result(None, decay_result(decayed=False, check=None), task)
+    assert (no_verdict.verdict, no_verdict.ok) == ("no verdict", None)
+    assert [(p.partition, p.status) for p in no_verdict.points] == [("dt=2026-12-04", "pending")]
+
+
+def overview(name: str, **fields: Any) -> mo.ModelOverview:
+    champion = [mo.VersionInfo(alias="champion", version="1")]
+    return mo.ModelOverview(name=name, versions=fields.pop("versions", champion), **fields)
+
+
+def test_healthy_is_defined_and_segments_are_grouped_under_their_pipeline() -> None:
+    assert mo.health_problems(overview("a")) == []
+    sick = overview(
+        "b",
+        versions=[],
+        last_ct=LastCt(outcome="blocked"),
+        checks={"drift": mo.Verdict(kind="drift", ok=False)},
+        decay=mo.DecayView(ok=False),
+        frozen=FreezeNote(by="ops"),
+    )
+    assert mo.health_problems(sick) == [
+        "no champion",
+        "last CT blocked",
+        "drift",
+        "decay",
+        "frozen",
+    ]
+    assert mo.health_problems(overview("c", last_ct=LastCt(outcome="not promoted"))) == []
+    models = [
+        overview("plain"),
+        overview("churn__s1", pipeline="churn_pipe"),
+        overview("churn__s2", pipeline="churn_pipe", frozen=FreezeNote()),
+        overview("legacy__x"),  # no pipeline tag: grouped by its base name
+        overview("churn__s3", pipeline="churn_pipe"),
+    ]
+    sections = mo.page_sections(models)
+    assert [getattr(s, "name", None) for s in sections] == ["plain", "churn_pipe", "legacy"]
+    group = sections[1]
+    assert [m.name for m in group.models] == ["churn__s2", "churn__s1", "churn__s3"]
+    assert (group.healthy, [m.name for m in group.unhealthy]) == (2, ["churn__s2"])
+    assert mo.segment_base("a__") is None and mo.segment_base("__a") is None

@@ -635,14 +635,24 @@ def test_page_says_why_when_mlflow_is_unreachable(
     assert "127.0.0.1:9" in response.text
 
 
-def test_plugin_module_is_import_light() -> None:
-    """Scheduler and workers import plugins: no MLflow, pandas or Airflow API security."""
+@pytest.mark.parametrize(
+    "module",
+    [
+        # Scheduler, workers and DAG processor import the plugin class.
+        "airflow_mlops.plugins.mlops_page",
+        # The api-server imports the app when it mounts it: the page's readers (decay
+        # history, approvals) import MLflow and Airflow's models per call, never pandas.
+        "airflow_mlops.plugins.mlops_app",
+    ],
+)
+def test_plugin_module_is_import_light(module: str) -> None:
+    """No MLflow, pandas or Airflow API security at import."""
     import subprocess
 
     code = textwrap.dedent(
-        """
+        f"""
         import sys
-        import airflow_mlops.plugins.mlops_page
+        import {module}
         heavy = ("mlflow", "pandas", "numpy", "airflow.api_fastapi.core_api.security")
         print([m for m in heavy if m in sys.modules])
         """
@@ -931,3 +941,88 @@ def test_page_says_which_run_a_validation_verdict_comes_from() -> None:
     assert '<span class="badge ok">passed</span>' in check
     assert f"<code data-airflow-run>{run_id}</code>" in check
     assert "2 newer run(s) skipped validation" in check
+
+
+# -- decay results and pending approvals read from Airflow (issue #17, item 6) ---------------
+
+
+def test_decay_results_and_pending_approvals_come_only_from_the_models_own_dags(
+    run_dag: Any,
+) -> None:
+    """The newest decay result naming the model, from its own DAGs only (another DAG's XCom
+    cannot speak for it); approvals still waiting, with the model from the registration.
+
+    The decay task is a stand-in operator of the same class name (the real one runs in
+    tests/test_page_states.py); the approval's human-in-the-loop record is inserted as the
+    Execution API writes it, because ``dag.test()`` cannot leave a task awaiting input."""
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk import DAG, BaseOperator, task
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_mlops.plugins.airflow_facts import latest_decays, pending_approvals
+    from airflow_mlops.plugins.mlops_app import approval_href
+
+    class ModelPerformanceOperator(BaseOperator):
+        def __init__(self, *, result: dict[str, Any], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.result = result
+
+        def execute(self, context: Any) -> dict[str, Any]:
+            return self.result
+
+    name = f"facts_{uuid.uuid4().hex[:6]}"
+    runs = {}
+    for dag_id, decayed in ((f"monitor__{name}", False), (f"evil_{name}", True)):
+        with DAG(dag_id, schedule=None) as dag:
+            ModelPerformanceOperator(
+                task_id="decay", result={"model_name": name, "decayed": decayed}
+            )
+        runs[dag_id] = run_dag(dag)
+    found = latest_decays({name: [f"monitor__{name}", f"ct__{name}"]}, lambda dag_id: True)
+    assert found[name][0] == {"model_name": name, "decayed": False}
+    assert found[name][1]["dag_id"] == f"monitor__{name}"
+    assert latest_decays({name: [f"monitor__{name}"]}, lambda dag_id: False) == {}
+
+    with DAG(f"ct__{name}", schedule=None) as dag:
+
+        @task(task_id="register")
+        def register() -> dict[str, str]:
+            return {"model_name": name, "version": "7"}
+
+        @task(task_id="approve_promotion")
+        def approve() -> None:
+            """Stands in for the approval task (its request is written below)."""
+
+        register() >> approve()
+    waiting, answered = run_dag(dag), run_dag(dag)
+    with create_session() as session:
+        for dag_run in (waiting, answered):
+            ti = session.scalars(
+                select(TaskInstance).where(
+                    TaskInstance.dag_id == dag.dag_id,
+                    TaskInstance.run_id == dag_run.run_id,
+                    TaskInstance.task_id == "approve_promotion",
+                )
+            ).one()
+            ti.state = "awaiting_input" if dag_run is waiting else "success"
+            session.add(
+                HITLDetail(
+                    ti_id=ti.id,
+                    options=["Approve", "Reject"],
+                    subject="Promote something to @champion?",
+                    params={},
+                    responded_at=None if dag_run is waiting else ti.end_date,
+                )
+            )
+    [approval] = pending_approvals([dag.dag_id], lambda dag_id: True)
+    assert (approval.run_id, approval.model_name, approval.version) == (waiting.run_id, name, "7")
+    assert approval_href(approval) == (
+        f"/dags/{dag.dag_id}/runs/{quote(waiting.run_id, safe='')}"
+        "/tasks/approve_promotion/required_actions"
+    )
+    # Without the right to read task results, the model is not taken from the XCom.
+    [unread] = pending_approvals([dag.dag_id], lambda dag_id: False)
+    assert unread.model_name is None
+    assert pending_approvals([f"evil_{name}"], lambda dag_id: True) == []

@@ -6,6 +6,11 @@ the DAGs that trained a model from the lineage tag ``mlops.airflow.dag_id`` of i
 and reads the newest validation task of those DAGs that really ran, for the DAGs the user may
 read: runs that skipped validation (nothing changed since the champion) are passed over.
 
+It also reads, for the DAGs the user may read: the newest result of each model's decay task
+(:func:`latest_decays`, the ``ModelPerformanceOperator`` XCom: verdict, reason, pending
+partitions) and the promotion approvals still waiting for an answer (:func:`pending_approvals`,
+Airflow's human-in-the-loop records of ``approve_promotion`` tasks).
+
 It also answers the page's authorization questions that need the metadata database: the
 team owning each DAG (its bundle's team, as Airflow's API resolves it), every DAG id, and
 whether a task instance ran the provider's own validation operator (only those tasks'
@@ -17,12 +22,15 @@ Runs in the API server only (it reads the metadata database); imports happen per
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from airflow_mlops.plugins.model_overview import Verdict, iso_from_millis
+from airflow_mlops.plugins.model_overview import PendingApproval, Verdict, iso_from_millis
 
 __all__ = [
+    "APPROVAL_TASK_ID",
+    "DECAY_OPERATORS",
     "RAN_STATES",
     "SKIPPED",
     "VALIDATION_MODULES",
@@ -30,7 +38,9 @@ __all__ = [
     "all_dag_ids",
     "dag_teams",
     "is_provider_validation_task",
+    "latest_decays",
     "latest_validation",
+    "pending_approvals",
     "rendered_report_uri",
     "report_uri_of_task",
     "verdict_from_summary",
@@ -46,6 +56,16 @@ VALIDATION_MODULES: tuple[str, ...] = ("airflow_mlops.operators.validation",)
 # ran: in a CT DAG, detect_changes skips everything downstream when nothing changed.
 RAN_STATES: tuple[str, ...] = ("success", "failed")
 SKIPPED = "skipped"
+DECAY_OPERATORS: tuple[str, ...] = ("ModelPerformanceOperator",)
+#: Decay task instances read per watched model (newest first): a daily monitoring DAG with
+#: one mapped decay task per segment keeps each model's newest result well inside this.
+DECAY_ROWS_PER_MODEL = 20
+MAX_DECAY_ROWS = 5000
+#: The approval task of the CT DAGs (``factories.promotion``), also under a group prefix.
+APPROVAL_TASK_ID = "approve_promotion"
+REGISTER_TASK_ID = "register"
+MAX_APPROVALS = 200
+_APPROVAL_SUBJECT = re.compile(r"^Promote (\S+) version (\S+) to @champion")
 
 
 def latest_validation(dag_ids: Iterable[str], may_read: Callable[[str], bool]) -> Verdict | None:
@@ -258,3 +278,167 @@ def all_dag_ids() -> set[str]:
                 )
             )
         )
+
+
+# -- decay results and pending approvals -----------------------------------------------------
+
+
+def latest_decays(
+    wanted: Mapping[str, Iterable[str]], may_read_xcom: Callable[[str], bool]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """``{model: (result, task)}``: the newest decay task result for each model of ``wanted``
+    (``{model name: DAG ids allowed to judge it}``), read from DAGs whose task results the
+    user may read.
+
+    Only a result naming the model itself (``model_name`` in the XCom) from one of that
+    model's own DAGs counts, so another DAG's XCom cannot speak for it.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    allowed_for = {m: set(dags) for m, dags in wanted.items()}
+    dag_ids = sorted({d for dags in allowed_for.values() for d in dags})
+    dag_ids = [d for d in dag_ids if may_read_xcom(d)]
+    if not dag_ids:
+        return {}
+    limit = min(MAX_DECAY_ROWS, DECAY_ROWS_PER_MODEL * max(len(wanted), 1))
+    query = (
+        select(
+            TaskInstance.dag_id,
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.map_index,
+            TaskInstance.end_date,
+            XComModel.value,
+        )
+        .join(
+            XComModel,
+            (XComModel.dag_id == TaskInstance.dag_id)
+            & (XComModel.run_id == TaskInstance.run_id)
+            & (XComModel.task_id == TaskInstance.task_id)
+            & (XComModel.map_index == TaskInstance.map_index)
+            & (XComModel.key == "return_value"),
+        )
+        .where(
+            TaskInstance.dag_id.in_(dag_ids),
+            TaskInstance.operator.in_(DECAY_OPERATORS),
+            TaskInstance.end_date.is_not(None),
+        )
+        .order_by(TaskInstance.end_date.desc())
+        .limit(limit)
+    )
+    found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    with create_session() as session:
+        rows = session.execute(query).all()
+    for dag_id, run_id, task_id, map_index, ended, raw in rows:
+        try:
+            result = _deserialize(raw)
+        except Exception:  # a value this page cannot read is no verdict
+            continue
+        model = result.get("model_name") if isinstance(result, dict) else None
+        if not isinstance(model, str) or model in found or dag_id not in allowed_for.get(model, ()):
+            continue
+        task = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+        task["at"] = ended.isoformat(timespec="seconds") if hasattr(ended, "isoformat") else None
+        found[model] = (result, task)
+        if len(found) == len(allowed_for):
+            break
+    return found
+
+
+def pending_approvals(
+    dag_ids: Iterable[str], may_read_xcom: Callable[[str], bool]
+) -> list[PendingApproval]:
+    """Promotion approvals of ``dag_ids`` still waiting for an answer, newest first.
+
+    Airflow's human-in-the-loop records (``HITLDetail``) of task instances named
+    ``approve_promotion`` (or ``<group>.approve_promotion``) with no response yet whose task
+    has not finished. The model and version come from the run's registration result (the
+    ``register`` task's XCom, when the user may read it), else from the request's subject.
+    """
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import State
+    from sqlalchemy import or_, select
+
+    wanted = sorted(set(dag_ids))
+    if not wanted:
+        return []
+    waiting = [str(s) for s in State.unfinished if s is not None]
+    query = (
+        select(
+            TaskInstance.dag_id,
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.map_index,
+            HITLDetail.subject,
+            HITLDetail.created_at,
+            HITLDetail.assignees,
+        )
+        .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+        .where(
+            TaskInstance.dag_id.in_(wanted),
+            or_(
+                TaskInstance.task_id == APPROVAL_TASK_ID,
+                TaskInstance.task_id.like(f"%.{APPROVAL_TASK_ID}"),
+            ),
+            HITLDetail.responded_at.is_(None),
+            TaskInstance.state.in_(waiting),
+        )
+        .order_by(HITLDetail.created_at.desc())
+        .limit(MAX_APPROVALS)
+    )
+    approvals = []
+    with create_session() as session:
+        for dag_id, run_id, task_id, map_index, subject, created, assignees in session.execute(
+            query
+        ).all():
+            approval = PendingApproval(
+                dag_id=dag_id,
+                run_id=run_id,
+                task_id=task_id,
+                map_index=map_index,
+                subject=_cut(subject, 300),
+                created_at=created.isoformat(timespec="seconds") if created else None,
+                assignees=[
+                    _cut(a.get("name") or a.get("id"), 80) or "?"
+                    for a in (assignees or [])[:10]
+                    if isinstance(a, dict)
+                ],
+            )
+            registered = None
+            if may_read_xcom(dag_id):
+                register = task_id[: -len(APPROVAL_TASK_ID)] + REGISTER_TASK_ID
+                raw = session.scalars(_summary_query(dag_id, run_id, register, map_index)).first()
+                registered = _registration(raw)
+            if registered is None:
+                match = _APPROVAL_SUBJECT.match(subject or "")
+                registered = (match[1], match[2].rstrip("?")) if match else None
+            if registered is not None:
+                approval.model_name, approval.version = (_cut(v, 256) for v in registered)
+            approvals.append(approval)
+    return approvals
+
+
+def _registration(raw: Any) -> tuple[str, str] | None:
+    """``(model_name, version)`` of a registration result, or None."""
+    try:
+        value = _deserialize(raw)
+    except Exception:
+        return None
+    if not isinstance(value, dict):
+        return None
+    name, version = value.get("model_name"), value.get("version")
+    if isinstance(name, str) and name and isinstance(version, str | int) and str(version):
+        return name, str(version)
+    return None
+
+
+def _cut(value: Any, limit: int) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    text = " ".join(value.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -14,6 +14,12 @@ to users who may read every DAG that trained it (lineage tag ``mlops.airflow.dag
 may read all DAGs. Reports follow their model; a task's report follows the auth manager's
 XCom permission on its DAG.
 
+**Airflow facts.** Per request, for the DAGs the user may read: the last validation, the
+newest decay result of each model (from its own DAGs only) and the promotion approvals still
+waiting, linked to Airflow's *Required Actions* tab (:mod:`airflow_mlops.plugins.airflow_facts`).
+Each card says whether the model is healthy (:func:`model_overview.health_problems`), and
+segment models are grouped under their pipeline (:func:`model_overview.page_sections`).
+
 **Reports.** Served only from MLflow (report folders of a run the user's page shows) or
 from under ``[mlops] artifacts_uri``, with a byte cap (:mod:`airflow_mlops.plugins.reports`).
 
@@ -45,8 +51,9 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
-from airflow_mlops.plugins import mlflow_calls, reports
+from airflow_mlops.plugins import mlflow_calls, model_overview, reports
 
 __all__ = [
     "MAX_REPORT_BYTES",
@@ -78,12 +85,22 @@ REPORT_CSP = (
 #: Default of ``[mlops] report_max_bytes``: a larger report is refused (413) before it is read.
 MAX_REPORT_BYTES = reports.DEFAULT_MAX_REPORT_BYTES
 RETRY_AFTER_SECONDS = "5"
+DEFAULT_MAX_MODELS = 300
+#: A pipeline with more segment models than this is shown collapsed.
+GROUP_OPEN_MAX = 8
 
 _templates = Environment(
     loader=FileSystemLoader(str(TEMPLATES)),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,
+)
+_templates.globals.update(
+    page_sections=model_overview.page_sections,
+    health_problems=model_overview.health_problems,
+    # An SVG built from escaped parts (model_overview.decay_sparkline), marked safe here.
+    decay_sparkline=lambda view: Markup(model_overview.decay_sparkline(view)),
+    group_open_max=GROUP_OPEN_MAX,
 )
 
 
@@ -233,6 +250,18 @@ def report_max_bytes() -> int:
     return value if value > 0 else MAX_REPORT_BYTES
 
 
+def page_max_models() -> int:
+    """``[mlops] page_max_models``: registered models read per overview (a 100-segment
+    pipeline fits the default)."""
+    raw = _setting("page_max_models")
+    try:
+        value = int(raw) if raw else DEFAULT_MAX_MODELS
+    except ValueError:
+        log.warning("[mlops] page_max_models must be an integer, got %r", raw)
+        value = DEFAULT_MAX_MODELS
+    return value if value > 0 else DEFAULT_MAX_MODELS
+
+
 async def _blocking(work: Callable[[], T]) -> T:
     """Run a metadata-database read (and auth manager calls) off the event loop."""
     return await _answer_errors(mlflow_calls.call_blocking(work))
@@ -266,7 +295,7 @@ def _read_registry(client: Any) -> dict[str, Any]:
     """Everything the page shows, for every user (runs in the MLflow executor)."""
     from airflow_mlops.plugins.model_overview import collect_overview
 
-    max_models = int(_setting("page_max_models", "50") or 50)
+    max_models = page_max_models()
     return {
         "tracking_uri": _mlflow_hook().display_uri,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -279,15 +308,14 @@ async def unfiltered_overview() -> dict[str, Any]:
 
     Never shown as is: :func:`load_overview` filters a copy for each user.
     """
-    key = "overview:{}:{}".format(
-        _setting("mlflow_conn_id", "mlflow_default"), _setting("page_max_models", "50")
-    )
+    key = "overview:{}:{}".format(_setting("mlflow_conn_id", "mlflow_default"), page_max_models())
     return await mlflow_calls.cached(key, lambda: _mlflow(_read_registry))
 
 
 def visible_models(user: Any, models: list[Any], *, with_validation: bool = True) -> list[Any]:
-    """Copies of the models ``user`` may see, with the Airflow validation verdicts they may
-    read (blocking: runs in the database executor). The cached models are never mutated.
+    """Copies of the models ``user`` may see, with what Airflow knows of them that the user
+    may read: validation verdicts, decay results, pending approvals (blocking: runs in the
+    database executor). The cached models are never mutated.
     """
     from airflow_mlops.plugins.airflow_facts import latest_validation
 
@@ -296,14 +324,53 @@ def visible_models(user: Any, models: list[Any], *, with_validation: bool = True
     for model in models:
         if not access.may_see(model):
             continue
-        mine = replace(model, checks=dict(model.checks))
+        mine = replace(model, checks=dict(model.checks), approvals=[])
         if with_validation and "validation" not in mine.checks and mine.lineage_dag_ids:
             # The validation operator runs before training: its verdict is in Airflow.
             found = latest_validation(mine.lineage_dag_ids, access.may_read_xcom)
             if found is not None:
                 mine.checks["validation"] = found
         shown.append(mine)
+    if with_validation and shown:
+        _add_decay_and_approvals(shown, access)
     return shown
+
+
+def monitoring_dag_ids(model: Any) -> list[str]:
+    """The DAGs whose decay results may speak for ``model``: its training DAGs and its
+    pipeline's monitoring DAG (``monitor__<pipeline>``, ``PipelineConfig.monitoring_dag_id``)."""
+    dags = list(model.lineage_dag_ids)
+    if model.pipeline:
+        dags.append(f"monitor__{model.pipeline}")
+    return dags
+
+
+def _add_decay_and_approvals(shown: list[Any], access: Access) -> None:
+    """Each model's newest decay result and its pending approvals, for DAGs the user may read
+    (decay results and registrations are task results: Airflow's XCom permission)."""
+    from functools import cache
+
+    from airflow_mlops.plugins.airflow_facts import latest_decays, pending_approvals
+    from airflow_mlops.plugins.model_overview import apply_decay_result
+
+    may_xcom = cache(access.may_read_xcom)
+    decays = latest_decays({m.name: monitoring_dag_ids(m) for m in shown}, may_xcom)
+    for model in shown:
+        if model.name in decays:
+            result, task = decays[model.name]
+            at = task.pop("at", None)
+            model.decay = apply_decay_result(model.decay, result, task)
+            model.decay.at = at
+    dags = {d for m in shown for d in m.lineage_dag_ids if access.may_read_dag(d)}
+    for approval in pending_approvals(dags, may_xcom):
+        owners = [
+            m
+            for m in shown
+            if approval.dag_id in m.lineage_dag_ids and approval.model_name in (None, m.name)
+        ]
+        # A request naming no model is shown only where it cannot be mistaken for another's.
+        if len(owners) == 1 or (owners and approval.model_name is not None):
+            owners[0].approvals.append(approval)
 
 
 async def load_overview(user: Any) -> dict[str, Any]:
@@ -317,6 +384,8 @@ async def load_overview(user: Any) -> dict[str, Any]:
         "mlflow_url": mlflow_ui_url(data["tracking_uri"]),  # the same address as task links
         "generated_at": data["generated_at"],
         "models": models,
+        # The registry holds more models than the page reads ([mlops] page_max_models).
+        "truncated": len(data["models"]) >= page_max_models(),
     }
 
 
@@ -375,10 +444,12 @@ async def mlops_page(request: Request, user: UserDep) -> HTMLResponse:
         "external": _external_report,
         "task": _airflow_task_href,
         "airflow_run": _airflow_run_href,
+        "approval": approval_href,
     }
     html = _templates.get_template("mlops.html").render(
         error=None,
         models=data["models"],
+        truncated=data["truncated"],
         mlflow_url=base,
         tracking_uri=data["tracking_uri"],
         generated_at=data["generated_at"],
@@ -626,3 +697,14 @@ def _airflow_task_href(verdict: Any) -> str | None:
     if int(task.get("map_index", -1)) >= 0:
         href += f"/mapped/{int(task['map_index'])}"
     return href
+
+
+def approval_href(approval: Any) -> str:
+    """The Airflow UI page where a human-in-the-loop request is answered: the task
+    instance's "Required Actions" tab (each part quoted: no path tricks)."""
+    parts = (approval.dag_id, approval.run_id, approval.task_id)
+    dag, run, task = (quote(str(p), safe="") for p in parts)
+    href = f"/dags/{dag}/runs/{run}/tasks/{task}"
+    if int(approval.map_index) >= 0:
+        href += f"/mapped/{int(approval.map_index)}"
+    return f"{href}/required_actions"

@@ -23,7 +23,14 @@ Where the facts come from (the conventions of the rest of the provider):
   (``<kind>`` is ``validation`` or ``drift``) on the newest run tagged ``mlops.stage=<kind>``
   and ``mlops.model_name=<model>``, else on the champion version and its training run;
 - the Airflow DAGs that trained the versions (``mlops.airflow.dag_id``), where the page looks
-  for the last data validation (:mod:`airflow_mlops.plugins.airflow_facts`).
+  for the last data validation (:mod:`airflow_mlops.plugins.airflow_facts`);
+- the pipeline (``mlops.pipeline`` on the versions' training runs), which groups segment
+  models (``<model>__<segment>``) under it;
+- the decay history: the per-partition metrics the delayed-labels decay check logs on the
+  champion's training run (``decay/<metric>``, ``decay/label_coverage``, one point per
+  partition, :func:`airflow_mlops.core.delayed_labels.log_history`); read only for runs whose
+  metrics include them (two calls per such model). The verdict and the pending partitions
+  live in the decay task's XCom, read per user in :mod:`airflow_mlops.plugins.airflow_facts`.
 
 A missing piece of information is ``None`` (shown as "—"), never an error: a model
 registered by hand, without any of these tags, still gets its row.
@@ -46,7 +53,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.drift_verdict import TAG_LAST_DRIFT
-from airflow_mlops.core.lineage import TAG_DAG_ID, TAG_DECISION_REASON, TAG_MODEL_NAME, TAG_STAGE
+from airflow_mlops.core.lineage import (
+    TAG_DAG_ID,
+    TAG_DECISION_REASON,
+    TAG_MODEL_NAME,
+    TAG_PIPELINE,
+    TAG_STAGE,
+)
 from airflow_mlops.core.model_status import (
     TAG_LAST_CT,
     FreezeNote,
@@ -72,23 +85,32 @@ __all__ = [
     "REPORT_ARTIFACT_ROOTS",
     "RUNS_PER_SEARCH",
     "CheckRuns",
+    "DecayPoint",
+    "DecayView",
     "ModelOverview",
+    "PendingApproval",
+    "PipelineGroup",
     "Prefetched",
     "Verdict",
     "VersionInfo",
     "all_metric_names",
+    "apply_decay_result",
     "collect_overview",
+    "decay_sparkline",
     "drift_verdict_from_tag",
+    "health_problems",
     "history_events",
     "is_report_artifact",
     "iso_from_millis",
     "key_metrics",
     "model_url",
     "overview_of_model",
+    "page_sections",
     "report_artifact_of_run",
     "report_uri_of_run",
     "report_uri_of_version",
     "run_url",
+    "segment_base",
     "verdict_from_tags",
     "version_url",
 ]
@@ -148,6 +170,47 @@ class Verdict:
 
 
 @dataclass
+class DecayPoint:
+    """One prediction partition of the decay history: scored (with its value) or pending."""
+
+    partition: str
+    value: float | None = None
+    coverage: float | None = None
+    status: str = "scored"  # "scored" | "pending" (labels not matured yet)
+
+
+@dataclass
+class DecayView:
+    """The decay check of a model: per-partition history (MLflow) and last verdict (Airflow)."""
+
+    metric: str | None = None
+    baseline: float | None = None
+    points: list[DecayPoint] = field(default_factory=list)
+    #: "decay" / "no decay" / "no verdict"; None until the decay task's result is read.
+    verdict: str | None = None
+    ok: bool | None = None
+    reason: str | None = None
+    at: str | None = None
+    pending_partitions: int = 0
+    airflow_task: dict[str, Any] | None = None
+
+
+@dataclass
+class PendingApproval:
+    """A human-in-the-loop promotion request still waiting for its answer."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    subject: str | None = None
+    created_at: str | None = None
+    model_name: str | None = None
+    version: str | None = None
+    assignees: list[str] = field(default_factory=list)
+
+
+@dataclass
 class VersionInfo:
     """One model version holding an alias."""
 
@@ -160,6 +223,9 @@ class VersionInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     #: The evaluation's one-line reason (rows compared and excluded, difference intervals).
     decision: str | None = None
+    #: The metric of the decay history logged on this version's run, and its holdout value.
+    decay_metric: str | None = None
+    decay_baseline: float | None = None
 
 
 @dataclass
@@ -177,6 +243,10 @@ class ModelOverview:
     frozen: FreezeNote | None = None
     #: The newest CT run's outcome and notifications (tag ``mlops.last_ct``).
     last_ct: LastCt | None = None
+    #: The pipeline that trained it (``mlops.pipeline`` on its versions' runs).
+    pipeline: str | None = None
+    decay: DecayView | None = None
+    approvals: list[PendingApproval] = field(default_factory=list)
     error: str | None = None
 
     def version(self, alias: str) -> VersionInfo | None:
@@ -390,6 +460,7 @@ def _version_info(
         info.experiment_id = run.info.experiment_id
         info.metrics = key_metrics(run.data.metrics or {})
         info.decision = _short((run.data.tags or {}).get(TAG_DECISION_REASON))
+        info.decay_metric, info.decay_baseline = decay_metric_of(run.data.metrics or {})
         tags.update(run.data.tags or {})
     tags.update(mv.tags or {})  # a tag on the version wins over its run's
     return info, tags
@@ -507,6 +578,11 @@ def overview_of_model(
     overview.lineage_dag_ids = sorted(
         {tags[TAG_DAG_ID] for tags in version_tags.values() if tags.get(TAG_DAG_ID)}
     )
+    pipelines = [tags.get(TAG_PIPELINE) for tags in version_tags.values()]
+    overview.pipeline = _short(next((p for p in pipelines if p), None), MAX_NAME_CHARS)
+    champion = overview.version(CHAMPION)
+    if champion is not None and champion.run_id and champion.decay_metric:
+        overview.decay = decay_history(client, champion)
     recorded_drift = drift_verdict_from_tag((model.tags or {}).get(TAG_LAST_DRIFT))
     for kind in CHECK_KINDS:
         if kind == "drift" and recorded_drift is not None:
@@ -532,6 +608,249 @@ def overview_of_model(
         if verdict is not None:
             overview.checks[kind] = verdict
     return overview
+
+
+# -- decay history, health and pipelines -------------------------------------------------------
+
+#: ``core.delayed_labels.HISTORY_PREFIX`` (that module imports pandas; the page does not).
+DECAY_HISTORY_PREFIX = "decay"
+#: Newest history points drawn per model.
+MAX_DECAY_POINTS = 60
+MAX_NAME_CHARS = 120
+#: Metrics the decay check watches by default first (core.performance.DEFAULT_METRIC).
+_DECAY_METRIC_ORDER = ("f1", "rmse", *PREFERRED_METRICS)
+
+
+def decay_metric_of(metrics: Mapping[str, float]) -> tuple[str | None, float | None]:
+    """The metric of a run's decay history (``decay/<metric>``) and its holdout value."""
+    prefix = f"{DECAY_HISTORY_PREFIX}/"
+    names = [
+        k[len(prefix) :]
+        for k in metrics
+        if k.startswith(prefix) and k[len(prefix) :] not in ("label_coverage", "labelled_rows")
+    ]
+    if not names:
+        return None, None
+    ordered = [m for m in _DECAY_METRIC_ORDER if m in names] + sorted(names)
+    metric = ordered[0]
+    baseline = metrics.get(f"{HOLDOUT_METRIC_PREFIX}{metric}")
+    return metric, float(baseline) if baseline is not None else None
+
+
+def decay_history(client: MlflowClient, champion: VersionInfo) -> DecayView:
+    """The champion run's decay history: one point per scored partition, oldest first."""
+    assert champion.run_id and champion.decay_metric
+    prefix = DECAY_HISTORY_PREFIX
+    values = client.get_metric_history(champion.run_id, f"{prefix}/{champion.decay_metric}")
+    coverage = {
+        int(m.step): float(m.value)
+        for m in client.get_metric_history(champion.run_id, f"{prefix}/label_coverage")
+    }
+    newest = sorted(values, key=lambda m: int(m.step))[-MAX_DECAY_POINTS:]
+    points = [
+        DecayPoint(
+            partition=_day_of(m.timestamp) or f"step {int(m.step)}",
+            value=float(m.value),
+            coverage=coverage.get(int(m.step)),
+        )
+        for m in newest
+    ]
+    return DecayView(metric=champion.decay_metric, baseline=champion.decay_baseline, points=points)
+
+
+def _day_of(millis: Any) -> str | None:
+    stamp = iso_from_millis(millis)
+    return stamp[:10] if stamp else None
+
+
+_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+def apply_decay_result(view: DecayView | None, result: Mapping[str, Any], task: dict) -> DecayView:
+    """Add the decay task's XCom result (verdict, reason, pending and recent partitions) to the
+    history read from MLflow. The result is untrusted input: texts are cut, numbers checked."""
+    # A copy: the cached overview is shared by every user's request.
+    view = replace(view, points=[replace(p) for p in view.points]) if view else DecayView()
+    check = result.get("check") if isinstance(result.get("check"), Mapping) else None
+    if result.get("decayed") is True:
+        view.verdict, view.ok = "decay", False
+    elif check is not None:
+        view.verdict, view.ok = "no decay", True
+    else:
+        view.verdict, view.ok = "no verdict", None
+    view.reason = _short(_text(result.get("reason")), 300)
+    if check is not None and isinstance(check.get("metric"), str) and view.metric is None:
+        view.metric = _short(check["metric"], MAX_NAME_CHARS)
+    if check is not None and view.baseline is None and _number(check.get("baseline")) is not None:
+        view.baseline = _number(check.get("baseline"))
+    view.airflow_task = task
+    counts = result.get("partitions")
+    if isinstance(counts, Mapping) and isinstance(counts.get("pending"), int):
+        view.pending_partitions = max(0, counts["pending"])
+    known = {_partition_day(p.partition): p for p in view.points}
+    recent = result.get("recent") if isinstance(result.get("recent"), list) else []
+    for entry in recent[-10:]:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("partition"), str):
+            continue
+        day = _partition_day(entry["partition"])
+        status = "pending" if entry.get("status") == "pending" else "scored"
+        metrics = entry.get("metrics") if isinstance(entry.get("metrics"), Mapping) else {}
+        value = _number(metrics.get(view.metric)) if view.metric else None
+        if day in known or (status == "scored" and value is None):
+            continue  # MLflow's point wins; a scored value of another metric is not drawn
+        point = DecayPoint(
+            partition=_short(entry["partition"], MAX_NAME_CHARS) or "?",
+            value=value if status == "scored" else None,
+            coverage=_number(entry.get("coverage")),
+            status=status,
+        )
+        known[day] = point
+        view.points.append(point)
+    view.points.sort(key=lambda p: _partition_day(p.partition))
+    view.points = view.points[-MAX_DECAY_POINTS:]
+    return view
+
+
+def _partition_day(partition: str) -> str:
+    match = _DAY.search(partition)
+    return match[1] if match else partition
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def decay_sparkline(view: DecayView | None, width: int = 220, height: int = 46) -> str:
+    """The decay history as an inline SVG (scored values joined by a line, the holdout
+    baseline dashed, pending partitions as hollow grey dots on the axis); "" without points.
+
+    Built server-side, every text escaped (partition names come from files and XCom)."""
+    from html import escape
+
+    if view is None or not view.points:
+        return ""
+    pad = 5
+    scored = [p.value for p in view.points if p.value is not None]
+    bounds = scored + ([view.baseline] if view.baseline is not None else [])
+    low, high = (min(bounds), max(bounds)) if bounds else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    step = (width - 2 * pad) / max(len(view.points) - 1, 1)
+
+    def y(value: float) -> float:
+        return pad + (high - value) / (high - low) * (height - 2 * pad)
+
+    metric = escape(view.metric or "metric")
+    parts = [
+        f'<svg class="spark" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{metric} per partition">'
+    ]
+    if view.baseline is not None:
+        by = y(view.baseline)
+        parts.append(
+            f'<line x1="{pad}" y1="{by:.1f}" x2="{width - pad}" y2="{by:.1f}" '
+            f'stroke="#718096" stroke-dasharray="3 3" stroke-width="1">'
+            f"<title>{metric} at promotion: {view.baseline:.4f}</title></line>"
+        )
+    line = [
+        f"{pad + i * step:.1f},{y(p.value):.1f}"
+        for i, p in enumerate(view.points)
+        if p.value is not None
+    ]
+    if len(line) > 1:
+        parts.append(
+            f'<polyline fill="none" stroke="#017cee" stroke-width="1.5" points="{" ".join(line)}"/>'
+        )
+    for i, p in enumerate(view.points):
+        x = pad + i * step
+        coverage = f", label coverage {p.coverage:.0%}" if p.coverage is not None else ""
+        if p.value is None:
+            title = escape(f"{p.partition}: pending (labels not matured{coverage})")
+            parts.append(
+                f'<circle data-pending cx="{x:.1f}" cy="{height - pad:.1f}" r="3" fill="none" '
+                f'stroke="#a0aec0" stroke-width="1.5"><title>{title}</title></circle>'
+            )
+        else:
+            title = escape(f"{p.partition}: {view.metric} {p.value:.4f}{coverage}")
+            parts.append(
+                f'<circle data-scored cx="{x:.1f}" cy="{y(p.value):.1f}" r="2.5" '
+                f'fill="#017cee"><title>{title}</title></circle>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def health_problems(model: ModelOverview) -> list[str]:
+    """Why a model is not healthy; [] when it is.
+
+    Healthy: it has a champion, its last CT run did not fail or get blocked, its last drift
+    and decay checks raised no flag, it is not frozen, and its record could be read.
+    """
+    problems = []
+    if model.error:
+        problems.append("unreadable")
+    if model.version("champion") is None:
+        problems.append("no champion")
+    ct = model.last_ct
+    if ct is not None and (ct.unreadable or ct.outcome in ("failed", "blocked")):
+        problems.append(f"last CT {ct.outcome or 'unreadable'}")
+    drift = model.checks.get("drift")
+    if drift is not None and drift.ok is False:
+        problems.append("drift")
+    if model.decay is not None and model.decay.ok is False:
+        problems.append("decay")
+    if model.frozen is not None:
+        problems.append("frozen")
+    return problems
+
+
+def segment_base(name: str) -> str | None:
+    """``<model>`` of a segment model named ``<model>__<segment>``; None for other names."""
+    base, sep, segment = name.rpartition("__")
+    return base if sep and base and segment else None
+
+
+@dataclass
+class PipelineGroup:
+    """The segment models of one pipeline, shown together with their health count."""
+
+    name: str
+    models: list[ModelOverview]
+    problems: dict[str, list[str]]
+
+    @property
+    def healthy(self) -> int:
+        return sum(not p for p in self.problems.values())
+
+    @property
+    def unhealthy(self) -> list[ModelOverview]:
+        return [m for m in self.models if self.problems[m.name]]
+
+
+def page_sections(models: list[ModelOverview]) -> list[ModelOverview | PipelineGroup]:
+    """The page in order: plain models as they are, segment models (``<model>__<segment>``)
+    gathered under their pipeline (``mlops.pipeline``, else ``<model>``) where the first of
+    them appears, the models needing attention first."""
+    sections: list[ModelOverview | PipelineGroup] = []
+    groups: dict[str, PipelineGroup] = {}
+    for model in models:
+        base = segment_base(model.name)
+        if base is None:
+            sections.append(model)
+            continue
+        key = model.pipeline or base
+        if key not in groups:
+            groups[key] = PipelineGroup(name=key, models=[], problems={})
+            sections.append(groups[key])
+        groups[key].models.append(model)
+        groups[key].problems[model.name] = health_problems(model)
+    for group in groups.values():
+        group.models.sort(key=lambda m: (not group.problems[m.name], m.name))
+    return sections
 
 
 def collect_overview(

@@ -206,6 +206,34 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
         return path
 
+    def screenshot_element(self, selector: str, path: Path, margin: int = 8) -> Path:
+        """A screenshot of the element ``selector`` only (scrolled into view first)."""
+        box = self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) "
+            "return null; e.scrollIntoView(); const r = e.getBoundingClientRect(); return "
+            "{x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height}; })()"
+        )
+        if not box:
+            raise BrowserError(f"no element {selector!r} at {self.url()}")
+        clip = {
+            "x": max(box["x"] - margin, 0),
+            "y": max(box["y"] - margin, 0),
+            "width": box["w"] + 2 * margin,
+            "height": box["h"] + 2 * margin,
+            "scale": 1,
+        }
+        data = self.send(
+            "Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True
+        )["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def set_cookie(self, url: str, name: str, value: str) -> None:
+        """Set a cookie for ``url``'s host (e.g. Airflow's ``_token`` login cookie)."""
+        if not self.send("Network.setCookie", url=url, name=name, value=value).get("success"):
+            raise BrowserError(f"cookie {name!r} not set for {url}")
+
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:
