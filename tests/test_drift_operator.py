@@ -159,14 +159,17 @@ def drift_dag(**operator_kwargs: Any) -> DAG:
 
 
 def consumer_dag(model_name: str) -> DAG:
-    """Stands for the CT DAG: scheduled on the model's retrain asset."""
+    """Stands for the CT DAG: scheduled on the model's retrain asset, with the task id of a
+    manual promotion approval."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
     with DAG(unique_name("ct"), schedule=[retrain_asset(model_name)]) as dag:
 
         @task
         def retrain() -> None:
             return None
 
-        retrain()
+        retrain() >> EmptyOperator(task_id="approve_promotion")
     return dag
 
 
@@ -407,7 +410,11 @@ def test_debounce_holds_a_second_signal_inside_the_window(run_dag, champion, ref
     assert len(retrain_events(champion["name"])) == 2
 
 
-def test_no_signal_while_a_ct_run_is_active(run_dag, champion, reference_files):
+@pytest.mark.parametrize("approval_state", [None, "deferred"])
+def test_no_signal_while_a_ct_run_is_active(run_dag, champion, reference_files, approval_state):
+    """A queued or running CT run holds the signal back, unless all it does is wait for a
+    human to approve a promotion: a newer challenger supersedes that request."""
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.state import DagRunState
 
     ct = consumer_dag(champion["name"])
@@ -420,7 +427,7 @@ def test_no_signal_while_a_ct_run_is_active(run_dag, champion, reference_files):
 
         serialized = DBDagBag().get_latest_version_of_dag(ct.dag_id, session=session)
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        serialized.create_dagrun(
+        active = serialized.create_dagrun(
             run_id=f"manual__{uuid.uuid4().hex}",
             logical_date=now,
             data_interval=(now, now),
@@ -430,6 +437,10 @@ def test_no_signal_while_a_ct_run_is_active(run_dag, champion, reference_files):
             state=DagRunState.RUNNING,
             session=session,
         )
+        if approval_state is not None:
+            session.query(TaskInstance).filter_by(
+                dag_id=ct.dag_id, run_id=active.run_id, task_id="approve_promotion"
+            ).update({"state": approval_state})
 
     dag_run = run_dag(
         drift_dag(
@@ -440,8 +451,12 @@ def test_no_signal_while_a_ct_run_is_active(run_dag, champion, reference_files):
     )
 
     signal = xcom_result(dag_run)["retrain_signal"]
-    assert signal["emit"] is False and "1 CT run(s) queued or running" in signal["reason"]
-    assert retrain_events(champion["name"]) == []
+    if approval_state is None:
+        assert signal["emit"] is False and "1 CT run(s) queued or running" in signal["reason"]
+        assert retrain_events(champion["name"]) == []
+    else:
+        assert signal["emit"] is True, signal
+        assert len(retrain_events(champion["name"])) == 1
 
 
 # -- policies --------------------------------------------------------------------------------

@@ -411,9 +411,9 @@ def test_notifier_outside_the_allow_list_is_refused_before_import(monkeypatch):
     monkeypatch.setenv("AIRFLOW__MLOPS__ALLOWED_NOTIFIER_MODULES", "notify_evil_mod")
     with pytest.raises(ConfigError, match=r"params.u: a URL may carry a secret"):
         parse_config({**raw, "notifications": {"notifiers": {"x": url}}})
-    planned = {"notifiers": {}, "events": {"approval_pending": []}}
-    with pytest.raises(ConfigError, match=r"events.approval_pending: this event is not sent yet"):
-        parse_config({**raw, "notifications": planned})
+    unknown = {"notifiers": {}, "events": {"approval_granted": []}}
+    with pytest.raises(ConfigError, match=r"events.approval_granted: unknown event"):
+        parse_config({**raw, "notifications": unknown})
     slack_url = {"type": "slack_webhook", "http_conn_id": "s", "url": "https://hooks/x"}
     with pytest.raises(ConfigError, match=r"url"):
         parse_config({**raw, "notifications": {"notifiers": {"s": slack_url}}})

@@ -9,7 +9,8 @@ plain values in, and ``airflow_mlops/notifiers/`` does the sending through Airfl
   ``rollback__``/``freeze__`` DAG's action task.
 - :class:`Notification` is one message: model, versions, a one-line reason, who acted and
   links; :func:`ct_message`, :func:`monitoring_message` and :func:`operations_message` build
-  it from the run's results.
+  it from the run's results. ``stale_champion`` is decided and worded in
+  :mod:`airflow_mlops.core.staleness` (sent by the monitoring DAG's ``stale_champion`` task).
 - :func:`deliver` calls one sender a few times; a failure ends as a record, never as an
   exception, so a notification cannot change what the run decided.
 
@@ -55,9 +56,12 @@ EVENTS = (
     "rolled_back",
     "frozen",
     "unfrozen",
+    "stale_champion",
+    "approval_pending",
+    "approval_timed_out",
 )
 #: Events of issue #17 that no run produces yet; a pipeline naming one is refused until then.
-PLANNED_EVENTS = ("approval_pending", "approval_timed_out", "stale_champion")
+PLANNED_EVENTS: tuple[str, ...] = ()
 #: ``trigger`` of a retrain asset event → the signal it stands for.
 RETRAIN_SIGNAL_TRIGGERS = {"drift": "drift", "performance_decay": "decay"}
 DEFAULT_ATTEMPTS = 3
@@ -176,6 +180,8 @@ class Notification:
     def link_lines(self) -> list[tuple[str, str]]:
         labels = {"airflow_run": "Airflow run", "mlflow_version": "MLflow version"}
         labels["report"] = "Report"
+        labels["approval"] = "Answer in Airflow"
+        labels["last_ct_run"] = "Last CT run"
         return [(labels.get(k, k), v) for k, v in self.links.items() if v]
 
     def text(self) -> str:

@@ -94,16 +94,34 @@ def continuous_training_dag(config: PipelineConfig | str | Path, **dag_kwargs: A
         "schedule": _ct_schedule(config),
         "start_date": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
         "catchup": False,
-        "max_active_runs": 1,
+        "max_active_runs": _max_active_runs(config),
         "default_args": _default_args(config),
         "params": ct_params(config),
         "tags": ["mlops", "continuous-training", *config.tags],
         "doc_md": _doc(config),
     }
+    if config.notifications.stale_after is not None:
+        from airflow_mlops.factories.staleness import ct_run_deadline
+
+        # A CT run still unfinished after stale_after leaves the champion stale too.
+        kwargs["deadline"] = ct_run_deadline(config, config.notifications.stale_after)
     kwargs.update(dag_kwargs)
     with DAG(**kwargs) as dag:
         _ct_tasks(config, prefix="")
     return dag
+
+
+def _max_active_runs(config: PipelineConfig) -> int:
+    """One run at a time, except that a run waiting for a human must not hold up the next.
+
+    With ``approval: manual`` a second run may train, evaluate and register while the first
+    waits: if its challenger qualifies it supersedes the waiting request (which then ends),
+    so one waiting run plus one working run is the steady state. Promotions stay safe
+    without serialising runs: the promote step moves ``@champion`` under the promotion lock
+    with a compare-and-set (re-evaluating against a champion that moved), and a superseded
+    version never promotes.
+    """
+    return 2 if config.promotion.approval == "manual" else 1
 
 
 def _ct_tasks(config: PipelineConfig, prefix: str) -> None:

@@ -42,6 +42,8 @@ def promotion_tasks(
     slices: Any = None,
     evaluation_on: str = "holdout",
     min_rows: int | None = None,
+    fairness: Any = None,
+    explain: Any = None,
     approval: str = "auto",
     task_id_prefix: str = "",
     mlflow_conn_id: str = "mlflow_default",
@@ -54,9 +56,14 @@ def promotion_tasks(
     """Create evaluate -> register -> [approval -> gate] -> promote in the current DAG.
 
     ``approval="manual"`` inserts a :class:`PromotionApprovalOperator` (Airflow's
-    human-in-the-loop ``ApprovalOperator``) before the champion move. On *Reject* the
-    approval skips the gate; the promote task still runs (``trigger_rule="none_failed"``),
-    sees the rejection, leaves the champion unchanged and records who rejected it.
+    human-in-the-loop ``ApprovalOperator``) before the champion move. On *Reject*, a timeout
+    answered *Reject* or a request superseded by a newer challenger the approval skips the
+    gate; the promote task still runs (``trigger_rule="none_failed"``), reads the recorded
+    answer, leaves the champion unchanged and says why (rejected by whom, timed out,
+    superseded by which version). ``approval_kwargs`` carries ``approvers``,
+    ``timeout_seconds``, ``on_timeout``, ``validation`` and ``notifications``; the promote
+    task gets the same ``on_timeout``, so only its own DAG decides whether a timeout approves.
+    ``fairness``/``explain`` go to the evaluate task (``evaluation.fairness``/``.explain``).
     """
     from airflow.providers.standard.operators.empty import EmptyOperator
 
@@ -75,6 +82,8 @@ def promotion_tasks(
         slices=slices,
         evaluation_on=evaluation_on,
         **({} if min_rows is None else {"min_rows": min_rows}),
+        **({} if fairness is None else {"fairness": fairness}),
+        **({} if explain is None else {"explain": explain}),
         **conns,
         **dict(evaluate_kwargs or {}),
     )
@@ -91,16 +100,18 @@ def promotion_tasks(
     if approval == "manual":
         from airflow_mlops.operators.approval import PromotionApprovalOperator
 
+        approval_args = dict(approval_kwargs or {})
         approval_task = PromotionApprovalOperator(
             task_id=f"{p}approve_promotion",
             evaluation=evaluate.output,
             registration=register.output,
             mlflow_conn_id=mlflow_conn_id,
-            **dict(approval_kwargs or {}),
+            **approval_args,
         )
         gate = EmptyOperator(task_id=f"{p}approval_gate")
         register >> approval_task >> gate
         promote_args.setdefault("approval_task_id", approval_task.task_id)
+        promote_args.setdefault("approval_on_timeout", approval_args.get("on_timeout", "reject"))
         promote_args.setdefault("trigger_rule", "none_failed")
     promote = PromoteModelOperator(
         task_id=f"{p}promote",

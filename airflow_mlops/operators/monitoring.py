@@ -152,11 +152,21 @@ class RetrainSignalOperator(MlopsBaseOperator, BranchMixIn):
         return latest[0].timestamp if latest else None
 
     def active_ct_runs(self, context: Context) -> int:
-        """Queued or running runs of ``ct_dag_id`` (this task's own run excluded)."""
+        """Queued or running runs of ``ct_dag_id`` (this task's own run excluded), not
+        counting runs that only wait for a human to approve a promotion: a pending approval
+        must not hold back the next retrain (a newer challenger supersedes it)."""
         if not self.ct_dag_id:
             return 0
         ti = context["ti"]
         count = int(ti.get_dr_count(dag_id=str(self.ct_dag_id), states=list(ACTIVE_RUN_STATES)))
+        if count:
+            count -= int(
+                ti.get_ti_count(
+                    dag_id=str(self.ct_dag_id),
+                    task_ids=["approve_promotion"],
+                    states=["deferred", "awaiting_input"],
+                )
+            )
         if str(self.ct_dag_id) == ti.dag_id:
             count -= 1  # the monitoring step runs inside the CT DAG itself
         return max(count, 0)
