@@ -5,7 +5,9 @@ its segment's rows, as a mapped task, with its own retrain Asset and debounce. E
 with a ``summary`` task listing what was checked, what could not be and why; it fails the run
 when a check failed or when nothing was checked (no champion of any model it watches), so a
 run never ends green having checked nothing. A configuration whose checks could not run is
-refused when the DAG is built (:func:`check_monitorable`).
+refused when the DAG is built (:func:`check_monitorable`). With ``notifications.stale_after``,
+a ``stale_champion`` task checks how old each champion is
+(:mod:`airflow_mlops.factories.staleness`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def monitoring_group(
     config = _as_config(config)
     with TaskGroup(group_id=group_id) as group:
         _monitoring_tasks(config)
+        _staleness_task(config)
         _notify_task(config)
     return group
 
@@ -66,8 +69,18 @@ def monitoring_dag(config: PipelineConfig | str | Path, **dag_kwargs: Any) -> DA
     kwargs.update(dag_kwargs)
     with DAG(**kwargs) as dag:
         _monitoring_tasks(config)
+        _staleness_task(config)
         _notify_task(config)
     return dag
+
+
+def _staleness_task(config: PipelineConfig) -> None:
+    """The ``stale_champion`` check, only when ``notifications.stale_after`` is set; before
+    :func:`_notify_task`, which puts every task of the group upstream of ``notify``."""
+    if config.notifications.stale_after is not None:
+        from airflow_mlops.factories.staleness import staleness_task
+
+        staleness_task(config)
 
 
 def _notify_task(config: PipelineConfig) -> None:

@@ -7,6 +7,7 @@ themselves are defined in :mod:`airflow_mlops.core.notifications`, the sending i
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +71,20 @@ class ClassNotifierConfig(_Section):
         return params
 
 
+def _stale_after_delta(value: str) -> timedelta:
+    """``notifications.stale_after`` as a duration: whole units ``m``/``h``/``d``/``w``, at
+    least one hour (the check runs on the monitoring schedule, usually daily)."""
+    from airflow_mlops.core.data_window import DURATION, DURATION_UNITS
+
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if not match or match[2] == "s":
+        raise ValueError(f"{value!r} is not a duration; write e.g. '14d', '36h' or '2w'")
+    delta = timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+    if delta < timedelta(hours=1):
+        raise ValueError(f"{value!r} is shorter than 1h; write e.g. '14d', '36h' or '2w'")
+    return delta
+
+
 NotifierConfig = Annotated[
     SmtpNotifierConfig | SlackWebhookNotifierConfig | ClassNotifierConfig,
     Field(discriminator="type"),
@@ -83,6 +98,37 @@ class NotificationsConfig(_Section):
     events: dict[str, list[str]] = Field(
         default_factory=dict, description="Event name -> names of notifiers to send it to."
     )
+    stale_after: str | None = Field(
+        None,
+        description="Send stale_champion when the champion has not changed, or no CT run "
+        "succeeded, for this long: '14d', '36h', '2w' (checked by the monitoring DAG).",
+    )
+
+    @field_validator("stale_after")
+    @classmethod
+    def _a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            _stale_after_delta(value)
+        return value
+
+    @model_validator(mode="after")
+    def _stale_after_and_its_event(self) -> NotificationsConfig:
+        """``stale_after`` without a notifier would check for nobody; the event without
+        ``stale_after`` would never fire."""
+        if self.stale_after is not None and not self.events.get("stale_champion"):
+            raise ValueError(
+                "stale_after: no notifier receives stale_champion; map events.stale_champion"
+            )
+        if self.stale_after is None and "stale_champion" in self.events:
+            raise ValueError(
+                "events.stale_champion: set notifications.stale_after (e.g. '14d'), the age at "
+                "which a champion counts as stale"
+            )
+        return self
+
+    @property
+    def stale_after_delta(self) -> timedelta | None:
+        return None if self.stale_after is None else _stale_after_delta(self.stale_after)
 
     @model_validator(mode="after")
     def _known_events_and_notifiers(self) -> NotificationsConfig:
