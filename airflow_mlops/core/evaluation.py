@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,6 +45,22 @@ from airflow_mlops.core.comparison import (
 )
 from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
 from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
+from airflow_mlops.core.explanations import (
+    EXPLANATIONS_ARTIFACT,
+    ExplainSpec,
+    explain_model,
+    explanations_summary,
+    parse_explain,
+)
+from airflow_mlops.core.fairness import (
+    FAIRNESS_ARTIFACT,
+    FairnessSpec,
+    check_sensitive_columns,
+    fairness_rules,
+    fairness_summary,
+    measure_fairness,
+    parse_fairness,
+)
 from airflow_mlops.core.lineage import (
     TAG_DECISION_CHAMPION,
     TAG_DECISION_PROMOTE,
@@ -82,6 +98,7 @@ __all__ = [
     "input_columns",
     "load_holdout",
     "load_model_for_scoring",
+    "log_artifacts",
     "log_record",
     "model_input",
     "score_model",
@@ -356,9 +373,11 @@ def score_model(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A decision and its full record (JSON-safe)."""
+    """A decision and its full record (JSON-safe), and the larger tables to log beside it
+    (``{artifact path: JSON-safe dict}``: fairness per group, explanations)."""
 
     record: dict[str, Any]
+    artifacts: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def promote(self) -> bool:
@@ -384,6 +403,8 @@ def evaluate_challenger(
     on: str = "holdout",
     min_rows: int = DEFAULT_MIN_ROWS,
     confidence: float = 0.95,
+    fairness: FairnessSpec | Mapping[str, Any] | None = None,
+    explain: ExplainSpec | Mapping[str, Any] | bool = False,
 ) -> Evaluation:
     """Score the challenger and the champion on the rows neither trained on, and decide.
 
@@ -392,8 +413,18 @@ def evaluate_challenger(
     ``on``/``min_rows``: ``evaluation.on`` and ``evaluation.min_rows`` (see
     :mod:`airflow_mlops.core.comparison`); ``confidence``: level of the recorded intervals.
     Both models are checked under ``trust`` before they load (see ``core.provenance``).
+    ``fairness``: the fairness gate (:mod:`airflow_mlops.core.fairness`), measured on the
+    same rows; ``explain``: the challenger's permutation importance
+    (:mod:`airflow_mlops.core.explanations`), off by default here.
     """
     policy = parse_policy(policy)
+    fairness_spec = parse_fairness(fairness)
+    explain_spec = parse_explain(explain)
+    if fairness_spec is not None and challenger.task != "classification":
+        raise ConfigError(
+            f"evaluation.fairness needs a classification model; {challenger.model_uri} is a "
+            f"{challenger.task} model"
+        )
     min_rows = _check_min_rows(min_rows)
     if on not in EVALUATION_ON:
         raise ConfigError(f"evaluation.on must be one of {list(EVALUATION_ON)}, got {on!r}")
@@ -421,6 +452,8 @@ def evaluate_challenger(
         challenger.target,
         f"challenger {challenger.model_uri}",
     )
+    if fairness_spec is not None:
+        check_sensitive_columns(fairness_spec, list(frame.columns), list(X.columns))
     challenger_score = score_model(model, X, y, challenger.task, masks)
 
     champion_score = None
@@ -462,14 +495,39 @@ def evaluate_challenger(
             difference_bounds=bounds,
             interval_error=interval_error,
         )
+    artifacts: dict[str, dict[str, Any]] = {}
+    extra_rules = []
+    if fairness_spec is not None:
+        measured = measure_fairness(
+            fairness_spec,
+            frame,
+            y.to_numpy(),
+            challenger_score.y_pred,
+            None if champion_score is None else champion_score.y_pred,
+        )
+        extra_rules = fairness_rules(measured, fairness_spec)
+        artifacts[FAIRNESS_ARTIFACT] = {
+            "spec": fairness_spec.model_dump(mode="json"),
+            **measured,
+            "rules": [r.to_dict() for r in extra_rules],
+        }
     decision = decide(
         challenger_score.metrics,
         None if champion_score is None else champion_score.metrics,
         policy,
         slice_metrics,
         evidence,
+        extra_rules,
     )
     record = decision.to_record()
+    if fairness_spec is not None:
+        record["fairness"] = fairness_summary(extra_rules, FAIRNESS_ARTIFACT)
+    if explain_spec.enabled:
+        explained = _explain(model, X, y, challenger.task, explain_spec)
+        artifacts[EXPLANATIONS_ARTIFACT] = explained
+        record["explanations"] = explanations_summary(
+            explained, explain_spec.top, EXPLANATIONS_ARTIFACT
+        )
     comparison_record = _comparison_record(comparison, holdout.rows, on)
     record.update(
         {
@@ -489,7 +547,19 @@ def evaluate_challenger(
             "metrics_rows": "comparison" if compared else "challenger holdout (no comparison)",
         }
     )
-    return Evaluation(record=json.loads(json.dumps(record, default=str)))
+    return Evaluation(
+        record=json.loads(json.dumps(record, default=str)),
+        artifacts={k: json.loads(json.dumps(v, default=str)) for k, v in artifacts.items()},
+    )
+
+
+def _explain(model: Any, X: pd.DataFrame, y: pd.Series, task: str, spec: ExplainSpec) -> dict:
+    """Explanations inform, never gate: a failure is recorded and logged, the decision stands."""
+    try:
+        return explain_model(model, X, y, task, spec)
+    except Exception as err:  # e.g. a pyfunc model refusing a shuffled column's dtype
+        log.warning("Explanations of the challenger failed: %s", err)
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def _check_min_rows(value: Any) -> int:
@@ -607,6 +677,17 @@ def log_record(
             f"could not store {artifact_file} on MLflow run {run_id}: {err}"
         ) from err
     return f"{artifact_uri.rstrip('/')}/{artifact_file}"
+
+
+def log_artifacts(client: MlflowClient, run_id: str, evaluation: Evaluation) -> dict[str, Any]:
+    """Log the evaluation's tables on ``run_id``; the record with their URIs filled in."""
+    record = dict(evaluation.record)
+    for path, payload in evaluation.artifacts.items():
+        uri = log_record(client, run_id, payload, path)
+        for key in ("fairness", "explanations"):
+            if isinstance(record.get(key), dict) and record[key].get("artifact_path") == path:
+                record[key] = {**record[key], "artifact_uri": uri}
+    return record
 
 
 def tag_decision(client: MlflowClient, run_id: str, record: Mapping[str, Any]) -> None:

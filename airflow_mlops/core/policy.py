@@ -18,6 +18,8 @@ Semantics (also in ``docs/operators/evaluation-and-promotion.md``):
 - **Slices**: when per-slice metrics are given, no slice may regress by more than
   ``slice_rule.max_regression`` on the slice metrics (default: the change-threshold
   metrics).
+- **Fairness** (``extra_rules``, from :mod:`airflow_mlops.core.fairness`): disparity and
+  per-class bounds measured on the same rows; a failed one refuses the challenger.
 - **First model** (no champion): change and slice rules are skipped; value thresholds
   still apply.
 - **Missing metric**: any metric the policy names that is missing (or not finite) fails
@@ -46,7 +48,7 @@ Boundaries are inclusive up to ``float_tolerance`` (1e-9 by default) so that a t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Literal, NamedTuple
@@ -285,7 +287,8 @@ class RuleResult:
     """One rule applied to one metric (and optionally one slice), with its verdict."""
 
     # "value.lower", "value.upper", "change.absolute", "change.relative" (each optionally
-    # followed by its ".confidence" check), "slice", "tie", "evidence"
+    # followed by its ".confidence" check), "slice", "tie", "evidence", and the fairness
+    # gate's "fairness.max", "fairness.max_increase", "fairness.groups"
     rule: str
     metric: str
     verdict: Verdict
@@ -368,6 +371,7 @@ def decide(
     policy: PromotionPolicy | Mapping[str, Any],
     slice_metrics: Mapping[str, Mapping[str, Any]] | None = None,
     evidence: Evidence | None = None,
+    extra_rules: Sequence[RuleResult] = (),
 ) -> Decision:
     """Apply ``policy`` to the challenger's and champion's metrics on the same holdout.
 
@@ -377,6 +381,8 @@ def decide(
     ``{"rows": int, "challenger": {metric: value}, "champion": {metric: value} | None}``.
     ``evidence``: the comparable rows and intervals (see :class:`Evidence`); None when the
     caller has no such facts (no evidence rule, and ``min_confidence`` rules fail closed).
+    ``extra_rules``: verdicts computed elsewhere on the same rows (the fairness gate,
+    :mod:`airflow_mlops.core.fairness`); any of them failing refuses the challenger.
     """
     policy = parse_policy(policy)
     challenger = dict(challenger_metrics)
@@ -394,6 +400,7 @@ def decide(
         rules += _change_rules(challenger, champion, policy, evidence)
         if not first_model and slice_metrics and policy.slice_rule.enabled:
             rules += _slice_rules(slice_metrics, policy)
+    rules += list(extra_rules)
 
     tie = not first_model and not insufficient and _is_exact_tie(challenger, champion, policy)
     failed = [r for r in rules if r.verdict == FAIL]

@@ -151,7 +151,8 @@ def prepare_data(
     X_train = _renumbered(train if list(train.columns) == features else train[features])
     del train
     check_features_have_values(X_train, config.train_uri)
-    kept = [c for c in (split.key_columns if split else ()) if c not in {*features, config.target}]
+    measured = [*(split.key_columns if split else ()), *config.holdout_columns]
+    kept = [c for c in dict.fromkeys(measured) if c not in {*features, config.target}]
     if SOURCE_FILE_COLUMN in holdout.columns:
         kept.append(SOURCE_FILE_COLUMN)
     return PreparedData(

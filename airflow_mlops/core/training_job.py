@@ -52,6 +52,8 @@ class TrainingJob(TrainingConfig):
     model_name: str | None = None
     features: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
+    # Kept in the holdout file though never features: fairness measures over them.
+    holdout_columns: list[str] = Field(default_factory=list)
     artifacts_uri: str | None = None
     reference_max_rows: int = Field(100_000, ge=1)
     max_one_hot_categories: int = Field(50, ge=1)

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.explanations import ExplainSpec, parse_explain
+from airflow_mlops.core.fairness import FairnessSpec, parse_fairness
 from airflow_mlops.core.policy import (
     DEFAULT_MIN_ROWS,
     EVALUATION_ON,
@@ -67,6 +69,13 @@ class EvaluateModelOperator(MlopsBaseOperator):
     :param evaluation_on: ``holdout`` (default: the challenger's holdout minus the rows the
         champion trained on) or ``newest`` (only partitions after the champion's window).
     :param min_rows: fewest comparable rows for a decision (default 50).
+    :param fairness: the fairness gate, ``evaluation.fairness`` (a mapping or
+        ``FairnessSpec``): sensitive columns, metrics and bounds, measured on the same rows;
+        a broken bound refuses the challenger. The per-group table is logged as
+        ``mlops/fairness.json`` on the challenger's run.
+    :param explain: permutation importance of the challenger on a sample of the same rows,
+        logged as ``mlops/explanations.json`` (a mapping / ``ExplainSpec``; ``False`` turns
+        it off). Default on, 2,000 rows.
     :param trust_unsigned_models: load models this provider did not train and sign
         (default False: the challenger or champion is refused with ``UntrustedModelError``
         before it is unpickled; see ``docs/security.md``).
@@ -97,6 +106,8 @@ class EvaluateModelOperator(MlopsBaseOperator):
         evaluation_on: str = "holdout",
         min_rows: int = DEFAULT_MIN_ROWS,
         trust_unsigned_models: bool = False,
+        fairness: FairnessSpec | Mapping[str, Any] | None = None,
+        explain: ExplainSpec | Mapping[str, Any] | bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -119,6 +130,10 @@ class EvaluateModelOperator(MlopsBaseOperator):
         self.evaluation_on = evaluation_on
         self.min_rows = min_rows
         self.trust_unsigned_models = trust_unsigned_models
+        # Checked now, so a broken section fails when the DAG is parsed; kept as JSON.
+        spec = parse_fairness(fairness)
+        self.fairness = None if spec is None else spec.model_dump(mode="json")
+        self.explain = parse_explain(explain).model_dump(mode="json")
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core import evaluation as ev
@@ -149,8 +164,10 @@ class EvaluateModelOperator(MlopsBaseOperator):
                 trust=trust,
                 on=self.evaluation_on,
                 min_rows=self.min_rows,
+                fairness=self.fairness,
+                explain=self.explain,
             )
-            record = evaluation.record
+            record = ev.log_artifacts(client, challenger.run_id, evaluation)
             artifact_uri = ev.log_record(client, challenger.run_id, record, self.decision_artifact)
             ev.tag_decision(client, challenger.run_id, record)
             experiment_id = client.get_run(challenger.run_id).info.experiment_id
@@ -167,6 +184,11 @@ class EvaluateModelOperator(MlopsBaseOperator):
             record["rows_excluded"],
             record["comparison"]["explanation"],
         )
+        for failed in (record.get("fairness") or {}).get("failed", []):
+            self.log.warning("Fairness: %s", failed)
+        top = (record.get("explanations") or {}).get("top_features")
+        if top:
+            self.log.info("Top features: %s", ", ".join(f["feature"] for f in top))
         self.log.info("Decision record: %s", artifact_uri)
         persist_mlflow_links(
             context,
