@@ -246,10 +246,48 @@ def run_sync_dags(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_model_card_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "model-card",
+        help="print or save the model card of a registered model version",
+        description=(
+            "Reads the card the promote task wrote on the version's run, checked against the "
+            "sha256 tagged on the version. MLflow is reached through an Airflow connection."
+        ),
+    )
+    parser.add_argument("model", help="registered model name")
+    parser.add_argument("version", help="model version")
+    parser.add_argument("--format", choices=("json", "html"), default="json")
+    parser.add_argument("--output", help="write to this file instead of printing")
+    parser.add_argument(
+        "--mlflow-conn-id", default="mlflow_default", help="Airflow connection of MLflow"
+    )
+    parser.set_defaults(handler=run_model_card)
+
+
+def run_model_card(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from airflow_mlops.core.model_card import read_model_card, render_html
+    from airflow_mlops.hooks.mlflow import MlflowHook
+
+    with MlflowHook(mlflow_conn_id=args.mlflow_conn_id).client() as client:
+        card = read_model_card(client, args.model, args.version)
+    text = render_html(card) if args.format == "html" else json.dumps(card, indent=1)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return EXIT_OK
+
+
 #: Every subcommand, in ``--help`` order.
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     add_infer_suite_command,
     add_lint_command,
+    add_model_card_command,
     add_schema_command,
     add_sync_dags_command,
 )

@@ -809,3 +809,17 @@ def test_git_commit_read_from_env_or_git_folder(tmp_path, monkeypatch):
 
 def test_run_status_names_used_are_mlflow_statuses():
     assert RunStatus.to_string(RunStatus.FAILED) == "FAILED"
+
+
+def test_holdout_columns_are_kept_for_measurement_but_never_learned(client, experiment, train_uri):
+    """A sensitive column excluded from the features stays in the holdout file, so the
+    fairness gate can measure over it; the model never sees it."""
+    config = config_for(train_uri, experiment, "label")
+    config = config.model_copy(
+        update={"exclude": [*config.exclude, "city"], "holdout_columns": ["city"]}
+    )
+    result = train_model(config, context(), Storage(), client)
+    features = json.loads(client.get_run(result.run_id).data.tags["mlops.features"])
+    assert "city" not in features
+    holdout = pd.read_parquet(result.holdout_uri)
+    assert "city" in holdout.columns and holdout["city"].notna().any()

@@ -366,26 +366,14 @@ def _with_champion_holdout(
 
 
 def run_manifest(client: MlflowClient, run_id: str | None) -> Manifest | None:
-    """The run's ``mlops/manifest.json``, or None when it logged none."""
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
+    """The run's ``mlops/manifest.json``, or None when it logged none (or no run is named)."""
+    from airflow_mlops.core.mlflow_client import read_run_text
 
     if not run_id:
         return None
-    folder, _, name = MANIFEST_ARTIFACT_PATH.rpartition("/")
-    try:
-        listed = {f.path for f in client.list_artifacts(run_id, folder)}
-        if MANIFEST_ARTIFACT_PATH not in listed and name not in listed:
-            return None
-        with tempfile.TemporaryDirectory(prefix="mlops-manifest-") as tmp:
-            local = client.download_artifacts(run_id, MANIFEST_ARTIFACT_PATH, tmp)
-            with open(local, encoding="utf-8") as handle:
-                text = handle.read()
-    except MlflowException as err:
-        raise MlflowConnectionError(
-            f"could not read {MANIFEST_ARTIFACT_PATH} of run {run_id}: {err}"
-        ) from err
+    text = read_run_text(client, run_id, MANIFEST_ARTIFACT_PATH)
+    if text is None:
+        return None
     try:
         return Manifest.from_json(text)
     except (ValueError, KeyError, TypeError) as err:

@@ -20,6 +20,7 @@ __all__ = [
     "MANIFEST_ARTIFACT_PATH",
     "MODEL_ARTIFACT_NAME",
     "TAG_ARTIFACT_DIGEST",
+    "TAG_CLASS_BALANCE",
     "TAG_CONFIG_HASH",
     "TAG_DAG_ID",
     "TAG_DATA_FILES",
@@ -104,6 +105,7 @@ TAG_DATA_WINDOW = "mlops.data.window"  # DataWindow.describe()
 # core.training_data.cap_rows); absent when every row was read.
 TAG_DATA_SAMPLE_FRACTION = "mlops.data.sample_fraction"
 TAG_DATA_ROWS = "mlops.data.rows"
+TAG_CLASS_BALANCE = "mlops.data.class_balance"  # JSON {label: rows} trained and held out
 TAG_HOLDOUT_URI = "mlops.holdout.uri"
 TAG_HOLDOUT_SHA256 = "mlops.holdout.sha256"
 TAG_HOLDOUT_ROWS = "mlops.holdout.rows"

@@ -53,6 +53,7 @@ __all__ = [
     "get_or_create_experiment",
     "host_creds_for",
     "http_limits",
+    "read_run_text",
     "with_credentials",
 ]
 
@@ -388,3 +389,26 @@ def get_or_create_experiment(
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def read_run_text(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """The text of artifact ``path`` of ``run_id``; ``None`` when the run has no such file.
+
+    ``path`` is one of the provider's own artifact names, never a value read from a tag.
+    """
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from airflow_mlops.core.errors import MlflowConnectionError
+
+    folder = posixpath.dirname(path)
+    try:
+        listed = {info.path for info in client.list_artifacts(run_id, folder or None)}
+        # Some artifact repositories list bare names under the folder.
+        if path not in listed and posixpath.basename(path) not in listed:
+            return None
+        with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+    except MlflowException as err:
+        raise MlflowConnectionError(f"could not read {path} of MLflow run {run_id}: {err}") from err

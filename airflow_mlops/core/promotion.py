@@ -91,6 +91,10 @@ class PromotionOptions:
     lock_options: Mapping[str, Any] | None = None
     artifact: str = PROMOTION_ARTIFACT
     approval_task_id: str | None = None  # named in the reasons of an unapproved promotion
+    # The version's model card (core.model_card), written once the decision is final.
+    model_card: bool = True
+    intended_use: str = ""
+    validation: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,9 @@ def promotion_gate(
     unchanged = f"@champion unchanged ({version_label(champion)})"
     if not evaluation["promote"]:
         return "not_promoted", f"{evaluation['reason']}; {unchanged}"
+    # A request superseded by a newer challenger, or timed out to a rejection (no human).
+    if approval is not None and not approval["approved"] and approval.get("outcome"):
+        return str(approval["outcome"]), f"{approval['reason']}; {unchanged}"
     if approval is not None and not approval["answered"]:
         return (
             "not_approved",
@@ -389,8 +396,31 @@ def promote_challenger(
         ],
         "history_event": promotion.get("event"),
         "promotion_artifact_uri": artifact_uri,
+        "model_card": _model_card(client, model_name, version, record, options),
     }
     return PromotionOutcome(result, client.get_run(run_id).info.experiment_id)
+
+
+def _model_card(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    record: Mapping[str, Any],
+    options: PromotionOptions,
+) -> dict[str, Any] | None:
+    if not options.model_card:
+        return None
+    from airflow_mlops.core.model_card import write_model_card
+
+    card = write_model_card(
+        client,
+        model_name,
+        version,
+        intended_use=options.intended_use,
+        validation=options.validation,
+        promotion=record,
+    )
+    return card.to_dict()
 
 
 def _move_champion(

@@ -37,6 +37,7 @@ from airflow_mlops.core.estimators import default_scoring, final_estimator, is_e
 from airflow_mlops.core.jsonsafe import json_safe
 from airflow_mlops.core.lineage import (
     MODEL_ARTIFACT_NAME,
+    TAG_CLASS_BALANCE,
     TAG_DATA_FILES,
     TAG_DATA_MANIFEST_HASH,
     TAG_DATA_ROWS,
@@ -70,6 +71,7 @@ __all__ = [
     "MLFLOW_PARENT_RUN_ID",
     "STAGE_TRAINING",
     "STAGE_TRIAL",
+    "class_balance",
     "data_tags",
     "lineage_tags",
     "log_fitted_model",
@@ -117,7 +119,21 @@ def lineage_tags(config: TrainingJob, prepared: PreparedData, artifacts_uri: str
         tags[TAG_MODEL_NAME] = config.model_name
     if prepared.time_cutoff is not None:
         tags[TAG_SPLIT_TIME_CUTOFF] = prepared.time_cutoff
+    if prepared.task == "classification":
+        balance = class_balance(prepared)
+        if len(balance) <= MAX_TAG_VAL_LENGTH:
+            tags[TAG_CLASS_BALANCE] = balance
     return tags
+
+
+def class_balance(prepared: PreparedData) -> str:
+    """JSON ``{label: {"train": rows, "holdout": rows}}`` (model cards show it)."""
+    train = prepared.y_train.value_counts()
+    holdout = prepared.y_holdout.value_counts()
+    labels = sorted(set(train.index) | set(holdout.index), key=str)
+    return json.dumps(
+        {str(k): {"train": int(train.get(k, 0)), "holdout": int(holdout.get(k, 0))} for k in labels}
+    )
 
 
 def data_tags(config: TrainingJob, prepared: PreparedData, manifest: Manifest) -> dict[str, str]:

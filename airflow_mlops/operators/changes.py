@@ -148,22 +148,10 @@ class DetectChangesOperator(MlopsBaseOperator):
 
     def _champion_manifest(self, run_id: str | None) -> Manifest | None:
         """The champion's ``mlops/manifest.json``, or ``None`` when its run logged none."""
-        import tempfile
-        from pathlib import Path
+        from airflow_mlops.core.comparison import run_manifest
 
-        from airflow_mlops.core.lineage import MANIFEST_ARTIFACT_PATH
-        from airflow_mlops.core.manifest import Manifest
-
-        if not run_id:
-            return None
-        folder = MANIFEST_ARTIFACT_PATH.rsplit("/", 1)[0]
         with self.mlflow_hook.session() as client:
-            listed = {a.path for a in client.list_artifacts(run_id, folder)}
-            if MANIFEST_ARTIFACT_PATH not in listed:
-                return None
-            with tempfile.TemporaryDirectory() as tmp:
-                local = client.download_artifacts(run_id, MANIFEST_ARTIFACT_PATH, tmp)
-                return Manifest.from_json(Path(local).read_text(encoding="utf-8"))
+            return run_manifest(client, run_id)
 
     # -- champion ----------------------------------------------------------------------------
     def _champion(self) -> tuple[dict[str, str] | None, str | None, str | None]:

@@ -1,0 +1,459 @@
+"""A model card per registered version: what it is for, what it learned from, how it was
+judged and who decided, written once when the promotion decision is final.
+
+The card is built only from what the run already recorded (the version and its run's tags,
+params and metrics, the manifest, the decision and promotion records, the fairness and
+explanation artifacts) plus the two facts the promote task holds (the pipeline's description
+and the validate task's summary). It is stored on the version's run as
+``mlops/model_card.json`` (canonical JSON, whose sha256 is tagged on the version as
+``mlops.model_card.sha256``) and ``mlops/model_card.html`` (self-contained: inline CSS, no
+script, a Content-Security-Policy that allows none, every value escaped).
+
+Immutable: once the version carries the hash tag, :func:`store_model_card` keeps that card;
+the card holds no clock reading of its own, so a retried promote task rebuilds the same bytes.
+:func:`read_model_card` refuses a card whose bytes no longer match the tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.errors import MlopsError
+from airflow_mlops.core.lineage import (
+    MANIFEST_ARTIFACT_PATH,
+    TAG_CLASS_BALANCE,
+    TAG_DAG_ID,
+    TAG_DATA_FILES,
+    TAG_DATA_MANIFEST_HASH,
+    TAG_DATA_URI,
+    TAG_DATA_WINDOW,
+    TAG_ESTIMATOR,
+    TAG_FEATURES,
+    TAG_FEATURES_URI,
+    TAG_GIT_COMMIT,
+    TAG_MAP_INDEX,
+    TAG_PIPELINE,
+    TAG_PIPELINE_CONFIG_HASH,
+    TAG_PROVIDER_VERSION,
+    TAG_RUN_ID,
+    TAG_SEARCH_BEST_PARAMS,
+    TAG_SPLIT,
+    TAG_TARGET,
+    TAG_TASK,
+    TAG_TASK_ID,
+    TAG_TRIGGER,
+    TAG_TRY_NUMBER,
+)
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "MODEL_CARD_HTML",
+    "MODEL_CARD_JSON",
+    "TAG_MODEL_CARD_SHA256",
+    "ModelCardError",
+    "ModelCardRef",
+    "build_model_card",
+    "card_bytes",
+    "read_model_card",
+    "render_html",
+    "store_model_card",
+    "write_model_card",
+]
+
+MODEL_CARD_JSON = "mlops/model_card.json"
+MODEL_CARD_HTML = "mlops/model_card.html"
+TAG_MODEL_CARD_SHA256 = "mlops.model_card.sha256"
+CARD_SCHEMA_VERSION = 1
+# The card lists this many manifest files; the count, bytes and content hash cover them all.
+MAX_LISTED_FILES = 50
+_FAIRNESS_ARTIFACT = "mlops/fairness.json"
+_EXPLANATIONS_ARTIFACT = "mlops/explanations.json"
+_DECISION_ARTIFACT = "mlops/decision.json"
+_PROMOTION_ARTIFACT = "mlops/promotion.json"
+
+
+class ModelCardError(MlopsError):
+    """A card cannot be built, is missing, or no longer matches its recorded hash."""
+
+
+@dataclass(frozen=True)
+class ModelCardRef:
+    """Where a version's card is and the sha256 of its JSON bytes."""
+
+    json_uri: str
+    html_uri: str
+    sha256: str
+    written: bool  # False when the version already had its card
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "json_uri": self.json_uri,
+            "html_uri": self.html_uri,
+            "sha256": self.sha256,
+            "written": self.written,
+        }
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+def build_model_card(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    *,
+    intended_use: str = "",
+    validation: Mapping[str, Any] | None = None,
+    promotion: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The card of ``model_name`` ``version`` from its recorded facts (JSON-safe).
+
+    ``promotion`` is the promote task's record (``mlops/promotion.json``); read from the run
+    when not given. ``validation`` is the validate task's summary, ``None`` when the pipeline
+    validates nothing.
+    """
+    from airflow_mlops.core.mlflow_client import read_run_text
+
+    model_version = client.get_model_version(model_name, str(version))
+    run_id = model_version.run_id
+    if not run_id:
+        raise ModelCardError(f"{model_name} v{version} has no training run to describe")
+    run = client.get_run(run_id)
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+
+    def artifact(path: str) -> Any:
+        text = read_run_text(client, run_id, path)
+        return None if text is None else json.loads(text)
+
+    if promotion is None:
+        promotion = artifact(_PROMOTION_ARTIFACT)
+    decision = dict((promotion or {}).get("decision") or artifact(_DECISION_ARTIFACT) or {})
+    card = {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "model": {
+            "name": model_name,
+            "version": str(version),
+            "run_id": run_id,
+            "source": model_version.source,
+            "registered_at_ms": model_version.creation_timestamp,
+            "task": tags.get(TAG_TASK),
+        },
+        "intended_use": intended_use or "(the pipeline has no description)",
+        "data": _data_section(tags, params, artifact(MANIFEST_ARTIFACT_PATH), validation),
+        "training": _training_section(tags, params, metrics),
+        "evaluation": _evaluation_section(
+            decision, artifact(_FAIRNESS_ARTIFACT), artifact(_EXPLANATIONS_ARTIFACT)
+        ),
+        "drift": _drift_section(tags),
+        "decision": _decision_section(decision, promotion),
+        "lineage": _lineage_section(tags),
+    }
+    return json.loads(json.dumps(card, default=str))
+
+
+def _data_section(
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+    manifest: Mapping[str, Any] | None,
+    validation: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    files = list((manifest or {}).get("files") or [])
+    return {
+        "uri": tags.get(TAG_DATA_URI),
+        "window": tags.get(TAG_DATA_WINDOW),
+        "target": tags.get(TAG_TARGET),
+        "features": _json_or_none(tags.get(TAG_FEATURES)) or tags.get(TAG_FEATURES_URI),
+        "manifest": {
+            "content_hash": tags.get(TAG_DATA_MANIFEST_HASH),
+            "files": len(files) if manifest else _as_int(tags.get(TAG_DATA_FILES)),
+            "total_bytes": sum(int(f.get("size") or 0) for f in files) if manifest else None,
+            "listed": [
+                {k: f.get(k) for k in ("path", "size", "sha256", "partition")}
+                for f in files[:MAX_LISTED_FILES]
+            ],
+            "recorded": manifest is not None,
+        },
+        "rows": {
+            "train": _as_int(params.get("train_rows")),
+            "holdout": _as_int(params.get("holdout_rows")),
+        },
+        "class_balance": _json_or_none(tags.get(TAG_CLASS_BALANCE)),
+        "validation": (
+            dict(validation)
+            if validation
+            else {"status": "not run", "note": "the pipeline has no validation suite"}
+        ),
+    }
+
+
+def _training_section(
+    tags: Mapping[str, str], params: Mapping[str, str], metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    return {
+        "estimator": tags.get(TAG_ESTIMATOR) or params.get("estimator"),
+        "preprocessing": params.get("preprocessing"),
+        "params": {
+            k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")
+        },
+        "split": _json_or_none(tags.get(TAG_SPLIT)),
+        "search": {
+            "best_params": _json_or_none(tags.get(TAG_SEARCH_BEST_PARAMS)),
+            "cv_best_score": metrics.get("cv_best_score"),
+        }
+        if tags.get(TAG_SEARCH_BEST_PARAMS)
+        else None,
+        "holdout_metrics": {
+            k.removeprefix("holdout_"): v for k, v in metrics.items() if k.startswith("holdout_")
+        },
+    }
+
+
+def _evaluation_section(
+    decision: Mapping[str, Any],
+    fairness: Mapping[str, Any] | None,
+    explanations: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "evaluated_at": decision.get("evaluated_at"),
+        "on": (decision.get("comparison") or {}).get("on"),
+        "rows_compared": decision.get("rows_compared"),
+        "rows_excluded": decision.get("rows_excluded"),
+        "min_rows": decision.get("min_rows"),
+        "challenger_metrics": decision.get("challenger_metrics"),
+        "champion_metrics": decision.get("champion_metrics"),
+        "champion_version": (decision.get("champion") or {}).get("version"),
+        "intervals": decision.get("intervals"),
+        "slice_metrics": decision.get("slice_metrics"),
+        "fairness": fairness if fairness is not None else decision.get("fairness"),
+        "top_features": _top_features(explanations, decision.get("explanations")),
+    }
+
+
+def _top_features(explanations: Mapping[str, Any] | None, summary: Any) -> Any:
+    """The explanation artifact's ranked features (20 at most), else the record's summary."""
+    if explanations and isinstance(explanations.get("features"), list):
+        return {
+            "method": explanations.get("method"),
+            "rows": explanations.get("rows"),
+            "features": explanations["features"][:20],
+            "shap": explanations.get("shap"),
+        }
+    return summary
+
+
+def _drift_section(tags: Mapping[str, str]) -> dict[str, Any]:
+    trigger = _json_or_none(tags.get(TAG_TRIGGER)) or tags.get(TAG_TRIGGER)
+    return {
+        "trigger": trigger,
+        "training_data_vs_previous_champion": "not computed: compare the versions' drift "
+        "references (mlops.reference.uri) with the monitoring DAG",
+    }
+
+
+def _decision_section(
+    decision: Mapping[str, Any], promotion: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    promotion = promotion or {}
+    approval = promotion.get("approval") or None
+    moved = promotion.get("promotion") or {}
+    return {
+        "policy_verdict": decision.get("outcome"),
+        "policy_reason": decision.get("reason"),
+        "rules": decision.get("rules"),
+        "policy": decision.get("policy"),
+        "outcome": promotion.get("outcome") or "undecided",
+        "reason": promotion.get("reason"),
+        "decided_by": (approval or {}).get("by") or ("policy" if promotion else None),
+        "approval": approval,
+        "champion_before": moved.get("previous_version"),
+        "serving_check_ok": (promotion.get("serving_check") or {}).get("ok"),
+        "history_event": moved.get("event"),
+    }
+
+
+def _lineage_section(tags: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "pipeline": tags.get(TAG_PIPELINE),
+        "airflow": {
+            "dag_id": tags.get(TAG_DAG_ID),
+            "run_id": tags.get(TAG_RUN_ID),
+            "task_id": tags.get(TAG_TASK_ID),
+            "map_index": tags.get(TAG_MAP_INDEX),
+            "try_number": tags.get(TAG_TRY_NUMBER),
+        },
+        "config_hash": tags.get(TAG_PIPELINE_CONFIG_HASH),
+        "git_commit": tags.get(TAG_GIT_COMMIT),
+        "provider_version": tags.get(TAG_PROVIDER_VERSION),
+    }
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _as_int(text: Any) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- storing and reading ---------------------------------------------------------------------
+
+
+def card_bytes(card: Mapping[str, Any]) -> bytes:
+    """The canonical JSON bytes of ``card``: what is stored and hashed."""
+    return json.dumps(card, sort_keys=True, indent=1, ensure_ascii=False).encode()
+
+
+def store_model_card(client: MlflowClient, card: Mapping[str, Any]) -> ModelCardRef:
+    """Log the card's JSON and HTML on the version's run and tag its hash on the version;
+    a version that already has a card keeps it."""
+    name, version, run_id = (card["model"][k] for k in ("name", "version", "run_id"))
+    existing = client.get_model_version(name, version).tags.get(TAG_MODEL_CARD_SHA256)
+    if existing:
+        return _card_ref(client, run_id, existing, written=False)
+    data = card_bytes(card)
+    client.log_text(run_id, data.decode(), MODEL_CARD_JSON)
+    client.log_text(run_id, render_html(card), MODEL_CARD_HTML)
+    digest = hashlib.sha256(data).hexdigest()
+    # Tagged last: a card whose upload failed midway is rewritten by the retry.
+    client.set_model_version_tag(name, version, TAG_MODEL_CARD_SHA256, digest)
+    return _card_ref(client, run_id, digest, written=True)
+
+
+def _card_ref(client: MlflowClient, run_id: str, digest: str, *, written: bool) -> ModelCardRef:
+    base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    return ModelCardRef(
+        f"{base}/{MODEL_CARD_JSON}", f"{base}/{MODEL_CARD_HTML}", digest, written=written
+    )
+
+
+def write_model_card(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    *,
+    intended_use: str = "",
+    validation: Mapping[str, Any] | None = None,
+    promotion: Mapping[str, Any] | None = None,
+) -> ModelCardRef:
+    """Build and store the card of a version whose promotion decision is final."""
+    model_version = client.get_model_version(model_name, str(version))
+    existing = model_version.tags.get(TAG_MODEL_CARD_SHA256)
+    if existing:
+        return _card_ref(client, model_version.run_id, existing, written=False)
+    card = build_model_card(
+        client,
+        model_name,
+        version,
+        intended_use=intended_use,
+        validation=validation,
+        promotion=promotion,
+    )
+    return store_model_card(client, card)
+
+
+def read_model_card(client: MlflowClient, model_name: str, version: str) -> dict[str, Any]:
+    """The stored card, checked against the hash tagged on the version."""
+    from mlflow.exceptions import MlflowException
+
+    from airflow_mlops.core.mlflow_client import read_run_text
+
+    try:
+        model_version = client.get_model_version(model_name, str(version))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelCardError(f"{model_name} v{version} is not a registered version") from err
+    expected = model_version.tags.get(TAG_MODEL_CARD_SHA256)
+    if not expected:
+        raise ModelCardError(
+            f"{model_name} v{version} has no model card yet (it is written when the "
+            "promotion decision is final)"
+        )
+    text = read_run_text(client, model_version.run_id, MODEL_CARD_JSON)
+    if text is None:
+        raise ModelCardError(f"{model_name} v{version}: {MODEL_CARD_JSON} is missing from its run")
+    if hashlib.sha256(text.encode()).hexdigest() != expected:
+        raise ModelCardError(
+            f"{model_name} v{version}: {MODEL_CARD_JSON} does not match the hash recorded in "
+            f"tag {TAG_MODEL_CARD_SHA256}; it was changed after it was written"
+        )
+    return json.loads(text)
+
+
+# -- HTML -----------------------------------------------------------------------------------
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+    "color:#1d2430}h1{font-size:1.5rem}h2{font-size:1.15rem;border-bottom:1px solid #ccd;"
+    "padding-bottom:.2rem;margin-top:1.6rem}table{border-collapse:collapse;margin:.4rem 0}"
+    "th,td{border:1px solid #dde;padding:.2rem .5rem;text-align:left;vertical-align:top;"
+    "font-size:.9rem}th{background:#f3f5f9}code{font-size:.85rem}"
+    ".outcome{font-weight:bold}"
+)
+_SECTIONS = (
+    ("intended_use", "Intended use"),
+    ("data", "Data"),
+    ("training", "Training"),
+    ("evaluation", "Evaluation"),
+    ("drift", "Drift"),
+    ("decision", "Decision"),
+    ("lineage", "Lineage"),
+)
+
+
+def render_html(card: Mapping[str, Any]) -> str:
+    """The card as one self-contained HTML page; every key and value is escaped."""
+    model = card.get("model") or {}
+    title = f"Model card: {model.get('name')} version {model.get('version')}"
+    decision = card.get("decision") or {}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="outcome">Decision: {escape(str(decision.get("outcome")))} '
+        f"({escape(str(decision.get('reason') or decision.get('policy_reason') or ''))})</p>",
+        _html_value(model),
+    ]
+    for key, heading in _SECTIONS:
+        parts.append(f"<h2>{escape(heading)}</h2>")
+        parts.append(_html_value(card.get(key)))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_value(value: Any, depth: int = 0) -> str:
+    if isinstance(value, Mapping):
+        if not value:
+            return "<em>none</em>"
+        rows = "".join(
+            f"<tr><th>{escape(str(k))}</th><td>{_html_value(v, depth + 1)}</td></tr>"
+            for k, v in value.items()
+        )
+        return f"<table>{rows}</table>"
+    if isinstance(value, list):
+        if not value:
+            return "<em>none</em>"
+        if depth > 3:
+            return f"<code>{escape(json.dumps(value, default=str))}</code>"
+        return "<ol>" + "".join(f"<li>{_html_value(v, depth + 1)}</li>" for v in value) + "</ol>"
+    if value is None:
+        return "<em>not recorded</em>"
+    return escape(str(value))
