@@ -148,6 +148,14 @@ class DriftReportOperator(RetrainSignalOperator):
         self.window_end = window_end
         self.check_policies()
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the provider's listener): reference, current data and
+        champion version -> the report and summary (see ``airflow_mlops.openlineage``)."""
+        from airflow_mlops.openlineage import drift_lineage
+
+        facts = getattr(self, "_openlineage_facts", None) or {}
+        return drift_lineage(facts.get("result"), facts.get("tracking_uri", ""))
+
     def current_window(self) -> DataWindow | None:
         """The ``window`` setting, checked (errors name the field); ``None`` for all data."""
         return None if self.window is None else as_data_window(self.window)
@@ -228,6 +236,11 @@ class DriftReportOperator(RetrainSignalOperator):
             )
         if outcome.attached and champion is not None:
             self.link_champion(context, champion)
+        # For OpenLineage (get_openlineage_facets_on_complete): what was compared and written.
+        self._openlineage_facts = {
+            "result": outcome.result,
+            "tracking_uri": self.mlflow_hook.tracking_uri,
+        }
         return self.finish(
             context,
             policy=policy,

@@ -122,6 +122,7 @@ class BatchPredictionOperator(MlopsBaseOperator):
         self.window = window_param(window)
         self.window_end = window_end
         self.partition = partition
+        self._openlineage_facts: dict[str, Any] = {}
         if output_uri and not is_templated(output_uri):
             self._check_ids_for(output_uri)
         if (model_name is None) == (model_uri is None):
@@ -218,4 +219,23 @@ class BatchPredictionOperator(MlopsBaseOperator):
             model_name=result.model_name,
             model_version=result.model_version,
         )
+        # For OpenLineage: the predictions' folder when one partition was written into it.
+        self._openlineage_facts = {
+            "result": result.to_xcom(),
+            "output_uri": self.output_uri if partition is not None else output_uri,
+            "tracking_uri": hook.tracking_uri,
+        }
         return result.to_xcom()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the provider's listener): the scored data and the model
+        version -> the predictions written."""
+        from airflow_mlops.openlineage import prediction_lineage
+
+        facts = getattr(self, "_openlineage_facts", None) or {}
+        return prediction_lineage(
+            facts.get("result"),
+            facts.get("tracking_uri", ""),
+            input_uri=str(self.input_uri),
+            output_uri=facts.get("output_uri"),
+        )

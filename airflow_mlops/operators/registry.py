@@ -180,11 +180,21 @@ class RegisterModelOperator(MlopsBaseOperator):
             model_name=model_name,
             model_version=registration.version,
         )
-        return {
+        result = {
             **registration.to_dict(),
             "challenger_alias": self.challenger_alias,
             "challenger_move": None if move is None else move.outcome,
         }
+        self._openlineage_facts = {"result": result, "tracking_uri": hook.tracking_uri}
+        return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the provider's listener): the logged model -> the
+        registered version ``models/<name>/<version>`` (see ``airflow_mlops.openlineage``)."""
+        from airflow_mlops.openlineage import registration_lineage
+
+        facts = getattr(self, "_openlineage_facts", None) or {}
+        return registration_lineage(facts.get("result"), facts.get("tracking_uri", ""))
 
 
 class PromoteModelOperator(MlopsBaseOperator):
@@ -203,10 +213,15 @@ class PromoteModelOperator(MlopsBaseOperator):
     The promotion record (decision, approval, serving check, re-evaluations, alias move) is
     logged as ``promotion_artifact`` on the challenger's run and returned (XCom):
     ``{model_name, version, outcome, promoted, champion_version, previous_champion_version,
-    reason, approval, serving_check, reevaluations, history_event, promotion_artifact_uri}``.
+    reason, approval, serving_check, reevaluations, history_event, promotion_artifact_uri,
+    model_card}``. Once the outcome is final the version's model card
+    (:mod:`airflow_mlops.core.model_card`) is written on its run; ``model_card`` holds its
+    URIs and sha256.
     ``outcome`` is one of ``promoted``, ``already_champion``, ``not_promoted``,
-    ``not_promoted_after_reevaluation``, ``rejected``, ``not_approved``, ``frozen`` (the model
-    is frozen: the task succeeds, @champion unchanged).
+    ``not_promoted_after_reevaluation``, ``rejected``, ``not_approved``, ``timed_out`` (nobody
+    answered the approval in time and the default rejected), ``superseded`` (a newer
+    qualifying challenger replaced this one while it waited for approval; the reason names
+    it), ``frozen`` (the model is frozen: the task succeeds, @champion unchanged).
 
     :param evaluation: ``EvaluateModelOperator``'s result (templated).
     :param registration: ``RegisterModelOperator``'s result (templated).
@@ -214,6 +229,8 @@ class PromoteModelOperator(MlopsBaseOperator):
         when set, only an ``Approve`` answer from an authenticated Airflow user, as recorded
         by that task in the registry, lets the champion move; an approval XCom that disagrees
         with the record fails the task (``ApprovalError``) (templated).
+    :param approval_on_timeout: ``reject`` (default) or ``approve``: whether the default
+        answer applied at the approval's timeout (no responder) may move the champion.
     :param on_champion_changed: ``reevaluate`` or ``fail`` (templated).
     :param max_reevaluations: bound on re-scoring rounds under the lock.
     :param serving_check: run the clean-process serving check (templated).
@@ -221,12 +238,17 @@ class PromoteModelOperator(MlopsBaseOperator):
     :param serving_timeout_seconds: seconds allowed to the serving check (templated).
     :param lock_ttl_seconds: promotion lock expiry; longer than the slowest re-evaluation.
     :param lock_wait_seconds: how long to wait for another promotion of the same model.
+    :param model_card: write the version's model card once the outcome is final.
+    :param intended_use: the card's intended use (the pipeline's description).
+    :param validation: the validate task's summary, for the card (templated); ``None`` when
+        the pipeline validates nothing.
     """
 
     template_fields: Sequence[str] = (
         *MlopsBaseOperator.template_fields,
         "evaluation",
         "registration",
+        "validation",
         "approval_task_id",
         "on_champion_changed",
         "max_reevaluations",
@@ -246,6 +268,7 @@ class PromoteModelOperator(MlopsBaseOperator):
         evaluation: Any,
         registration: Any,
         approval_task_id: str | None = None,
+        approval_on_timeout: str = "reject",
         on_champion_changed: str = "reevaluate",
         max_reevaluations: int = 3,
         serving_check: bool = True,
@@ -254,6 +277,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         lock_ttl_seconds: float = 900.0,
         lock_wait_seconds: float = 1800.0,
         promotion_artifact: str = PROMOTION_ARTIFACT,
+        model_card: bool = True,
+        intended_use: str = "",
+        validation: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**_with_champion_alias_outlet(kwargs))
@@ -267,6 +293,8 @@ class PromoteModelOperator(MlopsBaseOperator):
         self.evaluation = evaluation
         self.registration = registration
         self.approval_task_id = approval_task_id
+        # From the DAG file, never from the record: whether a timeout's default may approve.
+        self.approval_on_timeout = approval_on_timeout
         self.on_champion_changed = on_champion_changed
         self.max_reevaluations = max_reevaluations
         self.serving_check = serving_check
@@ -275,6 +303,9 @@ class PromoteModelOperator(MlopsBaseOperator):
         self.lock_ttl_seconds = lock_ttl_seconds
         self.lock_wait_seconds = lock_wait_seconds
         self.promotion_artifact = promotion_artifact
+        self.model_card = model_card
+        self.intended_use = intended_use
+        self.validation = validation
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core.promotion import (
@@ -304,6 +335,13 @@ class PromoteModelOperator(MlopsBaseOperator):
                     lock_options=_lock_options(self.lock_ttl_seconds, self.lock_wait_seconds),
                     artifact=str(self.promotion_artifact),
                     approval_task_id=self.approval_task_id,
+                    model_card=bool(self.model_card),
+                    intended_use=str(self.intended_use or ""),
+                    validation=(
+                        None
+                        if self.validation is None
+                        else as_mapping(self.validation, "validation")
+                    ),
                 ),
             )
         result = promotion.result
@@ -357,7 +395,12 @@ class PromoteModelOperator(MlopsBaseOperator):
         if xcom is None:  # a plain ApprovalOperator's return value: checked the same way
             xcom = ti.xcom_pull(task_ids=task.task_id)
         return approval_decision(
-            client, registration["model_name"], str(registration["version"]), task, xcom
+            client,
+            registration["model_name"],
+            str(registration["version"]),
+            task,
+            xcom,
+            on_timeout=str(self.approval_on_timeout),
         )
 
 

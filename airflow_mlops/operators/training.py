@@ -96,6 +96,8 @@ class TrainModelOperator(MlopsBaseOperator):
     :param model_name: registered model name this candidate is for; tagged (templated).
     :param features: feature columns (templated); default: all but target/exclude/time column.
     :param exclude: columns never used as features (templated).
+    :param holdout_columns: columns kept in the holdout file though not features (the
+        sensitive columns a fairness gate measures but the model must not learn from).
     :param estimator: dotted path to an estimator class or factory function
         (``xgboost.XGBClassifier``), or the class/callable itself (templated when a string).
         Default: RandomForestClassifier / RandomForestRegressor for the task.
@@ -131,6 +133,7 @@ class TrainModelOperator(MlopsBaseOperator):
         "model_name",
         "features",
         "exclude",
+        "holdout_columns",
         "estimator",
         "estimator_params",
         "task",
@@ -160,6 +163,7 @@ class TrainModelOperator(MlopsBaseOperator):
         model_name: str | None = None,
         features: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        holdout_columns: Sequence[str] | None = None,
         estimator: str | Callable[..., Any] | None = None,
         estimator_params: Mapping[str, Any] | None = None,
         task: str | None = None,
@@ -185,6 +189,7 @@ class TrainModelOperator(MlopsBaseOperator):
         self.model_name = model_name
         self.features = list(features) if features is not None else None
         self.exclude = list(exclude) if exclude is not None else []
+        self.holdout_columns = list(holdout_columns or [])
         # One config: the explicit arguments over ``training``'s fields, each kept in its
         # own (templated) attribute; unset ones keep TrainingConfig's defaults.
         explicit = {
@@ -223,6 +228,7 @@ class TrainModelOperator(MlopsBaseOperator):
         self.extra_tags = dict(extra_tags) if extra_tags is not None else {}
         self._active_run_id: str | None = None
         self._killed = False
+        self._openlineage_result: dict[str, Any] | None = None
 
     def training_config(self) -> TrainingJob:
         """The one training config, from the rendered fields, with the task's data and run
@@ -256,6 +262,7 @@ class TrainModelOperator(MlopsBaseOperator):
                 "model_name": self.model_name or None,
                 "features": self.features,
                 "exclude": self.exclude,
+                "holdout_columns": self.holdout_columns,
                 "artifacts_uri": self.artifacts_uri or None,
                 "reference_max_rows": self.reference_max_rows,
                 "serialization_format": self.serialization_format,
@@ -307,7 +314,27 @@ class TrainModelOperator(MlopsBaseOperator):
             experiment_id=result.experiment_id,
             run_id=result.run_id,
         )
-        return result.to_dict()
+        self._openlineage_result = result.to_dict()
+        return self._openlineage_result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the provider's listener): the window read, with the
+        manifest the MLflow run recorded, -> the logged model, holdout and reference."""
+        from airflow_mlops.openlineage import recorded_training_data, training_lineage
+
+        result = getattr(self, "_openlineage_result", None)
+        if not result:  # failed: the data it was to read, by URI
+            return training_lineage(str(self.train_uri), None, "")
+        try:
+            tags, manifest = recorded_training_data(self.mlflow_hook, result["run_id"])
+        except Exception as err:  # lineage is a report: still name the data, say what failed
+            self.log.warning(
+                "OpenLineage: no manifest from MLflow run %s: %s", result["run_id"], err
+            )
+            tags, manifest = {}, None
+        return training_lineage(
+            str(self.train_uri), result, self.mlflow_hook.tracking_uri, tags, manifest
+        )
 
     def _remember_run(self, run_id: str) -> None:
         self._active_run_id = run_id

@@ -116,6 +116,8 @@ class DataValidationOperator(MlopsBaseOperator):
         self.report_uri = report_uri
         self.mlflow_run_id = mlflow_run_id
         self.builtin_checks = builtin_checks
+        # What the task read and wrote, for OpenLineage (get_openlineage_facets_on_complete).
+        self._openlineage_facts: dict[str, Any] = {}
         # Catch typos at parse time when the value is not a template.
         if not is_templated(on_failure):
             check_on_failure(on_failure)
@@ -148,6 +150,7 @@ class DataValidationOperator(MlopsBaseOperator):
         self.storage.write_text(report_uri, report_text)
         self.log.info("Full validation result written to %s", report_uri)
         summary = {**outcome.summary, **lineage, "on_failure": on_failure}
+        self._openlineage_facts.update(summary=summary, report_uri=report_uri)
         if self.mlflow_run_id:
             self._attach_to_mlflow_run(str(self.mlflow_run_id), report_text, summary)
         return self._apply_policy(on_failure, outcome, summary, context)
@@ -173,6 +176,7 @@ class DataValidationOperator(MlopsBaseOperator):
                 f"No {'object' if uri.startswith('s3://') else 'file'} at {uri}."
             ) from err
         manifest = build_manifest(fs, read.files)
+        self._openlineage_facts = {"manifest": manifest.to_dict()}
         one_file = _names_a_file(uri) and len(manifest.files) == 1
         return read.frame, {
             "data_sha256": manifest.files[0].sha256 if one_file else None,
@@ -180,6 +184,19 @@ class DataValidationOperator(MlopsBaseOperator):
             "files": len(manifest.files),
             "window": window.describe(),
         }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the provider's listener): the window checked, with its
+        manifest, -> the full result JSON. Also on failure: a contract break names the data."""
+        from airflow_mlops.openlineage import validation_lineage
+
+        facts = getattr(self, "_openlineage_facts", None) or {}
+        return validation_lineage(
+            str(self.data_uri).strip(),
+            facts.get("summary"),
+            facts.get("manifest"),
+            facts.get("report_uri"),
+        )
 
     # -- suite ----------------------------------------------------------------------------------
     def load_suite(self, context: Context) -> SuiteDefinition:
