@@ -245,11 +245,36 @@ def test_assigned_user_approves_and_anyone_else_is_refused(live):
     with pytest.raises(urllib.error.HTTPError) as refused:
         answer(live["other"], path, "Approve")
     assert refused.value.code == 403
+    see_the_request_on_the_mlops_page(live, model)
     assert answer(live["reviewer"], path, "Approve")["responded_by"]["id"] == "reviewer"
     assert wait_run(live, "approve") == "success"
     promote = as_dict(xcom(live, "approve", "promote"))
     assert promote["outcome"] == "promoted", promote
     assert promote["approval"]["by"] == "reviewer" and promote["champion_version"] == "1"
+
+
+def see_the_request_on_the_mlops_page(live: dict, model: str) -> None:
+    """The reviewer, in headless Chromium, finds the waiting request on the MLOps page and
+    follows its link to Airflow's own form for it (screenshots in test-artifacts/)."""
+    from devkit import ensure_binary
+    from e2e._browser import Browser
+
+    ensure_binary("chromium", "chromium")
+    shots = ROOT / "test-artifacts" / "page-states"
+    shots.mkdir(parents=True, exist_ok=True)
+    url = live["stack"].url
+    card = f'[data-model="{model}"]'
+    with Browser(width=1280, height=900) as browser:
+        browser.set_cookie(url, "_token", live["reviewer"].token)
+        browser.goto(f"{url}/mlops/", settle_s=0.5)
+        browser.wait_for_text(model, timeout_s=90)
+        text = browser.js(f"document.querySelector('{card} [data-approval]').innerText")
+        assert "Approval pending for v1" in text, text
+        href = browser.js(f"document.querySelector('{card} [data-approval-link]').href")
+        browser.screenshot_element(card, shots / "pending-approval-live.png")
+        browser.goto(href, settle_s=0.5)
+        browser.wait_for_text(f"Promote {model} version 1 to @champion", timeout_s=60)
+        browser.screenshot(shots / "approval-form-live.png")
 
 
 def test_timeout_applies_reject_and_says_nobody_answered(live):
