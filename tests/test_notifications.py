@@ -248,6 +248,8 @@ def test_promoted_is_sent_and_a_dead_notifier_changes_nothing(pipeline, services
     assert subject == f"[mlops] promoted: {model} (champion v1, challenger v1)"
     assert_message(body, model, run.dag_id, "challenger v1", summary["reason"][:40])
     assert f"{mlflow_server}/#/models/{model}/versions/1" in body, body
+    card = xcom(run, "promote")["model_card"]
+    assert "Model card" in body and card["html_uri"] in body, body
     [text] = slack_about("promoted", model)
     assert_message(text, model, run.dag_id, "challenger v1", summary["reason"][:40])
     assert Webhook.received[0]["path"] == WEBHOOK_SECRET_PATH

@@ -182,6 +182,7 @@ class Notification:
         labels["report"] = "Report"
         labels["approval"] = "Answer in Airflow"
         labels["last_ct_run"] = "Last CT run"
+        labels["model_card"] = "Model card"
         return [(labels.get(k, k), v) for k, v in self.links.items() if v]
 
     def text(self) -> str:
@@ -244,7 +245,11 @@ def ct_message(
         reason=reason,
         champion_version=summary.get("champion_version"),
         challenger_version=summary.get("challenger_version"),
-        links={**links, "report": _report_uri(results, ("promote", "evaluate", "validate"))},
+        links={
+            **links,
+            "report": _report_uri(results, ("promote", "evaluate", "validate")),
+            "model_card": _model_card_uri(results),
+        },
     )
 
 
@@ -324,6 +329,13 @@ def _one_line(value: Any) -> str | None:
 
 def _optional_str(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
+
+
+def _model_card_uri(results: Mapping[str, Any]) -> str | None:
+    """The HTML model card the promote task wrote (``airflow-mlops model-card`` prints it)."""
+    promote = results.get("promote")
+    card = promote.get("model_card") if isinstance(promote, Mapping) else None
+    return str(card["html_uri"]) if isinstance(card, Mapping) and card.get("html_uri") else None
 
 
 def _report_uri(results: Mapping[str, Any], steps: Sequence[str]) -> str | None:
