@@ -199,3 +199,21 @@ def test_cli_saves_the_card_as_html(carded, client, mlflow_conn, tmp_path, capsy
     assert output.read_text() == render_html(read_model_card(client, model, version))
     assert cli_main(["model-card", model, "999"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_browser_shows_the_hostile_name_as_text_and_runs_no_script(carded, client):
+    """The card page opened in headless Chromium: the hostile column name is visible text,
+    the page holds no script element (screenshot in test-artifacts/)."""
+    from devkit import ensure_binary
+    from e2e._browser import Browser
+
+    ensure_binary("chromium", "chromium")
+    page = Path(client.download_artifacts(carded["train"]["run_id"], "mlops/model_card.html"))
+    shots = Path(__file__).resolve().parents[1] / "test-artifacts" / "governance"
+    shots.mkdir(parents=True, exist_ok=True)
+    with Browser(width=1280, height=2400) as browser:
+        browser.goto(page.as_uri(), settle_s=0.3)
+        assert HOSTILE in browser.text()
+        assert browser.js("document.querySelectorAll('script').length") == 0
+        assert f"Model card: {carded['model']} version" in browser.text()
+        browser.screenshot(shots / "model-card.png")
