@@ -54,6 +54,7 @@ __all__ = [
     "log_history",
     "partition_metrics",
     "partition_ordinal",
+    "read_prediction_partitions",
     "score_partitions",
     "verdict_rows",
 ]
@@ -97,9 +98,11 @@ def _partition_label(file: Any) -> str:
     return file.path.rsplit("/", 1)[-1]
 
 
-def _read_predictions(
+def read_prediction_partitions(
     fs: AbstractFileSystem, uri: str, window: DataWindow | None
 ) -> tuple[pd.DataFrame, int]:
+    """The prediction rows under ``uri`` (within ``window``), each with its partition label
+    in :data:`PARTITION_COLUMN`, and the number of files read."""
     from airflow_mlops.core.data_window import select_window
 
     files = resolve_files(fs, uri)
@@ -132,7 +135,7 @@ def join_labels(
     ids = list(id_columns)
     if not ids:
         raise ConfigError("id_columns are required to join predictions and labels.")
-    predictions, prediction_files = _read_predictions(
+    predictions, prediction_files = read_prediction_partitions(
         fs_for(predictions_uri), predictions_uri, window
     )
     missing = [c for c in [*ids, PREDICTION_COLUMN, MODEL_VERSION_COLUMN] if c not in predictions]

@@ -155,6 +155,8 @@ def build_model_card(
         "decision": _decision_section(decision, promotion),
         "lineage": _lineage_section(tags),
     }
+    # The promote step's shadow_evidence verdict and the shadow records it judged, if any.
+    card["evaluation"]["shadow"] = (promotion or {}).get("shadow")
     return json.loads(json.dumps(card, default=str))
 
 
@@ -272,6 +274,10 @@ def _decision_section(
         "reason": promotion.get("reason"),
         "decided_by": (approval or {}).get("by") or ("policy" if promotion else None),
         "approval": approval,
+        # auto | manual | auto_if_confident, and what that policy did (auto-approved or asked).
+        "approval_policy": (promotion.get("approval_policy") or {}).get("policy")
+        or ("manual" if approval else "auto" if promotion else None),
+        "approval_policy_outcome": (promotion.get("approval_policy") or {}).get("reason"),
         "champion_before": moved.get("previous_version"),
         "serving_check_ok": (promotion.get("serving_check") or {}).get("ok"),
         "history_event": moved.get("event"),

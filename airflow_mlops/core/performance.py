@@ -26,7 +26,10 @@ joins the stored predictions with the labels by id (:mod:`airflow_mlops.core.del
 scores each partition whose label coverage reaches ``min_label_coverage`` and reports the
 others as pending; the verdict compares the champion version's newest scored partitions
 (pooled up to ``min_labelled_rows``) with the baseline, and each scored partition is logged
-once to MLflow as a point of the model's metric history.
+once to MLflow as a point of the model's metric history. When shadow predictions exist
+(``<predictions_uri>/_shadow``, written with ``prediction.shadow``), the same check scores the
+shadow challenger and the champion on the labelled rows both predicted, per partition, and
+keeps those records on the challenger's run (:mod:`airflow_mlops.core.shadow`).
 """
 
 from __future__ import annotations
@@ -487,14 +490,55 @@ def check_partitioned_performance(
         check = check_decay(baseline, current, metric, settings.tolerance, settings.tolerance_mode)
         reason = f"{check.reason} on partitions {', '.join(sorted(chosen))}"
         record.update(metrics=current, check=check.to_dict(), decayed=check.decayed, reason=reason)
+    shadow = _shadow_records(
+        fs_for, predictions_uri, joined.frame, scores, id_columns, target, task, window
+    )
+    record["shadow"] = shadow
     storage.write_json(report_uri, record)
     with mlflow_session() as client:
         runs = _runs_of_versions(client, champion, scores)
         record_points = log_history(client, scores, runs)
+        shadow_logged = _log_shadow(client, champion.model_name, shadow)
         if champion.run_id:
             client.log_dict(champion.run_id, record, mlflow_artifact)
     summary = _partition_summary(record, scores, record_points)
+    if shadow is not None:
+        summary["shadow"] = {
+            "partitions": len(shadow),
+            "records_logged": shadow_logged,
+            "recent": shadow[-XCOM_PARTITIONS:],
+        }
     return PerformanceOutcome(record=record, metric=metric, report_uri=report_uri, summary=summary)
+
+
+def _shadow_records(
+    fs_for: Callable[[str], AbstractFileSystem],
+    predictions_uri: str,
+    joined: pd.DataFrame,
+    scores: Sequence[Any],
+    id_columns: Sequence[str],
+    target: str,
+    task: str,
+    window: DataWindow | None,
+) -> list[dict[str, Any]] | None:
+    """The shadow records of the scored partitions; None when nothing was scored in shadow."""
+    from airflow_mlops.core.prediction_layout import is_partitioned_output
+    from airflow_mlops.core.shadow import read_shadow_predictions, shadow_records
+
+    if not is_partitioned_output(predictions_uri):
+        return None
+    shadow = read_shadow_predictions(fs_for, predictions_uri, window)
+    if shadow is None:
+        return None
+    return shadow_records(joined, shadow, scores, id_columns=id_columns, target=target, task=task)
+
+
+def _log_shadow(
+    client: MlflowClient, model_name: str, shadow: Sequence[Mapping[str, Any]] | None
+) -> int:
+    from airflow_mlops.core.shadow import log_shadow_records
+
+    return log_shadow_records(client, model_name, shadow) if shadow else 0
 
 
 def _no_verdict_reason(
@@ -538,7 +582,7 @@ def _partition_summary(
     record: Mapping[str, Any], scores: Sequence[Any], history_points: int
 ) -> dict[str, Any]:
     """The XCom: the record without the per-partition list, plus counts and the newest."""
-    summary = {k: v for k, v in record.items() if k not in ("partitions", "pending")}
+    summary = {k: v for k, v in record.items() if k not in ("partitions", "pending", "shadow")}
     summary["partitions"] = {
         "total": len(scores),
         "scored": sum(s.status == "scored" for s in scores),

@@ -37,6 +37,11 @@ Semantics (also in ``docs/operators/evaluation-and-promotion.md``):
   bound by ``|champion|``. The bound of a two-sided ``L`` interval is a one-sided
   ``(1 + L) / 2`` bound (0.95 -> 97.5 %). No interval for the metric at that level (too few
   rows, a degenerate resample) fails closed.
+- **Shadow evidence** (:func:`shadow_evidence_rule`, ``promotion.require_shadow_partitions``,
+  applied by the promote step): the challenger must have been scored in shadow beside the
+  current champion on ``N`` labelled partitions, and its mean improvement on the gated metric
+  over the newest ``N`` must reach ``shadow_min_delta``; fewer partitions fail as
+  ``shadow evidence from K of N partitions``, never pass.
 
 Over 600 lines on purpose: the policy model, its rules and the reason text are read together
 when a decision is questioned, and every rule is a few lines of the same shape.
@@ -80,6 +85,7 @@ __all__ = [
     "default_direction",
     "default_policy",
     "parse_policy",
+    "shadow_evidence_rule",
 ]
 
 RECORD_SCHEMA_VERSION = 1
@@ -288,7 +294,8 @@ class RuleResult:
 
     # "value.lower", "value.upper", "change.absolute", "change.relative" (each optionally
     # followed by its ".confidence" check), "slice", "tie", "evidence", and the fairness
-    # gate's "fairness.max", "fairness.max_increase", "fairness.groups"
+    # gate's "fairness.max", "fairness.max_increase", "fairness.groups", and the promote
+    # step's "shadow_evidence"
     rule: str
     metric: str
     verdict: Verdict
@@ -741,6 +748,66 @@ def _reason(
     if promote != text.startswith("promoted"):  # the reason and the verdict never disagree
         raise AssertionError(f"internal error: promote={promote} but reason {text!r}")
     return text
+
+
+def shadow_evidence_rule(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    required: int,
+    metric: str,
+    min_delta: float,
+    champion_version: str | None,
+    direction: Direction | None = None,
+    float_tolerance: float = 1e-9,
+) -> RuleResult:
+    """The ``shadow_evidence`` rule: enough shadow partitions against this champion, and the
+    challenger's mean improvement on ``metric`` over the newest ``required`` of them.
+
+    ``records`` are the challenger's per-partition shadow records (oldest first), each
+    ``{"partition", "champion_version", "rows", "champion": {metric: v}, "challenger": {...}}``
+    (:mod:`airflow_mlops.core.shadow`). Only records against ``champion_version`` count: a
+    comparison with a former champion says nothing about this one.
+    """
+    rule = "shadow_evidence"
+    if champion_version is None:
+        detail = "first model: no champion to score beside in shadow"
+        return RuleResult(rule, metric, NOT_APPLICABLE, detail, threshold=float(required))
+    direction = direction or default_direction(metric)
+    if direction is None:
+        raise ConfigError(f"shadow metric {metric!r} has no known direction")
+    relevant = [r for r in records if str(r.get("champion_version")) == str(champion_version)]
+    count = len(relevant)
+    if count < required:
+        detail = (
+            f"shadow evidence from {count} of {required} partitions (beside champion "
+            f"version {champion_version})"
+        )
+        return RuleResult(
+            rule, metric, FAIL, detail, threshold=float(required), observed=float(count)
+        )
+    newest = relevant[-required:]
+    improvements = []
+    for record in newest:
+        c_value = _number(record.get("challenger"), metric)
+        b_value = _number(record.get("champion"), metric)
+        if c_value is None or b_value is None:
+            detail = (
+                f"shadow partition {record.get('partition')}: {metric} missing or not finite "
+                "for a model: fail closed"
+            )
+            return RuleResult(rule, metric, FAIL, detail, threshold=min_delta)
+        improvements.append(_improvement(c_value, b_value, direction))
+    mean = sum(improvements) / len(improvements)
+    ok = mean >= min_delta - float_tolerance
+    detail = (
+        f"shadow {metric}: mean improvement {_fmt(mean)} over {required} partition(s) "
+        f"({direction.value} is better; per partition "
+        f"{', '.join(_fmt(v) for v in improvements)}) {'>=' if ok else '<'} shadow_min_delta "
+        f"{_fmt(min_delta)}"
+    )
+    return RuleResult(
+        rule, metric, PASS if ok else FAIL, detail, threshold=min_delta, observed=mean
+    )
 
 
 def _fmt(value: float) -> str:

@@ -8,6 +8,12 @@ overwrites the same file instead of adding a copy whose rows the decay check wou
 twice. A ``predictions_uri`` naming a file (``.parquet``, ``.csv``, ``.csv.gz``) is one table,
 written whole. The factories and the operators call these at DAG parse time, so this module
 imports nothing heavy.
+
+Shadow scoring (``prediction.shadow``) writes the ``@challenger``'s predictions of the same
+partition to ``<predictions_uri>/_shadow/<column>=<key>/part-<writer>.parquet``: a folder
+whose name starts with ``_`` is skipped by dataset readers (pyarrow's default
+``ignore_prefixes``, :data:`airflow_mlops.core.datasets.IGNORED_PREFIXES`), so a consumer
+reading ``<predictions_uri>`` still sees only the champion's rows.
 """
 
 from __future__ import annotations
@@ -22,17 +28,21 @@ from airflow_mlops.core.storage import TABLE_FORMATS
 __all__ = [
     "DEFAULT_MIN_LABEL_COVERAGE",
     "DEFAULT_PARTITION_COLUMN",
+    "SHADOW_FOLDER",
     "is_dataset_input",
     "is_partitioned_output",
     "partition_key",
     "partition_output_uri",
     "reads_a_window",
+    "shadow_predictions_uri",
     "writer_hash",
 ]
 
 #: Share of a partition's predictions that must have their label before it is scored.
 DEFAULT_MIN_LABEL_COVERAGE = 0.8
 DEFAULT_PARTITION_COLUMN = "dt"
+#: The shadow predictions' folder inside ``predictions_uri`` (``_``: readers skip it).
+SHADOW_FOLDER = "_shadow"
 
 _GLOB = re.compile(r"[*?\[]")
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -94,3 +104,13 @@ def partition_output_uri(
     """``<predictions_uri>/<column>=<key>/part-<writer>.parquet``."""
     column, key = partition_key(partition, column)
     return f"{predictions_uri.strip().rstrip('/')}/{column}={key}/part-{writer}.parquet"
+
+
+def shadow_predictions_uri(predictions_uri: str) -> str:
+    """``<predictions_uri>/_shadow``: where the challenger's shadow partitions go."""
+    if not is_partitioned_output(predictions_uri):
+        raise ConfigError(
+            f"shadow scoring needs predictions by partition: {predictions_uri!r} names one "
+            "file; give a folder or prefix (one partition per run)."
+        )
+    return f"{predictions_uri.strip().rstrip('/')}/{SHADOW_FOLDER}"

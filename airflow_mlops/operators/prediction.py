@@ -52,6 +52,12 @@ class BatchPredictionOperator(MlopsBaseOperator):
     file is replaced atomically. Returns (XCom)
     :meth:`airflow_mlops.core.prediction.PredictionResult.to_xcom`.
 
+    ``shadow=True`` (partition mode, ``model_name`` given): when ``@challenger`` names another
+    version than the alias scored, that version scores the same rows into
+    ``<output_uri>/_shadow/dt=<partition>/part-<writer>.parquet`` (same columns; readers skip
+    ``_`` folders, so consumers still read only the champion's rows). The XCom adds
+    ``shadow``: ``{output_uri, model_version, rows, output_sha256}``, or ``{skipped: why}``.
+
     :param input_uri: file or dataset to score (templated).
     :param output_uri: where to write predictions (templated): a file, or a folder/prefix
         for one partition per run; default
@@ -70,6 +76,8 @@ class BatchPredictionOperator(MlopsBaseOperator):
     :param feature_columns: columns fed to the model (templated); default: the model
         signature's inputs, else every column but the keys.
     :param chunk_rows: rows scored per chunk (bounds memory).
+    :param shadow: also score ``@challenger`` in shadow (see above).
+    :param challenger_alias: the alias scored in shadow (default ``challenger``).
     :param trust_unsigned_models: load a version this provider did not train and sign
         (default False: such a version is refused with ``UntrustedModelError`` before it
         is unpickled; see ``docs/security.md``).
@@ -107,6 +115,8 @@ class BatchPredictionOperator(MlopsBaseOperator):
         window: str | Mapping[str, Any] | DataWindow | None = None,
         window_end: str | None = None,
         partition: str | None = None,
+        shadow: bool = False,
+        challenger_alias: str = "challenger",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,12 +132,25 @@ class BatchPredictionOperator(MlopsBaseOperator):
         self.window = window_param(window)
         self.window_end = window_end
         self.partition = partition
+        self.shadow = shadow is True
+        self.challenger_alias = challenger_alias
         self._openlineage_facts: dict[str, Any] = {}
         if output_uri and not is_templated(output_uri):
             self._check_ids_for(output_uri)
         if (model_name is None) == (model_uri is None):
             raise ConfigError(
                 f"{self.task_id}: give exactly one of model_name (with alias) or model_uri."
+            )
+        if self.shadow and model_name is None:
+            raise ConfigError(
+                f"{self.task_id}: shadow scoring needs model_name (its @{challenger_alias} is "
+                "scored beside the champion), not model_uri."
+            )
+        literal = output_uri and not is_templated(output_uri)
+        if self.shadow and literal and not is_partitioned_output(str(output_uri)):
+            raise ConfigError(
+                f"{self.task_id}: shadow scoring needs output_uri to be a folder or prefix "
+                f"(one partition per run), got {output_uri!r}."
             )
         # Refuse an unsafe literal URI when the DAG is parsed, not hours later at run time.
         if not any(is_templated(v) for v in (model_name, alias, model_uri)):
@@ -203,6 +226,9 @@ class BatchPredictionOperator(MlopsBaseOperator):
                 if result.model_run_id
                 else None
             )
+            shadow = None
+            if self.shadow:
+                shadow = self._score_shadow(client, result, output_uri, chunk_rows, window, trust)
         self.log.info(
             "Scored %d rows in %d chunks with %s (requested %s) -> %s",
             result.rows,
@@ -225,7 +251,71 @@ class BatchPredictionOperator(MlopsBaseOperator):
             "output_uri": self.output_uri if partition is not None else output_uri,
             "tracking_uri": hook.tracking_uri,
         }
-        return result.to_xcom()
+        xcom = result.to_xcom()
+        if self.shadow:
+            xcom["shadow"] = shadow
+        return xcom
+
+    def _score_shadow(
+        self,
+        client: Any,
+        champion: Any,
+        output_uri: str,
+        chunk_rows: int,
+        window: DataWindow,
+        trust: Any,
+    ) -> dict[str, Any]:
+        """Score ``@challenger`` into the shadow partition (same rows, same writer name)."""
+        from airflow_mlops.core.prediction import run_batch_prediction
+        from airflow_mlops.core.prediction_layout import shadow_predictions_uri
+        from airflow_mlops.core.shadow import shadow_challenger
+
+        if champion.partition is None:
+            raise ConfigError(
+                f"{self.task_id}: shadow scoring needs output_uri to be a folder or prefix "
+                "(one partition per run)."
+            )
+        hook = self.mlflow_hook
+        registry = hook.settings.registry_uri or hook.tracking_uri
+        challenger = shadow_challenger(
+            client,
+            champion.model_name,
+            champion.model_version,
+            alias=str(self.challenger_alias),
+            allowed_registry_uri=registry,
+        )
+        if challenger is None:
+            reason = f"no @{self.challenger_alias} other than version {champion.model_version}"
+            self.log.info("Shadow scoring skipped: %s", reason)
+            return {"skipped": reason}
+        # Same partition and file name as the champion's, under <predictions>/_shadow.
+        folder = str(self.output_uri or output_uri)
+        name = output_uri.rsplit("/", 1)[-1]
+        target = f"{shadow_predictions_uri(folder)}/{champion.partition}/{name}"
+        result = run_batch_prediction(
+            client=client,
+            storage=self.storage,
+            model_uri=challenger.pinned_uri,
+            input_uri=self.input_uri,
+            output_uri=target,
+            key_columns=self.key_columns,
+            feature_columns=self.feature_columns,
+            chunk_rows=chunk_rows,
+            allowed_registry_uri=registry,
+            trust=trust,
+            fs=self._input_filesystem(window),
+            window=window,
+            window_end=self.window_end or None,
+            with_scores=True,
+            partition=champion.partition,
+        )
+        self.log.info("Shadow: scored %d rows with %s -> %s", result.rows, result.model_uri, target)
+        return {
+            "output_uri": result.output_uri,
+            "model_version": result.model_version,
+            "rows": result.rows,
+            "output_sha256": result.output_sha256,
+        }
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (called by the provider's listener): the scored data and the model
