@@ -37,6 +37,7 @@ TIMEOUT_SECONDS = 20
 # on the bundled breast-cancer data with a five-tree forest, no validation, no serving check.
 DAG_FILE = """\
 from airflow_mlops.factories import continuous_training_dag, parse_config
+from airflow_mlops.factories.rollback import operations_dags
 
 raw = {{
     "name": {name!r},
@@ -54,7 +55,10 @@ raw = {{
     "monitoring": {{"enabled": False}},
     "notifications": {notifications!r},
 }}
-dag = continuous_training_dag(parse_config(raw, source={name!r}))
+config = parse_config(raw, source={name!r})
+dag = continuous_training_dag(config)
+for operations in operations_dags(config):  # rollback__ and freeze__, triggered from the UI
+    globals()[operations.dag_id] = operations
 """
 NOTIFICATIONS = {
     "notifiers": {"approvers": {"type": "slack_webhook", "http_conn_id": "slack_approvers"}},
@@ -294,3 +298,48 @@ def test_timeout_applies_reject_and_says_nobody_answered(live):
     assert "approvers: reviewer" in pending[0]
     assert "/tasks/approve_promotion/required_actions" in pending[0], pending[0]
     assert "nobody answered" in timed_out[0]
+
+
+def trigger_as(api: Any, dag_id: str, conf: dict[str, Any]) -> str:
+    body = {"logical_date": None, "conf": conf}
+    return api.call("POST", f"/api/v2/dags/{quote(dag_id)}/dagRuns", body)["dag_run_id"]
+
+
+def run_end(live: dict, dag_id: str, run_id: str) -> str:
+    path = f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = live["admin"].call("GET", path)["state"]
+        if state in {"success", "failed"}:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"{dag_id} run {run_id} still {state}\n{live['stack'].log_tails(40)}")
+
+
+def test_operations_freeze_and_unfreeze_from_the_trigger_form_and_rollback_fails_closed(
+    live, mlflow_server
+):
+    """Item 3 on the real stack: the reviewer triggers ``freeze__`` with the form's params
+    through the REST API; the freeze records the authenticated user. A rollback with no
+    earlier champion to go back to fails, and @champion stays."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.alias_history import TAG_FROZEN
+
+    assert wait_run(live, "approve") == "success"  # v1 is the champion
+    name, client = live["model"]["approve"], MlflowClient(mlflow_server)
+    freeze = f"freeze__{name}"
+    live["admin"].wait_for_dag(freeze, timeout_seconds=120)
+    run = trigger_as(live["reviewer"], freeze, {"action": "freeze", "reason": "INC-7 open"})
+    assert run_end(live, freeze, run) == "success"
+    record = json.loads(client.get_registered_model(name).tags[TAG_FROZEN])
+    assert record["reason"] == "INC-7 open" and record["user"] == "reviewer", record
+
+    run = trigger_as(live["reviewer"], freeze, {"action": "unfreeze", "reason": "INC-7 closed"})
+    assert run_end(live, freeze, run) == "success"
+    assert TAG_FROZEN not in client.get_registered_model(name).tags
+
+    rollback = f"rollback__{name}"
+    run = trigger_as(live["reviewer"], rollback, {"reason": "bad predictions"})
+    assert run_end(live, rollback, run) == "failed"
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
