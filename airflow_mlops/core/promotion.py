@@ -11,6 +11,12 @@ reason ``frozen: <reason> (by <who>)``, not a failure. Rollback: the target must
 champion (:func:`airflow_mlops.core.alias_moves.rollback_champion`) and pass the same serving
 check; it is allowed while frozen (an operator's action) and says so in its result.
 
+With ``PromotionOptions.shadow`` (``promotion.require_shadow_partitions``), a qualified
+challenger must also pass the ``shadow_evidence`` rule (:mod:`airflow_mlops.core.shadow`)
+against the current champion before the serving check; its verdict is kept in the record
+(``shadow``) and a failure is outcome ``not_promoted`` with reason ``not promoted: shadow
+evidence from K of N partitions``.
+
 ``PromoteModelOperator`` and ``RollbackModelOperator`` read what only Airflow knows (the run,
 the approval XCom, the ``[mlops]`` settings, the model trust) and call
 :func:`promote_challenger` / :func:`rollback_to_former_champion`.
@@ -47,6 +53,7 @@ __all__ = [
     "PromotionOutcome",
     "RollbackOutcome",
     "ServingCheckOptions",
+    "ShadowRequirement",
     "TrustProvider",
     "check_promotion_inputs",
     "freeze_or_unfreeze",
@@ -82,6 +89,31 @@ class ServingCheckOptions:
 
 
 @dataclass(frozen=True)
+class ShadowRequirement:
+    """``promotion.require_shadow_partitions``/``shadow_min_delta``/``shadow_metric``;
+    ``metric`` None: the policy's first change-threshold metric (else its first metric)."""
+
+    partitions: int
+    min_delta: float = 0.0
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.partitions, bool) or int(self.partitions) < 1:
+            raise ConfigError(
+                f"require_shadow_partitions must be an integer >= 1, got {self.partitions!r}"
+            )
+
+    def metric_for(self, policy: Mapping[str, Any]) -> str:
+        """The gated metric: explicit, else the policy's first change (then value) metric."""
+        names = [*(policy.get("change_thresholds") or {}), *(policy.get("value_thresholds") or {})]
+        if self.metric:
+            return self.metric
+        if not names:
+            raise ConfigError("shadow evidence needs shadow_metric: the policy names no metric")
+        return str(names[0])
+
+
+@dataclass(frozen=True)
 class PromotionOptions:
     """How a promotion runs; ``serving=None`` skips the serving check."""
 
@@ -95,6 +127,7 @@ class PromotionOptions:
     model_card: bool = True
     intended_use: str = ""
     validation: Mapping[str, Any] | None = None
+    shadow: ShadowRequirement | None = None  # shadow evidence required before @champion moves
 
 
 @dataclass(frozen=True)
@@ -162,24 +195,33 @@ def promotion_gate(
     approval: Mapping[str, Any] | None,
     champion: str | None,
     approval_task_id: str | None = None,
+    approval_policy: Mapping[str, Any] | None = None,
 ) -> tuple[str | None, str | None]:
     """``(outcome, reason)`` when nothing may move, else ``(None, None)``.
 
     ``approval`` is :func:`airflow_mlops.core.approval.approval_decision`'s answer, or None
-    when no approval is required.
+    when no approval is required. ``approval_policy``: the ``auto_if_confident`` outcome
+    (:func:`airflow_mlops.core.approval_policy.approval_outcome`); when it asked reviewers,
+    no approval record means no move.
     """
     from airflow_mlops.core.registry import version_label
 
     unchanged = f"@champion unchanged ({version_label(champion)})"
     if not evaluation["promote"]:
         return "not_promoted", f"{evaluation['reason']}; {unchanged}"
+    if approval is None and approval_policy is not None and not approval_policy["confident"]:
+        return (
+            "not_approved",
+            f"{approval_policy['reason']}, but no approval record was given; {unchanged}",
+        )
     # A request superseded by a newer challenger, or timed out to a rejection (no human).
     if approval is not None and not approval["approved"] and approval.get("outcome"):
         return str(approval["outcome"]), f"{approval['reason']}; {unchanged}"
     if approval is not None and not approval["answered"]:
+        asked = f"{approval_policy['reason']}; " if approval_policy is not None else ""
         return (
             "not_approved",
-            f"no answer from approval task {approval_task_id!r}; {unchanged}",
+            f"{asked}no answer from approval task {approval_task_id!r}; {unchanged}",
         )
     if approval is not None and not approval["approved"]:
         if approval["by"] is None:
@@ -319,6 +361,7 @@ def promote_challenger(
     context: RunContext,
     trust: TrustProvider,
     options: PromotionOptions,
+    approval_policy: Mapping[str, Any] | None = None,
 ) -> PromotionOutcome:
     """Gate, serving check, compare-and-set move, record; see the module docstring.
 
@@ -340,13 +383,22 @@ def promote_challenger(
         "model_name": model_name,
         "version": version,
         "approval": approval,
+        "approval_policy": None if approval_policy is None else dict(approval_policy),
         "serving_check": None,
         "promotion": None,
     }
     champion_before = current_alias_version(client, model_name, alias)
     outcome, reason = promotion_gate(
-        evaluation, approval, champion_before, options.approval_task_id
+        evaluation, approval, champion_before, options.approval_task_id, approval_policy
     )
+    if outcome is None and options.shadow is not None:
+        record["shadow"] = _shadow_gate(client, run_id, evaluation, champion_before, options.shadow)
+        if record["shadow"]["verdict"] == "fail":
+            outcome = "not_promoted"
+            reason = (
+                f"not promoted: {record['shadow']['detail']}; @champion unchanged "
+                f"({version_label(champion_before)})"
+            )
     frozen = freeze_state(client, model_name) if outcome is None else None
     if frozen is not None:
         # Checked again under the lock by promote_to_champion; this early exit spares the
@@ -373,7 +425,7 @@ def promote_challenger(
                     f"(still {version_label(champion_before)}); record: {uri}"
                 )
         move = _move_champion(
-            client, storage, evaluation, approval, version, context, trust, options
+            client, storage, evaluation, approval, version, context, trust, options, approval_policy
         )
         record["promotion"] = move.to_dict()
         outcome, reason = move.outcome, promotion_reason(move, evaluation)
@@ -389,7 +441,10 @@ def promote_challenger(
         "previous_champion_version": promotion.get("previous_version", champion_before),
         "reason": reason,
         "approval": approval,
+        "approval_policy": record["approval_policy"],
         "serving_check": record["serving_check"],
+        # The shadow_evidence verdict (its records stay in the promotion record).
+        "shadow": {k: v for k, v in (record.get("shadow") or {}).items() if k != "records"} or None,
         "reevaluations": [
             {k: r.get(k) for k in _REEVALUATION_FIELDS}
             for r in promotion.get("reevaluations") or []
@@ -401,6 +456,28 @@ def promote_challenger(
     return PromotionOutcome(result, client.get_run(run_id).info.experiment_id)
 
 
+def _shadow_gate(
+    client: MlflowClient,
+    run_id: str,
+    evaluation: Mapping[str, Any],
+    champion: str | None,
+    requirement: ShadowRequirement,
+) -> dict[str, Any]:
+    """The ``shadow_evidence`` rule's result and the shadow records it used."""
+    from airflow_mlops.core.shadow import shadow_evidence
+
+    rule, records = shadow_evidence(
+        client,
+        run_id,
+        champion_version=champion,
+        required=requirement.partitions,
+        metric=requirement.metric_for(evaluation.get("policy") or {}),
+        min_delta=requirement.min_delta,
+    )
+    log.info("Shadow evidence: %s (%s)", rule.verdict, rule.detail)
+    return {**rule.to_dict(), "required_partitions": requirement.partitions, "records": records}
+
+
 def _model_card(
     client: MlflowClient,
     model_name: str,
@@ -409,6 +486,10 @@ def _model_card(
     options: PromotionOptions,
 ) -> dict[str, Any] | None:
     if not options.model_card:
+        return None
+    if (record.get("shadow") or {}).get("verdict") == "fail":
+        # Waiting for shadow evidence is not a final decision: the card (written once) waits
+        # for the promote step that finds the evidence, so it shows the decision that counted.
         return None
     from airflow_mlops.core.model_card import write_model_card
 
@@ -432,13 +513,17 @@ def _move_champion(
     context: RunContext,
     trust: TrustProvider,
     options: PromotionOptions,
+    approval_policy: Mapping[str, Any] | None = None,
 ) -> AliasMove:
     from airflow_mlops.core.alias_history import Actor
     from airflow_mlops.core.alias_moves import promote_to_champion
 
     model_name = evaluation["model_name"]
+    reason = evaluation["reason"]
+    if approval_policy is not None:  # the history says whether a human was asked, and why
+        reason = f"{approval_policy['reason']}; {reason}"
     actor = Actor(
-        reason=evaluation["reason"],
+        reason=reason,
         context=context,
         user=(approval or {}).get("by"),
         decision_uri=evaluation.get("decision_artifact_uri"),

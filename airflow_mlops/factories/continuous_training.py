@@ -114,14 +114,14 @@ def continuous_training_dag(config: PipelineConfig | str | Path, **dag_kwargs: A
 def _max_active_runs(config: PipelineConfig) -> int:
     """One run at a time, except that a run waiting for a human must not hold up the next.
 
-    With ``approval: manual`` a second run may train, evaluate and register while the first
+    With an approval that may ask a human (``manual``, ``auto_if_confident``) a second run may train, evaluate and register while the first
     waits: if its challenger qualifies it supersedes the waiting request (which then ends),
     so one waiting run plus one working run is the steady state. Promotions stay safe
     without serialising runs: the promote step moves ``@champion`` under the promotion lock
     with a compare-and-set (re-evaluating against a champion that moved), and a superseded
     version never promotes.
     """
-    return 2 if config.promotion.approval == "manual" else 1
+    return 2 if config.promotion.approval in ("manual", "auto_if_confident") else 1
 
 
 def _ct_tasks(config: PipelineConfig, prefix: str) -> None:

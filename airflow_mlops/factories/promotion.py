@@ -3,8 +3,8 @@ params of the rollback and freeze DAGs triggered from the UI (built in
 :mod:`airflow_mlops.factories.rollback`).
 
 The operators are imported when the tasks are built, like the other factories do, and the
-human-in-the-loop operator only for ``approval="manual"`` (its triggers and pydantic models
-cost tens of milliseconds per process).
+human-in-the-loop operator only for ``approval="manual"`` or ``"auto_if_confident"`` (its
+triggers and pydantic models cost tens of milliseconds per process).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PromotionTasks", "freeze_dag_params", "promotion_tasks", "rollback_dag_params"]
 
-APPROVAL_MODES = ("auto", "manual")
+APPROVAL_MODES = ("auto", "manual", "auto_if_confident")
 
 
 class PromotionTasks(NamedTuple):
@@ -45,6 +45,7 @@ def promotion_tasks(
     fairness: Any = None,
     explain: Any = None,
     approval: str = "auto",
+    auto_confidence: float | None = None,
     task_id_prefix: str = "",
     mlflow_conn_id: str = "mlflow_default",
     aws_conn_id: str | None = "aws_default",
@@ -64,6 +65,11 @@ def promotion_tasks(
     ``timeout_seconds``, ``on_timeout``, ``validation`` and ``notifications``; the promote
     task gets the same ``on_timeout``, so only its own DAG decides whether a timeout approves.
     ``fairness``/``explain`` go to the evaluate task (``evaluation.fairness``/``.explain``).
+
+    ``approval="auto_if_confident"`` wires the same approval task, but it asks nobody (it is
+    skipped) when :func:`~airflow_mlops.core.approval_policy.approval_outcome` finds every rule
+    passed at the confidence bound (``auto_confidence``); the promote task recomputes that
+    verdict from the evaluation and, when not confident, requires the approval record.
     """
     from airflow.providers.standard.operators.empty import EmptyOperator
 
@@ -71,7 +77,11 @@ def promotion_tasks(
     from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
 
     if approval not in APPROVAL_MODES:
-        raise ConfigError(f"approval must be 'auto' or 'manual', got {approval!r}")
+        raise ConfigError(
+            f"approval must be 'auto' or 'manual' (or 'auto_if_confident'), got {approval!r}"
+        )
+    if auto_confidence is not None and approval != "auto_if_confident":
+        raise ConfigError("auto_confidence needs approval='auto_if_confident'")
     conns = {"mlflow_conn_id": mlflow_conn_id, "aws_conn_id": aws_conn_id}
     p = task_id_prefix
     evaluate = EvaluateModelOperator(
@@ -97,10 +107,14 @@ def promotion_tasks(
     evaluate >> register
     approval_task = gate = None
     promote_args: dict[str, Any] = dict(promote_kwargs or {})
-    if approval == "manual":
+    if approval in ("manual", "auto_if_confident"):
         from airflow_mlops.operators.approval import PromotionApprovalOperator
 
         approval_args = dict(approval_kwargs or {})
+        if approval == "auto_if_confident":
+            policy_args = {"approval_policy": approval, "auto_confidence": auto_confidence}
+            approval_args.update(policy_args)
+            promote_args.update(policy_args)
         approval_task = PromotionApprovalOperator(
             task_id=f"{p}approve_promotion",
             evaluation=evaluate.output,

@@ -3,8 +3,9 @@
 Kept apart from :mod:`airflow_mlops.operators.registry` so that importing the registry
 operators (every CT DAG does) does not import ``airflow.providers.standard.operators.hitl``;
 :func:`~airflow_mlops.factories.promotion.promotion_tasks` imports this module only for
-``approval="manual"``. The protocol both operators share (option names, XCom key, body text)
-lives in :mod:`airflow_mlops.core.approval`, so neither operator module imports the other.
+``approval="manual"`` or ``"auto_if_confident"``. The protocol both operators share (option
+names, XCom key, body text) lives in :mod:`airflow_mlops.core.approval`, so neither operator
+module imports the other.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class PromotionApprovalOperator(ApprovalOperator):
         when the request starts waiting, ``approval_timed_out`` when the default applied.
     :param supersede_poll_seconds: how often the trigger reads the registry for a supersede
         tag (default ``[mlops] approval_supersede_poll_seconds``, else 30).
+    :param approval_policy: ``manual`` (default: always ask) or ``auto_if_confident``: skip
+        the question when :func:`~airflow_mlops.core.approval_policy.approval_outcome` finds
+        the evidence confident; otherwise ask, with the reason at the top of the body.
+    :param auto_confidence: ``promotion.auto_confidence`` (None: the policy's levels, 0.95).
     """
 
     template_fields: Sequence[str] = (
@@ -102,8 +107,14 @@ class PromotionApprovalOperator(ApprovalOperator):
         validation: Any = None,
         notifications: Any = None,
         supersede_poll_seconds: float | None = None,
+        approval_policy: str = "manual",
+        auto_confidence: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if approval_policy not in ("manual", "auto_if_confident"):
+            raise ConfigError(
+                f"approval_policy must be 'manual' or 'auto_if_confident', got {approval_policy!r}"
+            )
         # Without an explicit subject, one naming the model and version is built at run time.
         default_subject = "subject" not in kwargs
         kwargs.setdefault("subject", "Promote the challenger to @champion?")
@@ -127,6 +138,9 @@ class PromotionApprovalOperator(ApprovalOperator):
         self.on_timeout = on_timeout
         self.notifications = notifications
         self.supersede_poll_seconds = supersede_poll_seconds
+        self.approval_policy = approval_policy
+        self.auto_confidence = auto_confidence
+        self._asked_because: str | None = None
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -143,6 +157,16 @@ class PromotionApprovalOperator(ApprovalOperator):
             raise AirflowSkipException(
                 f"No approval needed: the policy did not qualify the challenger ({evaluation.get('reason')})"
             )
+        if self.approval_policy == "auto_if_confident":
+            from airflow_mlops.core.approval_policy import approval_outcome
+
+            # Decided at run time from the evaluation record; the promote task decides again
+            # from the same record, so a skipped question is never taken as an approval.
+            outcome = approval_outcome(evaluation, self.auto_confidence)
+            if outcome["confident"]:
+                raise AirflowSkipException(f"No approval needed: {outcome['reason']}")
+            self._asked_because = outcome["reason"]
+            self.log.info("auto_if_confident: %s", outcome["reason"])
         model, version = registration["model_name"], str(registration["version"])
         if self._default_subject:
             self.subject = f"Promote {model} version {version} to @champion?"
@@ -224,6 +248,10 @@ class PromotionApprovalOperator(ApprovalOperator):
                     on_timeout=self.on_timeout,
                 ),
             )
+            if self._asked_because:
+                self.body = (
+                    f"**Approval policy:** auto_if_confident: {self._asked_because}\n\n{self.body}"
+                )
             superseded = core.read_superseded_by(client, model, version)
             if superseded is not None:
                 return superseded

@@ -231,6 +231,13 @@ class PromoteModelOperator(MlopsBaseOperator):
         with the record fails the task (``ApprovalError``) (templated).
     :param approval_on_timeout: ``reject`` (default) or ``approve``: whether the default
         answer applied at the approval's timeout (no responder) may move the champion.
+    :param approval_policy: None (the approval task, if any, is always required) or
+        ``auto_if_confident``: the confidence verdict is recomputed here from the evaluation
+        (:func:`~airflow_mlops.core.approval_policy.approval_outcome`, never from an XCom);
+        confident promotes without an approval record, otherwise ``approval_task_id``'s
+        authenticated answer is required as for manual. Policy and outcome go to the
+        promotion record, the card and the alias history reason.
+    :param auto_confidence: ``promotion.auto_confidence`` (None: the policy's levels, 0.95).
     :param on_champion_changed: ``reevaluate`` or ``fail`` (templated).
     :param max_reevaluations: bound on re-scoring rounds under the lock.
     :param serving_check: run the clean-process serving check (templated).
@@ -242,6 +249,13 @@ class PromoteModelOperator(MlopsBaseOperator):
     :param intended_use: the card's intended use (the pipeline's description).
     :param validation: the validate task's summary, for the card (templated); ``None`` when
         the pipeline validates nothing.
+    :param require_shadow_partitions: require shadow evidence (``shadow_evidence`` rule,
+        :mod:`airflow_mlops.core.shadow`): the challenger scored in shadow beside the current
+        champion on this many labelled partitions; fewer is ``not_promoted`` ("shadow
+        evidence from K of N partitions"). None: no shadow evidence required.
+    :param shadow_min_delta: smallest mean improvement of the challenger over the champion
+        on the shadow metric over those partitions (metric units; negative tolerates a drop).
+    :param shadow_metric: the shadow metric; default: the policy's first change metric.
     """
 
     template_fields: Sequence[str] = (
@@ -280,9 +294,29 @@ class PromoteModelOperator(MlopsBaseOperator):
         model_card: bool = True,
         intended_use: str = "",
         validation: Any = None,
+        require_shadow_partitions: int | None = None,
+        shadow_min_delta: float = 0.0,
+        shadow_metric: str | None = None,
+        approval_policy: str | None = None,
+        auto_confidence: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**_with_champion_alias_outlet(kwargs))
+        if approval_policy not in (None, "auto_if_confident"):
+            raise ConfigError(
+                f"{self.task_id}: approval_policy must be None or 'auto_if_confident', "
+                f"got {approval_policy!r}"
+            )
+        if approval_policy and not approval_task_id:
+            # Not confident must mean "ask": without an approval task nobody could answer.
+            raise ConfigError(
+                f"{self.task_id}: approval_policy={approval_policy!r} needs approval_task_id"
+            )
+        self.approval_policy = approval_policy
+        self.auto_confidence = auto_confidence
+        self.require_shadow_partitions = require_shadow_partitions
+        self.shadow_min_delta = shadow_min_delta
+        self.shadow_metric = shadow_metric
         if on_champion_changed not in CHAMPION_CHANGED_ACTIONS and not is_templated(
             on_champion_changed
         ):
@@ -318,14 +352,23 @@ class PromoteModelOperator(MlopsBaseOperator):
         evaluation = as_mapping(self.evaluation, "evaluation")
         registration = as_mapping(self.registration, "registration")
         check_promotion_inputs(evaluation, registration)
+        policy_outcome = None
+        if self.approval_policy:
+            from airflow_mlops.core.approval_policy import approval_outcome
+
+            # Recomputed from the evaluation itself: no XCom saying "confident" is read.
+            policy_outcome = approval_outcome(evaluation, self.auto_confidence)
+            self.log.info("%s: %s", self.approval_policy, policy_outcome["reason"])
         hook = self.mlflow_hook
         with hook.session() as client:
+            confident = policy_outcome is not None and policy_outcome["confident"]
             promotion = promote_challenger(
                 client,
                 self.storage,
                 evaluation,
                 registration,
-                approval=self._approval(context, client, registration),
+                approval=None if confident else self._approval(context, client, registration),
+                approval_policy=policy_outcome,
                 context=self.run_context(context),
                 trust=model_trust,
                 options=PromotionOptions(
@@ -336,6 +379,7 @@ class PromoteModelOperator(MlopsBaseOperator):
                     artifact=str(self.promotion_artifact),
                     approval_task_id=self.approval_task_id,
                     model_card=bool(self.model_card),
+                    shadow=self._shadow_requirement(),
                     intended_use=str(self.intended_use or ""),
                     validation=(
                         None
@@ -372,6 +416,19 @@ class PromoteModelOperator(MlopsBaseOperator):
             model_version=result["version"],
         )
         return result
+
+    def _shadow_requirement(self) -> Any:
+        """``ShadowRequirement`` from the parameters, or None when none is required."""
+        from airflow_mlops.core.promotion import ShadowRequirement
+        from airflow_mlops.operators.base import as_number
+
+        if self.require_shadow_partitions is None:
+            return None
+        return ShadowRequirement(
+            partitions=as_number(self.require_shadow_partitions, int, "require_shadow_partitions"),
+            min_delta=as_number(self.shadow_min_delta, float, "shadow_min_delta"),
+            metric=self.shadow_metric or None,
+        )
 
     def _approval(
         self, context: Context, client: Any, registration: dict[str, Any]
