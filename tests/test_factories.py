@@ -313,3 +313,32 @@ monitoring:
     assert config.evaluation.on == "newest"
     assert config.monitoring.decay.on_empty == "skip"
     assert monitoring_dag(config).get_task("decay").on_empty == "skip"
+
+
+def test_fairness_and_explain_sections_reach_the_evaluate_task():
+    """A fairness gate written in the YAML must gate: the evaluate task gets it as written."""
+    from airflow_mlops.factories import continuous_training_dag
+
+    fairness = {"sensitive": ["sex"], "metrics": {"recall": {"max": 0.1}}}
+    config = parse_config(
+        minimal(evaluation={"fairness": fairness, "explain": {"max_rows": 500, "seed": 7}})
+    )
+    evaluate = continuous_training_dag(config).get_task("evaluate")
+    assert evaluate.fairness == config.evaluation.fairness.model_dump(mode="json")
+    assert evaluate.fairness["metrics"]["recall"]["max"] == 0.1
+    assert evaluate.explain["max_rows"] == 500 and evaluate.explain["seed"] == 7
+    plain = continuous_training_dag(parse_config(minimal())).get_task("evaluate")
+    assert plain.fairness is None
+
+
+def test_a_sensitive_column_excluded_from_features_stays_in_the_holdout():
+    from airflow_mlops.factories import continuous_training_dag
+
+    fairness = {
+        "sensitive": {"sex": {"exclude_from_features": True}, "band": {}},
+        "metrics": {"recall": {"max": 0.1}},
+    }
+    config = parse_config(minimal(evaluation={"fairness": fairness}))
+    train = continuous_training_dag(config).get_task("train")
+    assert "sex" in train.exclude and "band" not in train.exclude
+    assert train.holdout_columns == ["sex"]

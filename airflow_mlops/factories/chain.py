@@ -103,7 +103,8 @@ def single_model_chain(
         training=config.training,
         model_name=model,
         features=config.data.features,
-        exclude=config.data.exclude or None,
+        exclude=[*config.data.exclude, *_unlearned_sensitive(config)] or None,
+        holdout_columns=_unlearned_sensitive(config) or None,
         extra_tags={
             TAG_PIPELINE_CONFIG_HASH: fingerprint,
             TAG_PIPELINE: config.name,
@@ -122,8 +123,17 @@ def single_model_chain(
         slices=config.evaluation.slices or None,
         evaluation_on=config.evaluation.on,
         min_rows=config.evaluation.min_rows,
+        fairness=_model_json(config.evaluation.fairness),
+        explain=_model_json(config.evaluation.explain),
         approval=config.promotion.approval,
-        promote_kwargs={"serving_check": config.promotion.serving_check},
+        auto_confidence=config.promotion.auto_confidence,
+        approval_kwargs=_approval_kwargs(config, chain),
+        promote_kwargs={
+            "serving_check": config.promotion.serving_check,
+            "intended_use": config.description,
+            "validation": _validate_output(chain),
+            **_shadow_kwargs(config),
+        },
         **conns,
     )
     train >> promotion.evaluate
@@ -137,12 +147,59 @@ def single_model_chain(
             output_uri=config.data.predictions_uri,
             key_columns=config.data.id_columns,
             model_name=model,
+            shadow=config.prediction.shadow,
             allowed_data_prefixes=prefixes,
             **conns,
         )
         last >> predict
         last = predict
     return last
+
+
+def _shadow_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    """The promote task's shadow-evidence settings (``promotion.require_shadow_partitions``)."""
+    promotion = config.promotion
+    if promotion.require_shadow_partitions is None:
+        return {}
+    return {
+        "require_shadow_partitions": promotion.require_shadow_partitions,
+        "shadow_min_delta": promotion.shadow_min_delta or 0.0,
+        "shadow_metric": promotion.shadow_metric,
+    }
+
+
+def _approval_kwargs(config: PipelineConfig, chain: list[Any]) -> dict[str, Any] | None:
+    """The approval task's settings from ``promotion`` (approvers, timeout, on_timeout), the
+    validate task's summary for its body, and the notifiers of ``approval_pending`` and
+    ``approval_timed_out``."""
+    promotion = config.promotion
+    if promotion.approval not in ("manual", "auto_if_confident"):
+        return None
+    return {
+        "approvers": list(promotion.approvers),
+        "timeout_seconds": promotion.timeout,
+        "on_timeout": promotion.on_timeout,
+        "validation": _validate_output(chain),
+        "notifications": config.notifications,
+    }
+
+
+def _unlearned_sensitive(config: PipelineConfig) -> list[str]:
+    """Sensitive columns the model must not learn from: excluded from the features, kept in
+    the holdout so the fairness gate can measure over them."""
+    fairness = config.evaluation.fairness
+    return [] if fairness is None else fairness.excluded_features
+
+
+def _model_json(section: Any) -> Any:
+    """An optional config section as the JSON its operator takes (``None`` stays ``None``)."""
+    return None if section is None else section.model_dump(mode="json")
+
+
+def _validate_output(chain: list[Any]) -> Any:
+    """The validate task's summary (an XComArg), or ``None`` when the chain validates nothing."""
+    validate = next((t for t in chain if t.task_id == "validate"), None)
+    return None if validate is None else validate.output
 
 
 def new_data_asset(config: PipelineConfig) -> Asset | None:

@@ -27,6 +27,8 @@ from airflow_mlops.core.constants import (
 )
 from airflow_mlops.core.data_window import DataWindow
 from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.explanations import ExplainSpec
+from airflow_mlops.core.fairness import FairnessSpec
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, PromotionPolicy
 from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
@@ -179,11 +181,92 @@ class EvaluationConfig(_Section):
         ge=1,
         description="Fewer comparable rows: not promoted, insufficient evidence.",
     )
+    fairness: FairnessSpec | None = Field(
+        None,
+        description="Fairness gate on the same rows: sensitive columns, metrics "
+        "(demographic_parity_difference, equalized_odds_difference, recall, precision) and "
+        "bounds (max, max_increase). See docs/governance.md.",
+    )
+    explain: ExplainSpec = Field(
+        default_factory=ExplainSpec,
+        description="Permutation importance of the challenger on a seeded sample of the same "
+        "rows (max_rows, n_repeats, top, seed; shap for tree models when installed).",
+    )
 
 
 class PromotionConfig(_Section):
-    approval: Literal["auto", "manual"] = "auto"
+    approval: Literal["auto", "manual", "auto_if_confident"] = "auto"
+    auto_confidence: float | None = Field(
+        None,
+        ge=0.5,
+        lt=1.0,
+        description="approval: auto_if_confident: level of the difference's bootstrap "
+        "interval whose pessimistic bound must clear each change threshold. Empty: the "
+        "threshold's min_confidence, else 0.95 (the level evaluation records).",
+    )
     serving_check: bool = True
+    approvers: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description="approval: manual: the Airflow users (ids; user names with the simple "
+        "auth manager) who may answer. Empty: any user allowed to edit the DAG's tasks.",
+    )
+    timeout: float | None = Field(
+        None,
+        description="approval: manual: seconds to wait for an answer; then on_timeout applies "
+        "(recorded as a timeout, answered by nobody). Empty: wait until answered.",
+    )
+    on_timeout: Literal["reject", "approve"] = Field(
+        "reject", description="The answer applied when the timeout passes unanswered."
+    )
+    require_shadow_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Shadow evidence before @champion moves: the challenger scored in shadow "
+        "(prediction.shadow) beside the current champion on this many labelled partitions; "
+        "fewer: not promoted, 'shadow evidence from K of N partitions'.",
+    )
+    shadow_min_delta: float | None = Field(
+        None,
+        description="Smallest mean improvement of the challenger over the champion on the "
+        "shadow metric over those partitions (metric units; default 0.0).",
+    )
+    shadow_metric: str | None = Field(
+        None, description="The shadow metric; default: the policy's first change metric."
+    )
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float | None:
+        from airflow_mlops.core.values import parse_seconds
+
+        return None if value is None else parse_seconds(value, "promotion.timeout", positive=True)
+
+    @model_validator(mode="after")
+    def _manual_only(self) -> PromotionConfig:
+        if self.approval not in ("manual", "auto_if_confident"):
+            for name in ("approvers", "timeout"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"promotion.{name} needs promotion.approval: manual or auto_if_confident"
+                    )
+        if self.auto_confidence is not None and self.approval != "auto_if_confident":
+            raise ValueError(
+                "promotion.auto_confidence needs promotion.approval: auto_if_confident"
+            )
+        if self.on_timeout == "approve" and self.timeout is None:
+            raise ValueError("promotion.on_timeout: approve needs promotion.timeout")
+        if len(set(self.approvers)) != len(self.approvers):
+            raise ValueError("promotion.approvers lists a user twice")
+        return self
+
+
+class PredictionConfig(_Section):
+    shadow: bool = Field(
+        False,
+        description="Batch prediction also scores @challenger (when it differs from "
+        "@champion) into <predictions_uri>/_shadow/, which readers skip; the decay check "
+        "scores both on the same labelled rows per partition.",
+    )
 
 
 class DecayConfig(_Section):
@@ -230,6 +313,41 @@ class MonitoringConfig(_Section):
 class SegmentsConfig(_Section):
     column: str = Field(description="Column whose values split the data, one model per value.")
     values: list[str] = Field(min_length=1, description="The segment values to train.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Segments trained, gated and promoted per task (batched mode, "
+        "core/segment_batch.py). Unset: one mapped chain of tasks per segment up to 100 "
+        "segments, chunks of 25 above.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Batched mode: segments of a chunk run at once in one task (threads), so "
+        "their MLflow requests and serving checks overlap.",
+    )
+
+    @property
+    def effective_batch_size(self) -> int | None:
+        """The chunk size in use, or None for one mapped chain per segment."""
+        from airflow_mlops.core.segments import DEFAULT_BATCH_SIZE, PER_SEGMENT_CHAIN_MAX
+
+        if self.batch_size is not None:
+            return self.batch_size
+        return DEFAULT_BATCH_SIZE if len(self.values) > PER_SEGMENT_CHAIN_MAX else None
+
+    @model_validator(mode="after")
+    def _chunks_fit_one_mapped_task(self) -> SegmentsConfig:
+        from airflow_mlops.core.segments import MAX_MAPPED, chunk_count
+
+        size = self.effective_batch_size
+        if size is not None and chunk_count(len(self.values), size) > MAX_MAPPED:
+            raise ValueError(
+                f"segments.batch_size {size} makes {chunk_count(len(self.values), size)} "
+                f"tasks for {len(self.values)} segments; Airflow maps at most {MAX_MAPPED}"
+            )
+        return self
 
 
 class PipelineConfig(_Section):
@@ -252,7 +370,41 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     segments: SegmentsConfig | None = None
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+
+    @model_validator(mode="after")
+    def _auto_confidence_is_recorded(self) -> PipelineConfig:
+        """auto_if_confident reads intervals from the evaluation record: 0.95, or a change
+        threshold's min_confidence. Any other level would always ask: refuse it here."""
+        level = self.promotion.auto_confidence
+        policy = self.evaluation.policy
+        levels = {0.95, *(policy.confidence_levels().values() if policy else ())}
+        if level is not None and not any(abs(level - known) < 1e-12 for known in levels):
+            raise ValueError(
+                f"promotion.auto_confidence: no {level:g} interval is recorded by evaluation; "
+                f"use one of {sorted(levels)} (0.95 or a change threshold's min_confidence)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batched_segments_need_no_human(self) -> PipelineConfig:
+        """Batched segments (core/segment_batch.py) gate on the policy and the serving check
+        only: refuse the gates they do not run rather than promote without them."""
+        batched = self.segments is not None and self.segments.effective_batch_size is not None
+        if not batched:
+            return self
+        where = "batched segments (segments.batch_size, or more than 100 segments)"
+        if self.promotion.approval != "auto":
+            raise ValueError(
+                f"promotion.approval: {self.promotion.approval} cannot be used with {where}: a "
+                "task promotes a whole chunk and cannot wait for one answer per segment"
+            )
+        if self.promotion.require_shadow_partitions is not None:
+            raise ValueError(f"promotion.require_shadow_partitions is not run by {where}")
+        if self.evaluation.fairness is not None:
+            raise ValueError(f"evaluation.fairness is not run by {where}")
+        return self
 
     @model_validator(mode="after")
     def _segments_write_no_shared_predictions(self) -> PipelineConfig:
@@ -260,6 +412,60 @@ class PipelineConfig(_Section):
             raise ValueError(
                 "data.predictions_uri cannot be used with segments: every segment would "
                 "overwrite the same file; score each segment's model in its own DAG"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shadow_needs_partitions_and_labels(self) -> PipelineConfig:
+        """Shadow scoring writes beside predictions by partition; shadow evidence needs it
+        and the decay check that records it."""
+        from airflow_mlops.core.policy import default_direction
+        from airflow_mlops.core.prediction_layout import is_partitioned_output
+
+        data, promotion = self.data, self.promotion
+        if self.prediction.shadow and not (
+            data.inference_uri
+            and data.predictions_uri
+            and data.id_columns
+            and is_partitioned_output(data.predictions_uri)
+        ):
+            raise ValueError(
+                "prediction.shadow needs data.inference_uri, data.id_columns and a "
+                "data.predictions_uri folder or prefix (one partition per run)"
+            )
+        if promotion.require_shadow_partitions is None:
+            if promotion.shadow_min_delta is not None or promotion.shadow_metric:
+                raise ValueError(
+                    "promotion.shadow_min_delta and shadow_metric need "
+                    "promotion.require_shadow_partitions"
+                )
+            return self
+        if not self.prediction.shadow or self.monitoring.decay is None:
+            raise ValueError(
+                "promotion.require_shadow_partitions needs prediction.shadow: true and "
+                "monitoring.decay (the decay check records the shadow evidence)"
+            )
+        metric = promotion.shadow_metric
+        if metric and default_direction(metric) is None:
+            raise ValueError(f"promotion.shadow_metric {metric!r} is not a known metric")
+        return self
+
+    @model_validator(mode="after")
+    def _stale_after_needs_a_scheduled_monitoring_dag(self) -> PipelineConfig:
+        """The staleness check is a task of the monitoring DAG: refuse a bound no run checks."""
+        if self.notifications.stale_after is None:
+            return self
+        monitoring = self.monitoring
+        if not (monitoring.enabled and (monitoring.current_uri or self.data.inference_uri)):
+            raise ValueError(
+                "notifications.stale_after: the staleness check runs in the monitoring DAG, "
+                "which this pipeline does not get (needs monitoring.enabled and "
+                "monitoring.current_uri or data.inference_uri)"
+            )
+        if monitoring.schedule is None:
+            raise ValueError(
+                "notifications.stale_after: monitoring.schedule is null, so nothing runs the "
+                "staleness check; give the monitoring DAG a schedule (e.g. '@daily')"
             )
         return self
 
