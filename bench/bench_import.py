@@ -48,7 +48,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     modules = public_modules()
-    on_demand = ("airflow_mlops.plugins.mlops_app", "airflow_mlops.operators.approval")
+    # Loaded only by what needs them: the page's app in the API server; the approval
+    # operator by DAGs with a human approval, and its trigger by the triggerer.
+    on_demand = (
+        "airflow_mlops.plugins.mlops_app",
+        "airflow_mlops.operators.approval",
+        "airflow_mlops.triggers.approval",
+    )
     processes = [m for m in modules if m not in on_demand and m != "airflow_mlops.cli"]
     dag_path = [m for m in processes if not m.startswith("airflow_mlops.plugins")]
     sets = {"all": modules, "processes": processes, "dag_path": dag_path}

@@ -274,7 +274,9 @@ def _detect_changes(
         files = select_window(
             resolve_files(fs, spec.train_uri), settings.job.window, end=window_end or None
         )
-        manifest = _champion_manifest(client, champion.run_id if champion else None)
+        from airflow_mlops.core.comparison import run_manifest
+
+        manifest = run_manifest(client, champion.run_id if champion else None)
         data = (
             compare_with_manifest(manifest, files, fs)
             if manifest is not None
@@ -292,24 +294,6 @@ def _detect_changes(
     if not decision.train:
         raise _Skipped(decision.reason, result)
     return result
-
-
-def _champion_manifest(client: MlflowClient, run_id: str | None) -> Any:
-    """The champion run's ``mlops/manifest.json`` (as ``DetectChangesOperator`` reads it)."""
-    import tempfile
-    from pathlib import Path
-
-    from airflow_mlops.core.lineage import MANIFEST_ARTIFACT_PATH
-    from airflow_mlops.core.manifest import Manifest
-
-    if not run_id:
-        return None
-    folder = MANIFEST_ARTIFACT_PATH.rsplit("/", 1)[0]
-    if MANIFEST_ARTIFACT_PATH not in {a.path for a in client.list_artifacts(run_id, folder)}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, MANIFEST_ARTIFACT_PATH, tmp)
-        return Manifest.from_json(Path(local).read_text(encoding="utf-8"))
 
 
 def _validate(
