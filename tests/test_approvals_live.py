@@ -175,15 +175,7 @@ def wait_task(live: dict, case: str, task_id: str, states: set[str], run_id: str
 
 
 def wait_run(live: dict, case: str, run_id: str | None = None) -> str:
-    dag_id, run_id = live["dags"][case], run_id or live["runs"][case]
-    path = f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        state = live["admin"].call("GET", path)["state"]
-        if state in {"success", "failed"}:
-            return state
-        time.sleep(1)
-    raise AssertionError(f"{case}: run {run_id} still {state}")
+    return run_end(live, live["dags"][case], run_id or live["runs"][case], timeout_s=240)
 
 
 def xcom(live: dict, case: str, task_id: str, key: str = "return_value", run_id: str = "") -> Any:
@@ -315,9 +307,10 @@ def trigger_as(api: Any, dag_id: str, conf: dict[str, Any]) -> str:
     return api.call("POST", f"/api/v2/dags/{quote(dag_id)}/dagRuns", body)["dag_run_id"]
 
 
-def run_end(live: dict, dag_id: str, run_id: str) -> str:
+def run_end(live: dict, dag_id: str, run_id: str, timeout_s: float = 180) -> str:
+    """The run's end state (``success``/``failed``); fails with the stack's logs on timeout."""
     path = f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = live["admin"].call("GET", path)["state"]
         if state in {"success", "failed"}:
