@@ -35,6 +35,7 @@ import argparse
 import json
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,6 +145,26 @@ def profiled(stats) -> dict[str, float]:
     return totals
 
 
+# Requests by the provider function that sent them ("<request> <- module.function"), for
+# --profile: which step to make cheaper.
+CALLERS: dict[str, int] = {}
+
+
+def _provider_caller() -> str:
+    """The innermost airflow_mlops frame of the current stack (``module.function``)."""
+    import sys
+    import threading
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        # core.mlflow_client wraps every client call: the caller of the wrapper counts.
+        if module.startswith("airflow_mlops.") and module != "airflow_mlops.core.mlflow_client":
+            return f"{module.removeprefix('airflow_mlops.')}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return f"? (thread {threading.current_thread().name.split('_')[0]})"
+
+
 def count_requests() -> dict[str, int]:
     """Count the HTTP requests this process sends, by method and API path (ids dropped)."""
     import re
@@ -160,6 +181,8 @@ def count_requests() -> dict[str, int]:
             path = "/".join(path.split("/")[:5]) + "/..."
         key = f"{method} {re.sub(r'/[0-9a-f]{32}', '/<id>', path)}"
         counts[key] = counts.get(key, 0) + 1
+        caller = f"{key} <- {_provider_caller()}"
+        CALLERS[caller] = CALLERS.get(caller, 0) + 1
         return original(self, method, url, *args, **kwargs)
 
     requests.Session.request = request
@@ -252,6 +275,9 @@ def run_size(
 
         profiler.disable()
         hotspots = profiled(pstats.Stats(profiler))
+        dumped = Path(tempfile.gettempdir()) / f"bench_segments_{mode}_{segments}_w{workers}.prof"
+        profiler.dump_stats(dumped)
+        print(f"cProfile stats: {dumped} (python -m pstats)")
     rows_ = task_rows(dag.dag_id, dag_run.run_id)
     tasks = per_task_totals(rows_)
     sizes = xcom_sizes(dag.dag_id, dag_run.run_id)
@@ -297,6 +323,12 @@ def run_size(
             k: round(v / segments, 2)
             for k, v in sorted(requests_made.items(), key=lambda kv: -kv[1])
         }
+        result["requests_by_caller_per_model"] = {
+            k: round(v / segments, 2)
+            for k, v in sorted(CALLERS.items(), key=lambda kv: -kv[1])
+            if v >= segments / 2
+        }
+        CALLERS.clear()
     return result
 
 
@@ -347,6 +379,9 @@ def print_result(r: dict, rows: int) -> None:
     if requests_made:
         lines.append(("HTTP requests per model", f"{sum(requests_made.values()):.1f}"))
         lines += [(f"  {k}", f"{v}") for k, v in list(requests_made.items())[:25]]
+        callers = r.get("requests_by_caller_per_model") or {}
+        lines.append(("HTTP requests per model, by provider function", ""))
+        lines += [(f"  {k}", f"{v}") for k, v in callers.items()]
     mode = f"{r['mode']}" + (
         f", chunks of {r['batch_size']}, {r['workers']} worker(s)" if r["batch_size"] else ""
     )

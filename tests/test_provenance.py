@@ -225,6 +225,37 @@ def test_a_re_uploaded_model_file_is_refused(client, tracking, tmp_path, signed,
     assert not marker.exists()
 
 
+def test_within_a_reuse_block_a_model_is_fetched_once_and_every_copy_is_still_checked(
+    client, tracking, tmp_path, signed, monkeypatch
+):
+    """A batched segment signs, scores and serving-checks the same model: one download from
+    MLflow, and each use is checked under its own trust as if it had downloaded."""
+    from airflow_mlops.core import provenance
+
+    fetched: list[str] = []
+    real = provenance.download_model
+    monkeypatch.setattr(
+        provenance, "download_model", lambda uri, dst: fetched.append(uri) or real(uri, dst)
+    )
+    logged_uri = signed["result"]["model_uri"]
+    version_uri = f"models:/{signed['name']}/{signed['version']}"
+    with provenance.reusing_model_downloads():
+        first = provenance.verified_local_copy(client, logged_uri, str(tmp_path / "a"), SIGNED)
+        second = provenance.verified_local_copy(client, version_uri, str(tmp_path / "b"), SIGNED)
+        with pytest.raises(UntrustedModelError, match="signed with another key"):
+            provenance.verified_local_copy(
+                client,
+                version_uri,
+                str(tmp_path / "c"),
+                ModelTrust(signing_key=b"another-key-0123456789"),
+            )
+    assert fetched == [logged_uri]
+    assert artifact_digest(first) == artifact_digest(second)
+    assert (Path(second) / "MLmodel").is_file()
+    provenance.verified_local_copy(client, version_uri, str(tmp_path / "d"), SIGNED)
+    assert fetched == [logged_uri, version_uri]  # outside the block: downloaded again
+
+
 def test_digest_covers_every_file_and_ignores_the_download_only_meta_file(tmp_path):
     (tmp_path / "MLmodel").write_text("a")
     (tmp_path / "sub").mkdir()

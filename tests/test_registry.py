@@ -644,3 +644,45 @@ def test_the_lock_clock_skew_comes_from_the_mlops_settings(monkeypatch):
         ConfigError, match=r"\[mlops\] lock_clock_skew_seconds must be seconds >= 0"
     ):
         _lock_options(900, 60)
+
+
+def test_the_connection_client_checks_each_name_for_a_prompt_once(tracking, tmp_path, monkeypatch):
+    """MLflow reads the registered model before every tag, alias or delete request to refuse
+    a prompt; the provider's client does that once per name, and an alias move reads the
+    model once for its alias, freeze state and history summary."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.alias_moves import promote_to_champion, set_challenger
+    from airflow_mlops.core.mlflow_client import connection_client
+    from airflow_mlops.core.mlflow_settings import MlflowSettings
+    from airflow_mlops.core.registry import register_version
+
+    client = connection_client(MlflowSettings(tracking_uri=tracking))
+    name = unique_name("reads")
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    ctx = RunContext(dag_id="tests", run_id="r", task_id="register")
+    version = register_version(client, name, result["model_uri"], context=ctx).version
+    reads: list[str] = []
+    real = type(client).get_registered_model
+    monkeypatch.setattr(
+        type(client),
+        "get_registered_model",
+        lambda self, model: reads.append(model) or real(self, model),
+    )
+    assert set_challenger(client, name, version, actor("register")).outcome == "set"
+    assert reads.count(name) == 3, reads  # the move's read, the prompt check, the read-back
+    reads.clear()
+    move = promote_to_champion(
+        client, name, version, evaluated_champion=None, actor=actor("promote")
+    )
+    assert move.outcome == "promoted"
+    assert reads.count(name) == 2, reads  # the move's read and the read-back
+
+    prompt = unique_name("prompt")
+    other = MlflowClient(tracking)
+    other.create_registered_model(prompt)
+    other.set_registered_model_tag(prompt, IS_PROMPT_TAG_KEY, "true")  # as a prompt is stored
+    with pytest.raises(MlflowException, match=r"Registered Model with name=.* not found"):
+        set_challenger(client, prompt, "1", actor("register"))

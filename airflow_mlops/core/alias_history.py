@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from airflow_mlops.core.lineage import RunContext
-from airflow_mlops.core.registry import iter_versions
+from airflow_mlops.core.registry import ModelState, iter_versions, read_model_state
 
 __all__ = [
     "HISTORY_SUMMARY_MAX_CHARS",
@@ -47,7 +46,9 @@ __all__ = [
     "find_event_by_key",
     "fit_summary",
     "freeze_state",
+    "frozen_of",
     "frozen_reason",
+    "history_of",
     "latest_alias_event",
     "make_event",
     "recent_alias_history",
@@ -135,14 +136,14 @@ def fit_summary(events: list[dict[str, Any]], max_chars: int = HISTORY_SUMMARY_M
 
 def recent_alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]:
     """The summary kept on the registered model (newest last); [] when absent or unreadable."""
+    return history_of(read_model_state(client, model_name), model_name)
+
+
+def history_of(state: ModelState, model_name: str) -> list[dict[str, Any]]:
+    """The history summary in a registered model's tags (newest last); [] when absent or
+    unreadable."""
     try:
-        tags = client.get_registered_model(model_name).tags or {}
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return []
-        raise
-    try:
-        events = json.loads(tags.get(TAG_ALIAS_HISTORY, "[]"))
+        events = json.loads(state.tags.get(TAG_ALIAS_HISTORY, "[]"))
     except json.JSONDecodeError:
         log.warning("Tag %s of %s is not JSON; ignoring it.", TAG_ALIAS_HISTORY, model_name)
         return []
@@ -164,12 +165,17 @@ def alias_history(client: MlflowClient, model_name: str) -> list[dict[str, Any]]
 
 
 def record_alias_event(
-    client: MlflowClient, model_name: str, event: dict[str, Any]
+    client: MlflowClient,
+    model_name: str,
+    event: dict[str, Any],
+    state: ModelState | None = None,
 ) -> dict[str, Any]:
     """Append ``event``: a per-version tag (never rewritten) and the registered-model summary.
 
-    Call with the promotion lock held: the summary is a read-modify-write. An event without a
-    version (a freeze of a model that has no champion) goes to the summary only.
+    Call with the promotion lock held: the summary is a read-modify-write. ``state``: the
+    model as read under that same lock hold (alias writes leave its tags as they were), so
+    the summary is not read again. An event without a version (a freeze of a model that has
+    no champion) goes to the summary only.
     """
     stamp = int(time.time() * 1000)
     if event["version"] is not None:
@@ -179,7 +185,10 @@ def record_alias_event(
             f"{TAG_ALIAS_EVENT_PREFIX}{stamp:013d}-{event['id']}",
             json.dumps(event, separators=(",", ":")),
         )
-    summary = [*recent_alias_history(client, model_name), _compact(event)]
+    earlier = (
+        recent_alias_history(client, model_name) if state is None else history_of(state, model_name)
+    )
+    summary = [*earlier, _compact(event)]
     client.set_registered_model_tag(model_name, TAG_ALIAS_HISTORY, fit_summary(summary))
     return event
 
@@ -239,18 +248,17 @@ def find_event_by_key(
 
 
 def freeze_state(client: MlflowClient, model_name: str) -> dict[str, Any] | None:
-    """The model's freeze record (``{by, user, reason, at, ...}``), or None when not frozen.
+    """The model's freeze record (``{by, user, reason, at, ...}``), or None when not frozen."""
+    return frozen_of(read_model_state(client, model_name))
+
+
+def frozen_of(state: ModelState) -> dict[str, Any] | None:
+    """The freeze record in a registered model's tags, or None when not frozen.
 
     A tag that is not a JSON object still counts as frozen (fail closed): someone meant to
     stop promotions, and only an unfreeze may lift that.
     """
-    try:
-        tags = client.get_registered_model(model_name).tags or {}
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    raw = tags.get(TAG_FROZEN)
+    raw = state.tags.get(TAG_FROZEN)
     if raw is None:
         return None
     try:

@@ -50,6 +50,7 @@ from airflow_mlops.core.alias_history import (
     ensure_in_summary,
     find_event_by_key,
     freeze_state,
+    frozen_of,
     latest_alias_event,
     make_event,
     recent_alias_history,
@@ -61,6 +62,7 @@ from airflow_mlops.core.registry import (
     CHALLENGER,
     CHAMPION,
     current_alias_version,
+    read_model_state,
     version_label,
 )
 
@@ -141,7 +143,8 @@ def set_challenger(
         **_lock_identity(actor),
         **dict(lock_options or {}),
     ) as lock:
-        current = current_alias_version(client, model_name, alias)
+        state = read_model_state(client, model_name)
+        current = state.alias_version(alias)
         if current == str(version):
             lock.verify()
             event = _retry_event(client, model_name, alias, str(version), actor, action="set")
@@ -151,7 +154,7 @@ def set_challenger(
         lock.verify()
         set_alias_checked(client, model_name, alias, str(version))
         event = record_alias_event(
-            client, model_name, make_event(alias, "set", str(version), current, actor)
+            client, model_name, make_event(alias, "set", str(version), current, actor), state
         )
         return AliasMove("set", model_name, alias, str(version), current, str(version), event)
 
@@ -195,7 +198,8 @@ def promote_to_champion(
         **dict(lock_options or {}),
     ) as lock:
         while True:
-            current = current_alias_version(client, model_name, alias)
+            state = read_model_state(client, model_name)
+            current = state.alias_version(alias)
             if current == version:
                 # A retry after a successful move, or someone else promoted it already.
                 lock.verify()
@@ -210,7 +214,7 @@ def promote_to_champion(
                     event,
                     reevaluations,
                 )
-            frozen = freeze_state(client, model_name) if respect_freeze else None
+            frozen = frozen_of(state) if respect_freeze else None
             if frozen is not None:
                 return AliasMove(
                     "frozen",
@@ -262,7 +266,7 @@ def promote_to_champion(
             lock.verify()
             set_alias_checked(client, model_name, alias, version)
             event = record_alias_event(
-                client, model_name, make_event(alias, "promote", version, current, actor)
+                client, model_name, make_event(alias, "promote", version, current, actor), state
             )
             return AliasMove(
                 "promoted", model_name, alias, version, current, version, event, reevaluations

@@ -192,6 +192,16 @@ class ConnectionMlflowClient(MlflowClient):
         self._host_creds = host_creds
         self._mlops_limits = limits
         self._tracking_client = _ConnectionTrackingClient(tracking_uri, host_creds, limits)
+        self._not_prompts: set[str] = set()
+
+    def _raise_if_prompt(self, name: str) -> None:
+        # MLflow reads the registered model before every tag, alias or delete request to
+        # refuse a prompt of that name: a third of an alias move's requests. A name found to
+        # be a model stays one, so this client checks each name once.
+        if name in self._not_prompts:
+            return
+        super()._raise_if_prompt(name)
+        self._not_prompts.add(name)
 
     def _get_registry_client(self) -> ModelRegistryClient:
         if not _is_http(self._registry_uri):

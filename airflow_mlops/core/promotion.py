@@ -250,14 +250,19 @@ def serving_check_of_version(
     """Load ``models:/<name>/<version>`` in a clean process and predict a holdout sample of
     its training run (:mod:`airflow_mlops.core.serving`); returns the check's result."""
     from airflow_mlops.core.evaluation import challenger_from_training, load_holdout
-    from airflow_mlops.core.serving import serving_check, serving_sample
+    from airflow_mlops.core.serving import serving_check
 
     challenger = challenger_from_training(client, {"run_id": run_id})
     holdout = load_holdout(storage, challenger)
     model_uri = f"models:/{model_name}/{version}"
-    sample = serving_sample(holdout.frame, model_uri, challenger.target, options.rows)
     result = serving_check(
-        model_uri, sample, timeout_seconds=options.timeout_seconds, trust=trust(), client=client
+        model_uri,
+        holdout.frame,
+        target=challenger.target,
+        sample_rows=options.rows,
+        timeout_seconds=options.timeout_seconds,
+        trust=trust(),
+        client=client,
     )
     log.info("Serving check of %s: %s", model_uri, result)
     return result
@@ -370,8 +375,8 @@ def promote_challenger(
     ``already_champion``, ``not_promoted``, ``not_promoted_after_reevaluation``,
     ``rejected``, ``not_approved``, ``frozen``.
     """
-    from airflow_mlops.core.alias_history import freeze_state
-    from airflow_mlops.core.registry import current_alias_version, version_label
+    from airflow_mlops.core.alias_history import frozen_of
+    from airflow_mlops.core.registry import read_model_state, version_label
 
     check_promotion_inputs(evaluation, registration)
     model_name, version = registration["model_name"], str(registration["version"])
@@ -387,7 +392,8 @@ def promote_challenger(
         "serving_check": None,
         "promotion": None,
     }
-    champion_before = current_alias_version(client, model_name, alias)
+    state = read_model_state(client, model_name)
+    champion_before = state.alias_version(alias)
     outcome, reason = promotion_gate(
         evaluation, approval, champion_before, options.approval_task_id, approval_policy
     )
@@ -399,7 +405,7 @@ def promote_challenger(
                 f"not promoted: {record['shadow']['detail']}; @champion unchanged "
                 f"({version_label(champion_before)})"
             )
-    frozen = freeze_state(client, model_name) if outcome is None else None
+    frozen = frozen_of(state) if outcome is None else None
     if frozen is not None:
         # Checked again under the lock by promote_to_champion; this early exit spares the
         # serving check of a version that cannot move.
@@ -437,7 +443,7 @@ def promote_challenger(
         "version": version,
         "outcome": outcome,
         "promoted": outcome in PROMOTED_OUTCOMES,
-        "champion_version": current_alias_version(client, model_name, alias),
+        "champion_version": _champion_after(record["promotion"], champion_before),
         "previous_champion_version": promotion.get("previous_version", champion_before),
         "reason": reason,
         "approval": approval,
@@ -454,6 +460,12 @@ def promote_challenger(
         "model_card": _model_card(client, model_name, version, record, options),
     }
     return PromotionOutcome(result, client.get_run(run_id).info.experiment_id)
+
+
+def _champion_after(move: Mapping[str, Any] | None, champion_before: str | None) -> str | None:
+    """Where ``@champion`` points after this promotion: the move read it under the lock;
+    without a move nothing was written, so it is where it was."""
+    return champion_before if move is None else move.get("current_version")
 
 
 def _shadow_gate(

@@ -31,7 +31,11 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +50,7 @@ from airflow_mlops.core.lineage import (
     TAG_SOURCE_RUN_ID,
     TAG_STAGE,
 )
-from airflow_mlops.core.model_uri import ModelUri, parse_model_uri
+from airflow_mlops.core.model_uri import ModelUri, ModelUriError, parse_model_uri
 from airflow_mlops.core.storage import sha256_file
 
 if TYPE_CHECKING:
@@ -57,6 +61,7 @@ __all__ = [
     "ModelTrust",
     "artifact_digest",
     "download_model",
+    "reusing_model_downloads",
     "sign_logged_model",
     "signature_for",
     "verified_local_copy",
@@ -135,13 +140,49 @@ def download_model(model_uri: str, dst_dir: str) -> str:
     return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_dir)
 
 
+# The downloads of the current ``reusing_model_downloads`` block: (temp root, model id ->
+# folder). A context variable, so each thread (a batched segment) has its own.
+_DOWNLOADS: ContextVar[tuple[str, dict[str, str]] | None] = ContextVar(
+    "mlops_model_downloads", default=None
+)
+
+
+@contextmanager
+def reusing_model_downloads() -> Iterator[None]:
+    """Within this block each logged model is fetched from MLflow once: a later load of the
+    same model (the serving check of the version evaluation just scored, by its registry
+    name) copies the first download's files. Every copy is checked again under the caller's
+    trust (the signature over its files, or the provenance tags), exactly as a download is."""
+    with tempfile.TemporaryDirectory(prefix="mlops-model-downloads-") as root:
+        token = _DOWNLOADS.set((root, {}))
+        try:
+            yield
+        finally:
+            _DOWNLOADS.reset(token)
+
+
+def _fetch(download_uri: str, model_id: str | None, dst_dir: str) -> str:
+    """The model's files in ``dst_dir``: downloaded, or copied from this block's download of
+    the same logged model."""
+    cache = _DOWNLOADS.get()
+    if cache is None or not model_id:
+        return download_model(download_uri, dst_dir)
+    root, folders = cache
+    cached = folders.get(model_id)
+    if cached is None:
+        cached = download_model(f"models:/{model_id}", str(Path(root, model_id)))
+        folders[model_id] = cached
+    shutil.copytree(cached, dst_dir, dirs_exist_ok=True)
+    return dst_dir
+
+
 def sign_logged_model(client: MlflowClient, model_id: str, key: bytes, work_dir: str) -> str:
     """Sign the files MLflow stores for logged model ``model_id``; tag it; return the tag.
 
     The files are read back from MLflow, not from the training process's memory, so the
     signature covers exactly what a later load downloads.
     """
-    local = download_model(f"models:/{model_id}", work_dir)
+    local = _fetch(f"models:/{model_id}", model_id, work_dir)
     digest = artifact_digest(local)
     signature = signature_for(key, digest)
     client.set_logged_model_tags(model_id, {TAG_SIGNATURE: signature, TAG_ARTIFACT_DIGEST: digest})
@@ -164,16 +205,16 @@ def verified_local_copy(
         log.warning(
             "Loading %s without checking who created it (trust_unsigned_models).", target.label
         )
-        return download_model(target.download_uri, dst_dir)
+        return _fetch(target.download_uri, target.model_id, dst_dir)
     if trust.signing_key is None:
         _check_provenance(client, target)
-        return download_model(target.download_uri, dst_dir)
+        return _fetch(target.download_uri, target.model_id, dst_dir)
     signature = target.tags.get(TAG_SIGNATURE) or _logged_model_tags(client, target).get(
         TAG_SIGNATURE
     )
     if not signature:
         raise _refuse(target, f"it carries no {TAG_SIGNATURE} tag (not signed by this provider)")
-    local = download_model(target.download_uri, dst_dir)
+    local = _fetch(target.download_uri, target.model_id, dst_dir)
     expected = signature_for(trust.signing_key, artifact_digest(local))
     if not hmac.compare_digest(signature.encode(), expected.encode()):
         raise _refuse(
@@ -208,9 +249,18 @@ def _describe(client: MlflowClient, parsed: ModelUri) -> _Target:
         download_uri=f"models:/{parsed.name}/{version.version}",
         tags=dict(version.tags or {}),
         run_id=version.run_id or None,
-        model_id=getattr(version, "model_id", None) or None,
+        model_id=getattr(version, "model_id", None) or _logged_model_id(version.source),
         source=version.source,
     )
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    """The logged model a version was registered from (``models:/m-<id>``), else None: the
+    registry's answer may omit ``model_id`` even then."""
+    try:
+        return parse_model_uri(source).model_id if source else None
+    except ModelUriError:  # a run or storage path: not a logged model
+        return None
 
 
 def _alias_version(client: MlflowClient, parsed: ModelUri) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "Champion",
+    "ModelState",
     "Registration",
     "current_alias_version",
     "ensure_registered_model",
@@ -51,6 +52,7 @@ __all__ = [
     "find_version_by_key",
     "iter_versions",
     "keep_first_version",
+    "read_model_state",
     "register_version",
     "resolve_champion",
     "version_label",
@@ -321,8 +323,24 @@ def resolve_champion(
     return Champion(name=model_name, version=str(mv.version), run_id=mv.run_id or None)
 
 
-def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
-    """Version number (str) that ``alias`` points at, or None; one registry read.
+@dataclass(frozen=True)
+class ModelState:
+    """A registered model's aliases and tags as one read saw them (empty: no such model).
+
+    Under the promotion lock one read answers every question a move asks (where the alias
+    points, whether the model is frozen, the history summary), instead of one read each.
+    """
+
+    aliases: Mapping[str, str]
+    tags: Mapping[str, str]
+
+    def alias_version(self, alias: str) -> str | None:
+        version = self.aliases.get(alias)
+        return None if version is None else str(version)
+
+
+def read_model_state(client: MlflowClient, model_name: str) -> ModelState:
+    """The registered model's aliases and tags; one registry read.
 
     Reads the registered model's alias map rather than ``get_model_version_by_alias``, whose
     error for a missing alias (INVALID_PARAMETER_VALUE) cannot be told apart from a real
@@ -332,10 +350,14 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
         registered = client.get_registered_model(model_name)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
+            return ModelState({}, {})
         raise
-    version = (registered.aliases or {}).get(alias)
-    return None if version is None else str(version)
+    return ModelState(dict(registered.aliases or {}), dict(registered.tags or {}))
+
+
+def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """Version number (str) that ``alias`` points at, or None; one registry read."""
+    return read_model_state(client, model_name).alias_version(alias)
 
 
 def version_label(version: str | None) -> str:

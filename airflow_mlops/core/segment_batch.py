@@ -179,6 +179,26 @@ def run_segment(
     """Run the single-model chain's steps for one segment; never raises for the segment's
     own failures. Returns its record: ``{segment, model_name, outcome, reason, failed,
     champion_version, challenger_version, promoted, steps, errors, seconds, ...}``."""
+    from airflow_mlops.core.provenance import reusing_model_downloads
+
+    # Training signs, evaluation scores and the serving check loads the same model: it is
+    # fetched from MLflow once per segment (each use still checks it under the trust).
+    with reusing_model_downloads():
+        return _run_segment(
+            spec, settings, context, client, storage, filesystem, window_end, should_stop
+        )
+
+
+def _run_segment(
+    spec: SegmentSpec,
+    settings: BatchSettings,
+    context: RunContext,
+    client: MlflowClient,
+    storage: Storage,
+    filesystem: AbstractFileSystem,
+    window_end: str | None,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
     from airflow_mlops.core.summary import summarize_run
 
     started = time.perf_counter()

@@ -8,8 +8,8 @@ no current directory on ``sys.path``).
 
 Starting that interpreter and importing MLflow, pandas and scikit-learn costs more than
 the check itself, once per model. So each Python process keeps one **checker**: a
-long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
-child per check. Every child starts from the same clean state (the libraries, nothing
+long-lived ``python -I`` process that imports those libraries once (and loads one tiny model,
+so the lazy imports of a first load are paid too) and then ``fork()``s one child per check. Every child starts from the same clean state (the libraries, nothing
 else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
 parent downloaded and checked, see :mod:`airflow_mlops.core.provenance`) and predicts
 the sample; a model that breaks its child cannot affect the next check. The checker
@@ -61,13 +61,32 @@ _CHECKER_CODE = r"""
 import json, os, signal, sys, time, traceback
 import pandas as pd
 import mlflow.pyfunc
-for _name in ("sklearn", "xgboost"):  # the flavours this provider trains
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
 channel = sys.stdout
 sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+
+# Paid once before the first fork, not by every child's first load: the flavours this
+# provider trains and the scikit-learn modules its pipelines use (third-party modules only,
+# importable by any consumer anyway), then one tiny model's save and load.
+def warm_up():
+    for name in ("sklearn", "sklearn.pipeline", "sklearn.compose", "sklearn.impute",
+                 "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble",
+                 "mlflow.sklearn", "xgboost", "mlflow.xgboost"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    try:
+        import tempfile, numpy, mlflow.sklearn
+        from sklearn.linear_model import Ridge
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.sklearn.save_model(Ridge().fit(numpy.ones((2, 1)), [0.0, 1.0]), tmp + "/m",
+                                      serialization_format="cloudpickle",
+                                      pip_requirements=["scikit-learn"])
+            mlflow.pyfunc.load_model(tmp + "/m")
+    except Exception:  # a warm-up only: the checks themselves report real failures
+        traceback.print_exc()
+
+warm_up()
 
 def run_check(req):
     started = time.time()
@@ -223,13 +242,13 @@ def checker_starts() -> int:
 
 
 def serving_sample(
-    frame: pd.DataFrame, model_uri: str, target: str, rows: int = 100
+    frame: pd.DataFrame, model_dir: str, target: str, rows: int = 100
 ) -> pd.DataFrame:
-    """Up to ``rows`` holdout rows with exactly the columns the model's signature names."""
-    import mlflow
+    """Up to ``rows`` rows of ``frame`` with exactly the columns the signature of the model
+    in ``model_dir`` (a downloaded copy) names; without a signature, all but ``target``."""
+    from mlflow.models import Model
 
-    info = mlflow.models.get_model_info(parse_model_uri(model_uri).uri)
-    signature = info.signature
+    signature = Model.load(model_dir).signature
     names = None
     if signature is not None and signature.inputs is not None:
         try:
@@ -239,9 +258,7 @@ def serving_sample(
     if names:
         missing = [c for c in names if c not in frame.columns]
         if missing:
-            raise DataError(
-                f"the holdout lacks columns {missing} named by the signature of {model_uri}"
-            )
+            raise DataError(f"the holdout lacks columns {missing} named by the model's signature")
         sample = frame[list(names)].head(rows).reset_index(drop=True)
         # As the prediction operator does: training declares integer features as doubles
         # (so requests with missing values pass), and MLflow refuses int64 -> float64.
@@ -251,19 +268,24 @@ def serving_sample(
 
 def serving_check(
     model_uri: str,
-    sample: pd.DataFrame,
+    data: pd.DataFrame,
     *,
+    target: str | None = None,
+    sample_rows: int | None = None,
     timeout_seconds: float = 600.0,
     trust: ModelTrust | None = None,
     client: MlflowClient | None = None,
 ) -> dict[str, Any]:
-    """Load ``model_uri`` in a clean process, as a consumer would, and predict ``sample``.
+    """Load ``model_uri`` in a clean process, as a consumer would, and predict ``data``.
 
+    With ``sample_rows``, the check predicts :func:`serving_sample` of ``data`` (the first
+    rows, with the signature's columns, ``target`` dropped) instead of ``data`` itself.
     The model is downloaded from the registry here and checked under ``trust`` (see
     :mod:`airflow_mlops.core.provenance`) first; the child loads that checked copy, so an
     untrusted model is never unpickled, not even in the child. Returns ``{"ok": bool,
     "model_uri", "rows", "predictions", "seconds", "error"?}``; never raises for a model
-    failure or refusal (the caller decides), only for a bad URI.
+    failure or refusal (the caller decides), only for a bad URI or a holdout that lacks the
+    signature's columns (:class:`DataError`).
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -275,6 +297,9 @@ def serving_check(
             local = verified_local_copy(client or MlflowClient(), uri, tmp + "/model", trust)
         except (UntrustedModelError, MlflowException) as err:
             return _failed(uri, f"{type(err).__name__}: {err}", started)
+        sample = (
+            data if sample_rows is None else serving_sample(data, local, target or "", sample_rows)
+        )
         request = {
             "uri": local,
             "sample_path": str(Path(tmp) / "sample.parquet"),
