@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN, read_files, resolve_files
+from airflow_mlops.core.datasets import (
+    SOURCE_FILE_COLUMN,
+    open_dataset,
+    read_files,
+    resolve_files,
+)
 from airflow_mlops.core.errors import ConfigError, DataError, DataNotFoundError, EmptyBatchError
 from airflow_mlops.core.metrics import compute_metrics
 from airflow_mlops.core.prediction import (
@@ -52,6 +57,7 @@ __all__ = [
     "PartitionScore",
     "join_labels",
     "log_history",
+    "partition_date",
     "partition_metrics",
     "partition_ordinal",
     "read_prediction_partitions",
@@ -124,13 +130,16 @@ def join_labels(
     target: str,
     *,
     window: DataWindow | None = None,
+    extra_columns: Sequence[str] = (),
 ) -> JoinedLabels:
     """Read the predictions (within ``window``) and the labels, and left-join them by id.
 
     ``fs_for(uri)`` gives each URI's filesystem. Only the id and target columns of the labels
-    are read; a label row without a target is not a label yet; when an id has several labels,
-    the last file's wins (a correction lands later). An id predicted twice in one partition
-    counts once. No label file at all raises :class:`EmptyBatchError` (``on_empty``).
+    are read, plus those of ``extra_columns`` (e.g. fairness's sensitive columns) that the
+    predictions lack and the labels hold; a label row without a target is not a label yet;
+    when an id has several labels, the last file's wins (a correction lands later). An id
+    predicted twice in one partition counts once. No label file at all raises
+    :class:`EmptyBatchError` (``on_empty``).
     """
     ids = list(id_columns)
     if not ids:
@@ -151,7 +160,11 @@ def join_labels(
         label_files = resolve_files(label_fs, labels_uri)
     except DataNotFoundError as err:
         raise EmptyBatchError(f"No labels have landed yet: {err}") from err
-    labels = read_files(label_fs, label_files, columns=[*ids, target])
+    wanted = [c for c in extra_columns if c not in predictions.columns and c not in ids]
+    if wanted:
+        held = set(open_dataset(label_fs, label_files).schema.names)
+        wanted = [c for c in wanted if c in held]
+    labels = read_files(label_fs, label_files, columns=[*ids, target, *wanted])
     labels = labels[labels[target].notna()].drop_duplicates(subset=ids, keep="last")
     predictions = predictions.drop_duplicates(subset=[PARTITION_COLUMN, *ids], keep="last")
     try:
@@ -178,7 +191,7 @@ def partition_metrics(frame: pd.DataFrame, target: str, task: str) -> dict[str, 
     return compute_metrics(task, frame[target].to_numpy(), frame[PREDICTION_COLUMN], scores)
 
 
-def _partition_date(partition: str) -> datetime | None:
+def partition_date(partition: str) -> datetime | None:
     """The date a partition label names (``dt=2026-12-01``, ``2026-12-01.parquet``), if any."""
     match = re.search(r"(\d{4}-\d{2}-\d{2})", partition)
     if not match:
@@ -192,7 +205,7 @@ def _partition_date(partition: str) -> datetime | None:
 def _order(partitions: Sequence[str]) -> list[str]:
     """Oldest first: by the date a partition names, then by its label."""
     far = datetime.max.replace(tzinfo=timezone.utc)
-    return sorted(partitions, key=lambda p: (_partition_date(p) or far, p))
+    return sorted(partitions, key=lambda p: (partition_date(p) or far, p))
 
 
 def score_partitions(
@@ -251,7 +264,7 @@ def verdict_rows(
 
 def partition_ordinal(partition: str, position: int) -> int:
     """The history step of a partition: days since 1970-01-01 of its date, else ``position``."""
-    day = _partition_date(partition)
+    day = partition_date(partition)
     return (day.date() - date(1970, 1, 1)).days if day else position
 
 
@@ -284,7 +297,7 @@ def log_history(
         step = partition_ordinal(score.partition, position)
         if step in seen[run_id]:
             continue
-        day = _partition_date(score.partition)
+        day = partition_date(score.partition)
         stamp = int((day or datetime.now(timezone.utc)).timestamp() * 1000)
         values = {
             **(score.metrics or {}),

@@ -49,6 +49,7 @@ __all__ = [
 EVENTS = (
     "drift",
     "decay",
+    "fairness",
     "blocked",
     "failed",
     "not_promoted_after_signal",
@@ -121,6 +122,8 @@ def monitoring_events(
     decay = results.get("decay") or {}
     if isinstance(decay, Mapping) and decay.get("decayed"):
         events.append("decay")
+    if isinstance(decay, Mapping) and (decay.get("fairness") or {}).get("breached"):
+        events.append("fairness")  # the decay task's fairness verdict (delayed labels)
     if any(state in {"failed", "upstream_failed"} for state in (states or {}).values()):
         events.append("failed")
     return events
@@ -260,10 +263,12 @@ def monitoring_message(
     links: Mapping[str, str | None],
     reason: str | None = None,
 ) -> Notification:
-    """The message of a monitoring run's ``drift``/``decay``/``failed`` event."""
-    step = {"drift": "drift", "decay": "decay"}.get(event)
+    """The message of a monitoring run's ``drift``/``decay``/``fairness``/``failed`` event."""
+    step = {"drift": "drift", "decay": "decay", "fairness": "decay"}.get(event)
     result = results.get(step) if step else None
     result = result if isinstance(result, Mapping) else {}
+    if event == "fairness" and not reason:
+        reason = str((result.get("fairness") or {}).get("reason") or "")
     champion = result.get("champion_version") or next(
         (r.get("champion_version") for r in results.values() if isinstance(r, Mapping)), None
     )

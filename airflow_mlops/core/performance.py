@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
     from airflow_mlops.core.champion import ChampionFacts
     from airflow_mlops.core.data_window import DataWindow
+    from airflow_mlops.core.fairness import FairnessSpec
     from airflow_mlops.core.promotion import TrustProvider
     from airflow_mlops.core.storage import Storage, TableRead
 
@@ -284,6 +285,16 @@ class PerformanceOutcome:
         return bool(self.record["decayed"])
 
     @property
+    def fairness_breached(self) -> bool:
+        """A fairness bound crossed on the newest partition (delayed labels with fairness)."""
+        return bool((self.record.get("fairness") or {}).get("breached"))
+
+    @property
+    def triggered(self) -> bool:
+        """Decay or a fairness breach: either asks for the retrain signal."""
+        return self.decayed or self.fairness_breached
+
+    @property
     def reason(self) -> str:
         return str(self.record["reason"])
 
@@ -429,6 +440,7 @@ def check_partitioned_performance(
     task: str | None = None,
     baseline_metrics: Mapping[str, float] | None = None,
     window: DataWindow | None = None,
+    fairness: FairnessSpec | None = None,
 ) -> PerformanceOutcome:
     """Judge decay from stored predictions by partition and labels that landed later.
 
@@ -438,6 +450,11 @@ def check_partitioned_performance(
     (``decayed`` False, ``check`` None, the reason says why). The full record (every
     partition) goes to ``report_uri`` and the champion's run; the XCom summary keeps counts
     and the newest partitions. No model is loaded.
+
+    With ``fairness``, each scored partition's labelled rows of the champion version are also
+    measured for fairness (:mod:`airflow_mlops.core.fairness_monitoring`); the sensitive
+    columns come from the predictions or the labels. The record's ``fairness`` is the newest
+    partition's verdict; a crossed bound sets ``fairness.breached`` and leads the reason.
     """
     from airflow_mlops.core.delayed_labels import (
         join_labels,
@@ -449,12 +466,25 @@ def check_partitioned_performance(
 
     target, task = champion_target_and_task(champion, target, task)
     metric = settings.metric_for(task)
+    if fairness is not None and task != "classification":
+        raise ConfigError(
+            f"evaluation.fairness needs a classification model; {champion.model_name} "
+            f"v{champion.version} is a {task} model"
+        )
     baseline = (
         dict(baseline_metrics)
         if baseline_metrics is not None
         else baseline_metrics_from_run(champion.metrics)
     )
-    joined = join_labels(fs_for, predictions_uri, labels_uri, id_columns, target, window=window)
+    joined = join_labels(
+        fs_for,
+        predictions_uri,
+        labels_uri,
+        id_columns,
+        target,
+        window=window,
+        extra_columns=fairness.columns if fairness is not None else (),
+    )
     scores = score_partitions(joined.frame, target, task, settings.min_label_coverage)
     version = int(champion.version)
     rows, chosen = verdict_rows(
@@ -494,14 +524,24 @@ def check_partitioned_performance(
         fs_for, predictions_uri, joined.frame, scores, id_columns, target, task, window
     )
     record["shadow"] = shadow
+    fairness_records: list[dict[str, Any]] = []
+    if fairness is not None:
+        with mlflow_session() as client:
+            fairness_records = _fairness_records(
+                client, champion, fairness, joined.frame, scores, target
+            )
+        _add_fairness_verdict(record, fairness_records, fairness)
     storage.write_json(report_uri, record)
     with mlflow_session() as client:
         runs = _runs_of_versions(client, champion, scores)
         record_points = log_history(client, scores, runs)
         shadow_logged = _log_shadow(client, champion.model_name, shadow)
+        fairness_points = _log_fairness(client, champion.run_id, fairness_records, scores)
         if champion.run_id:
             client.log_dict(champion.run_id, record, mlflow_artifact)
     summary = _partition_summary(record, scores, record_points)
+    if fairness is not None:
+        summary["fairness"]["history_points_logged"] = fairness_points
     if shadow is not None:
         summary["shadow"] = {
             "partitions": len(shadow),
@@ -509,6 +549,74 @@ def check_partitioned_performance(
             "recent": shadow[-XCOM_PARTITIONS:],
         }
     return PerformanceOutcome(record=record, metric=metric, report_uri=report_uri, summary=summary)
+
+
+def _fairness_records(
+    client: MlflowClient,
+    champion: ChampionFacts,
+    spec: FairnessSpec,
+    joined: pd.DataFrame,
+    scores: Sequence[Any],
+    target: str,
+) -> list[dict[str, Any]]:
+    """Each scored partition's fairness on the champion version's labelled rows, oldest
+    first; a sensitive column in neither the predictions nor the labels is a DataError."""
+    from airflow_mlops.core.delayed_labels import PARTITION_COLUMN
+    from airflow_mlops.core.fairness_monitoring import (
+        check_monitored_columns,
+        measure_partition,
+        promotion_fairness,
+    )
+    from airflow_mlops.core.prediction import (
+        MODEL_NAME_COLUMN,
+        MODEL_VERSION_COLUMN,
+        PREDICTION_COLUMN,
+    )
+
+    check_monitored_columns(spec, list(joined.columns), "the predictions nor the labels")
+    mask = joined[target].notna() & (joined[MODEL_VERSION_COLUMN] == int(champion.version))
+    if MODEL_NAME_COLUMN in joined.columns:
+        mask &= joined[MODEL_NAME_COLUMN].astype(str) == champion.model_name
+    ours = dict(tuple(joined[mask].groupby(PARTITION_COLUMN, sort=False)))
+    promotion = promotion_fairness(client, champion.run_id)
+    return [
+        measure_partition(
+            spec, ours[s.partition], target, PREDICTION_COLUMN, s.partition, promotion
+        )
+        for s in scores
+        if s.status == "scored" and s.partition in ours
+    ]
+
+
+def _add_fairness_verdict(
+    record: dict[str, Any], records: Sequence[Mapping[str, Any]], spec: FairnessSpec
+) -> None:
+    """The newest partition's fairness verdict in ``record`` (a breach leads the reason);
+    every partition's measurement in ``fairness_partitions`` (the report only)."""
+    from airflow_mlops.core.fairness_monitoring import fairness_verdict
+
+    verdict = fairness_verdict(records, spec)
+    record["fairness"] = verdict
+    record["fairness_partitions"] = list(records)
+    if verdict["breached"]:
+        record["reason"] = f"{verdict['reason']}; {record['reason']}"
+
+
+def _log_fairness(
+    client: MlflowClient,
+    run_id: str | None,
+    records: Sequence[Mapping[str, Any]],
+    scores: Sequence[Any],
+) -> int:
+    from airflow_mlops.core.delayed_labels import partition_ordinal
+    from airflow_mlops.core.fairness_monitoring import log_fairness_history
+
+    if not records:
+        return 0
+    position = {s.partition: i for i, s in enumerate(scores)}
+    return log_fairness_history(
+        client, run_id, records, lambda p: partition_ordinal(p, position[p])
+    )
 
 
 def _shadow_records(
@@ -582,7 +690,10 @@ def _partition_summary(
     record: Mapping[str, Any], scores: Sequence[Any], history_points: int
 ) -> dict[str, Any]:
     """The XCom: the record without the per-partition list, plus counts and the newest."""
-    summary = {k: v for k, v in record.items() if k not in ("partitions", "pending", "shadow")}
+    dropped = ("partitions", "pending", "shadow", "fairness_partitions")
+    summary = {k: v for k, v in record.items() if k not in dropped}
+    if "fairness" in record:
+        summary["fairness"] = dict(record["fairness"])
     summary["partitions"] = {
         "total": len(scores),
         "scored": sum(s.status == "scored" for s in scores),

@@ -180,11 +180,19 @@ def _decay_operator(config: PipelineConfig) -> Any:
         tolerance=monitoring.decay.tolerance,
         metric=monitoring.decay.metric,
         on_empty=monitoring.decay.on_empty,
+        fairness=_fairness_to_monitor(config) if delayed else None,
         debounce_seconds=int(monitoring.debounce_hours * 3600),
         ct_dag_id=config.ct_dag_id,
         allowed_data_prefixes=config.allowed_data_prefixes,
         **config.connections.model_dump(),
     )
+
+
+def _fairness_to_monitor(config: PipelineConfig) -> dict[str, Any] | None:
+    """``evaluation.fairness`` as a plain mapping for the decay task (delayed labels only:
+    fairness is measured per labelled prediction partition)."""
+    spec = config.evaluation.fairness
+    return None if spec is None else spec.model_dump(mode="json")
 
 
 def _segment_task(config: PipelineConfig, pairs: list[tuple[str, str]], check: Any) -> Any:

@@ -92,6 +92,14 @@ class ModelPerformanceOperator(RetrainSignalOperator):
     :param segment_column: with ``segment_value``, score only the ``labels_uri`` rows whose
         ``segment_column`` as text equals ``segment_value``: the check of one segment model.
     :param segment_value: the segment whose rows are scored.
+    :param fairness: delayed labels only: an ``evaluation.fairness`` mapping
+        (:class:`~airflow_mlops.core.fairness.FairnessSpec`). Each scored partition's labelled
+        rows of the champion version are measured with the gate's metrics (the sensitive
+        columns read from the predictions or the labels; missing ones are an error), each
+        partition is logged once to the champion's run as ``fairness/<metric>/<column or
+        class>``, and a bound crossed on the newest partition is a fairness breach: it
+        triggers ``on_decay`` (the same retrain signal and debounce) and the XCom's
+        ``fairness`` names the group, metric, value and bound.
     """
 
     policy_field = "on_decay"
@@ -133,6 +141,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         window: Mapping[str, Any] | str | DataWindow | None = None,
         segment_column: str | None = None,
         segment_value: str | None = None,
+        fairness: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice(tolerance_mode, TOLERANCE_MODES, "tolerance_mode")
@@ -156,6 +165,12 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             raise ConfigError("segment_column applies to labels_uri rows, not to predictions_uri")
         self.segment_column = segment_column
         self.segment_value = segment_value
+        if fairness and not predictions_uri:
+            raise ConfigError(
+                f"{self.task_id}: fairness monitoring needs delayed labels by partition "
+                "(predictions_uri and id_columns)."
+            )
+        self.fairness = dict(fairness) if fairness else None
         if not is_templated([predictions_uri, id_columns]) and bool(predictions_uri) != bool(
             id_columns
         ):
@@ -189,6 +204,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         self, context: Context, champion: Any, settings: DecaySettings, folder: str
     ) -> PerformanceOutcome:
         """The delayed-labels check on predictions by partition."""
+        from airflow_mlops.core.fairness import parse_fairness
         from airflow_mlops.core.performance import check_partitioned_performance
         from airflow_mlops.hooks.storage import StorageHook
         from airflow_mlops.operators.base import as_data_window
@@ -211,6 +227,7 @@ class ModelPerformanceOperator(RetrainSignalOperator):
             task=self.task,
             baseline_metrics=self.explicit_baseline(),
             window=as_data_window(self.window),
+            fairness=parse_fairness(self.fairness),
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -253,8 +270,9 @@ class ModelPerformanceOperator(RetrainSignalOperator):
         return self.finish(
             context,
             policy=policy,
-            triggered=outcome.decayed,
+            triggered=outcome.triggered,
             result=outcome.result(),
             metric=outcome.metric,
+            **({"fairness_breached": True} if outcome.fairness_breached else {}),
             **({"segment": str(self.segment_value)} if self.segment_column is not None else {}),
         )
