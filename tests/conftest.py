@@ -242,6 +242,12 @@ def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
+def airflow_tracking(mlflow_conn: str, tracking: str) -> str:
+    """``tracking``, plus the Airflow connection (``mlflow_default``) a DAG's operators use."""
+    return tracking
+
+
+@pytest.fixture
 def client(tracking: str):
     """An ``MlflowClient`` on the server fixture (with the process-wide URI set too)."""
     from mlflow.tracking import MlflowClient

@@ -4,7 +4,8 @@ The pure decision (:func:`airflow_mlops.core.approval_policy.approval_outcome`) 
 records, then the real pipeline under ``dag.test()`` with the MLflow server fixture: a first
 model (no champion, so nothing to be confident about) asks and is promoted once a human
 approves through the real Core API; a clearly better challenger is promoted with the approval
-task skipped; and a promote task given a not-confident evaluation refuses to move
+task skipped; a challenger whose gain over a champion passes the policy but not at its 95%
+bound asks, and a rejection leaves ``@champion`` where it was; and a promote task given a not-confident evaluation refuses to move
 ``@champion`` without an approval record even when an XCom claims confidence.
 """
 
@@ -16,7 +17,7 @@ import uuid
 
 import pytest
 from conftest import stored_xcom, task_states
-from test_evaluation import BEST, STUMP, make_dataset, unique_name
+from test_evaluation import BEST, STUMP, TREE, make_dataset, unique_name
 from test_promotion_dag import COLLECTED, POLICY, champion_of, run, run_with_answer
 
 from airflow_mlops.core.approval_policy import approval_outcome
@@ -46,13 +47,7 @@ RECORD = {
 }
 
 
-@pytest.fixture
-def tracking(mlflow_conn: str, tracking: str) -> str:
-    """conftest's ``tracking``, plus the Airflow connection the DAG's operators use."""
-    return tracking
-
-
-def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator):
+def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, policy=POLICY):
     """test_promotion_dag's pipeline with ``auto_if_confident``, without the serving check."""
     from airflow.sdk import DAG, task
 
@@ -72,7 +67,7 @@ def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator):
         )
         tasks = promotion_tasks(
             training_result=train.output,
-            policy=POLICY,
+            policy=policy,
             model_name=model_name,
             approval="auto_if_confident",
             promote_kwargs={"serving_check": False},
@@ -199,7 +194,7 @@ def test_config_validation_names_the_field():
 
 @pytest.mark.slow
 def test_asks_when_not_confident_and_promotes_a_confident_challenger_unasked(
-    client, tracking, tmp_path, monkeypatch
+    client, airflow_tracking, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     name = unique_name("aic")
@@ -248,7 +243,7 @@ def test_asks_when_not_confident_and_promotes_a_confident_challenger_unasked(
 
 
 def test_promote_refuses_a_not_confident_challenger_without_an_approval_record(
-    client, tracking, tmp_path, run_dag
+    client, airflow_tracking, tmp_path, run_dag
 ):
     """An XCom claiming confidence (Airflow's USER role may write XCom) changes nothing: the
     promote task recomputes the verdict from the evaluation and finds no approval record."""
@@ -262,7 +257,7 @@ def test_promote_refuses_a_not_confident_challenger_without_an_approval_record(
     from airflow_mlops.operators.registry import PromoteModelOperator
 
     name = unique_name("aicforged")
-    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    result = train(airflow_tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
     record = evaluate_challenger(
         client, Storage(), challenger_from_training(client, result), model_name=name, policy=POLICY
     ).record
@@ -296,3 +291,57 @@ def test_promote_refuses_a_not_confident_challenger_without_an_approval_record(
     assert outcome["reason"].startswith("asked reviewers: first model"), outcome["reason"]
     assert "no answer from approval task 'approve_promotion'" in outcome["reason"]
     assert "champion" not in client.get_registered_model(name).aliases
+
+
+#: On make_dataset's rows a depth-4 tree beats the depth-3 champion by +0.028 accuracy, 95%
+#: interval [0, +0.065]: the point gain clears min_delta 0.01, its lower bound does not.
+DEEPER = ("sklearn.tree.DecisionTreeClassifier", {"max_depth": 4, "random_state": 0})
+NARROW = {
+    "value_thresholds": {"accuracy": {"lower": 0.6}},
+    "change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.01}},
+}
+
+
+@pytest.mark.slow
+def test_asks_when_the_gain_over_a_champion_passes_only_on_the_point_estimate(
+    client, airflow_tracking, tmp_path, monkeypatch
+):
+    """The champion is trained, registered and aliased directly (its own promotion is the
+    test above); the pipeline run asks the approvers, and a rejection keeps ``@champion``."""
+    from test_evaluation import train
+
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import register_version
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    name = unique_name("aicnarrow")
+    data = make_dataset(tmp_path / "d.csv")
+    champion = train(airflow_tracking, data, TREE, model_name=name)
+    v1 = register_version(
+        client,
+        name,
+        champion["model_uri"],
+        context=RunContext(task_id="r"),
+        run_id=champion["run_id"],
+    ).version
+    client.set_registered_model_alias(name, "champion", v1)
+
+    dag = build_pipeline(f"aic_narrow_{uuid.uuid4().hex[:6]}", data, name, DEEPER, policy=NARROW)
+    result, asked = run_with_answer(dag, "Reject")
+    evaluation = result["evaluate"]
+    assert evaluation["promote"] is True, evaluation["reason"]  # the point rule passes
+    assert evaluation["champion"]["version"] == str(v1)
+    gain = evaluation["intervals"]["accuracy"]["difference"]
+    assert gain["estimate"] >= 0.01 > gain["low"], gain
+    why = f"asked reviewers: accuracy difference lower bound {gain['low']:.4g} below threshold 0.01"
+
+    assert asked["status_code"] == 200, asked  # the approval task was reached and asked
+    assert f"**Approval policy:** auto_if_confident: {why}" in asked["body"]
+    assert result["tasks"]["approve_promotion"] == "success", result["tasks"]
+    promote = result["promote"]
+    assert promote["approval_policy"]["outcome"] == "ask", promote["approval_policy"]
+    assert promote["approval_policy"]["confident"] is False
+    assert promote["approval_policy"]["reason"].startswith(why)
+    assert promote["outcome"] == "rejected", promote
+    assert f"@champion unchanged (version {v1})" in promote["reason"]
+    assert champion_of(client, name) == str(v1)

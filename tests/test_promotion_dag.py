@@ -29,12 +29,6 @@ POLICY = {
 COLLECTED: dict[str, Any] = {}
 
 
-@pytest.fixture
-def tracking(mlflow_conn: str, tracking: str) -> str:
-    """conftest's ``tracking``, plus the Airflow connection the DAG's operators use."""
-    return tracking
-
-
 def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, approval: str = "auto"):
     from airflow.sdk import DAG, task
 
@@ -112,7 +106,7 @@ def champion_of(client, name: str) -> str | None:
 # -- the automatic pipeline -----------------------------------------------------------------
 
 
-def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking, tmp_path):
+def test_pipeline_first_worse_better_then_rollback_from_params(client, airflow_tracking, tmp_path):
     from airflow.sdk import DAG
 
     from airflow_mlops.core.alias_history import alias_history
@@ -194,7 +188,9 @@ def test_pipeline_first_worse_better_then_rollback_from_params(client, tracking,
     assert events[-1].get("rollback") is True
 
 
-def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking, tmp_path, run_dag):
+def test_serving_check_failure_blocks_the_move_and_is_recorded(
+    client, airflow_tracking, tmp_path, run_dag
+):
     """A version that loads here but not in a consumer's fresh process never becomes champion."""
     import mlflow
     from airflow.sdk import DAG
@@ -208,7 +204,7 @@ def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking,
     from airflow_mlops.operators.registry import PromoteModelOperator
 
     name = unique_name("serve")
-    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    result = train(airflow_tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
     record = evaluate_challenger(
         client, Storage(), challenger_from_training(client, result), model_name=name, policy=POLICY
     ).record
@@ -238,7 +234,9 @@ def test_serving_check_failure_blocks_the_move_and_is_recorded(client, tracking,
     )
 
 
-def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp_path, run_dag):
+def test_a_forged_or_edited_approval_xcom_does_not_promote(
+    client, airflow_tracking, tmp_path, run_dag
+):
     """Airflow's USER role may create/patch XCom through the REST API; the promote task must
     not take an approval from there. The forgery is written with ``xcom_push`` from a task
     standing in for the approval task: it stores the same XCom row as the REST API's
@@ -259,7 +257,7 @@ def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp
     from airflow_mlops.operators.registry import PromoteModelOperator
 
     name = unique_name("forged")
-    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    result = train(airflow_tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
     record = evaluate_challenger(
         client, Storage(), challenger_from_training(client, result), model_name=name, policy=POLICY
     ).record
@@ -283,7 +281,7 @@ def test_a_forged_or_edited_approval_xcom_does_not_promote(client, tracking, tmp
                     from mlflow.tracking import MlflowClient
 
                     store_approval(
-                        MlflowClient(tracking),
+                        MlflowClient(airflow_tracking),
                         approval_record(
                             ApprovalTask(ti.dag_id, ti.run_id, ti.task_id),
                             model_name=name,
@@ -458,7 +456,7 @@ def run_with_answer(dag, option: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_manual_approval_approve_then_reject(client, tracking, tmp_path, monkeypatch):
+def test_manual_approval_approve_then_reject(client, airflow_tracking, tmp_path, monkeypatch):
     # The in-process Core API authenticates every request as an admin (simple auth manager).
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     name = unique_name("hitl")
@@ -505,7 +503,7 @@ def test_manual_approval_approve_then_reject(client, tracking, tmp_path, monkeyp
     assert client.get_run(run_id).data.tags["mlops.promotion.outcome"] == "rejected"
 
 
-def test_policy_rejection_skips_the_approval_question(client, tracking, tmp_path):
+def test_policy_rejection_skips_the_approval_question(client, airflow_tracking, tmp_path):
     """No human is asked to approve a challenger the policy already refused."""
     name = unique_name("hitl")
     data = make_dataset(tmp_path / "d.csv")
@@ -523,7 +521,7 @@ def test_policy_rejection_skips_the_approval_question(client, tracking, tmp_path
 
 
 def test_generated_rollback_dag_goes_further_back_and_records_who_and_why(
-    client, tracking, tmp_path, run_dag
+    client, airflow_tracking, tmp_path, run_dag
 ):
     """``rollback__<name>`` from a pipeline config, triggered twice as the UI form does:
     v3 -> v2 -> v1 (never back to v3), each run audited with the triggering user, the
@@ -542,7 +540,7 @@ def test_generated_rollback_dag_goes_further_back_and_records_who_and_why(
 
     name = unique_name("gen-rb")
     data = make_dataset(tmp_path / "d.csv")
-    result = train(tracking, data, STUMP, model_name=name)
+    result = train(airflow_tracking, data, STUMP, model_name=name)
     versions = []
     for i in range(3):  # three champions of one trained model: the rollback is what is tested
         v = register_version(

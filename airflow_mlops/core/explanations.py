@@ -11,7 +11,8 @@ An optional SHAP summary (mean absolute SHAP value per feature) is added for tre
 when the ``shap`` package is importable; otherwise it is skipped and the record and the log
 say why. Explanations inform the reviewer; they never gate a promotion.
 
-Only pydantic is imported at the top; scikit-learn and shap inside the functions.
+The spec is in :mod:`~airflow_mlops.core.governance_spec` (import-light); scikit-learn and
+shap are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -20,49 +21,25 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from airflow_mlops.core.errors import ConfigError
+# The spec and its parser live in the import-light module the pipeline config reads.
+from airflow_mlops.core.governance_spec import ExplainSpec, parse_explain
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["EXPLANATIONS_ARTIFACT", "ExplainSpec", "explain_model", "explanations_summary"]
+__all__ = [
+    "EXPLANATIONS_ARTIFACT",
+    "ExplainSpec",
+    "explain_model",
+    "explanations_summary",
+    "parse_explain",
+]
 
 log = logging.getLogger(__name__)
 
 EXPLANATIONS_ARTIFACT = "mlops/explanations.json"
 #: Estimator modules whose models SHAP's TreeExplainer reads.
 _TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost", "lightgbm", "catboost")
-
-
-class ExplainSpec(BaseModel):
-    """``evaluation.explain``: how the challenger's explanations are computed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    max_rows: int = Field(2000, ge=10, description="Rows sampled from the comparison set.")
-    n_repeats: int = Field(5, ge=1, le=100, description="Shuffles per feature.")
-    top: int = Field(5, ge=1, le=50, description="Features named in the evaluation result.")
-    seed: int = Field(0, description="Seeds the sample and the shuffles.")
-    shap: bool = Field(True, description="Add a SHAP summary for tree models when installed.")
-
-
-def parse_explain(value: ExplainSpec | dict[str, Any] | bool | None) -> ExplainSpec:
-    """A spec from a model, a mapping, ``True``/``None`` (defaults) or ``False`` (off)."""
-    from pydantic import ValidationError
-
-    if isinstance(value, ExplainSpec):
-        return value
-    if value is None or value is True:
-        return ExplainSpec()
-    if value is False:
-        return ExplainSpec(enabled=False)
-    try:
-        return ExplainSpec.model_validate(dict(value))
-    except (ValidationError, TypeError, ValueError) as err:
-        raise ConfigError(f"invalid evaluation.explain: {err}") from err
 
 
 def explain_model(

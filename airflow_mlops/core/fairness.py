@@ -22,19 +22,29 @@ verdict: it is reported as "not enough rows (N)" and fails the gate unless
 sensitive column missing from the comparison set is a :class:`~airflow_mlops.core.errors.
 DataError`.
 
-This module imports pydantic only at the top (the YAML config validates with it); numpy and
-fairlearn are imported by the functions that measure.
+The spec models are in :mod:`~airflow_mlops.core.governance_spec` (import-light: the YAML
+config validates with them); numpy and fairlearn are imported by the functions that measure.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError, DataError
+
+# The spec models live in the import-light module the pipeline config reads; re-exported here.
+from airflow_mlops.core.governance_spec import (
+    DEFAULT_MIN_GROUP_ROWS,
+    DISPARITY_METRICS,
+    FAIRNESS_METRICS,
+    PER_CLASS_METRICS,
+    FairnessBound,
+    FairnessSpec,
+    SensitiveColumn,
+    parse_fairness,
+)
 from airflow_mlops.core.policy import FAIL, NOT_APPLICABLE, PASS, RuleResult
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "DEFAULT_MIN_GROUP_ROWS",
     "DISPARITY_METRICS",
     "FAIRNESS_ARTIFACT",
     "FAIRNESS_METRICS",
@@ -53,116 +64,12 @@ __all__ = [
     "fairness_rules",
     "fairness_summary",
     "measure_fairness",
+    "parse_fairness",
 ]
 
 FAIRNESS_ARTIFACT = "mlops/fairness.json"
-DISPARITY_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
-PER_CLASS_METRICS = ("recall", "precision")
-FAIRNESS_METRICS = (*DISPARITY_METRICS, *PER_CLASS_METRICS)
-#: Fewer rows in a group and its rates are noise: at 30 rows a rate near 0.5 has a 95 %
-#: interval about +/- 0.18 wide.
-DEFAULT_MIN_GROUP_ROWS = 30
 _MISSING = "<missing>"
 _SUMMARY_LIMIT = 10
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SensitiveColumn(_Strict):
-    """A column the disparities are measured over."""
-
-    column: str = Field(min_length=1)
-    exclude_from_features: bool = Field(
-        False,
-        description="The model must not use it: evaluation refuses a challenger trained on it "
-        "(training drops it from the features and keeps it in the holdout to measure over).",
-    )
-
-
-class FairnessBound(_Strict):
-    """``max``: the disparity / per-class drop must stay at or under it; ``max_increase``:
-    how much it may grow versus the champion."""
-
-    max: float | None = Field(None, ge=0.0)
-    max_increase: float | None = Field(None, ge=0.0)
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> FairnessBound:
-        if self.max is None and self.max_increase is None:
-            raise ValueError("give at least one of 'max' or 'max_increase'")
-        return self
-
-
-class FairnessSpec(_Strict):
-    """``evaluation.fairness``: sensitive columns, gated metrics and their bounds."""
-
-    sensitive: list[SensitiveColumn] = Field(default_factory=list)
-    metrics: dict[Literal[FAIRNESS_METRICS], FairnessBound] = Field(  # type: ignore[valid-type]
-        min_length=1
-    )
-    min_rows: int = Field(
-        DEFAULT_MIN_GROUP_ROWS, ge=1, description="Fewest rows a group needs for a verdict."
-    )
-    small_groups: Literal["fail", "report"] = Field(
-        "fail",
-        description="A group under min_rows fails the gate ('fail') or is reported as not "
-        "applicable ('report'); never a silent pass.",
-    )
-    positive_label: Any = Field(
-        None,
-        description="Binary targets: the class whose selection rate is compared (default: "
-        "the larger label, scikit-learn's convention).",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sensitive_shorthand(cls, data: Any) -> Any:
-        """``sensitive: [sex, age_band]`` or ``{sex: {exclude_from_features: true}}``."""
-        if not isinstance(data, dict) or "sensitive" not in data:
-            return data
-        raw = data["sensitive"]
-        if isinstance(raw, Mapping):
-            raw = [{"column": k, **(v or {})} for k, v in raw.items()]
-        if isinstance(raw, list):
-            raw = [{"column": v} if isinstance(v, str) else v for v in raw]
-        return {**data, "sensitive": raw}
-
-    @model_validator(mode="after")
-    def _check(self) -> FairnessSpec:
-        columns = [s.column for s in self.sensitive]
-        if len(set(columns)) != len(columns):
-            raise ValueError("fairness.sensitive lists a column twice")
-        if any(m in DISPARITY_METRICS for m in self.metrics) and not columns:
-            raise ValueError(
-                "fairness.metrics names a disparity over groups "
-                f"({', '.join(m for m in self.metrics if m in DISPARITY_METRICS)}): "
-                "list the sensitive columns in fairness.sensitive"
-            )
-        return self
-
-    @property
-    def columns(self) -> list[str]:
-        return [s.column for s in self.sensitive]
-
-    @property
-    def excluded_features(self) -> list[str]:
-        """Sensitive columns the model must not use: the CT DAG's train task excludes them
-        from the features and keeps them in the holdout (``holdout_columns``)."""
-        return [s.column for s in self.sensitive if s.exclude_from_features]
-
-
-def parse_fairness(value: FairnessSpec | Mapping[str, Any] | None) -> FairnessSpec | None:
-    """A spec from a model or a mapping; errors name the field."""
-    from pydantic import ValidationError
-
-    if value is None or isinstance(value, FairnessSpec):
-        return value
-    try:
-        return FairnessSpec.model_validate(dict(value))
-    except (ValidationError, TypeError, ValueError) as err:
-        raise ConfigError(f"invalid evaluation.fairness: {err}") from err
 
 
 def check_sensitive_columns(

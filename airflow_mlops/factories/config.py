@@ -27,8 +27,7 @@ from airflow_mlops.core.constants import (
 )
 from airflow_mlops.core.data_window import DataWindow
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.explanations import ExplainSpec
-from airflow_mlops.core.fairness import FairnessSpec
+from airflow_mlops.core.governance_spec import ExplainSpec, FairnessSpec
 from airflow_mlops.core.lineage import config_hash
 from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, PromotionPolicy
 from airflow_mlops.core.prediction_layout import DEFAULT_MIN_LABEL_COVERAGE
@@ -448,6 +447,29 @@ class PipelineConfig(_Section):
         metric = promotion.shadow_metric
         if metric and default_direction(metric) is None:
             raise ValueError(f"promotion.shadow_metric {metric!r} is not a known metric")
+        return self
+
+    @model_validator(mode="after")
+    def _fairness_event_needs_fairness_monitoring(self) -> PipelineConfig:
+        """``events.fairness`` is sent by the decay check over labelled prediction partitions:
+        refuse an event no run would ever send."""
+        from airflow_mlops.core.prediction_layout import is_partitioned_output
+
+        if "fairness" not in self.notifications.events:
+            return self
+        data = self.data
+        if not (
+            self.evaluation.fairness is not None
+            and self.monitoring.decay is not None
+            and data.id_columns
+            and data.predictions_uri
+            and is_partitioned_output(data.predictions_uri)
+        ):
+            raise ValueError(
+                "notifications.events.fairness: fairness is monitored by the decay check over "
+                "delayed labels; it needs evaluation.fairness, monitoring.decay, data.id_columns "
+                "and a data.predictions_uri folder or prefix"
+            )
         return self
 
     @model_validator(mode="after")
