@@ -147,6 +147,10 @@ def test_every_section_matches_the_recorded_facts(carded, client):
     names = [f["feature"] for f in evaluation["top_features"]["features"]]
     assert names and set(names) <= set(data["features"])
 
+    # The evaluate task computed the training-data drift: nothing to compare the first with.
+    assert card["drift"]["training_data_vs_previous_champion"] == (
+        "first model: no previous champion"
+    )
     assert card["decision"]["outcome"] == promote["outcome"] == "promoted"
     assert card["decision"]["decided_by"] == "policy"
     assert card["decision"]["policy_verdict"] == "promote"

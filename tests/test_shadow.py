@@ -219,6 +219,12 @@ def test_shadow_evidence_over_three_labelled_partitions(
     )
     assert card["evaluation"]["shadow"]["verdict"] == PASS
     assert len(card["evaluation"]["shadow"]["records"]) == 3
+    record = card["evaluation"]["shadow_record"]  # the reviewer's summary of the same records
+    assert record["partitions"] == 3 and record["rule"] == {
+        "verdict": PASS,
+        "met": True,
+        "detail": done["shadow"]["detail"],
+    }
 
 
 def test_the_shadow_evidence_rule_counts_only_records_beside_this_champion():

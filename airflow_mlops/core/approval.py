@@ -68,6 +68,7 @@ __all__ = [
     "read_approval",
     "read_superseded_by",
     "responder_name",
+    "shadow_text",
     "store_approval",
     "supersede_older",
 ]
@@ -394,6 +395,8 @@ def approval_evidence(
     approvers: list[str] | tuple[str, ...] = (),
     deadline: str | None = None,
     on_timeout: str = "reject",
+    model_card: str | None = None,
+    shadow: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the approver should see besides the decision record, from plain values.
 
@@ -401,7 +404,9 @@ def approval_evidence(
     hash, rows); ``validation``: the validate task's summary; ``retrain_signal``: the extra of
     the retrain asset event that triggered the run (drift or decay verdict), if one did;
     ``links``: MLflow version/run pages and the Airflow run; ``deadline``: ISO time of the
-    timeout, with ``on_timeout`` the answer then applied.
+    timeout, with ``on_timeout`` the answer then applied; ``model_card``: the address of the
+    version's pending card on the MLOps page (or the reason it is missing); ``shadow``: the
+    shadow record (:func:`airflow_mlops.core.shadow.shadow_summary`), when there is one.
     """
     from airflow_mlops.core.lineage import (
         TAG_DATA_FILES,
@@ -441,6 +446,8 @@ def approval_evidence(
         "approvers": [str(a) for a in approvers],
         "deadline": deadline,
         "on_timeout": ON_TIMEOUT_CHOICES.get(on_timeout, REJECT),
+        "model_card": model_card,
+        "shadow": dict(shadow) if isinstance(shadow, Mapping) else None,
     }
 
 
@@ -523,7 +530,34 @@ def _evidence_lines(evaluation: Mapping[str, Any], evidence: Mapping[str, Any]) 
         )
     else:
         lines.append("- **Trigger:** not a drift or decay signal (schedule, new data or manual)")
+    shadow = evidence.get("shadow")
+    if shadow:
+        lines.append(f"- **Shadow record:** {shadow_text(shadow)}")
     return lines
+
+
+def shadow_text(shadow: Mapping[str, Any]) -> str:
+    """One escaped line: partitions scored, the difference and its range, the rule."""
+    if shadow.get("error"):
+        return f"unreadable: {escape_md(shadow['error'])}"
+    rng = shadow.get("difference_range") or [None, None]
+    text = (
+        f"{escape_md(shadow.get('partitions'))} partition(s) scored beside champion version "
+        f"{escape_md(shadow.get('champion_version'))} ({escape_md(shadow.get('rows'))} rows); "
+        f"{escape_md(shadow.get('metric'))} challenger - champion "
+        f"{_signed(shadow.get('mean_difference'))} (mean; range over partitions "
+        f"[{_signed(rng[0])}, {_signed(rng[1])}])"
+    )
+    rule = shadow.get("rule")
+    if isinstance(rule, Mapping):
+        met = "met" if rule.get("met") else "NOT met"
+        text += (
+            f"; require\\_shadow\\_partitions {escape_md(shadow.get('required_partitions'))}: "
+            f"{met} ({escape_md(rule.get('detail'))})"
+        )
+    else:
+        text += "; no shadow partitions required"
+    return text
 
 
 def _metric_table(evaluation: Mapping[str, Any]) -> list[str]:
@@ -590,6 +624,7 @@ def _link_items(
     validation = evidence.get("validation") or {}
     signal = evidence.get("retrain_signal") or {}
     items = [
+        ("Model card (before the decision)", evidence.get("model_card")),
         ("MLflow model version", links.get("mlflow_version")),
         ("MLflow training run", links.get("mlflow_run")),
         ("Airflow run", links.get("airflow_run")),

@@ -36,14 +36,23 @@ if TYPE_CHECKING:
     from airflow_mlops.core.storage import Storage
 
 __all__ = [
+    "TRAINING_DRIFT_ARTIFACT",
     "DriftOutcome",
     "NothingCheckedError",
     "NothingToCompareError",
     "check_champion_drift",
     "reference_for",
+    "training_data_drift",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The evaluate task's record of :func:`training_data_drift` on the challenger's run.
+TRAINING_DRIFT_ARTIFACT = "mlops/training_drift.json"
+# Rows per side Evidently sees for the training-data comparison: both references are already
+# samples of training data, and this is evidence for a reviewer, not a monitoring verdict.
+TRAINING_DRIFT_ROWS_PER_SIDE = 5_000
+TRAINING_DRIFT_TOP_COLUMNS = 10
 
 
 class NothingToCompareError(MlopsError):
@@ -225,3 +234,67 @@ def _record_last_drift(
     except MlflowException as err:
         # The XCom and the reports hold the verdict; the tag only speeds up the page.
         log.warning("Could not tag %s with the drift verdict: %s", champion.model_name, err)
+
+
+def training_data_drift(
+    storage: Storage,
+    challenger_reference_uri: str,
+    champion_reference_uri: str,
+    *,
+    max_rows_per_side: int = TRAINING_DRIFT_ROWS_PER_SIDE,
+    top: int = TRAINING_DRIFT_TOP_COLUMNS,
+) -> dict[str, Any]:
+    """Drift of the challenger's training reference against the champion's, as small JSON.
+
+    The same computation as monitoring (:func:`~airflow_mlops.core.drift.compute_drift`:
+    column plan from the full files, Evidently on a seeded sample of ``max_rows_per_side``)
+    on the columns both references have; columns only one side has are listed, not tested.
+    The result keeps the verdict, the ``top`` drifted columns and the rows on each side.
+    """
+    from airflow_mlops.core.drift import DriftSettings, compute_drift
+    from airflow_mlops.core.drift_sampling import SamplingPolicy, TableSource
+    from airflow_mlops.core.errors import DataError
+
+    champion = TableSource(champion_reference_uri, storage)
+    challenger = TableSource(challenger_reference_uri, storage)
+    champion_kinds, challenger_kinds = champion.kinds(), challenger.kinds()
+    common = [c for c in challenger_kinds if c in champion_kinds]
+    if not common:
+        raise DataError("the two training references share no column: nothing to compare")
+    settings = DriftSettings(
+        columns=tuple(common), sampling=SamplingPolicy(max_rows_per_side=max_rows_per_side)
+    )
+    summary = compute_drift(
+        champion_reference_uri,
+        challenger_reference_uri,
+        storage,
+        settings,
+        sources=(champion, challenger),
+        html=False,
+    ).summary
+    columns = summary["columns"]
+    drifted = [
+        {"column": name, **{k: columns[name].get(k) for k in ("method", "score", "threshold")}}
+        for name in summary["drifted_columns"]
+    ]
+    methods: dict[str, int] = {}
+    for entry in columns.values():
+        if entry.get("method"):
+            methods[entry["method"]] = methods.get(entry["method"], 0) + 1
+    sampling = summary["sampling"]
+    return {
+        "status": "computed",
+        "dataset": dict(summary["dataset"]),
+        "drifted_columns": drifted[:top],
+        "drifted_columns_truncated": len(drifted) > top,
+        "methods": methods,
+        "rows": {
+            "challenger": sampling["current"]["rows"],
+            "champion": sampling["reference"]["rows"],
+            "sampled_per_side": max_rows_per_side,
+        },
+        "only_in_challenger": [c for c in challenger_kinds if c not in champion_kinds][:top],
+        "only_in_champion": [c for c in champion_kinds if c not in challenger_kinds][:top],
+        "not_tested_columns": dict(list(summary["not_tested_columns"].items())[:top]),
+        "engine": summary["engine"],
+    }

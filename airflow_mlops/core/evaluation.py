@@ -44,6 +44,7 @@ from airflow_mlops.core.comparison import (
     run_manifest,
 )
 from airflow_mlops.core.datasets import SOURCE_FILE_COLUMN
+from airflow_mlops.core.drift_check import TRAINING_DRIFT_ARTIFACT
 from airflow_mlops.core.errors import ConfigError, DataError, MlflowConnectionError
 from airflow_mlops.core.explanations import (
     EXPLANATIONS_ARTIFACT,
@@ -70,6 +71,7 @@ from airflow_mlops.core.lineage import (
     TAG_HOLDOUT_URI,
     TAG_MODEL_NAME,
     TAG_MODEL_URI,
+    TAG_REFERENCE_URI,
     TAG_TARGET,
     TAG_TASK,
 )
@@ -405,6 +407,7 @@ def evaluate_challenger(
     confidence: float = 0.95,
     fairness: FairnessSpec | Mapping[str, Any] | None = None,
     explain: ExplainSpec | Mapping[str, Any] | bool = False,
+    training_drift: bool = False,
 ) -> Evaluation:
     """Score the challenger and the champion on the rows neither trained on, and decide.
 
@@ -415,7 +418,10 @@ def evaluate_challenger(
     Both models are checked under ``trust`` before they load (see ``core.provenance``).
     ``fairness``: the fairness gate (:mod:`airflow_mlops.core.fairness`), measured on the
     same rows; ``explain``: the challenger's permutation importance
-    (:mod:`airflow_mlops.core.explanations`), off by default here.
+    (:mod:`airflow_mlops.core.explanations`), off by default here; ``training_drift``: the
+    drift of the challenger's training reference against the champion's
+    (:func:`airflow_mlops.core.drift_check.training_data_drift`), off by default here (the
+    evaluate task turns it on; batched segments and re-evaluations do not pay for it).
     """
     policy = parse_policy(policy)
     fairness_spec = parse_fairness(fairness)
@@ -528,6 +534,10 @@ def evaluate_challenger(
         record["explanations"] = explanations_summary(
             explained, explain_spec.top, EXPLANATIONS_ARTIFACT
         )
+    if training_drift:
+        drift = _training_drift(client, storage, challenger, champion)
+        artifacts[TRAINING_DRIFT_ARTIFACT] = drift
+        record["training_drift"] = _training_drift_summary(drift)
     comparison_record = _comparison_record(comparison, holdout.rows, on)
     record.update(
         {
@@ -560,6 +570,56 @@ def _explain(model: Any, X: pd.DataFrame, y: pd.Series, task: str, spec: Explain
     except Exception as err:  # e.g. a pyfunc model refusing a shuffled column's dtype
         log.warning("Explanations of the challenger failed: %s", err)
         return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _training_drift(
+    client: MlflowClient, storage: Storage, challenger: Challenger, champion: Champion | None
+) -> dict[str, Any]:
+    """The challenger's training data against the champion's (the version scored above).
+
+    Evidence for the reviewer, never a gate: a failure is recorded and logged."""
+    import time
+
+    from airflow_mlops.core.drift_check import training_data_drift
+
+    if champion is None:
+        return {"status": "first_model", "note": "first model: no previous champion"}
+    base = {"champion_version": champion.version, "champion_run_id": champion.run_id}
+    try:
+        uris = {
+            "challenger": client.get_run(challenger.run_id).data.tags.get(TAG_REFERENCE_URI),
+            "champion": champion.run_id
+            and client.get_run(champion.run_id).data.tags.get(TAG_REFERENCE_URI),
+        }
+    except MlflowException as err:
+        return {**base, "status": "not computed", "note": f"a run cannot be read: {err}"}
+    missing = [side for side, uri in uris.items() if not uri]
+    if missing:
+        note = f"the {' and '.join(missing)} run has no {TAG_REFERENCE_URI} tag"
+        return {**base, "status": "not computed", "note": note, "reference_uris": uris}
+    started = time.monotonic()
+    try:
+        drift = training_data_drift(storage, uris["challenger"], uris["champion"])
+    except Exception as err:  # schema change, unreadable file: said in the card, not raised
+        log.warning("Training-data drift against champion v%s failed: %s", champion.version, err)
+        drift = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+    seconds = round(time.monotonic() - started, 2)
+    log.info("Training-data drift against champion v%s took %.2f s", champion.version, seconds)
+    return {**base, **drift, "reference_uris": uris, "seconds": seconds}
+
+
+def _training_drift_summary(drift: Mapping[str, Any]) -> dict[str, Any]:
+    """The decision record's line about the training-data drift (the artifact has it all)."""
+    dataset = drift.get("dataset") or {}
+    return {
+        "status": drift.get("status"),
+        "champion_version": drift.get("champion_version"),
+        "drifted": dataset.get("drifted"),
+        "drifted_share": dataset.get("drifted_share"),
+        "drifted_columns": [c["column"] for c in drift.get("drifted_columns") or []],
+        "note": drift.get("note") or drift.get("error"),
+        "artifact_path": TRAINING_DRIFT_ARTIFACT,
+    }
 
 
 def _check_min_rows(value: Any) -> int:
@@ -684,7 +744,7 @@ def log_artifacts(client: MlflowClient, run_id: str, evaluation: Evaluation) -> 
     record = dict(evaluation.record)
     for path, payload in evaluation.artifacts.items():
         uri = log_record(client, run_id, payload, path)
-        for key in ("fairness", "explanations"):
+        for key in ("fairness", "explanations", "training_drift"):
             if isinstance(record.get(key), dict) and record[key].get("artifact_path") == path:
                 record[key] = {**record[key], "artifact_uri": uri}
     return record

@@ -9,6 +9,12 @@ and the validate task's summary). It is stored on the version's run as
 ``mlops.model_card.sha256``) and ``mlops/model_card.html`` (self-contained: inline CSS, no
 script, a Content-Security-Policy that allows none, every value escaped).
 
+Before the decision, the approval task writes a *pending* card of the version it asks about
+(:func:`write_pending_card`: the same sections, the decision "awaiting approval" with its
+approvers and policy) at ``mlops/model_card/pending/model_card.{json,html}`` and tags its hash
+as ``mlops.model_card.pending``; it never touches the final card or its tag. The MLOps page
+serves exactly these four paths (:data:`CARD_ARTIFACTS`, :func:`card_route`).
+
 Immutable: once the version carries the hash tag, :func:`store_model_card` keeps that card;
 the card holds no clock reading of its own, so a retried promote task rebuilds the same bytes.
 :func:`read_model_card` refuses a card whose bytes no longer match the tag.
@@ -18,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.core.drift_check import TRAINING_DRIFT_ARTIFACT
 from airflow_mlops.core.errors import MlopsError
 from airflow_mlops.core.lineage import (
     MANIFEST_ARTIFACT_PATH,
@@ -49,27 +57,40 @@ from airflow_mlops.core.lineage import (
     TAG_TRIGGER,
     TAG_TRY_NUMBER,
 )
+from airflow_mlops.core.shadow import TAG_SHADOW_PARTITIONS
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 __all__ = [
+    "CARD_ARTIFACTS",
     "MODEL_CARD_HTML",
     "MODEL_CARD_JSON",
+    "PENDING_CARD_HTML",
+    "PENDING_CARD_JSON",
+    "TAG_MODEL_CARD_PENDING",
     "TAG_MODEL_CARD_SHA256",
     "ModelCardError",
     "ModelCardRef",
     "build_model_card",
+    "card_artifact_for",
     "card_bytes",
+    "card_route",
     "read_model_card",
     "render_html",
     "store_model_card",
     "write_model_card",
+    "write_pending_card",
 ]
 
 MODEL_CARD_JSON = "mlops/model_card.json"
 MODEL_CARD_HTML = "mlops/model_card.html"
 TAG_MODEL_CARD_SHA256 = "mlops.model_card.sha256"
+PENDING_CARD_JSON = "mlops/model_card/pending/model_card.json"
+PENDING_CARD_HTML = "mlops/model_card/pending/model_card.html"
+TAG_MODEL_CARD_PENDING = "mlops.model_card.pending"
+#: The only run artifacts the MLOps page serves besides the report folders.
+CARD_ARTIFACTS = (MODEL_CARD_HTML, MODEL_CARD_JSON, PENDING_CARD_HTML, PENDING_CARD_JSON)
 CARD_SCHEMA_VERSION = 1
 # The card lists this many manifest files; the count, bytes and content hash cover them all.
 MAX_LISTED_FILES = 50
@@ -77,6 +98,8 @@ _FAIRNESS_ARTIFACT = "mlops/fairness.json"
 _EXPLANATIONS_ARTIFACT = "mlops/explanations.json"
 _DECISION_ARTIFACT = "mlops/decision.json"
 _PROMOTION_ARTIFACT = "mlops/promotion.json"
+# A batched segment's training task id: ``<task>[<segment>]`` (core.segment_batch).
+_BATCHED_TASK_ID = re.compile(r"\[[^\]]+\]$")
 
 
 class ModelCardError(MlopsError):
@@ -112,12 +135,14 @@ def build_model_card(
     intended_use: str = "",
     validation: Mapping[str, Any] | None = None,
     promotion: Mapping[str, Any] | None = None,
+    shadow_requirement: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card of ``model_name`` ``version`` from its recorded facts (JSON-safe).
 
     ``promotion`` is the promote task's record (``mlops/promotion.json``); read from the run
     when not given. ``validation`` is the validate task's summary, ``None`` when the pipeline
-    validates nothing.
+    validates nothing. ``shadow_requirement`` (``required_partitions``, ``metric``,
+    ``min_delta``) judges the shadow record when the promotion record has no shadow verdict.
     """
     from airflow_mlops.core.mlflow_client import read_run_text
 
@@ -151,13 +176,60 @@ def build_model_card(
         "evaluation": _evaluation_section(
             decision, artifact(_FAIRNESS_ARTIFACT), artifact(_EXPLANATIONS_ARTIFACT)
         ),
-        "drift": _drift_section(tags),
+        "drift": _drift_section(
+            tags,
+            decision,
+            # Read only when the evaluation recorded one: batched segments pay no MLflow call.
+            artifact(TRAINING_DRIFT_ARTIFACT) if decision.get("training_drift") else None,
+        ),
         "decision": _decision_section(decision, promotion),
         "lineage": _lineage_section(tags),
     }
     # The promote step's shadow_evidence verdict and the shadow records it judged, if any.
-    card["evaluation"]["shadow"] = (promotion or {}).get("shadow")
+    shadow_gate = (promotion or {}).get("shadow")
+    card["evaluation"]["shadow"] = shadow_gate
+    card["evaluation"]["shadow_record"] = (
+        _shadow_record(client, run_id, decision, shadow_gate, shadow_requirement)
+        if tags.get(TAG_SHADOW_PARTITIONS)  # no extra MLflow read for a run without a record
+        else None
+    )
     return json.loads(json.dumps(card, default=str))
+
+
+def _shadow_record(
+    client: MlflowClient,
+    run_id: str,
+    decision: Mapping[str, Any],
+    gate: Mapping[str, Any] | None,
+    requirement: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The challenger's shadow record beside the champion it was evaluated against; the
+    rule's verdict is the promote step's when it judged one, else judged from ``requirement``."""
+    from airflow_mlops.core.shadow import read_shadow_records, shadow_summary
+
+    requirement = dict(requirement or {})
+    if gate:
+        requirement = {"metric": gate.get("metric")}  # the verdict below is the gate's own
+    champion = (decision.get("champion") or {}).get("version")
+    try:
+        records = read_shadow_records(client, run_id)
+    except MlopsError as err:  # a broken record is shown as such; the card is still written
+        return {"error": str(err)}
+    summary = shadow_summary(
+        records,
+        champion_version=None if champion is None else str(champion),
+        metric=requirement.get("metric"),
+        required=requirement.get("required_partitions"),
+        min_delta=float(requirement.get("min_delta") or 0.0),
+    )
+    if summary is not None and gate:
+        summary["required_partitions"] = gate.get("required_partitions")
+        summary["rule"] = {
+            "verdict": gate.get("verdict"),
+            "met": gate.get("verdict") == "pass",
+            "detail": gate.get("detail"),
+        }
+    return summary
 
 
 def _data_section(
@@ -250,13 +322,22 @@ def _top_features(explanations: Mapping[str, Any] | None, summary: Any) -> Any:
     return summary
 
 
-def _drift_section(tags: Mapping[str, str]) -> dict[str, Any]:
+def _drift_section(
+    tags: Mapping[str, str], decision: Mapping[str, Any], recorded: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What started the run, and the evaluate task's training-data drift record."""
     trigger = _json_or_none(tags.get(TAG_TRIGGER)) or tags.get(TAG_TRIGGER)
-    return {
-        "trigger": trigger,
-        "training_data_vs_previous_champion": "not computed: compare the versions' drift "
-        "references (mlops.reference.uri) with the monitoring DAG",
-    }
+    if recorded and recorded.get("status") == "first_model":
+        versus: Any = recorded.get("note") or "first model: no previous champion"
+    elif recorded:
+        versus = dict(recorded)
+    elif decision and decision.get("champion") is None:
+        versus = "first model: no previous champion"
+    elif _BATCHED_TASK_ID.search(tags.get(TAG_TASK_ID) or ""):
+        versus = "not computed for batched segments"
+    else:
+        versus = "not computed: the evaluation recorded no training-data drift"
+    return {"trigger": trigger, "training_data_vs_previous_champion": versus}
 
 
 def _decision_section(
@@ -370,6 +451,71 @@ def write_model_card(
         promotion=promotion,
     )
     return store_model_card(client, card)
+
+
+def write_pending_card(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    *,
+    awaiting: Mapping[str, Any],
+    intended_use: str = "",
+    validation: Mapping[str, Any] | None = None,
+    shadow_requirement: Mapping[str, Any] | None = None,
+) -> ModelCardRef:
+    """The card a reviewer reads before answering: decision "awaiting approval" plus
+    ``awaiting`` (approvers, policy, deadline). Overwritten by each approval request; the
+    final card and its hash tag are never touched."""
+    card = build_model_card(
+        client,
+        model_name,
+        version,
+        intended_use=intended_use,
+        validation=validation,
+        promotion={},  # no promotion yet: an older record on the run is not this decision
+        shadow_requirement=shadow_requirement,
+    )
+    approvers = [str(a) for a in awaiting.get("approvers") or []]
+    card["decision"].update(
+        outcome="awaiting approval",
+        reason=f"awaiting approval: approvers {', '.join(approvers) or 'any user with access'}, "
+        f"policy {awaiting.get('policy') or 'manual'}",
+        approval_policy=awaiting.get("policy") or "manual",
+        decided_by=None,
+        awaiting=json.loads(json.dumps(dict(awaiting), default=str)),
+    )
+    data = card_bytes(card)
+    run_id = card["model"]["run_id"]
+    client.log_text(run_id, data.decode(), PENDING_CARD_JSON)
+    client.log_text(run_id, render_html(card), PENDING_CARD_HTML)
+    digest = hashlib.sha256(data).hexdigest()
+    client.set_model_version_tag(model_name, str(version), TAG_MODEL_CARD_PENDING, digest)
+    base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    return ModelCardRef(
+        f"{base}/{PENDING_CARD_JSON}", f"{base}/{PENDING_CARD_HTML}", digest, written=True
+    )
+
+
+def card_artifact_for(version_tags: Mapping[str, str]) -> str | None:
+    """The card HTML to link for a version: the final one, else the pending one, else None.
+
+    The tags only say whether a card exists; the path is always one of :data:`CARD_ARTIFACTS`.
+    """
+    if version_tags.get(TAG_MODEL_CARD_SHA256):
+        return MODEL_CARD_HTML
+    if version_tags.get(TAG_MODEL_CARD_PENDING):
+        return PENDING_CARD_HTML
+    return None
+
+
+def card_route(run_id: str, path: str) -> str:
+    """The MLOps page's route serving card ``path`` of ``run_id``, relative to the page's
+    mount (``/mlops`` in Airflow); each part quoted."""
+    from urllib.parse import quote
+
+    if path not in CARD_ARTIFACTS:
+        raise ModelCardError(f"{path!r} is not a model card path")
+    return f"/reports/runs/{quote(run_id, safe='')}/artifacts/{quote(path)}"
 
 
 def read_model_card(client: MlflowClient, model_name: str, version: str) -> dict[str, Any]:

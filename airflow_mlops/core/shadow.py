@@ -37,17 +37,23 @@ __all__ = [
     "SHADOW_ARTIFACT",
     "SHADOW_SCHEMA_VERSION",
     "TAG_SHADOW_PARTITIONS",
+    "TAG_SHADOW_REQUIREMENT",
     "log_shadow_records",
+    "read_requirement",
     "read_shadow_predictions",
     "read_shadow_records",
     "shadow_challenger",
     "shadow_evidence",
     "shadow_records",
+    "shadow_summary",
 ]
 
 SHADOW_ARTIFACT = "mlops/shadow.json"
 SHADOW_SCHEMA_VERSION = 1
 TAG_SHADOW_PARTITIONS = "mlops.shadow.partitions"
+# On the version an approval asks about: the promote task's shadow requirement as JSON
+# (required_partitions, metric, min_delta), so the MLOps page can say whether it is met.
+TAG_SHADOW_REQUIREMENT = "mlops.shadow.requirement"
 _SHADOW_PREFIX = "__shadow__"
 
 
@@ -240,3 +246,71 @@ def shadow_evidence(
     )
     relevant = [r for r in records if str(r.get("champion_version")) == str(champion_version)]
     return rule, relevant[-required:]
+
+
+def shadow_summary(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    champion_version: str | None,
+    metric: str | None = None,
+    required: int | None = None,
+    min_delta: float = 0.0,
+) -> dict[str, Any] | None:
+    """What a reviewer sees of the shadow record (card, approval body, page), or None when
+    the challenger has none: partitions scored beside ``champion_version``, the
+    challenger-minus-champion difference on ``metric`` (mean, and its range over the
+    partitions: the records hold per-partition metrics, not rows, so no sampling interval),
+    and the ``shadow_evidence`` rule's verdict when ``required`` partitions are required."""
+    import math
+
+    from airflow_mlops.core.policy import shadow_evidence_rule
+
+    if not records:
+        return None
+    relevant = [r for r in records if str(r.get("champion_version")) == str(champion_version)]
+    if metric is None:
+        names = [m for r in relevant[-1:] for m in (r.get("difference") or {})]
+        metric = names[0] if names else None
+    differences = [
+        float(d)
+        for r in relevant
+        for d in [(r.get("difference") or {}).get(metric)]
+        if isinstance(d, (int, float)) and math.isfinite(d)
+    ]
+    summary: dict[str, Any] = {
+        "champion_version": champion_version,
+        "partitions": len(relevant),
+        "partitions_other_champions": len(records) - len(relevant),
+        "rows": sum(int(r.get("rows") or 0) for r in relevant),
+        "metric": metric,
+        "mean_difference": sum(differences) / len(differences) if differences else None,
+        "difference_range": [min(differences), max(differences)] if differences else None,
+        "newest_partition": relevant[-1].get("partition") if relevant else None,
+        "required_partitions": required,
+        "rule": None,
+    }
+    if required and metric:
+        rule = shadow_evidence_rule(
+            records,
+            required=int(required),
+            metric=metric,
+            min_delta=min_delta,
+            champion_version=champion_version,
+        )
+        summary["rule"] = {"verdict": rule.verdict, "met": rule.verdict == "pass"}
+        summary["rule"]["detail"] = rule.detail
+    return summary
+
+
+def read_requirement(raw: str | None) -> dict[str, Any]:
+    """The :data:`TAG_SHADOW_REQUIREMENT` tag's requirement; {} when absent or unusable."""
+    try:
+        value = json.loads(raw or "")
+        required = int(value["required_partitions"])
+        metric = value.get("metric")
+        min_delta = float(value.get("min_delta") or 0.0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+    if required < 1 or not (metric is None or isinstance(metric, str)):
+        return {}
+    return {"required_partitions": required, "metric": metric, "min_delta": min_delta}

@@ -111,6 +111,10 @@ def promotion_tasks(
         from airflow_mlops.operators.approval import PromotionApprovalOperator
 
         approval_args = dict(approval_kwargs or {})
+        # The pending model card and the body judge the shadow record as promote will.
+        for key in _SHARED_WITH_APPROVAL:
+            if key in promote_args:
+                approval_args.setdefault(key, promote_args[key])
         if approval == "auto_if_confident":
             policy_args = {"approval_policy": approval, "auto_confidence": auto_confidence}
             approval_args.update(policy_args)
@@ -136,6 +140,15 @@ def promotion_tasks(
     )
     (gate or register) >> promote
     return PromotionTasks(evaluate, register, approval_task, gate, promote)
+
+
+_SHARED_WITH_APPROVAL = (
+    "model_card",
+    "intended_use",
+    "require_shadow_partitions",
+    "shadow_min_delta",
+    "shadow_metric",
+)
 
 
 def rollback_dag_params(model_name: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ module imports the other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from airflow_mlops.core.approval import (
     ApprovalTask,
     assigned_users,
 )
-from airflow_mlops.core.errors import ConfigError
+from airflow_mlops.core.errors import ConfigError, MlopsError
 from airflow_mlops.core.values import parse_seconds
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID
 from airflow_mlops.operators.base import as_mapping
@@ -86,6 +87,13 @@ class PromotionApprovalOperator(ApprovalOperator):
         the question when :func:`~airflow_mlops.core.approval_policy.approval_outcome` finds
         the evidence confident; otherwise ask, with the reason at the top of the body.
     :param auto_confidence: ``promotion.auto_confidence`` (None: the policy's levels, 0.95).
+    :param model_card: write the version's *pending* model card before asking
+        (:func:`~airflow_mlops.core.model_card.write_pending_card`) and link it in the body
+        through the MLOps page (default True).
+    :param intended_use: the card's intended use (the pipeline's description).
+    :param require_shadow_partitions: the promote task's shadow requirement, to say in the
+        body and the card whether the shadow record meets it (with ``shadow_min_delta`` and
+        ``shadow_metric``); a shadow record is shown whenever the challenger has one.
     """
 
     template_fields: Sequence[str] = (
@@ -109,6 +117,11 @@ class PromotionApprovalOperator(ApprovalOperator):
         supersede_poll_seconds: float | None = None,
         approval_policy: str = "manual",
         auto_confidence: float | None = None,
+        model_card: bool = True,
+        intended_use: str = "",
+        require_shadow_partitions: int | None = None,
+        shadow_min_delta: float = 0.0,
+        shadow_metric: str | None = None,
         **kwargs: Any,
     ) -> None:
         if approval_policy not in ("manual", "auto_if_confident"):
@@ -140,6 +153,11 @@ class PromotionApprovalOperator(ApprovalOperator):
         self.supersede_poll_seconds = supersede_poll_seconds
         self.approval_policy = approval_policy
         self.auto_confidence = auto_confidence
+        self.model_card = model_card
+        self.intended_use = intended_use
+        self.require_shadow_partitions = require_shadow_partitions
+        self.shadow_min_delta = shadow_min_delta
+        self.shadow_metric = shadow_metric
         self._asked_because: str | None = None
 
     # -- asking --------------------------------------------------------------------------------
@@ -235,6 +253,8 @@ class PromotionApprovalOperator(ApprovalOperator):
         with hook.client() as client:
             core.forget_approval(client, model, version, task)
             run_tags, experiment_id = _run_facts(client, registration.get("run_id"))
+            shadow = self._shadow(client, evaluation, registration)
+            card = self._pending_card(client, registration, shadow, deadline)
             self.body = core.approval_body(
                 evaluation,
                 registration,
@@ -246,6 +266,8 @@ class PromotionApprovalOperator(ApprovalOperator):
                     approvers=self.approvers,
                     deadline=None if deadline is None else deadline.isoformat(timespec="seconds"),
                     on_timeout=self.on_timeout,
+                    model_card=card,
+                    shadow=(shadow or {}).get("summary"),
                 ),
             )
             if self._asked_because:
@@ -264,6 +286,97 @@ class PromotionApprovalOperator(ApprovalOperator):
             if newer is not None:
                 return {"version": newer, "at": _now_iso()}
         return None
+
+    def _shadow(
+        self, client: Any, evaluation: Mapping[str, Any], registration: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The shadow requirement (as the promote task will judge it) and the challenger's
+        shadow record beside the evaluated champion; None when there is neither."""
+        from airflow_mlops.core.shadow import (
+            TAG_SHADOW_REQUIREMENT,
+            read_shadow_records,
+            shadow_summary,
+        )
+        from airflow_mlops.operators.base import as_number
+
+        requirement: dict[str, Any] = {}
+        if self.require_shadow_partitions is not None:
+            from airflow_mlops.core.promotion import ShadowRequirement
+
+            wanted = ShadowRequirement(
+                partitions=as_number(self.require_shadow_partitions, int, "shadow partitions"),
+                min_delta=as_number(self.shadow_min_delta, float, "shadow_min_delta"),
+                metric=self.shadow_metric or None,
+            )
+            requirement = {
+                "required_partitions": wanted.partitions,
+                "min_delta": wanted.min_delta,
+                "metric": wanted.metric_for(evaluation.get("policy") or {}),
+            }
+        if requirement:
+            client.set_model_version_tag(
+                registration["model_name"],
+                str(registration["version"]),
+                TAG_SHADOW_REQUIREMENT,
+                json.dumps(requirement),
+            )
+        run_id = registration.get("run_id")
+        try:
+            records = read_shadow_records(client, str(run_id)) if run_id else []
+        except MlopsError as err:  # shown as unreadable; the promote step judges it again
+            return {"requirement": requirement or None, "summary": {"error": str(err)}}
+        champion = (evaluation.get("champion") or {}).get("version")
+        summary = shadow_summary(
+            records,
+            champion_version=None if champion is None else str(champion),
+            metric=requirement.get("metric"),
+            required=requirement.get("required_partitions"),
+            min_delta=requirement.get("min_delta", 0.0),
+        )
+        if summary is None and not requirement:
+            return None
+        return {"requirement": requirement or None, "summary": summary}
+
+    def _pending_card(
+        self,
+        client: Any,
+        registration: Mapping[str, Any],
+        shadow: Mapping[str, Any] | None,
+        deadline: dt.datetime | None,
+    ) -> str | None:
+        """Write the version's pending card; its address on the MLOps page, or why not."""
+        if not self.model_card:
+            return None
+        from airflow.sdk import conf
+
+        from airflow_mlops.core.model_card import PENDING_CARD_HTML, card_route, write_pending_card
+        from airflow_mlops.plugins.mlops_page import URL_PREFIX
+
+        model, version = registration["model_name"], str(registration["version"])
+        awaiting = {
+            "approvers": self.approvers,
+            "policy": self.approval_policy,
+            "asked_because": self._asked_because,
+            "deadline": None if deadline is None else deadline.isoformat(timespec="seconds"),
+            "on_timeout": ON_TIMEOUT_CHOICES[self.on_timeout],
+        }
+        try:
+            ref = write_pending_card(
+                client,
+                model,
+                version,
+                awaiting=awaiting,
+                intended_use=str(self.intended_use or ""),
+                validation=self.validation if isinstance(self.validation, Mapping) else None,
+                shadow_requirement=(shadow or {}).get("requirement"),
+            )
+        except Exception as err:  # the question is still asked; the body says the card is missing
+            self.log.warning("The pending model card could not be written: %s", err)
+            return f"not written ({type(err).__name__}: {err})"
+        self.log.info("Pending model card: %s", ref.html_uri)
+        run_id = client.get_model_version(model, version).run_id
+        base = (conf.get("api", "base_url", fallback="http://localhost:8080/") or "").rstrip("/")
+        return f"{base}{URL_PREFIX}{card_route(run_id, PENDING_CARD_HTML)}"
 
     # -- the answer ----------------------------------------------------------------------------
 

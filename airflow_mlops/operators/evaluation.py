@@ -6,8 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.errors import ConfigError
-from airflow_mlops.core.explanations import ExplainSpec, parse_explain
-from airflow_mlops.core.fairness import FairnessSpec, parse_fairness
+from airflow_mlops.core.governance_spec import (
+    ExplainSpec,
+    FairnessSpec,
+    parse_explain,
+    parse_fairness,
+)
 from airflow_mlops.core.policy import (
     DEFAULT_MIN_ROWS,
     EVALUATION_ON,
@@ -76,6 +80,10 @@ class EvaluateModelOperator(MlopsBaseOperator):
     :param explain: permutation importance of the challenger on a sample of the same rows,
         logged as ``mlops/explanations.json`` (a mapping / ``ExplainSpec``; ``False`` turns
         it off). Default on, 2,000 rows.
+    :param training_drift: compare the challenger's training data (its drift reference,
+        ``mlops.reference.uri``) with the champion's using the drift check's machinery on a
+        5,000-row sample per side; logged as ``mlops/training_drift.json`` and shown in the
+        model card (default True; it informs, never gates).
     :param trust_unsigned_models: load models this provider did not train and sign
         (default False: the challenger or champion is refused with ``UntrustedModelError``
         before it is unpickled; see ``docs/security.md``).
@@ -108,6 +116,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
         trust_unsigned_models: bool = False,
         fairness: FairnessSpec | Mapping[str, Any] | None = None,
         explain: ExplainSpec | Mapping[str, Any] | bool = True,
+        training_drift: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -134,6 +143,9 @@ class EvaluateModelOperator(MlopsBaseOperator):
         spec = parse_fairness(fairness)
         self.fairness = None if spec is None else spec.model_dump(mode="json")
         self.explain = parse_explain(explain).model_dump(mode="json")
+        if not isinstance(training_drift, bool):
+            raise ConfigError(f"training_drift must be true or false, got {training_drift!r}")
+        self.training_drift = training_drift
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core import evaluation as ev
@@ -166,6 +178,7 @@ class EvaluateModelOperator(MlopsBaseOperator):
                 min_rows=self.min_rows,
                 fairness=self.fairness,
                 explain=self.explain,
+                training_drift=self.training_drift,
             )
             record = ev.log_artifacts(client, challenger.run_id, evaluation)
             artifact_uri = ev.log_record(client, challenger.run_id, record, self.decision_artifact)
@@ -189,6 +202,13 @@ class EvaluateModelOperator(MlopsBaseOperator):
         top = (record.get("explanations") or {}).get("top_features")
         if top:
             self.log.info("Top features: %s", ", ".join(f["feature"] for f in top))
+        drift = record.get("training_drift") or {}
+        if drift:
+            self.log.info(
+                "Training data vs the champion's: %s (%s drifted)",
+                drift.get("status"),
+                drift.get("drifted_columns"),
+            )
         self.log.info("Decision record: %s", artifact_uri)
         persist_mlflow_links(
             context,

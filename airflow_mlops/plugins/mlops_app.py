@@ -445,6 +445,7 @@ async def mlops_page(request: Request, user: UserDep) -> HTMLResponse:
         "task": _airflow_task_href,
         "airflow_run": _airflow_run_href,
         "approval": approval_href,
+        "card": lambda version: card_href(_prefix(request), version),
     }
     html = _templates.get_template("mlops.html").render(
         error=None,
@@ -676,6 +677,15 @@ def _report_href(prefix: str, model: Any, verdict: Any) -> str | None:
     if verdict.run_id:
         return f"{prefix}/reports/runs/{quote(verdict.run_id, safe='')}/{kind}"
     return None
+
+
+def card_href(prefix: str, version: Any) -> str | None:
+    """The page's report route serving a version's model card (final, else pending)."""
+    from airflow_mlops.core.model_card import card_route
+
+    if not version.card_artifact or not version.run_id:
+        return None
+    return f"{prefix}{card_route(version.run_id, version.card_artifact)}"
 
 
 def _airflow_run_href(dag_id: str | None, run_id: str | None) -> str | None:

@@ -32,6 +32,13 @@ Where the facts come from (the conventions of the rest of the provider):
   metrics include them (two calls per such model). The verdict and the pending partitions
   live in the decay task's XCom, read per user in :mod:`airflow_mlops.plugins.airflow_facts`.
 
+- the model card of each version: the version tags ``mlops.model_card.sha256`` (final card)
+  and ``mlops.model_card.pending`` (the approval task's pending card) say which exists; the
+  link always names one of the fixed card paths (:data:`~airflow_mlops.core.model_card.CARD_ARTIFACTS`);
+- the challenger's shadow record: ``mlops/shadow.json`` on its run, read (one artifact read)
+  only when the run's ``mlops.shadow.partitions`` tag says it exists, judged against the
+  requirement in the version tag ``mlops.shadow.requirement`` (written by the approval task).
+
 A missing piece of information is ``None`` (shown as "—"), never an error: a model
 registered by hand, without any of these tags, still gets its row.
 
@@ -60,6 +67,7 @@ from airflow_mlops.core.lineage import (
     TAG_PIPELINE,
     TAG_STAGE,
 )
+from airflow_mlops.core.model_card import CARD_ARTIFACTS, card_artifact_for
 from airflow_mlops.core.model_status import (
     TAG_LAST_CT,
     FreezeNote,
@@ -226,6 +234,10 @@ class VersionInfo:
     #: The metric of the decay history logged on this version's run, and its holdout value.
     decay_metric: str | None = None
     decay_baseline: float | None = None
+    #: The version's model card on its run: the final one, else the pending one (approval).
+    card_artifact: str | None = None
+    #: The challenger's shadow record beside the champion (core.shadow.shadow_summary).
+    shadow: dict[str, Any] | None = None
 
 
 @dataclass
@@ -386,7 +398,10 @@ def _text(value: Any) -> str | None:
 
 
 def is_report_artifact(path: str) -> bool:
-    """Only report folders may be served from a run, and no path tricks."""
+    """Only report folders and the model card's exact paths may be served from a run, and
+    no path tricks."""
+    if path in CARD_ARTIFACTS:
+        return True
     parts = path.split("/")
     return path.startswith(REPORT_ARTIFACT_ROOTS) and ".." not in parts and "" not in parts
 
@@ -463,7 +478,45 @@ def _version_info(
         info.decay_metric, info.decay_baseline = decay_metric_of(run.data.metrics or {})
         tags.update(run.data.tags or {})
     tags.update(mv.tags or {})  # a tag on the version wins over its run's
+    if info.run_id:
+        info.card_artifact = card_artifact_for(mv.tags or {})
     return info, tags
+
+
+def _add_shadow_record(
+    client: MlflowClient, overview: ModelOverview, challenger_tags: Mapping[str, str]
+) -> None:
+    """The challenger's shadow record beside the champion: one artifact read, only for a run
+    whose ``mlops.shadow.partitions`` tag says it has one."""
+    from airflow_mlops.core.registry import CHALLENGER, CHAMPION
+    from airflow_mlops.core.shadow import (
+        TAG_SHADOW_PARTITIONS,
+        TAG_SHADOW_REQUIREMENT,
+        read_requirement,
+        read_shadow_records,
+        shadow_summary,
+    )
+
+    challenger, champion = overview.version(CHALLENGER), overview.version(CHAMPION)
+    if (
+        challenger is None
+        or not challenger.run_id
+        or not challenger_tags.get(TAG_SHADOW_PARTITIONS)
+    ):
+        return
+    try:
+        records = read_shadow_records(client, challenger.run_id)
+    except Exception as err:  # a broken record is shown as such, never hides the model
+        challenger.shadow = {"error": f"{type(err).__name__}: {err}"}
+        return
+    requirement = read_requirement(challenger_tags.get(TAG_SHADOW_REQUIREMENT))
+    challenger.shadow = shadow_summary(
+        records,
+        champion_version=champion.version if champion else None,
+        metric=requirement.get("metric"),
+        required=requirement.get("required_partitions"),
+        min_delta=requirement.get("min_delta", 0.0),
+    )
 
 
 def _short(text: str | None, limit: int = MAX_DECISION_CHARS) -> str | None:
@@ -578,6 +631,7 @@ def overview_of_model(
     overview.lineage_dag_ids = sorted(
         {tags[TAG_DAG_ID] for tags in version_tags.values() if tags.get(TAG_DAG_ID)}
     )
+    _add_shadow_record(client, overview, version_tags.get(CHALLENGER, {}))
     pipelines = [tags.get(TAG_PIPELINE) for tags in version_tags.values()]
     overview.pipeline = _short(next((p for p in pipelines if p), None), MAX_NAME_CHARS)
     champion = overview.version(CHAMPION)
