@@ -86,10 +86,11 @@ def test_explain_model_records_shap_for_a_tree_and_the_skip_reason_otherwise(tab
     )
 
     X, label, _ = table
-    spec = ExplainSpec(max_rows=200, n_repeats=2)
+    spec = ExplainSpec(max_rows=200, n_repeats=2, shap_rows=50)
     tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(_numeric(X), label)
     record = explain_model(tree, _numeric(X), label, "classification", spec)
     assert _ranked(record["shap"]) == ["signal", "noise"]
+    assert record["shap"]["rows"] == 50 and record["rows"] == 200  # SHAP explains fewer rows
     assert explanations_summary(record, 2, "a")["shap"] == "shap.TreeExplainer"
 
     linear = Pipeline(

@@ -50,9 +50,8 @@ def explain_model(
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
-    if len(X) > spec.max_rows:
-        X = X.sample(n=spec.max_rows, random_state=spec.seed)
-        y = y.loc[X.index]
+    X = _sample(X, spec.max_rows, spec.seed)
+    y = y.loc[X.index]
     X, y = X.reset_index(drop=True), y.reset_index(drop=True)
     # One thread: hundreds of predictions on a few thousand rows each, where OpenMP's
     # start-up and spinning cost more than they save (HistGradientBoosting: 0.25 s per
@@ -89,7 +88,11 @@ def explain_model(
         "seed": spec.seed,
         "features": features,
     }
-    record["shap"] = shap_summary(model, X) if spec.shap else {"skipped": "explain.shap is false"}
+    record["shap"] = (
+        shap_summary(model, _sample(X, spec.shap_rows, spec.seed))
+        if spec.shap
+        else {"skipped": "explain.shap is false"}
+    )
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 
@@ -141,8 +144,14 @@ def shap_summary(model: Any, X: pd.DataFrame) -> dict[str, Any]:
     ranked = sorted(zip(names, means.tolist(), strict=True), key=lambda item: -item[1])
     return {
         "method": "shap.TreeExplainer",
+        "rows": int(data.shape[0]),
         "features": [{"feature": n, "mean_abs_shap": float(v)} for n, v in ranked],
     }
+
+
+def _sample(X: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """At most ``rows`` rows of ``X``, a seeded random sample when it has more."""
+    return X.sample(n=rows, random_state=seed) if len(X) > rows else X
 
 
 def _skipped(why: str) -> dict[str, Any]:

@@ -151,6 +151,12 @@ class ExplainSpec(_Strict):
     top: int = Field(5, ge=1, le=50, description="Features named in the evaluation result.")
     seed: int = Field(0, description="Seeds the sample and the shuffles.")
     shap: bool = Field(True, description="Add a SHAP summary for tree models when installed.")
+    shap_rows: int = Field(
+        200,
+        ge=10,
+        description="Rows of the sample the SHAP summary explains (its cost grows with rows "
+        "x trees; mean |SHAP| settles within a few hundred rows).",
+    )
 
 
 def parse_explain(value: ExplainSpec | Mapping[str, Any] | bool | None) -> ExplainSpec:
