@@ -76,6 +76,7 @@ from airflow_mlops.core.lineage import (
     TAG_TASK,
 )
 from airflow_mlops.core.metrics import compute_metrics, predict_for_metrics, validate_task
+from airflow_mlops.core.mlflow_client import run_location
 from airflow_mlops.core.model_uri import parse_model_uri
 from airflow_mlops.core.policy import (
     DEFAULT_MIN_ROWS,
@@ -731,7 +732,7 @@ def log_record(
     """Log ``record`` as a JSON artifact on ``run_id`` (overwrites on retry); return its URI."""
     try:
         client.log_dict(run_id, dict(record), artifact_file)
-        artifact_uri = client.get_run(run_id).info.artifact_uri
+        artifact_uri = run_location(client, run_id).artifact_uri
     except MlflowException as err:
         raise MlflowConnectionError(
             f"could not store {artifact_file} on MLflow run {run_id}: {err}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import posixpath
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ __all__ = [
     "host_creds_for",
     "http_limits",
     "read_run_text",
+    "run_location",
     "with_credentials",
 ]
 
@@ -399,6 +401,37 @@ def get_or_create_experiment(
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    """What never changes about a run: where its artifacts go and its experiment."""
+
+    artifact_uri: str
+    experiment_id: str
+
+
+_RUN_LOCATIONS: weakref.WeakKeyDictionary[Any, OrderedDict[str, RunLocation]] = (
+    weakref.WeakKeyDictionary()
+)
+_RUN_LOCATIONS_LOCK = threading.Lock()
+_RUN_LOCATIONS_PER_CLIENT = 1024
+
+
+def run_location(client: MlflowClient, run_id: str) -> RunLocation:
+    """``run_id``'s artifact root and experiment: one read per client and run, as neither
+    changes (a batched segment logs several records on its run; each needs the root)."""
+    with _RUN_LOCATIONS_LOCK:
+        known = _RUN_LOCATIONS.setdefault(client, OrderedDict())
+        if run_id in known:
+            return known[run_id]
+    info = client.get_run(run_id).info
+    location = RunLocation(str(info.artifact_uri), str(info.experiment_id))
+    with _RUN_LOCATIONS_LOCK:
+        known[run_id] = location
+        while len(known) > _RUN_LOCATIONS_PER_CLIENT:
+            known.popitem(last=False)
+    return location
 
 
 def read_run_text(client: MlflowClient, run_id: str, path: str) -> str | None:

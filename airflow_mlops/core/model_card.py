@@ -173,13 +173,15 @@ def build_model_card(
         "intended_use": intended_use or "(the pipeline has no description)",
         "data": _data_section(tags, params, artifact(MANIFEST_ARTIFACT_PATH), validation),
         "training": _training_section(tags, params, metrics),
+        # Each evaluation artifact is read only when the decision record names it.
         "evaluation": _evaluation_section(
-            decision, artifact(_FAIRNESS_ARTIFACT), artifact(_EXPLANATIONS_ARTIFACT)
+            decision,
+            artifact(_FAIRNESS_ARTIFACT) if decision.get("fairness") else None,
+            artifact(_EXPLANATIONS_ARTIFACT) if decision.get("explanations") else None,
         ),
         "drift": _drift_section(
             tags,
             decision,
-            # Read only when the evaluation recorded one: batched segments pay no MLflow call.
             artifact(TRAINING_DRIFT_ARTIFACT) if decision.get("training_drift") else None,
         ),
         "decision": _decision_section(decision, promotion),
@@ -422,7 +424,9 @@ def store_model_card(client: MlflowClient, card: Mapping[str, Any]) -> ModelCard
 
 
 def _card_ref(client: MlflowClient, run_id: str, digest: str, *, written: bool) -> ModelCardRef:
-    base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    from airflow_mlops.core.mlflow_client import run_location
+
+    base = run_location(client, run_id).artifact_uri.rstrip("/")
     return ModelCardRef(
         f"{base}/{MODEL_CARD_JSON}", f"{base}/{MODEL_CARD_HTML}", digest, written=written
     )
@@ -490,7 +494,9 @@ def write_pending_card(
     client.log_text(run_id, render_html(card), PENDING_CARD_HTML)
     digest = hashlib.sha256(data).hexdigest()
     client.set_model_version_tag(model_name, str(version), TAG_MODEL_CARD_PENDING, digest)
-    base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    from airflow_mlops.core.mlflow_client import run_location
+
+    base = run_location(client, run_id).artifact_uri.rstrip("/")
     return ModelCardRef(
         f"{base}/{PENDING_CARD_JSON}", f"{base}/{PENDING_CARD_HTML}", digest, written=True
     )

@@ -459,7 +459,9 @@ def promote_challenger(
         "promotion_artifact_uri": artifact_uri,
         "model_card": _model_card(client, model_name, version, record, options),
     }
-    return PromotionOutcome(result, client.get_run(run_id).info.experiment_id)
+    from airflow_mlops.core.mlflow_client import run_location
+
+    return PromotionOutcome(result, run_location(client, run_id).experiment_id)
 
 
 def _champion_after(move: Mapping[str, Any] | None, champion_before: str | None) -> str | None:

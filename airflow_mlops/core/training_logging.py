@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
@@ -266,11 +267,22 @@ def pinned_requirements(model: Any, serialization_format: str) -> list[str]:
             distributions.append(dist)
     pinned = []
     for dist in dict.fromkeys(distributions):
-        try:
-            pinned.append(f"{dist}=={importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
+        version = _installed_version(dist)
+        if version is None:
             log.warning("Requirement %s is not installed; it is left out of the model's pins", dist)
+        else:
+            pinned.append(f"{dist}=={version}")
     return pinned
+
+
+@functools.cache
+def _installed_version(dist: str) -> str | None:
+    """The installed version of ``dist`` (read once per process: packages do not change
+    under a running task), or None."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _model_modules(model: Any) -> set[str]:
