@@ -686,3 +686,26 @@ def test_the_connection_client_checks_each_name_for_a_prompt_once(tracking, tmp_
     other.set_registered_model_tag(prompt, IS_PROMPT_TAG_KEY, "true")  # as a prompt is stored
     with pytest.raises(MlflowException, match=r"Registered Model with name=.* not found"):
         set_challenger(client, prompt, "1", actor("register"))
+
+
+def test_records_logged_on_one_run_read_its_location_once(tracking, monkeypatch):
+    """A batched segment logs its decision and promotion records (and a card) on its run:
+    the run's artifact root is read once per client, not once per record."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.evaluation import log_record
+
+    client = MlflowClient(tracking)
+    run_id = client.create_run(client.create_experiment(unique_name("loc"))).info.run_id
+    reads: list[str] = []
+    real = MlflowClient.get_run
+    monkeypatch.setattr(
+        MlflowClient, "get_run", lambda self, rid: reads.append(rid) or real(self, rid)
+    )
+    first = log_record(client, run_id, {"a": 1}, "mlops/decision.json")
+    second = log_record(client, run_id, {"b": 2}, "mlops/promotion.json")
+    assert first.endswith("/mlops/decision.json") and second.endswith("/mlops/promotion.json")
+    assert first.rsplit("/mlops/", 1)[0] == second.rsplit("/mlops/", 1)[0]
+    assert reads == [run_id]  # one read of the run for both records
+    log_record(client, run_id, {"c": 3}, "mlops/card.json")
+    assert reads == [run_id]

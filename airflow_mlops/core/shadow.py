@@ -44,6 +44,7 @@ __all__ = [
     "read_shadow_records",
     "shadow_challenger",
     "shadow_evidence",
+    "shadow_for_approval",
     "shadow_records",
     "shadow_summary",
 ]
@@ -314,3 +315,44 @@ def read_requirement(raw: str | None) -> dict[str, Any]:
     if required < 1 or not (metric is None or isinstance(metric, str)):
         return {}
     return {"required_partitions": required, "metric": metric, "min_delta": min_delta}
+
+
+def shadow_for_approval(
+    client: MlflowClient,
+    registration: Mapping[str, Any],
+    champion_version: str | None,
+    requirement: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """What an approval shows of the shadow evidence: ``{requirement, summary}``, or None
+    when there is neither a requirement nor a record.
+
+    ``requirement`` (``required_partitions``, ``metric``, ``min_delta``: the promote task's,
+    as it will judge it) is tagged on the version (:data:`TAG_SHADOW_REQUIREMENT`) so the
+    MLOps page can say whether it is met. An unreadable record is shown as such; the promote
+    step judges the evidence again.
+    """
+    from airflow_mlops.core.errors import MlopsError
+
+    requirement = dict(requirement or {})
+    if requirement:
+        client.set_model_version_tag(
+            registration["model_name"],
+            str(registration["version"]),
+            TAG_SHADOW_REQUIREMENT,
+            json.dumps(requirement),
+        )
+    run_id = registration.get("run_id")
+    try:
+        records = read_shadow_records(client, str(run_id)) if run_id else []
+    except MlopsError as err:
+        return {"requirement": requirement or None, "summary": {"error": str(err)}}
+    summary = shadow_summary(
+        records,
+        champion_version=None if champion_version is None else str(champion_version),
+        metric=requirement.get("metric"),
+        required=requirement.get("required_partitions"),
+        min_delta=requirement.get("min_delta", 0.0),
+    )
+    if summary is None and not requirement:
+        return None
+    return {"requirement": requirement or None, "summary": summary}

@@ -11,7 +11,6 @@ module imports the other.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from airflow_mlops.core.approval import (
     ApprovalTask,
     assigned_users,
 )
-from airflow_mlops.core.errors import ConfigError, MlopsError
+from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.values import parse_seconds
 from airflow_mlops.hooks.mlflow import DEFAULT_CONN_ID
 from airflow_mlops.operators.base import as_mapping
@@ -290,18 +289,14 @@ class PromotionApprovalOperator(ApprovalOperator):
     def _shadow(
         self, client: Any, evaluation: Mapping[str, Any], registration: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """The shadow requirement (as the promote task will judge it) and the challenger's
-        shadow record beside the evaluated champion; None when there is neither."""
-        from airflow_mlops.core.shadow import (
-            TAG_SHADOW_REQUIREMENT,
-            read_shadow_records,
-            shadow_summary,
-        )
-        from airflow_mlops.operators.base import as_number
+        """The challenger's shadow record and the promote task's requirement, as the
+        approval shows them (:func:`~airflow_mlops.core.shadow.shadow_for_approval`)."""
+        from airflow_mlops.core.shadow import shadow_for_approval
 
-        requirement: dict[str, Any] = {}
+        requirement = None
         if self.require_shadow_partitions is not None:
             from airflow_mlops.core.promotion import ShadowRequirement
+            from airflow_mlops.operators.base import as_number
 
             wanted = ShadowRequirement(
                 partitions=as_number(self.require_shadow_partitions, int, "shadow partitions"),
@@ -313,29 +308,8 @@ class PromotionApprovalOperator(ApprovalOperator):
                 "min_delta": wanted.min_delta,
                 "metric": wanted.metric_for(evaluation.get("policy") or {}),
             }
-        if requirement:
-            client.set_model_version_tag(
-                registration["model_name"],
-                str(registration["version"]),
-                TAG_SHADOW_REQUIREMENT,
-                json.dumps(requirement),
-            )
-        run_id = registration.get("run_id")
-        try:
-            records = read_shadow_records(client, str(run_id)) if run_id else []
-        except MlopsError as err:  # shown as unreadable; the promote step judges it again
-            return {"requirement": requirement or None, "summary": {"error": str(err)}}
         champion = (evaluation.get("champion") or {}).get("version")
-        summary = shadow_summary(
-            records,
-            champion_version=None if champion is None else str(champion),
-            metric=requirement.get("metric"),
-            required=requirement.get("required_partitions"),
-            min_delta=requirement.get("min_delta", 0.0),
-        )
-        if summary is None and not requirement:
-            return None
-        return {"requirement": requirement or None, "summary": summary}
+        return shadow_for_approval(client, registration, champion, requirement)
 
     def _pending_card(
         self,
