@@ -64,7 +64,7 @@ def test_permutation_importance_ranks_the_planted_feature_first_and_is_logged(
 
     monkeypatch.setitem(sys.modules, "shap", None)  # as when the extra is not installed
     caplog.set_level(logging.INFO, logger="airflow_mlops.core.explanations")
-    evaluation = _evaluate(client, trained, {"max_rows": 100, "seed": 7, "top": 2})
+    evaluation = _evaluate(client, trained, {"max_rows": 100, "seed": 7, "top": 2, "shap": True})
     summary = evaluation.record["explanations"]
     assert summary["top_features"][0]["feature"] == "signal"
     assert len(summary["top_features"]) == 2
@@ -95,6 +95,7 @@ def test_explain_false_turns_it_off_and_shap_skips_non_tree_models():
     from airflow_mlops.core.explanations import parse_explain, shap_summary
 
     assert parse_explain(False).enabled is False
+    assert parse_explain(True).shap is False  # SHAP is asked for, not implied by the install
     frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
     model = LogisticRegression().fit(frame, [0, 0, 1, 1])
     assert shap_summary(model, frame) == {"skipped": "LogisticRegression is not a tree model"}

@@ -86,7 +86,7 @@ def test_explain_model_records_shap_for_a_tree_and_the_skip_reason_otherwise(tab
     )
 
     X, label, _ = table
-    spec = ExplainSpec(max_rows=200, n_repeats=2, shap_rows=50)
+    spec = ExplainSpec(max_rows=200, n_repeats=2, shap=True, shap_rows=50)
     tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(_numeric(X), label)
     record = explain_model(tree, _numeric(X), label, "classification", spec)
     assert _ranked(record["shap"]) == ["signal", "noise"]

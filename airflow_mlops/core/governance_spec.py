@@ -150,7 +150,11 @@ class ExplainSpec(_Strict):
     n_repeats: int = Field(5, ge=1, le=100, description="Shuffles per feature.")
     top: int = Field(5, ge=1, le=50, description="Features named in the evaluation result.")
     seed: int = Field(0, description="Seeds the sample and the shuffles.")
-    shap: bool = Field(True, description="Add a SHAP summary for tree models when installed.")
+    shap: bool = Field(
+        False,
+        description="Add a SHAP summary for tree models (needs the 'explain' extra; importing "
+        "shap alone takes ~2 s per task, so it is asked for, not implied by the install).",
+    )
     shap_rows: int = Field(
         200,
         ge=10,
