@@ -293,12 +293,15 @@ def test_promote_refuses_a_not_confident_challenger_without_an_approval_record(
     assert "champion" not in client.get_registered_model(name).aliases
 
 
-#: On make_dataset's rows a depth-4 tree beats the depth-3 champion by +0.028 accuracy, 95%
-#: interval [0, +0.065]: the point gain clears min_delta 0.01, its lower bound does not.
+#: On make_dataset's rows a depth-4 tree beats the depth-3 champion by about one row in a
+#: hundred on the comparison set (measured +0.009 to +0.028 accuracy), with a 95% interval
+#: whose lower bound is at or below zero:
 DEEPER = ("sklearn.tree.DecisionTreeClassifier", {"max_depth": 4, "random_state": 0})
+# above this threshold on the point estimate, below it at the interval's lower bound.
+NARROW_DELTA = 0.005
 NARROW = {
     "value_thresholds": {"accuracy": {"lower": 0.6}},
-    "change_thresholds": {"accuracy": {"direction": "higher", "min_delta": 0.01}},
+    "change_thresholds": {"accuracy": {"direction": "higher", "min_delta": NARROW_DELTA}},
 }
 
 
@@ -332,8 +335,11 @@ def test_asks_when_the_gain_over_a_champion_passes_only_on_the_point_estimate(
     assert evaluation["promote"] is True, evaluation["reason"]  # the point rule passes
     assert evaluation["champion"]["version"] == str(v1)
     gain = evaluation["intervals"]["accuracy"]["difference"]
-    assert gain["estimate"] >= 0.01 > gain["low"], gain
-    why = f"asked reviewers: accuracy difference lower bound {gain['low']:.4g} below threshold 0.01"
+    assert gain["estimate"] >= NARROW_DELTA > gain["low"], gain
+    why = (
+        f"asked reviewers: accuracy difference lower bound {gain['low']:.4g} below threshold "
+        f"{NARROW_DELTA:g}"
+    )
 
     assert asked["status_code"] == 200, asked  # the approval task was reached and asked
     assert f"**Approval policy:** auto_if_confident: {why}" in asked["body"]

@@ -228,9 +228,8 @@ def test_page_links_cards_shows_the_shadow_record_and_serves_only_cards(
 ):
     """The page (Airflow's API app) links the challenger's pending card and the champion's
     final card; the report route serves both and still refuses the model's files."""
-    from conftest import mlflow_connection_env
     from mlflow.tracking import MlflowClient
-    from test_plugin import airflow_api, plugin_declared_by_package
+    from test_plugin import admin_page_api
 
     from airflow_mlops.core.model_card import write_model_card
     from airflow_mlops.plugins.model_overview import is_report_artifact
@@ -238,20 +237,7 @@ def test_page_links_cards_shows_the_shadow_record_and_serves_only_cards(
     client = MlflowClient(mlflow_server)
     name, versions, runs = evaluated["name"], evaluated["versions"], evaluated["runs"]
     write_model_card(client, name, versions["champion"], promotion={})
-    plugins = tmp_path_factory.mktemp("card_plugins")
-    if not plugin_declared_by_package():
-        (plugins / "mlops_plugin.py").write_text(
-            "from airflow_mlops.plugins.mlops_page import MlopsPlugin\n"
-        )
-    env = {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": mlflow_connection_env(mlflow_server),
-    }
-    with airflow_api(plugins, {"admin": "card-test-password"}, env) as api:
-        login = {"username": "admin", "password": "card-test-password"}
-        auth = {
-            "Authorization": f"Bearer {api.post('/auth/token', json=login).json()['access_token']}"
-        }
+    with admin_page_api(tmp_path_factory.mktemp("card_plugins"), mlflow_server) as (api, auth):
         models = api.get("/mlops/api/models", headers=auth).json()["models"]
         html = api.get("/mlops/", headers=auth).text
         model = next(m for m in models if m["name"] == name)

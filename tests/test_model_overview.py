@@ -377,22 +377,10 @@ def page(
     tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, status_models: dict[str, str]
 ) -> str:
     """The MLOps page's HTML as an admin gets it from Airflow's real API app."""
-    from conftest import mlflow_connection_env
-    from test_plugin import airflow_api, plugin_declared_by_package
+    from test_plugin import admin_page_api
 
-    plugins = tmp_path_factory.mktemp("status_plugins")
-    if not plugin_declared_by_package():
-        (plugins / "mlops_plugin.py").write_text(
-            "from airflow_mlops.plugins.mlops_page import MlopsPlugin\n"
-        )
-    env = {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": mlflow_connection_env(mlflow_server),
-    }
-    with airflow_api(plugins, {"admin": "status-test-password"}, env) as api:
-        login = {"username": "admin", "password": "status-test-password"}
-        token = api.post("/auth/token", json=login).json()["access_token"]
-        response = api.get("/mlops/", headers={"Authorization": f"Bearer {token}"})
+    with admin_page_api(tmp_path_factory.mktemp("status_plugins"), mlflow_server) as (api, auth):
+        response = api.get("/mlops/", headers=auth)
     assert response.status_code == 200, response.text
     return response.text
 

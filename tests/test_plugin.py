@@ -70,6 +70,27 @@ BASE_API_ENV = {
 
 
 @contextmanager
+def admin_page_api(plugins_folder: Path, mlflow_uri: str) -> Iterator[tuple[Any, dict[str, str]]]:
+    """:func:`airflow_api` with the MLOps plugin (declared by the package, else from a file in
+    ``plugins_folder``) and MLflow at ``mlflow_uri``; ``(client, admin's auth header)``."""
+    from conftest import mlflow_connection_env
+
+    if not plugin_declared_by_package():
+        (plugins_folder / "mlops_plugin.py").write_text(
+            "from airflow_mlops.plugins.mlops_page import MlopsPlugin\n"
+        )
+    env = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": mlflow_connection_env(mlflow_uri),
+    }
+    password = uuid.uuid4().hex
+    with airflow_api(plugins_folder, {"admin": password}, env) as api:
+        login = {"username": "admin", "password": password}
+        token = api.post("/auth/token", json=login).json()["access_token"]
+        yield api, {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
 def airflow_api(
     plugins_folder: Path, passwords: dict[str, str], env: dict[str, str]
 ) -> Iterator[Any]:

@@ -180,26 +180,6 @@ def run_segment(
     """Run the single-model chain's steps for one segment; never raises for the segment's
     own failures. Returns its record: ``{segment, model_name, outcome, reason, failed,
     champion_version, challenger_version, promoted, steps, errors, seconds, ...}``."""
-    from airflow_mlops.core.provenance import reusing_model_downloads
-
-    # Training signs, evaluation scores and the serving check loads the same model: it is
-    # fetched from MLflow once per segment (each use still checks it under the trust).
-    with reusing_model_downloads():
-        return _run_segment(
-            spec, settings, context, client, storage, filesystem, window_end, should_stop
-        )
-
-
-def _run_segment(
-    spec: SegmentSpec,
-    settings: BatchSettings,
-    context: RunContext,
-    client: MlflowClient,
-    storage: Storage,
-    filesystem: AbstractFileSystem,
-    window_end: str | None,
-    should_stop: Callable[[], bool] | None,
-) -> dict[str, Any]:
     from airflow_mlops.core.summary import summarize_run
 
     started = time.perf_counter()
@@ -550,8 +530,13 @@ def run_segment_batch(
     champion against itself. ``on_record(records so far)`` is called after each segment, so
     a try killed mid-chunk leaves the records of the segments it finished.
     """
+    from airflow_mlops.core.provenance import reusing_model_downloads
     from airflow_mlops.core.training import TrainingInterrupted
 
+    if len(specs) > 1 and settings.promotion.serving is not None:
+        from airflow_mlops.core.serving import warm_serving_checker
+
+        warm_serving_checker()  # many checks in this process: pay the load's imports once
     done = {r.get("segment"): r for r in earlier if isinstance(r, Mapping) and not r.get("failed")}
     fs_by_scheme: dict[str, AbstractFileSystem] = {}
     kept: dict[int, dict[str, Any]] = {}
@@ -570,16 +555,19 @@ def run_segment_batch(
     def one(spec: SegmentSpec, fs: AbstractFileSystem) -> dict[str, Any]:
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(f"stopped before segment {spec.segment!r}")
-        record = run_segment(
-            spec,
-            settings,
-            context,
-            client,
-            storage,
-            fs,
-            window_end=window_end,
-            should_stop=should_stop,
-        )
+        # Training signs, evaluation scores and the serving check loads the same model: it
+        # is fetched from MLflow once per segment (each use still checks it under the trust).
+        with reusing_model_downloads():
+            record = run_segment(
+                spec,
+                settings,
+                context,
+                client,
+                storage,
+                fs,
+                window_end=window_end,
+                should_stop=should_stop,
+            )
         log.info(
             "segment %s (%s): %s in %.2fs - %s",
             spec.segment,

@@ -8,8 +8,9 @@ no current directory on ``sys.path``).
 
 Starting that interpreter and importing MLflow, pandas and scikit-learn costs more than
 the check itself, once per model. So each Python process keeps one **checker**: a
-long-lived ``python -I`` process that imports those libraries once (and loads one tiny model,
-so the lazy imports of a first load are paid too) and then ``fork()``s one child per check. Every child starts from the same clean state (the libraries, nothing
+long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
+child per check. A process that runs many checks (a chunk of segment models) also has it pay
+the first model load's lazy imports before forking (:func:`warm_serving_checker`). Every child starts from the same clean state (the libraries, nothing
 else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
 parent downloaded and checked, see :mod:`airflow_mlops.core.provenance`) and predicts
 the sample; a model that breaks its child cannot affect the next check. The checker
@@ -49,6 +50,7 @@ __all__ = [
     "serving_check",
     "serving_sample",
     "stop_serving_checker",
+    "warm_serving_checker",
 ]
 
 # Time the checker may take to start (interpreter + imports) on a loaded machine.
@@ -86,7 +88,8 @@ def warm_up():
     except Exception:  # a warm-up only: the checks themselves report real failures
         traceback.print_exc()
 
-warm_up()
+if os.environ.get("MLOPS_SERVING_CHECKER_WARM_UP") == "1":
+    warm_up()
 
 def run_check(req):
     started = time.time()
@@ -153,6 +156,7 @@ class _Checker:
         self._stderr_path: Path | None = None
         self._lock = threading.Lock()
         self.started_count = 0
+        self.warm_up = False  # see warm_serving_checker()
 
     def run(self, request: dict[str, Any], timeout_seconds: float) -> int | str:
         """Send one check; return the child's exit code or ``"timeout"``."""
@@ -178,6 +182,7 @@ class _Checker:
         workdir = Path(tempfile.mkdtemp(prefix="mlops-serving-checker-"))
         self._stderr_path = workdir / "checker.log"
         env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+        env["MLOPS_SERVING_CHECKER_WARM_UP"] = "1" if self.warm_up else "0"
         with self._stderr_path.open("w") as stderr:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", _CHECKER_CODE],
@@ -229,6 +234,18 @@ class _Checker:
 
 _CHECKER = _Checker()
 atexit.register(_CHECKER.stop)
+
+
+def warm_serving_checker() -> None:
+    """Have this process's checker, from its next start, pay the model loads' imports once
+    before forking (the flavours this provider trains, the scikit-learn modules its pipelines
+    use, one tiny model's save and load), instead of every check's child paying them.
+
+    Worth it in a process that runs many checks (a chunk of segment models); a task that
+    checks one model would pay imports its model may not need (XGBoost for a scikit-learn
+    model).
+    """
+    _CHECKER.warm_up = True
 
 
 def stop_serving_checker() -> None:

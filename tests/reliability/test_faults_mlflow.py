@@ -309,7 +309,7 @@ def test_mlflow_down_between_the_champion_move_and_its_history_then_the_retry_re
     dag = _promotion_dag(scene, on_retry, serving_check=False)
     COLLECTED.clear()
 
-    def is_champion_event(_client, _model_name, event) -> bool:
+    def is_champion_event(_client, _model_name, event, *_state) -> bool:
         return event["alias"] == "champion"
 
     with outage(
@@ -364,7 +364,7 @@ def test_mlflow_down_between_the_rollback_and_its_history_then_the_retry_complet
         )
         rollback >> _collector("rollback")
 
-    def is_rollback_event(_client, _model_name, event) -> bool:
+    def is_rollback_event(_client, _model_name, event, *_state) -> bool:
         return event["action"] == "rollback"
 
     with outage(

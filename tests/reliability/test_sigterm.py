@@ -188,7 +188,8 @@ def test_sigterm_during_training_fails_the_run_and_the_retry_trains_exactly_one_
         # Airflow's supervisor: SIGTERM (the task runner calls on_kill), and SIGKILL when
         # the process has not exited after a grace period.
         proc.send_signal(signal.SIGTERM)
-        after_term = _wait_for_status(mlflow_up, killed_run.info.run_id, {"FAILED", "KILLED"}, 10)
+        # Airflow waits killed_task_cleanup_time (60 s by default) before SIGKILL.
+        after_term = _wait_for_status(mlflow_up, killed_run.info.run_id, {"FAILED", "KILLED"}, 60)
     finally:
         proc.kill()
         out, _ = proc.communicate(timeout=30)
