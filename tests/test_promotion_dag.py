@@ -43,7 +43,7 @@ def build_pipeline(dag_id: str, data_uri: str, model_name: str, estimator, appro
             experiment_name=f"exp-{model_name}",
             model_name=model_name,
             estimator=estimator[0],
-            params=estimator[1],
+            estimator_params=estimator[1],
             task="classification",
         )
         tasks = promotion_tasks(

@@ -768,6 +768,35 @@ def test_resolve_estimator_accepts_class_path_and_factory():
         resolve_estimator(lambda: 1 / 0, "regression", {})
 
 
+def test_an_unset_random_state_takes_the_split_seed_so_retraining_is_reproducible():
+    seeded = resolve_estimator("sklearn.tree.DecisionTreeClassifier", "classification", {}, seed=7)
+    assert seeded.random_state == 7
+    given = {"random_state": 3}
+    kept = resolve_estimator("sklearn.tree.DecisionTreeClassifier", "classification", given, seed=7)
+    assert kept.random_state == 3
+    no_state = resolve_estimator("sklearn.linear_model.LinearRegression", "regression", {}, seed=7)
+    assert "random_state" not in no_state.get_params()
+    assert resolve_estimator(None, "classification", {}).random_state is None  # no seed given
+
+
+def test_retraining_without_a_random_state_gives_the_same_model(client, experiment, train_uri):
+    """No ``random_state`` in the params: the split seed makes both forests the same."""
+    config = config_for(
+        train_uri,
+        experiment,
+        "label",
+        estimator="sklearn.ensemble.RandomForestClassifier",
+        params={"n_estimators": 10},
+    )
+    first, second = (
+        train_model(config, context(run_id=run), Storage(), client, experiment_id=experiment[1])
+        for run in ("run-a", "run-b")
+    )
+    assert first.run_id != second.run_id and not second.reused
+    assert first.metrics == second.metrics
+    assert mlflow.sklearn.load_model(first.model_uri)[-1].random_state == config.split.seed
+
+
 def test_pinned_requirements_cover_the_estimator_library():
     import xgboost
     from sklearn.pipeline import make_pipeline

@@ -108,8 +108,12 @@ def resolve_estimator(
     task: str,
     params: Mapping[str, Any],
     allowed: Sequence[str] = (),
+    seed: int | None = None,
 ) -> Any:
     """An unfitted estimator (or Pipeline) from a dotted path, class or factory, with params.
+
+    A class with a ``random_state`` parameter the params leave unset gets ``seed``, so the
+    same data and settings train the same model (scikit-learn's default draws a new one).
 
     A dotted path must name an estimator class (anything with ``fit`` and ``get_params``)
     from an allowed module (:func:`check_module_allowed`); factories are accepted only from
@@ -123,7 +127,7 @@ def resolve_estimator(
         target = import_object(spec, "estimator", allowed)
         _check_imported_estimator(spec, target, allowed)
     if inspect.isclass(target):
-        estimator = _construct(target, params, label)
+        estimator = _construct(target, params, label, seed)
         params = {}
     elif callable(target) and not is_estimator(target):
         try:
@@ -185,7 +189,7 @@ def is_estimator(obj: Any) -> bool:
     )
 
 
-def _construct(cls: type, params: Mapping[str, Any], label: str) -> Any:
+def _construct(cls: type, params: Mapping[str, Any], label: str, seed: int | None) -> Any:
     # Check names against the defaults first: XGBoost swallows unknown kwargs silently.
     try:
         defaults = cls()
@@ -196,7 +200,10 @@ def _construct(cls: type, params: Mapping[str, Any], label: str) -> Any:
             f"estimator {label} is not a scikit-learn compatible estimator: it has no "
             "fit/predict/get_params methods"
         )
-    _check_param_names(defaults.get_params(deep=False), params, label)
+    known = defaults.get_params(deep=False)
+    _check_param_names(known, params, label)
+    if seed is not None and "random_state" in known and params.get("random_state") is None:
+        params = {**params, "random_state": seed}
     try:
         return cls(**params)
     except (TypeError, ValueError) as err:
@@ -288,7 +295,7 @@ def build_pipeline(
     the task); else it is built here."""
     if estimator is None:
         estimator = resolve_estimator(
-            config.estimator, task, dict(config.params), config.allowed_modules
+            config.estimator, task, dict(config.params), config.allowed_modules, config.split.seed
         )
     preprocess = resolve_preprocessing(config, X_train)
     steps = (

@@ -123,7 +123,11 @@ def prepare_data(
     if config.task is None and config.estimator is not None:
         # Built before the split: its kind decides the task; reused for the pipeline.
         estimator = resolve_estimator(
-            config.estimator, "classification", dict(config.params), config.allowed_modules
+            config.estimator,
+            "classification",
+            dict(config.params),
+            config.allowed_modules,
+            config.split.seed,
         )
     task = resolve_task(config, target, estimator)
     check_target(task, target, config.target)
