@@ -56,13 +56,14 @@ def run_dag(dag: Any, **conf: Any) -> tuple[Any, float]:
     return dag_run, time.perf_counter() - start
 
 
-def _db() -> sqlite3.Connection:
-    return sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")
+def _db(path: Path | None = None) -> sqlite3.Connection:
+    """The metadata DB: this process's private home, or ``path`` (e.g. an AirflowStack's)."""
+    return sqlite3.connect(path or Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")
 
 
-def task_rows(dag_id: str, run_id: str) -> list[dict[str, Any]]:
+def task_rows(dag_id: str, run_id: str, db_path: Path | None = None) -> list[dict[str, Any]]:
     """Every task instance of a run: task_id, map_index, state, duration (s)."""
-    with contextlib.closing(_db()) as db:
+    with contextlib.closing(_db(db_path)) as db:
         rows = db.execute(
             "SELECT task_id, map_index, state, duration FROM task_instance "
             "WHERE dag_id = ? AND run_id = ? ORDER BY start_date",
@@ -71,9 +72,9 @@ def task_rows(dag_id: str, run_id: str) -> list[dict[str, Any]]:
     return [{"task_id": t, "map_index": m, "state": s, "duration": d or 0.0} for t, m, s, d in rows]
 
 
-def xcom_sizes(dag_id: str, run_id: str) -> list[dict[str, Any]]:
+def xcom_sizes(dag_id: str, run_id: str, db_path: Path | None = None) -> list[dict[str, Any]]:
     """Size in bytes of every XCom value a run stored (as stored: serialized JSON)."""
-    with contextlib.closing(_db()) as db:
+    with contextlib.closing(_db(db_path)) as db:
         rows = db.execute(
             "SELECT task_id, map_index, key, length(CAST(value AS BLOB)) FROM xcom "
             "WHERE dag_id = ? AND run_id = ?",

@@ -14,7 +14,9 @@ Start-up is kept short for a 2-core machine:
 - the scheduler preloads the operators' libraries before it forks its LocalExecutor workers
   (``airflow_mlops.preload`` from ``airflow_local_settings.py``), so a task does not pay
   pandas/MLflow/scikit-learn imports again;
-- two executor workers, DAGs unpaused at creation, the DAGs folder listed every few seconds.
+- up to four task processes at once (``[core] parallelism``, which Airflow 3.3's
+  LocalExecutor uses; it has no ``[local_executor] parallelism``), DAGs unpaused at
+  creation, the DAGs folder listed every few seconds.
 
 Use :meth:`api` for a REST client authenticated as one of the users (JWT from
 ``POST /auth/token``).
@@ -102,7 +104,6 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOCAL_EXECUTOR__PARALLELISM": "2",
             "GX_ANALYTICS_ENABLED": "False",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             **self.extra_env,
