@@ -216,45 +216,6 @@ def count_requests() -> dict[str, int]:
     return counts
 
 
-# Experiment for a proposed change to core/serving.py (not applied there): the checker
-# imports what the first model load imports (MLflow's sklearn flavour and the sklearn
-# modules the provider's pipelines use) before it forks, so no child pays them.
-WARM_IMPORTS = (
-    "sklearn",
-    "xgboost",
-    "mlflow.sklearn",
-    "sklearn.pipeline",
-    "sklearn.compose",
-    "sklearn.impute",
-    "sklearn.preprocessing",
-    "sklearn.linear_model",
-    "sklearn.ensemble",
-)
-
-
-# ... and loads one tiny model once, so the lazy imports of the first load are paid before
-# the first fork too.
-WARM_LOAD = """
-import tempfile as _tmp, numpy as _np, mlflow.sklearn as _msk
-from sklearn.linear_model import Ridge as _Ridge
-with _tmp.TemporaryDirectory() as _d:
-    _msk.save_model(_Ridge().fit(_np.ones((2, 1)), [0.0, 1.0]), _d + "/m",
-                    serialization_format="cloudpickle")
-    mlflow.pyfunc.load_model(_d + "/m")
-"""
-
-
-def warm_checker() -> None:
-    from airflow_mlops.core import serving
-
-    old = 'for _name in ("sklearn", "xgboost"):'
-    ready = "channel.write('{\"ready\": true}\\n')"
-    if old not in serving._CHECKER_CODE or ready not in serving._CHECKER_CODE:
-        raise SystemExit("--warm-checker: core/serving.py changed; update the experiment")
-    code = serving._CHECKER_CODE.replace(old, f"for _name in {WARM_IMPORTS!r}:")
-    serving._CHECKER_CODE = code.replace(ready, WARM_LOAD + ready)
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes and their live children (the serving
     checker and its forks, the MLflow server's workers): load-independent, unlike wall time."""
@@ -818,9 +779,8 @@ def print_result(r: dict, rows: int) -> None:
     )
     if local:
         mode += f", LocalExecutor: real scheduler, {LOCAL_PARALLELISM} parallel task processes"
-    warm = ", warm checker (experiment)" if r.get("warm_checker") else ""
     serving = "on" if r["serving_check"] else "off"
-    report(f"Segments: {n} models ({mode}), {rows} rows each, serving check {serving}{warm}", lines)
+    report(f"Segments: {n} models ({mode}), {rows} rows each, serving check {serving}", lines)
 
 
 def main() -> None:
@@ -852,20 +812,12 @@ def main() -> None:
         "LocalExecutor (2 parallel task processes, tests/_airflow_stack.py)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the run")
-    parser.add_argument(
-        "--warm-checker",
-        action="store_true",
-        help="experiment: the serving checker pre-imports MLflow's sklearn flavour and "
-        "sklearn's pipeline modules (a proposed core/serving.py change)",
-    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.segments.split(",")]
     local = args.executor == "local"
-    if local and (args.mode != "batched" or args.profile or args.warm_checker):
-        parser.error("--executor local runs --mode batched, without --profile/--warm-checker")
+    if local and (args.mode != "batched" or args.profile):
+        parser.error("--executor local runs --mode batched, without --profile")
     args.workers = args.workers or ("1" if local else "2")
-    if args.warm_checker:
-        warm_checker()
     started = time.perf_counter()
     results = []
     with Environment() as env, contextlib.ExitStack() as cleanup:
@@ -899,7 +851,6 @@ def main() -> None:
                     env.mlflow.process.pid,
                     serving=serving,
                 )
-                result["warm_checker"] = args.warm_checker
                 results.append(result)
                 print_result(result, args.rows)
     print(json.dumps({"bench": "segments", "executor": args.executor, "results": results}))

@@ -126,6 +126,31 @@ def test_a_killed_checker_is_restarted(tracking):
     assert serving._CHECKER._proc.pid != pid
 
 
+def test_a_checker_leaves_no_folder_behind_however_its_parent_ends(tracking):
+    uri = log(good_model())
+    assert check(uri, SAMPLE)["ok"] is True
+    folder = serving._CHECKER._workdir
+    assert folder is not None and folder.is_dir()
+    stop_serving_checker()
+    assert not folder.exists()
+
+    # A parent that ends without stopping it (a forked task process whose atexit handlers
+    # were cleared) only closes the pipe: the checker removes its own folder on the way out.
+    assert check(uri, SAMPLE)["ok"] is True
+    proc, folder = serving._CHECKER._proc, serving._CHECKER._workdir
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert not folder.exists()
+
+    # The many-checks block of a segment chunk stops its warm checker when it ends.
+    with serving.warm_serving_checker():
+        assert check(uri, SAMPLE)["ok"] is True
+        folder = serving._CHECKER._workdir
+        assert serving._CHECKER.warm_up is True and folder.is_dir()
+    assert serving._CHECKER._proc is None and not folder.exists()
+    assert serving._CHECKER.warm_up is False
+
+
 def test_each_check_sees_the_callers_current_environment(tracking, monkeypatch):
     class NeedsProbe(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):

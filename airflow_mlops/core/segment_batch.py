@@ -530,13 +530,52 @@ def run_segment_batch(
     champion against itself. ``on_record(records so far)`` is called after each segment, so
     a try killed mid-chunk leaves the records of the segments it finished.
     """
+    many_checks = len(specs) > 1 and settings.promotion.serving is not None
+    if not many_checks:
+        return _run_chunk(
+            specs,
+            settings,
+            context,
+            client,
+            storage,
+            filesystem_for,
+            window_end,
+            should_stop,
+            earlier,
+            on_record,
+        )
+    from airflow_mlops.core.serving import warm_serving_checker
+
+    with warm_serving_checker():  # pays the load's imports once; stopped when the chunk ends
+        return _run_chunk(
+            specs,
+            settings,
+            context,
+            client,
+            storage,
+            filesystem_for,
+            window_end,
+            should_stop,
+            earlier,
+            on_record,
+        )
+
+
+def _run_chunk(
+    specs: Sequence[SegmentSpec],
+    settings: BatchSettings,
+    context: RunContext,
+    client: MlflowClient,
+    storage: Storage,
+    filesystem_for: Callable[[str], AbstractFileSystem],
+    window_end: str | None,
+    should_stop: Callable[[], bool] | None,
+    earlier: Sequence[Mapping[str, Any]],
+    on_record: Callable[[list[dict[str, Any]]], None] | None,
+) -> list[dict[str, Any]]:
     from airflow_mlops.core.provenance import reusing_model_downloads
     from airflow_mlops.core.training import TrainingInterrupted
 
-    if len(specs) > 1 and settings.promotion.serving is not None:
-        from airflow_mlops.core.serving import warm_serving_checker
-
-        warm_serving_checker()  # many checks in this process: pay the load's imports once
     done = {r.get("segment"): r for r in earlier if isinstance(r, Mapping) and not r.get("failed")}
     fs_by_scheme: dict[str, AbstractFileSystem] = {}
     kept: dict[int, dict[str, Any]] = {}

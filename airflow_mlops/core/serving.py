@@ -10,11 +10,13 @@ Starting that interpreter and importing MLflow, pandas and scikit-learn costs mo
 the check itself, once per model. So each Python process keeps one **checker**: a
 long-lived ``python -I`` process that imports those libraries once and then ``fork()``s one
 child per check. A process that runs many checks (a chunk of segment models) also has it pay
-the first model load's lazy imports before forking (:func:`warm_serving_checker`). Every child starts from the same clean state (the libraries, nothing
-else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
+the first model load's lazy imports before forking, and stops it when done
+(:func:`warm_serving_checker`). Every child starts from the same clean state (the libraries,
+nothing else), loads ``models:/<name>/<version>`` with ``mlflow.pyfunc.load_model`` (the copy the
 parent downloaded and checked, see :mod:`airflow_mlops.core.provenance`) and predicts
 the sample; a model that breaks its child cannot affect the next check. The checker
-exits when its parent closes the pipe (the task process ended) or at interpreter exit.
+exits, removing its temporary folder, when its parent closes the pipe (a stop, the end of
+the block, interpreter exit, or the task process ending without any of them).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +145,10 @@ for line in sys.stdin:
             os._exit(code)
     channel.write(json.dumps({"exit": wait_child(pid, req["timeout_seconds"])}) + "\n")
     channel.flush()
+# The parent closed the pipe (its stop, or its process ended without one, e.g. a forked
+# task process whose atexit handlers were cleared): leave nothing behind in the temp folder.
+import shutil
+shutil.rmtree(os.getcwd(), ignore_errors=True)
 """
 
 
@@ -153,6 +161,7 @@ class _Checker:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
+        self._workdir: Path | None = None
         self._stderr_path: Path | None = None
         self._lock = threading.Lock()
         self.started_count = 0
@@ -179,7 +188,7 @@ class _Checker:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         self._stop_locked()
-        workdir = Path(tempfile.mkdtemp(prefix="mlops-serving-checker-"))
+        workdir = self._workdir = Path(tempfile.mkdtemp(prefix="mlops-serving-checker-"))
         self._stderr_path = workdir / "checker.log"
         env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
         env["MLOPS_SERVING_CHECKER_WARM_UP"] = "1" if self.warm_up else "0"
@@ -218,34 +227,46 @@ class _Checker:
 
     def _stop_locked(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):  # already closed by a dead checker
-                proc.stdin.close()  # the checker's loop ends on EOF
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        workdir, self._workdir = self._workdir, None
+        if proc is not None:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):  # already closed by a dead checker
+                    proc.stdin.close()  # the checker's loop ends on EOF
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if workdir is not None:  # a checker that was killed cannot remove its own folder
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 _CHECKER = _Checker()
 atexit.register(_CHECKER.stop)
 
 
-def warm_serving_checker() -> None:
-    """Have this process's checker, from its next start, pay the model loads' imports once
-    before forking (the flavours this provider trains, the scikit-learn modules its pipelines
-    use, one tiny model's save and load), instead of every check's child paying them.
+@contextlib.contextmanager
+def warm_serving_checker() -> Iterator[None]:
+    """Inside the block, this process's checker pays the model loads' imports once before
+    forking (the flavours this provider trains, the scikit-learn modules its pipelines use,
+    one tiny model's save and load), instead of every check's child paying them; at its end
+    the checker is stopped.
 
     Worth it in a process that runs many checks (a chunk of segment models); a task that
     checks one model would pay imports its model may not need (XGBoost for a scikit-learn
-    model).
+    model). Stopping at the end matters under an executor that forks task processes and
+    clears their ``atexit`` handlers: the checker would otherwise outlive its task's work.
     """
-    _CHECKER.warm_up = True
+    previous, _CHECKER.warm_up = _CHECKER.warm_up, True
+    if _CHECKER._proc is not None and not previous:
+        _CHECKER.stop()  # a cold checker started earlier: the next check starts a warm one
+    try:
+        yield
+    finally:
+        _CHECKER.warm_up = previous
+        _CHECKER.stop()
 
 
 def stop_serving_checker() -> None:
