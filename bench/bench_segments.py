@@ -351,10 +351,9 @@ class PeakSampler:
     their own children (the serving checker) by their task ancestor.
 
     Also reaps the orphans this process inherits as a child subreaper (:func:`start_stack`):
-    a task process leaves with ``os._exit`` and never waits for its serving checker (the
-    checker's ``atexit`` stop was registered in the scheduler, before the fork, and Airflow
-    clears those in the task process); the checker then ends on EOF, reparented here. Its CPU
-    (with its own reaped forks) would otherwise be counted nowhere."""
+    a chunk stops its serving checker when it ends, but a task process that leaves by
+    ``os._exit`` before that (a kill, a crash) does not wait for it; such a checker ends on
+    EOF, reparented here, and its CPU (with its own reaped forks) is counted, not lost."""
 
     def __init__(self, scheduler_pid: int, every_s: float = 2.0) -> None:
         import threading
@@ -636,8 +635,8 @@ def start_stack(cleanup: contextlib.ExitStack):
         },
     )
     cleanup.callback(stack.stop)
-    # Orphans of the stack (serving checkers, see PeakSampler) are reparented here, not to
-    # init, so their CPU can be counted.
+    # Orphans of the stack (see PeakSampler) are reparented here, not to init, so their CPU
+    # can be counted.
     PR_SET_CHILD_SUBREAPER = 36
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
@@ -784,6 +783,11 @@ def print_result(r: dict, rows: int) -> None:
 
 
 def main() -> None:
+    import signal
+    import sys
+
+    # A `kill` ends the run through the cleanup below (servers, the Airflow stack, WORKDIR).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--segments", "--sizes", default="100", help="comma-separated sizes, e.g. 50,1000"
