@@ -166,9 +166,32 @@ class AirflowStack:
                     return
             except (OSError, urllib.error.URLError, KeyError):
                 pass
-            time.sleep(1)
+            time.sleep(0.5)
         logs = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.servers)
         raise TimeoutError(f"Airflow not healthy after {timeout_s}s ({body}); logs:\n{logs}")
+
+    def wait_for_dags(self, api: AirflowApi, dag_ids: list[str], timeout_s: float = 120) -> None:
+        """Wait until the dag-processor has serialized every DAG of ``dag_ids``, polling every
+        half second (``AirflowApi.wait_for_dag`` sleeps 3 s between tries)."""
+        deadline = time.monotonic() + timeout_s
+        missing = list(dag_ids)
+        while True:
+            missing = [d for d in missing if not self._has_dag(api, d)]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not parsed after {timeout_s}s: {missing}\n{self.log_tails()}")
+            time.sleep(0.5)
+
+    @staticmethod
+    def _has_dag(api: AirflowApi, dag_id: str) -> bool:
+        try:
+            api.call("GET", f"/api/v2/dags/{quote(dag_id)}")
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return False
+            raise
+        return True
 
     def api(self, user: str) -> AirflowApi:
         """A REST client signed in as ``user`` (JWT from ``POST /auth/token``)."""

@@ -11,6 +11,7 @@ notifications go to a local HTTP server standing in for a Slack webhook. Nothing
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -122,10 +123,9 @@ def live(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stack.start()
         admin = stack.api("admin")
         dags = {case: f"ct__appr_{case}_{suffix}" for case in CASES}
-        for dag_id in dags.values():
-            admin.wait_for_dag(dag_id, timeout_seconds=120)
+        stack.wait_for_dags(admin, list(dags.values()), timeout_s=120)
         runs = {case: trigger(admin, dag_id) for case, dag_id in dags.items()}
-        yield {
+        live = {
             "stack": stack,
             "admin": admin,
             "reviewer": stack.api("reviewer"),
@@ -134,6 +134,13 @@ def live(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "runs": runs,
             "model": {case: f"appr_{case}_{suffix}" for case in CASES},
         }
+        # The supersede case's second run starts once the first one's register task runs: the
+        # second needs three tasks more before its own register, so the versions are numbered
+        # in run order. Started here rather than in its test, it trains while the other
+        # cases' tests run.
+        wait_task(live, "supersede", "register", {"running", "success"})
+        live["second"] = trigger(admin, dags["supersede"])
+        yield live
     except BaseException:
         print(stack.log_tails(60))
         raise
@@ -168,7 +175,7 @@ def wait_task(live: dict, case: str, task_id: str, states: set[str], run_id: str
             return state
         if state in {"failed", "upstream_failed"}:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(
         f"{case}: {task_id} is {state}, expected {states}\n{live['stack'].log_tails(40)}"
     )
@@ -199,43 +206,21 @@ def hitl_path(live: dict, case: str, run_id: str | None = None) -> str:
 # deferring try's process exit as "success"; if an answer re-queues the task before the
 # scheduler has handled that event, the scheduler sees a queued task reported finished and
 # marks it failed. A person never answers within seconds of the request appearing; the tests
-# wait as long after the task deferred.
+# answer no earlier than this long after the request was made (its ``created_at``), and only
+# once the task is seen deferred.
 ANSWER_SETTLE_SECONDS = 8
 
 
 def answer(api: Any, path: str, option: str, *, settle: bool = True) -> Any:
     if settle:
-        time.sleep(ANSWER_SETTLE_SECONDS)
+        created = dt.datetime.fromisoformat(api.call("GET", path)["created_at"])
+        age = (dt.datetime.now(dt.timezone.utc) - created).total_seconds()
+        time.sleep(max(0.0, ANSWER_SETTLE_SECONDS - age))
     return api.call("PATCH", path, {"chosen_options": [option], "params_input": {}})
 
 
 def as_dict(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
-
-
-# The supersede case runs first: it has the longest path (a second run), and the other
-# cases' runs proceed meanwhile.
-def test_a_newer_qualifying_challenger_supersedes_the_waiting_request(live):
-    # Run 2 starts once run 1 registered version 1 and trains, evaluates and registers while
-    # run 1 waits for approval (max_active_runs 2): version 2 supersedes version 1.
-    wait_task(live, "supersede", "register", {"success"})
-    second = trigger(live["admin"], live["dags"]["supersede"])
-    wait_task(live, "supersede", "approve_promotion", {"deferred", "success"})
-    wait_task(live, "supersede", "approve_promotion", {"deferred"}, run_id=second)
-    assert wait_run(live, "supersede") == "success"
-    first = as_dict(xcom(live, "supersede", "promote"))
-    assert first["outcome"] == "superseded" and first["promoted"] is False, first
-    assert first["reason"].startswith("superseded by version 2"), first["reason"]
-    assert first["champion_version"] is None
-    approval = as_dict(xcom(live, "supersede", "approve_promotion", "mlops_approval"))
-    assert approval["outcome"] == "superseded" and approval["superseded_by"]["version"] == "2"
-    # The newer request is answered like any other: here rejected, so nothing moves.
-    answer(live["reviewer"], hitl_path(live, "supersede", second), "Reject")
-    assert wait_run(live, "supersede", second) == "success"
-    promote = as_dict(xcom(live, "supersede", "promote", run_id=second))
-    assert promote["outcome"] == "rejected" and promote["promoted"] is False, promote
-    assert promote["reason"].startswith("rejected by reviewer"), promote["reason"]
-    assert promote["champion_version"] is None
 
 
 def test_assigned_user_approves_and_anyone_else_is_refused(live):
@@ -283,25 +268,6 @@ def see_the_request_on_the_mlops_page(live: dict, model: str) -> None:
         browser.screenshot(shots / "approval-form-live.png")
 
 
-def test_timeout_applies_reject_and_says_nobody_answered(live):
-    assert wait_run(live, "timeout") == "success"
-    promote = as_dict(xcom(live, "timeout", "promote"))
-    assert promote["outcome"] == "timed_out" and promote["promoted"] is False, promote
-    assert "approval timed out" in promote["reason"] and "nobody answered" in promote["reason"]
-    assert promote["approval"]["by"] is None
-    assert promote["approval"]["chosen_options"] == ["Reject"]
-    detail = live["admin"].call("GET", hitl_path(live, "timeout"))
-    assert detail["responded_by_user"] is None and detail["chosen_options"] == ["Reject"]
-    model = live["model"]["timeout"]
-    texts = [m.get("text", "") for m in Webhook.received]
-    pending = [t for t in texts if t.startswith(f"[mlops] approval_pending: {model} ")]
-    timed_out = [t for t in texts if t.startswith(f"[mlops] approval_timed_out: {model} ")]
-    assert len(pending) == 1 and len(timed_out) == 1, texts
-    assert "approvers: reviewer" in pending[0]
-    assert "/tasks/approve_promotion/required_actions" in pending[0], pending[0]
-    assert "nobody answered" in timed_out[0]
-
-
 def trigger_as(api: Any, dag_id: str, conf: dict[str, Any]) -> str:
     body = {"logical_date": None, "conf": conf}
     return api.call("POST", f"/api/v2/dags/{quote(dag_id)}/dagRuns", body)["dag_run_id"]
@@ -315,7 +281,7 @@ def run_end(live: dict, dag_id: str, run_id: str, timeout_s: float = 180) -> str
         state = live["admin"].call("GET", path)["state"]
         if state in {"success", "failed"}:
             return state
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"{dag_id} run {run_id} still {state}\n{live['stack'].log_tails(40)}")
 
 
@@ -346,3 +312,46 @@ def test_operations_freeze_and_unfreeze_from_the_trigger_form_and_rollback_fails
     run = trigger_as(live["reviewer"], rollback, {"reason": "bad predictions"})
     assert run_end(live, rollback, run) == "failed"
     assert client.get_model_version_by_alias(name, "champion").version == "1"
+
+
+def test_timeout_applies_reject_and_says_nobody_answered(live):
+    assert wait_run(live, "timeout") == "success"
+    promote = as_dict(xcom(live, "timeout", "promote"))
+    assert promote["outcome"] == "timed_out" and promote["promoted"] is False, promote
+    assert "approval timed out" in promote["reason"] and "nobody answered" in promote["reason"]
+    assert promote["approval"]["by"] is None
+    assert promote["approval"]["chosen_options"] == ["Reject"]
+    detail = live["admin"].call("GET", hitl_path(live, "timeout"))
+    assert detail["responded_by_user"] is None and detail["chosen_options"] == ["Reject"]
+    model = live["model"]["timeout"]
+    texts = [m.get("text", "") for m in Webhook.received]
+    pending = [t for t in texts if t.startswith(f"[mlops] approval_pending: {model} ")]
+    timed_out = [t for t in texts if t.startswith(f"[mlops] approval_timed_out: {model} ")]
+    assert len(pending) == 1 and len(timed_out) == 1, texts
+    assert "approvers: reviewer" in pending[0]
+    assert "/tasks/approve_promotion/required_actions" in pending[0], pending[0]
+    assert "nobody answered" in timed_out[0]
+
+
+# The supersede case runs last: it has the longest path (a second run, triggered by the
+# fixture), which proceeds while the other cases' tests run.
+def test_a_newer_qualifying_challenger_supersedes_the_waiting_request(live):
+    # Run 2 starts once run 1 registered version 1 and trains, evaluates and registers while
+    # run 1 waits for approval (max_active_runs 2): version 2 supersedes version 1.
+    second = live["second"]
+    wait_task(live, "supersede", "approve_promotion", {"deferred", "success"})
+    wait_task(live, "supersede", "approve_promotion", {"deferred"}, run_id=second)
+    assert wait_run(live, "supersede") == "success"
+    first = as_dict(xcom(live, "supersede", "promote"))
+    assert first["outcome"] == "superseded" and first["promoted"] is False, first
+    assert first["reason"].startswith("superseded by version 2"), first["reason"]
+    assert first["champion_version"] is None
+    approval = as_dict(xcom(live, "supersede", "approve_promotion", "mlops_approval"))
+    assert approval["outcome"] == "superseded" and approval["superseded_by"]["version"] == "2"
+    # The newer request is answered like any other: here rejected, so nothing moves.
+    answer(live["reviewer"], hitl_path(live, "supersede", second), "Reject")
+    assert wait_run(live, "supersede", second) == "success"
+    promote = as_dict(xcom(live, "supersede", "promote", run_id=second))
+    assert promote["outcome"] == "rejected" and promote["promoted"] is False, promote
+    assert promote["reason"].startswith("rejected by reviewer"), promote["reason"]
+    assert promote["champion_version"] is None

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -88,9 +89,18 @@ def complete(events: list[dict[str, Any]], task_id: str) -> dict[str, Any]:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def lineage_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three daily partitions landed; the pipeline's window is the last two."""
+@pytest.fixture(scope="module", autouse=True)
+def lineage_child(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any] | None]:
+    """Three daily partitions landed; the pipeline's window is the last two. The child runs
+    the two DAGs while the module's other tests (listed first) run: started with the
+    module's first test when a test needs its events."""
+    ours = [i for i in request.session.items if getattr(i, "module", None) is request.module]
+    if not any("lineage_run" in item.fixturenames for item in ours):
+        yield None
+        return
+    mlflow_server = request.getfixturevalue("mlflow_server")
     root = tmp_path_factory.mktemp("ol")
     landing = root / "landing"
     frame = pd.read_parquet(DATA / "reference.parquet")
@@ -128,31 +138,123 @@ def lineage_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "mlops_test",
     }
     scoring = {"input_uri": str(files[-1]), "output_uri": str(root / "scored.parquet")}
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(config), json.dumps(scoring)],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert child.returncode == 0, (child.stdout + child.stderr)[-4000:]
-    line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
+    # Output to files, not pipes: nobody reads a pipe while the other tests run.
+    with open(root / "child.out", "w") as out, open(root / "child.err", "w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(config), json.dumps(scoring)],
+            env=env,
+            cwd=root,
+            stdout=out,
+            stderr=err,
+        )
+    try:
+        yield {
+            "child": child,
+            "root": root,
+            "events_file": events_file,
+            "scoring": scoring,
+            "landing": landing,
+            "files": files,
+            "model": name,
+        }
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.fixture(scope="module")
+def lineage_run(lineage_child: dict[str, Any]) -> dict[str, Any]:
+    """The child's two DAG runs, once it ended, and the events it wrote."""
+    child, root = lineage_child["child"], lineage_child["root"]
+    child.wait(timeout=600)
+    stdout = (root / "child.out").read_text()
+    output = (stdout + (root / "child.err").read_text())[-4000:]
+    assert child.returncode == 0, output
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
     ct, predict = json.loads(line.removeprefix("RESULT "))
-    assert ct["state"] == predict["state"] == "success", child.stdout[-4000:]
-    assert events_file.exists(), "no OpenLineage event was written:\n" + child.stdout[-4000:]
+    assert ct["state"] == predict["state"] == "success", stdout[-4000:]
+    events_file = lineage_child["events_file"]
+    assert events_file.exists(), "no OpenLineage event was written:\n" + stdout[-4000:]
     return {
         "run": SimpleNamespace(dag_id=ct["dag_id"], run_id=ct["run_id"]),
         "predict": SimpleNamespace(dag_id=predict["dag_id"], run_id=predict["run_id"]),
-        "scoring": scoring,
         "events": events_of(events_file),
-        "landing": landing,
-        "files": files,
-        "model": name,
+        **{k: lineage_child[k] for k in ("scoring", "landing", "files", "model")},
     }
 
 
+def test_drift_facets_name_reference_current_champion_and_report():
+    """The drift task's facets from its result (the keys core.drift_check returns); the
+    connection's password never reaches the namespace."""
+    from airflow_mlops.operators.drift import DriftReportOperator
+
+    operator = DriftReportOperator(task_id="drift", model_name="m", current_uri="/d/current")
+    operator._openlineage_facts = {
+        "tracking_uri": "http://user:secret@mlflow:5000",
+        "result": {
+            "model_name": "m",
+            "champion_version": "3",
+            "mlflow_run_id": "r1",
+            "reference_uri": "s3://bucket/ref/reference.parquet",
+            "current_uri": "/d/current",
+            "report_uri": "/reports/drift_report.html",
+            "summary_uri": "/reports/drift_summary.json",
+        },
+    }
+    lineage = operator.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [
+        ("s3://bucket", "ref/reference.parquet"),
+        ("file", "/d/current"),
+        ("http://mlflow:5000", "models/m/3"),
+    ]
+    assert [d.name for d in lineage.outputs] == [
+        "/reports/drift_report.html",
+        "/reports/drift_summary.json",
+    ]
+
+
+def test_names_drop_credentials_and_queries():
+    from airflow_mlops.openlineage import dataset_identity, mlflow_namespace
+
+    assert dataset_identity("s3://bucket/data/events/") == ("s3://bucket", "data/events")
+    assert dataset_identity("s3://key:secret@bucket/x.parquet?v=1") == ("s3://bucket", "x.parquet")
+    assert dataset_identity("/data/events/dt=*/part-*.parquet") == ("file", "/data/events")
+    assert dataset_identity("file:///data/x.csv") == ("file", "/data/x.csv")
+    assert mlflow_namespace("https://user:pw@mlflow.example:5000/?token=t") == (
+        "https://mlflow.example:5000"
+    )
+    assert mlflow_namespace("postgresql://u:p@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+    assert mlflow_namespace("databricks") == "databricks"
+
+
+def test_importing_operators_loads_no_openlineage_and_the_listener_is_off_by_default():
+    """No transport configured (this test session): Airflow's plugin manager loads the
+    provider's plugin, which then registers no listener, and the operators' modules import
+    no OpenLineage module (they import it inside get_openlineage_facets_on_complete)."""
+    code = (
+        "import sys, json, pkgutil, importlib\n"
+        "import airflow_mlops.operators as ops, airflow_mlops.openlineage\n"
+        # Airflow's provider discovery reads every installed provider's get_provider_info.
+        "known = {'airflow.providers.openlineage.get_provider_info'}\n"
+        "for m in pkgutil.iter_modules(ops.__path__):\n"
+        "    importlib.import_module('airflow_mlops.operators.' + m.name)\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0] == 'openlineage'\n"
+        "    or (m.startswith('airflow.providers.openlineage.') and m not in known))\n"
+        "from airflow.sdk.listener import get_listener_manager\n"
+        "names = [type(p).__name__ for p in get_listener_manager().pm.get_plugins()]\n"
+        "print(json.dumps({'modules': before, 'listeners': names}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "OPENLINEAGE" not in k}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["modules"] == [], seen["modules"]
+    assert "OpenLineageListener" not in seen["listeners"], seen["listeners"]
+
+
+# The tests below read the child's events: they run last, as the child runs meanwhile.
 def test_training_event_names_the_window_partitions_and_the_mlflow_run(lineage_run, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -224,73 +326,3 @@ def test_prediction_event_names_the_model_version_and_the_predictions(lineage_ru
     assert (output["namespace"], output["name"]) == ("file", lineage_run["scoring"]["output_uri"])
     assert output["outputFacets"]["outputStatistics"]["rowCount"] == scored["rows"]
     assert output["facets"]["version"]["datasetVersion"] == scored["output_sha256"]
-
-
-def test_drift_facets_name_reference_current_champion_and_report():
-    """The drift task's facets from its result (the keys core.drift_check returns); the
-    connection's password never reaches the namespace."""
-    from airflow_mlops.operators.drift import DriftReportOperator
-
-    operator = DriftReportOperator(task_id="drift", model_name="m", current_uri="/d/current")
-    operator._openlineage_facts = {
-        "tracking_uri": "http://user:secret@mlflow:5000",
-        "result": {
-            "model_name": "m",
-            "champion_version": "3",
-            "mlflow_run_id": "r1",
-            "reference_uri": "s3://bucket/ref/reference.parquet",
-            "current_uri": "/d/current",
-            "report_uri": "/reports/drift_report.html",
-            "summary_uri": "/reports/drift_summary.json",
-        },
-    }
-    lineage = operator.get_openlineage_facets_on_complete(None)
-    assert [(d.namespace, d.name) for d in lineage.inputs] == [
-        ("s3://bucket", "ref/reference.parquet"),
-        ("file", "/d/current"),
-        ("http://mlflow:5000", "models/m/3"),
-    ]
-    assert [d.name for d in lineage.outputs] == [
-        "/reports/drift_report.html",
-        "/reports/drift_summary.json",
-    ]
-
-
-def test_names_drop_credentials_and_queries():
-    from airflow_mlops.openlineage import dataset_identity, mlflow_namespace
-
-    assert dataset_identity("s3://bucket/data/events/") == ("s3://bucket", "data/events")
-    assert dataset_identity("s3://key:secret@bucket/x.parquet?v=1") == ("s3://bucket", "x.parquet")
-    assert dataset_identity("/data/events/dt=*/part-*.parquet") == ("file", "/data/events")
-    assert dataset_identity("file:///data/x.csv") == ("file", "/data/x.csv")
-    assert mlflow_namespace("https://user:pw@mlflow.example:5000/?token=t") == (
-        "https://mlflow.example:5000"
-    )
-    assert mlflow_namespace("postgresql://u:p@db:5432/mlflow") == "postgresql://db:5432/mlflow"
-    assert mlflow_namespace("databricks") == "databricks"
-
-
-def test_importing_operators_loads_no_openlineage_and_the_listener_is_off_by_default():
-    """No transport configured (this test session): Airflow's plugin manager loads the
-    provider's plugin, which then registers no listener, and the operators' modules import
-    no OpenLineage module (they import it inside get_openlineage_facets_on_complete)."""
-    code = (
-        "import sys, json, pkgutil, importlib\n"
-        "import airflow_mlops.operators as ops, airflow_mlops.openlineage\n"
-        # Airflow's provider discovery reads every installed provider's get_provider_info.
-        "known = {'airflow.providers.openlineage.get_provider_info'}\n"
-        "for m in pkgutil.iter_modules(ops.__path__):\n"
-        "    importlib.import_module('airflow_mlops.operators.' + m.name)\n"
-        "before = sorted(m for m in sys.modules if m.split('.')[0] == 'openlineage'\n"
-        "    or (m.startswith('airflow.providers.openlineage.') and m not in known))\n"
-        "from airflow.sdk.listener import get_listener_manager\n"
-        "names = [type(p).__name__ for p in get_listener_manager().pm.get_plugins()]\n"
-        "print(json.dumps({'modules': before, 'listeners': names}))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if "OPENLINEAGE" not in k}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    seen = json.loads(out.strip().splitlines()[-1])
-    assert seen["modules"] == [], seen["modules"]
-    assert "OpenLineageListener" not in seen["listeners"], seen["listeners"]

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _servers import api_server_for
@@ -218,11 +219,22 @@ def test_call_to_a_silent_mlflow_frees_its_thread(
 # -- the real API server ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def api_server(
-    silent_server: str, tmp_path_factory: pytest.TempPathFactory, airflow_home: Path
-) -> Iterator[str]:
-    """``airflow api-server`` (one worker) with the page, reading a silent MLflow."""
+HEALTH_TEST = "test_health_routes_answer_while_40_page_requests_wait_for_a_silent_mlflow"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def booting_api_server(
+    request: pytest.FixtureRequest,
+    silent_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    airflow_home: Path,
+) -> Iterator[Any]:
+    """``airflow api-server`` (one worker) with the page, reading a silent MLflow; started
+    with the module's first test when the API-server test is selected, so its ~10 s boot
+    overlaps the unit tests above it."""
+    if not any(item.name == HEALTH_TEST for item in request.session.items):
+        yield None
+        return
     server = api_server_for(
         tmp_path_factory.mktemp("api-server"),
         ADMIN_PASSWORD,
@@ -232,10 +244,15 @@ def api_server(
         },
     ).start()
     try:
-        server.wait_ready(timeout_s=60)
-        yield server.url
+        yield server
     finally:
-        server.stop()
+        server.kill()  # a graceful stop takes ~7 s and this server holds nothing to save
+
+
+@pytest.fixture(scope="module")
+def api_server(booting_api_server: Any) -> str:
+    booting_api_server.wait_ready(timeout_s=60)
+    return booting_api_server.url
 
 
 def _timed_get(

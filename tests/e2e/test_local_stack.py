@@ -26,9 +26,12 @@ Select or skip with the marker: ``pytest -m e2e`` / ``pytest -m "not e2e"``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +44,7 @@ from typing import Any
 
 import local_stack  # deploy/ is on pytest's pythonpath
 import pytest
-from devkit import AirflowApi, ensure_binary
+from devkit import AirflowApi, ensure_binary, group_alive, group_is_ours
 
 REPO = Path(__file__).resolve().parents[2]
 # The continuous-training DAG of the DAG factory: dags/mlops_pipeline__breast_cancer.py builds
@@ -111,7 +114,25 @@ def stack() -> Iterator[dict[str, str]]:
         logs = STATE_DIR / "logs"
         if logs.exists():
             shutil.copytree(logs, ARTIFACTS / "logs", dirs_exist_ok=True)
+        _kill_stack()
         _stack_cli("stop", "--purge", timeout_s=180)
+
+
+def _kill_stack(timeout_s: float = 15) -> None:
+    """SIGKILL the stack's process groups (those its state file records, still its own): the
+    stack is purged right after, and a graceful stop of its ten services took ~15 s."""
+    state = local_stack.State.load(STATE_DIR)
+    if state is None:
+        return
+    groups = [
+        pgid for name, pgid in state.pids.items() if group_is_ours(pgid, state.started.get(name))
+    ]
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while any(group_alive(pgid) for pgid in groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 # -- Airflow REST API v2 --------------------------------------------------------------------
@@ -140,9 +161,22 @@ def wait_for_run_end(api: AirflowApi, run_path: str, timeout_s: float = RUN_TIME
         assert time.monotonic() - started < timeout_s, (
             f"{run['dag_run_id']} still {run['state']} after {timeout_s}s"
         )
-        time.sleep(5)
+        time.sleep(1)
         run = api.call("GET", run_path)
     return run
+
+
+def wait_for_dag(api: AirflowApi, dag_id: str, timeout_s: float) -> dict[str, Any]:
+    """The DAG once the dag-processor serialized it, polled every half second
+    (``AirflowApi.wait_for_dag`` sleeps 3 s between tries)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return api.call("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
+        except urllib.error.HTTPError as err:
+            if err.code != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def xcom_value(api: AirflowApi, run_path: str, task_id: str) -> Any:
@@ -173,7 +207,7 @@ def upload_training_data(stack: dict[str, str]) -> str:
 def dag_run(api: AirflowApi, stack: dict[str, str]) -> dict[str, Any]:
     """Trigger the CT DAG through the REST API and wait until the run ends."""
     path = f"/api/v2/dags/{urllib.parse.quote(E2E_DAG_ID)}"
-    dag = api.wait_for_dag(E2E_DAG_ID, timeout_seconds=240)  # parsed right after start
+    dag = wait_for_dag(api, E2E_DAG_ID, timeout_s=240)  # parsed right after start
     assert dag["is_paused"], "new DAGs start paused: the run below must be queued first"
     train_uri = upload_training_data(stack)
     # Before today's scheduled run, which the scheduler creates as soon as the DAG is unpaused.
@@ -268,20 +302,6 @@ def test_ct_dag_is_scheduled_on_the_retrain_asset(api: AirflowApi) -> None:
     assert E2E_DAG_ID in [d["dag_id"] for d in asset["scheduled_dags"]], asset
 
 
-def test_scheduled_run_with_nothing_new_is_skipped(scheduled_run: dict[str, Any]) -> None:
-    """The scheduler's own run: same data (the YAML's file) and config as the champion."""
-    tasks = {t["task_id"]: t["state"] for t in scheduled_run["task_instances"]}
-    assert scheduled_run["state"] == "success", tasks
-    assert tasks["detect_changes"] == "skipped", tasks
-    skipped = ("validate", "train", "evaluate", "register", "promote", "predict")
-    assert [tasks[t] for t in skipped] == ["skipped"] * len(skipped), tasks
-    assert tasks["summary"] == "success", tasks
-    summary = scheduled_run["summary"]
-    assert summary["outcome"] == "skipped", summary
-    assert summary["reason"] == "no change: same data and config as the champion", summary
-    assert summary["champion_version"] == "1", summary
-
-
 def test_mlflow_requires_authentication(stack: dict[str, str]) -> None:
     """MLflow runs with basic auth: anonymous and wrong-password calls are refused."""
     search = stack["mlflow_url"] + "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -331,6 +351,32 @@ def test_mlops_page_refuses_anonymous_callers(stack: dict[str, str], api: Airflo
     assert status_of(url + "api/models", {"Authorization": f"Bearer {api.token}"}) == 200
 
 
+# After the checks above: the scheduler's run proceeds while they run.
+def test_scheduled_run_with_nothing_new_is_skipped(scheduled_run: dict[str, Any]) -> None:
+    """The scheduler's own run: same data (the YAML's file) and config as the champion."""
+    tasks = {t["task_id"]: t["state"] for t in scheduled_run["task_instances"]}
+    assert scheduled_run["state"] == "success", tasks
+    assert tasks["detect_changes"] == "skipped", tasks
+    skipped = ("validate", "train", "evaluate", "register", "promote", "predict")
+    assert [tasks[t] for t in skipped] == ["skipped"] * len(skipped), tasks
+    assert tasks["summary"] == "success", tasks
+    summary = scheduled_run["summary"]
+    assert summary["outcome"] == "skipped", summary
+    assert summary["reason"] == "no change: same data and config as the champion", summary
+    assert summary["champion_version"] == "1", summary
+
+
+def wait_for_all(browser: Browser, *needles: str, timeout_s: float = 60) -> str:
+    """The page's text once it shows every needle, or at the timeout (the caller's asserts
+    then name what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    text = browser.text()
+    while not all(n in text for n in needles) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = browser.text()
+    return text
+
+
 def test_ui_shows_run_assets_and_mlops_page(
     stack: dict[str, str], dag_run: dict[str, Any], scheduled_run: dict[str, Any]
 ) -> None:
@@ -350,12 +396,14 @@ def test_ui_shows_run_assets_and_mlops_page(
 
         # The DAG run: grid with every task green, run details, task instances.
         browser.goto(
-            f"{base}/dags/{E2E_DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}", settle_s=3
+            f"{base}/dags/{E2E_DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}", settle_s=0.5
         )
         # Each task appears twice once the page is complete: in the grid and in the table.
+        # (Waiting for what is asserted below, not a fixed settle time.)
         browser.wait_for_js(
             f"(() => {{ const t = document.body.innerText; return {json.dumps(task_ids)}"
-            ".every(id => t.split(id).length > 2) })()",
+            ".every(id => t.split(id).length > 2)"
+            f" && t.split('Success').length > {len(task_ids) + 1} }})()",
             timeout_s=60,
         )
         text = browser.text()
@@ -369,9 +417,10 @@ def test_ui_shows_run_assets_and_mlops_page(
         browser.goto(
             f"{base}/dags/{E2E_DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}"
             f"/tasks/{urllib.parse.quote(event['source_task_id'], safe='')}/asset_events",
-            settle_s=2,
+            settle_s=0.5,
         )
-        text = browser.wait_for_text(asset_name)
+        text = wait_for_all(browser, asset_name, "Created Asset Event")
+        assert asset_name in text, text[:1500]
         assert "Created Asset Event" in text, text[:1500]
         browser.screenshot(ARTIFACTS / "02-task-asset-events.png")
 
@@ -379,8 +428,9 @@ def test_ui_shows_run_assets_and_mlops_page(
         # asset, emitted at run time through an AssetAlias, was checked on the task's Asset
         # Events page above; the list shows it only once Airflow registers it as active, which
         # took longer than 60 s in one CI-like run.)
-        browser.goto(base + "/assets", settle_s=2)
-        text = browser.wait_for_text(E2E_RETRAIN_ASSET)
+        browser.goto(base + "/assets", settle_s=0.5)
+        text = wait_for_all(browser, E2E_RETRAIN_ASSET, "1 Dag")
+        assert E2E_RETRAIN_ASSET in text, text[:2000]
         assert "1 Dag" in text, text[:2000]
         browser.screenshot(ARTIFACTS / "03-assets.png")
 
@@ -397,7 +447,7 @@ def test_ui_shows_run_assets_and_mlops_page(
 
         # The DAG's grid: the REST-triggered run (trained, promoted) and the scheduler's run
         # (skipped: nothing new), side by side.
-        browser.goto(f"{base}/dags/{E2E_DAG_ID}", settle_s=3)
+        browser.goto(f"{base}/dags/{E2E_DAG_ID}", settle_s=1)
         browser.wait_for_text("detect_changes")
         browser.screenshot(ARTIFACTS / "05-dag-grid-two-runs.png")
     assert scheduled_run["summary"]["outcome"] == "skipped"
