@@ -31,9 +31,14 @@ RESULTS = ROOT / "bench" / "results"
 class Environment:
     """Migrated metadata DB + a running MLflow server; ``close()`` stops and removes it all."""
 
-    def __init__(self) -> None:
+    def __init__(self, mlflow_workers: int = 1) -> None:
         conftest._migrate_airflow_db()
-        self.mlflow = conftest._server("mlflow")
+        if mlflow_workers == 1:
+            self.mlflow = conftest._server("mlflow")
+        else:  # a server sized as production runs it: several uvicorn worker processes
+            from _servers import mlflow_server_for
+
+            self.mlflow = mlflow_server_for(WORKDIR / "mlflow", workers=mlflow_workers).start()
         self.mlflow.wait_ready()
         os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = conftest.mlflow_connection_env(self.mlflow.url)
 

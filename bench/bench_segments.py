@@ -333,7 +333,6 @@ raw = json.loads({raw!r})
 dag = continuous_training_dag(parse_config(raw, source={source!r}, base_dir={base!r}))
 """
 RUN_TIMEOUT_S = 40 * 60
-LOCAL_PARALLELISM = 2  # task processes at once: one per core
 TERMINAL = ("success", "failed", "upstream_failed", "skipped", "removed")
 
 
@@ -616,7 +615,7 @@ def run_size_local(
     }
 
 
-def start_stack(cleanup: contextlib.ExitStack):
+def start_stack(cleanup: contextlib.ExitStack, parallelism: int):
     """The real Airflow stack (its own home under the bench's work dir, apart from the
     private home ``_airflow`` set for this process); tasks reach the bench's MLflow server."""
     import ctypes
@@ -631,7 +630,7 @@ def start_stack(cleanup: contextlib.ExitStack):
             "AIRFLOW_CONN_MLFLOW_DEFAULT": os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"],
             # Airflow 3.3's LocalExecutor runs [core] parallelism task processes at once (it
             # has no [local_executor] parallelism option); the stack's default is 4.
-            "AIRFLOW__CORE__PARALLELISM": str(LOCAL_PARALLELISM),
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
         },
     )
     cleanup.callback(stack.stop)
@@ -777,7 +776,10 @@ def print_result(r: dict, rows: int) -> None:
         f", chunks of {r['batch_size']}, {r['workers']} worker(s)" if r["batch_size"] else ""
     )
     if local:
-        mode += f", LocalExecutor: real scheduler, {LOCAL_PARALLELISM} parallel task processes"
+        mode += (
+            f", LocalExecutor: real scheduler, {r['parallelism']} parallel task processes, "
+            f"MLflow server with {r['mlflow_workers']} worker(s)"
+        )
     serving = "on" if r["serving_check"] else "off"
     report(f"Segments: {n} models ({mode}), {rows} rows each, serving check {serving}", lines)
 
@@ -815,6 +817,18 @@ def main() -> None:
         help="dagtest: dag.test() in this process; local: the real scheduler with the "
         "LocalExecutor (2 parallel task processes, tests/_airflow_stack.py)",
     )
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=2,
+        help="--executor local: task processes at once ([core] parallelism), default 2",
+    )
+    parser.add_argument(
+        "--mlflow-workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes of the MLflow server (mlflow server --workers)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the run")
     args = parser.parse_args()
     sizes = [int(s) for s in args.segments.split(",")]
@@ -824,9 +838,9 @@ def main() -> None:
     args.workers = args.workers or ("1" if local else "2")
     started = time.perf_counter()
     results = []
-    with Environment() as env, contextlib.ExitStack() as cleanup:
+    with Environment(args.mlflow_workers) as env, contextlib.ExitStack() as cleanup:
         print(f"mlflow server ready ({env.mlflow.url}) after {time.perf_counter() - started:.0f}s")
-        stack = start_stack(cleanup) if local else None
+        stack = start_stack(cleanup, args.parallelism) if local else None
         if stack is not None:
             print(f"Airflow stack healthy ({stack.url}) after {time.perf_counter() - started:.0f}s")
         for n in sizes:
@@ -842,6 +856,8 @@ def main() -> None:
                         env.mlflow.process.pid,
                         serving,
                     )
+                    result.update(parallelism=args.parallelism)
+                    result["mlflow_workers"] = args.mlflow_workers
                     results.append(result)
                     print_result(result, args.rows)
                     continue
@@ -855,6 +871,7 @@ def main() -> None:
                     env.mlflow.process.pid,
                     serving=serving,
                 )
+                result["mlflow_workers"] = args.mlflow_workers
                 results.append(result)
                 print_result(result, args.rows)
     print(json.dumps({"bench": "segments", "executor": args.executor, "results": results}))

@@ -133,10 +133,13 @@ class Server:
             time.sleep(0.1)
 
 
-def mlflow_server_for(workdir: Path, *, basic_auth_password: str | None = None) -> Server:
+def mlflow_server_for(
+    workdir: Path, *, basic_auth_password: str | None = None, workers: int = 1
+) -> Server:
     """``mlflow server`` with a SQLite backend and proxied artifacts in ``workdir`` (both
-    survive a restart, as a production store does); with ``basic_auth_password``, the
-    basic-auth app with that password for the ``admin`` user."""
+    survive a restart, as a production store does), ``workers`` uvicorn worker processes;
+    with ``basic_auth_password``, the basic-auth app with that password for the ``admin``
+    user."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     # No job runner: it starts seven worker processes the tests never use.
@@ -147,7 +150,7 @@ def mlflow_server_for(workdir: Path, *, basic_auth_password: str | None = None) 
         str(BIN / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
     name = "mlflow"
     if basic_auth_password:

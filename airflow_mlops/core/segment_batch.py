@@ -35,6 +35,7 @@ No Airflow import; heavy libraries are imported by the functions that use them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -530,23 +531,12 @@ def run_segment_batch(
     champion against itself. ``on_record(records so far)`` is called after each segment, so
     a try killed mid-chunk leaves the records of the segments it finished.
     """
-    many_checks = len(specs) > 1 and settings.promotion.serving is not None
-    if not many_checks:
-        return _run_chunk(
-            specs,
-            settings,
-            context,
-            client,
-            storage,
-            filesystem_for,
-            window_end,
-            should_stop,
-            earlier,
-            on_record,
-        )
-    from airflow_mlops.core.serving import warm_serving_checker
+    checker: Any = contextlib.nullcontext()
+    if len(specs) > 1 and settings.promotion.serving is not None:
+        from airflow_mlops.core.serving import warm_serving_checker
 
-    with warm_serving_checker():  # pays the load's imports once; stopped when the chunk ends
+        checker = warm_serving_checker()  # imports paid once; stopped when the chunk ends
+    with checker:
         return _run_chunk(
             specs,
             settings,
