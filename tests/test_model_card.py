@@ -28,6 +28,7 @@ from test_pipelines import (
 
 from airflow_mlops.cli import main as cli_main
 from airflow_mlops.core.model_card import (
+    MODEL_CARD_HTML,
     MODEL_CARD_JSON,
     TAG_MODEL_CARD_SHA256,
     ModelCardError,
@@ -192,6 +193,35 @@ def test_the_card_is_written_once_and_a_changed_card_is_refused(carded, client):
     finally:
         client.log_text(run_id, original, MODEL_CARD_JSON)
     assert read_model_card(client, model, version)["decision"]["outcome"] == "promoted"
+
+
+def test_writing_a_card_reads_its_version_once(carded, client, monkeypatch):
+    """A second version of the carded run gets its own card from one version read."""
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.registry import register_version
+
+    model, run_id = carded["model"], carded["train"]["run_id"]
+    originals = {
+        path: Path(client.download_artifacts(run_id, path)).read_text()
+        for path in (MODEL_CARD_JSON, MODEL_CARD_HTML)
+    }
+    version = register_version(
+        client, model, carded["train"]["model_uri"], context=RunContext(task_id="card-reads")
+    ).version
+    reads: list[tuple] = []
+    real = client.get_model_version
+    monkeypatch.setattr(client, "get_model_version", lambda *a: reads.append(a) or real(*a))
+    try:
+        ref = write_model_card(client, model, version, intended_use="second version")
+        assert ref.written is True and len(reads) == 1, reads
+        card = read_model_card(client, model, version)
+        assert card["model"]["version"] == version and card["intended_use"] == "second version"
+    finally:  # the two versions share the run's card files: give the first its own back
+        for path, text in originals.items():
+            client.log_text(run_id, text, path)
+    assert read_model_card(client, model, str(carded["promote"]["version"]))["model"][
+        "version"
+    ] == (str(carded["promote"]["version"]))
 
 
 def test_cli_saves_the_card_as_html(carded, client, mlflow_conn, tmp_path, capsys):

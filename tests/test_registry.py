@@ -96,6 +96,22 @@ def test_registration_is_idempotent_per_task_instance(client, tracking, tmp_path
     assert count_versions(client, name) == 2
 
 
+def test_a_version_ready_at_creation_costs_no_status_poll(client, tracking, tmp_path, monkeypatch):
+    """The search that finds the new version already says READY: no extra version read."""
+    from airflow_mlops.core.registry import register_version
+
+    name = unique_name()
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    reads: list[tuple] = []
+    real = client.get_model_version
+    monkeypatch.setattr(client, "get_model_version", lambda *a: reads.append(a) or real(*a))
+    ctx = RunContext(dag_id="d", run_id="run-1", task_id="register")
+    first = register_version(client, name, result["model_uri"], context=ctx)
+    again = register_version(client, name, result["model_uri"], context=ctx)
+    assert (first.status, again.status, again.version) == ("READY", "READY", first.version)
+    assert reads == []
+
+
 # -- compare-and-set promotion --------------------------------------------------------------
 
 
@@ -293,6 +309,64 @@ def test_lock_excludes_concurrent_holders_threads(client, tracking):
     assert len(entries) == 12
     assert peak[0] == 1, f"{peak[0]} holders at once"
     assert PromotionLock(client, name).read() is None  # released
+
+
+def test_moves_inside_a_held_lock_re_enter_it_in_one_lock_cycle(client, tracking, tmp_path):
+    """``@challenger`` then ``@champion`` inside ``with promotion_lock(...)``: the lock is
+    created and deleted once (a cycle is four requests), the inner moves leave it held, and
+    neither another thread nor another client is let in meanwhile."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_mlops.core.alias_moves import promote_to_champion, promotion_lock, set_challenger
+    from airflow_mlops.core.promotion_lock import PromotionLock, lock_name
+    from airflow_mlops.core.registry import register_version
+
+    name = unique_name("reenter")
+    result = train(tracking, make_dataset(tmp_path / "d.csv"), STUMP, model_name=name)
+    reg = register_version(client, name, result["model_uri"], context=RunContext(task_id="reg"))
+    cycle: list[str] = []
+
+    def counting(method: str) -> Any:
+        real = getattr(client, method)
+
+        def counted(model_name: str, *args: Any, **kwargs: Any) -> Any:
+            if model_name == lock_name(name):
+                cycle.append(method)
+            return real(model_name, *args, **kwargs)
+
+        return counted
+
+    for method in ("create_registered_model", "delete_registered_model"):
+        setattr(client, method, counting(method))
+    who = actor("promote")
+    outsider: list[str] = []
+
+    def other_thread() -> None:
+        try:
+            with PromotionLock(client, name, wait_seconds=0.3, poll_seconds=0.1):
+                outsider.append("entered")
+        except PromotionError as err:
+            outsider.append(str(err))
+
+    with promotion_lock(client, name, who) as held:
+        challenger = set_challenger(client, name, reg.version, who)
+        champion = promote_to_champion(
+            client, name, reg.version, evaluated_champion=None, actor=who
+        )
+        assert cycle == ["create_registered_model"]  # the moves took no lock of their own
+        assert held.read().owner == held.owner  # and their exits released nothing
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(timeout=60)
+        other_client = PromotionLock(MlflowClient(tracking), name, wait_seconds=0.3)
+        with pytest.raises(PromotionError, match="could not take the promotion lock"):
+            other_client.__enter__()
+    assert outsider and outsider[0].startswith("could not take the promotion lock"), outsider
+    assert (challenger.outcome, champion.outcome) == ("set", "promoted")
+    assert cycle[-1] == "delete_registered_model" and cycle.count("delete_registered_model") == 1
+    assert PromotionLock(client, name).read() is None
+    aliases = client.get_registered_model(name).aliases
+    assert aliases == {"challenger": reg.version, "champion": reg.version}
 
 
 def test_expired_lock_is_broken_and_a_live_one_times_out(client, tracking):

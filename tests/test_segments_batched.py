@@ -210,6 +210,87 @@ def test_a_retried_chunk_creates_no_run_version_or_alias_move(batched_run, clien
         assert alias_history(client, spec.model_name) == history_before[spec.model_name]
 
 
+def test_a_segment_moves_both_aliases_in_one_lock_cycle_and_a_failed_move_leaves_no_lock(
+    batched_run, client, monkeypatch
+):
+    """A segment takes its promotion lock once for ``@challenger`` and ``@champion`` (register
+    takes it, promote releases it) and evaluates against the champion detect_changes read;
+    a move that fails in either step releases the lock and fails only that step."""
+    import dataclasses
+
+    from airflow_mlops.core import alias_moves
+    from airflow_mlops.core import evaluation as ev
+    from airflow_mlops.core import segment_batch as sb
+    from airflow_mlops.core.lineage import RunContext
+    from airflow_mlops.core.promotion import PromotionOptions
+    from airflow_mlops.core.promotion_lock import LOCK_SUFFIX, PromotionLock
+    from airflow_mlops.core.provenance import ModelTrust
+    from airflow_mlops.core.training import local_filesystem
+    from airflow_mlops.core.training_job import TrainingJob
+
+    config, dag, dag_run = batched_run
+    storage = Storage()
+    specs, _ = read_manifest(storage, stored_xcom(dag_run, "split_segments", key="manifest_uri"))
+    spec = next(s for s in specs if s.segment == "a")
+    experiment = client.get_experiment_by_name(config.experiment_name).experiment_id
+    job = TrainingJob.from_values(
+        {
+            **config.training.model_dump(exclude={"experiment_name"}),
+            "train_uri": "segment",
+            "target": "y",
+            "exclude": ["seg"],
+            "experiment_name": config.experiment_name,
+        }
+    )
+    settings = sb.BatchSettings(
+        job=job, trust=ModelTrust, promotion=PromotionOptions(), experiment_id=experiment
+    )
+    locks_taken: list[str] = []
+    create = client.create_registered_model
+
+    def counted_create(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.endswith(LOCK_SUFFIX):
+            locks_taken.append(name)
+        return create(name, *args, **kwargs)
+
+    def refused_evaluation_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("evaluate read the champion again")
+
+    real_set_alias = alias_moves.set_alias_checked
+    failing_alias: list[str] = []
+
+    def set_alias(client_: Any, model: str, alias: str, version: str) -> None:
+        if alias in failing_alias:
+            raise RuntimeError(f"planted failure moving @{alias}")
+        real_set_alias(client_, model, alias, version)
+
+    monkeypatch.setattr(client, "create_registered_model", counted_create)
+    monkeypatch.setattr(ev, "resolve_champion", refused_evaluation_read)
+    monkeypatch.setattr(alias_moves, "set_alias_checked", set_alias)
+
+    def run(suffix: str) -> tuple[dict, str]:
+        mine = dataclasses.replace(spec, model_name=f"{spec.model_name}_{suffix}")
+        context = RunContext(dag.dag_id, f"lock-{suffix}", "segment_batch", 1, 0)
+        [record] = sb.run_segment_batch(
+            [mine], settings, context, client, storage, local_filesystem
+        )
+        return record, mine.model_name
+
+    record, model = run("ok")
+    assert record["outcome"] == "promoted", record
+    assert locks_taken == [f"{model}{LOCK_SUFFIX}"]
+    assert client.get_registered_model(model).aliases == {"challenger": "1", "champion": "1"}
+    assert PromotionLock(client, model).read() is None
+
+    for alias, failed_step in (("champion", "promote"), ("challenger", "register")):
+        failing_alias[:] = [alias]
+        record, model = run(f"fail_{alias}")
+        assert record["failed"] and record["steps"][failed_step] == "failed", record
+        assert f"planted failure moving @{alias}" in record["errors"][failed_step]
+        assert PromotionLock(client, model).read() is None, f"{failed_step} left its lock"
+        assert champion(client, model) is None
+
+
 def test_payloads_stay_small_at_1000_segments(tmp_path):
     storage = Storage()
     specs = [

@@ -151,6 +151,34 @@ def test_a_checker_leaves_no_folder_behind_however_its_parent_ends(tracking):
     assert serving._CHECKER.warm_up is False
 
 
+def test_a_chunk_launches_its_checker_early_and_its_first_check_uses_it(tracking):
+    """``launch_serving_checker`` starts a warm block's checker without waiting for it (its
+    start-up overlaps the chunk's first training); the first check then uses that process.
+    Outside the block it starts nothing (a lone task might never check)."""
+    uri = log(good_model())
+    before = checker_starts()
+    serving.launch_serving_checker()
+    assert serving._CHECKER._proc is None and checker_starts() == before
+
+    with serving.warm_serving_checker():
+        serving.launch_serving_checker()
+        proc = serving._CHECKER._proc
+        assert proc is not None and proc.poll() is None and checker_starts() == before + 1
+        assert serving._CHECKER._ready is False  # not waited for
+        serving.launch_serving_checker()  # running already: no second process
+        assert serving._CHECKER._proc is proc and checker_starts() == before + 1
+        assert check(uri, SAMPLE)["ok"] is True
+        assert serving._CHECKER._proc is proc and checker_starts() == before + 1
+        folder = serving._CHECKER._workdir
+    assert proc.poll() is not None and not folder.exists()
+
+    # Launched and never used (every segment of the chunk was skipped): stopped all the same.
+    with serving.warm_serving_checker():
+        serving.launch_serving_checker()
+        proc, folder = serving._CHECKER._proc, serving._CHECKER._workdir
+    assert proc.poll() is not None and not folder.exists()
+
+
 def test_each_check_sees_the_callers_current_environment(tracking, monkeypatch):
     class NeedsProbe(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):

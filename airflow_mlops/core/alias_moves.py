@@ -73,6 +73,7 @@ __all__ = [
     "ServingCheck",
     "champion_stack",
     "promote_to_champion",
+    "promotion_lock",
     "rollback_candidates",
     "rollback_champion",
     "set_alias_checked",
@@ -107,13 +108,23 @@ class AliasMove:
         return asdict(self)
 
 
-def _lock_identity(actor: Actor) -> dict[str, Any]:
-    """Who takes the promotion lock: a later try of the same task may reclaim it."""
-    return {
-        "holder": actor.description,
-        "reclaim_key": actor.context.idempotency_key,
-        "try_number": actor.context.try_number,
-    }
+def promotion_lock(
+    client: MlflowClient,
+    model_name: str,
+    actor: Actor,
+    lock_options: Mapping[str, Any] | None = None,
+) -> PromotionLock:
+    """The promotion lock of ``model_name`` taken by ``actor`` (a later try of the same task
+    may reclaim it). Moves made inside ``with promotion_lock(...)`` re-enter it: one lock
+    cycle for several moves of one model."""
+    return PromotionLock(
+        client,
+        model_name,
+        holder=actor.description,
+        reclaim_key=actor.context.idempotency_key,
+        try_number=actor.context.try_number,
+        **dict(lock_options or {}),
+    )
 
 
 def set_alias_checked(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
@@ -137,12 +148,7 @@ def set_challenger(
     lock_options: Mapping[str, Any] | None = None,
 ) -> AliasMove:
     """Point ``@challenger`` at ``version`` and record the move (idempotent on retry)."""
-    with PromotionLock(
-        client,
-        model_name,
-        **_lock_identity(actor),
-        **dict(lock_options or {}),
-    ) as lock:
+    with promotion_lock(client, model_name, actor, lock_options) as lock:
         state = read_model_state(client, model_name)
         current = state.alias_version(alias)
         if current == str(version):
@@ -191,12 +197,7 @@ def promote_to_champion(
     version = str(version)
     expected = None if evaluated_champion is None else str(evaluated_champion)
     reevaluations: list[dict[str, Any]] = []
-    with PromotionLock(
-        client,
-        model_name,
-        **_lock_identity(actor),
-        **dict(lock_options or {}),
-    ) as lock:
+    with promotion_lock(client, model_name, actor, lock_options) as lock:
         while True:
             state = read_model_state(client, model_name)
             current = state.alias_version(alias)
@@ -474,12 +475,7 @@ def rollback_champion(
     runs before the move and must raise to stop it. Idempotent: a retry of the same task
     finds its own event and completes the history a dead try left half-written.
     """
-    with PromotionLock(
-        client,
-        model_name,
-        **_lock_identity(actor),
-        **dict(lock_options or {}),
-    ) as lock:
+    with promotion_lock(client, model_name, actor, lock_options) as lock:
         current = current_alias_version(client, model_name, alias)
         key = actor.context.idempotency_key
         own = (
@@ -536,12 +532,7 @@ def set_frozen(
     the state the model is already in writes nothing (outcome ``already_frozen`` /
     ``not_frozen``), so a retried task does not stack events.
     """
-    with PromotionLock(
-        client,
-        model_name,
-        **_lock_identity(actor),
-        **dict(lock_options or {}),
-    ) as lock:
+    with promotion_lock(client, model_name, actor, lock_options) as lock:
         state = freeze_state(client, model_name)
         if frozen == (state is not None):
             outcome = "already_frozen" if frozen else "not_frozen"

@@ -60,6 +60,7 @@ from airflow_mlops.core.lineage import (
 from airflow_mlops.core.shadow import TAG_SHADOW_PARTITIONS
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
 __all__ = [
@@ -136,6 +137,7 @@ def build_model_card(
     validation: Mapping[str, Any] | None = None,
     promotion: Mapping[str, Any] | None = None,
     shadow_requirement: Mapping[str, Any] | None = None,
+    model_version: ModelVersion | None = None,
 ) -> dict[str, Any]:
     """The card of ``model_name`` ``version`` from its recorded facts (JSON-safe).
 
@@ -143,10 +145,11 @@ def build_model_card(
     when not given. ``validation`` is the validate task's summary, ``None`` when the pipeline
     validates nothing. ``shadow_requirement`` (``required_partitions``, ``metric``,
     ``min_delta``) judges the shadow record when the promotion record has no shadow verdict.
+    ``model_version``: the version as the caller just read it (else read here).
     """
     from airflow_mlops.core.mlflow_client import read_run_text
 
-    model_version = client.get_model_version(model_name, str(version))
+    model_version = model_version or client.get_model_version(model_name, str(version))
     run_id = model_version.run_id
     if not run_id:
         raise ModelCardError(f"{model_name} v{version} has no training run to describe")
@@ -407,11 +410,15 @@ def card_bytes(card: Mapping[str, Any]) -> bytes:
     return json.dumps(card, sort_keys=True, indent=1, ensure_ascii=False).encode()
 
 
-def store_model_card(client: MlflowClient, card: Mapping[str, Any]) -> ModelCardRef:
+def store_model_card(
+    client: MlflowClient, card: Mapping[str, Any], *, read: ModelVersion | None = None
+) -> ModelCardRef:
     """Log the card's JSON and HTML on the version's run and tag its hash on the version;
-    a version that already has a card keeps it."""
+    a version that already has a card keeps it. ``read``: the version as the caller just
+    read it, to check for a card without a second read."""
     name, version, run_id = (card["model"][k] for k in ("name", "version", "run_id"))
-    existing = client.get_model_version(name, version).tags.get(TAG_MODEL_CARD_SHA256)
+    read = read or client.get_model_version(name, version)
+    existing = read.tags.get(TAG_MODEL_CARD_SHA256)
     if existing:
         return _card_ref(client, run_id, existing, written=False)
     data = card_bytes(card)
@@ -453,8 +460,9 @@ def write_model_card(
         intended_use=intended_use,
         validation=validation,
         promotion=promotion,
+        model_version=model_version,
     )
-    return store_model_card(client, card)
+    return store_model_card(client, card, read=model_version)
 
 
 def write_pending_card(

@@ -23,6 +23,8 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -59,6 +61,11 @@ LOCK_NAME_MAX_CHARS = 256
 # Waiters on different hosts compare the holder's expiry with their own clock: a lock
 # counts as expired only this long after its recorded expiry (see PromotionLock).
 DEFAULT_LOCK_CLOCK_SKEW_SECONDS = 60.0
+
+
+# The locks this thread of control holds, by lock name: a move made while its model's lock
+# is held (``with`` an outer lock) re-enters it instead of taking it again.
+_HELD: ContextVar[Mapping[str, PromotionLock]] = ContextVar("airflow_mlops_held_locks")
 
 
 def lock_name(model_name: str) -> str:
@@ -106,6 +113,12 @@ class PromotionLock:
 
     A lock found already holding *this* acquisition's owner id is ours: the MLflow client
     retries a create whose response was lost, and the replay finds the lock it made.
+
+    **Re-entry.** Entering (``with``) a lock of a model whose lock this thread of control
+    already holds through ``with``, on the same client, re-enters it: no registry write, the
+    outer lock's ownership and expiry, and the inner exit releases nothing. So several moves
+    of one model (``@challenger`` then ``@champion``) can share one lock cycle; each still
+    calls :meth:`verify` before it writes.
     """
 
     def __init__(
@@ -141,13 +154,35 @@ class PromotionLock:
         self.owner: str | None = None
         self.expires_at = 0.0
         self._deadline = 0.0  # monotonic: the holder's own view of its expiry, skew-free
+        self._reentered = False
+        self._held_token: Token | None = None
 
     def __enter__(self) -> PromotionLock:
+        held = _HELD.get({})
+        outer = held.get(self.name)
+        if outer is not None and outer.owner is not None and outer.client is self.client:
+            self.owner, self.expires_at, self._deadline = (
+                outer.owner,
+                outer.expires_at,
+                outer._deadline,
+            )
+            self._reentered = True
+            log.debug("Re-entered promotion lock %s (owner %s).", self.name, self.owner)
+            return self
         self.acquire()
+        self._held_token = _HELD.set({**held, self.name: self})
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        if self._reentered:  # the outer holder releases it
+            self.owner, self._reentered = None, False
+            return
+        try:
+            self.release()
+        finally:
+            if self._held_token is not None:
+                _HELD.reset(self._held_token)
+                self._held_token = None
 
     def read(self) -> LockState | None:
         """The lock as stored now, or None when nobody holds it."""

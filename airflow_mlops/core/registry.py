@@ -198,7 +198,11 @@ def register_version(
             parsed.uri,
         )
     ready = wait_until_ready(
-        client, model_name, str(existing.version), timeout_seconds=ready_timeout_seconds
+        client,
+        model_name,
+        str(existing.version),
+        timeout_seconds=ready_timeout_seconds,
+        known=existing,
     )
     return Registration(
         model_name=model_name,
@@ -273,11 +277,15 @@ def wait_until_ready(
     *,
     timeout_seconds: float = 300.0,
     poll_seconds: float = 1.0,
+    known: ModelVersion | None = None,
 ) -> ModelVersion:
-    """Poll until the version is READY; FAILED_REGISTRATION or a timeout is an error."""
+    """Poll until the version is READY; FAILED_REGISTRATION or a timeout is an error.
+
+    ``known``: the version as a search just returned it; it is the first reading, so a
+    version already READY costs no request."""
     deadline = time.monotonic() + timeout_seconds
     while True:
-        mv = client.get_model_version(model_name, version)
+        mv, known = known or client.get_model_version(model_name, version), None
         status = str(mv.status)
         if status == "READY":
             return mv

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from airflow_mlops.core.lineage import RunContext
     from airflow_mlops.core.promotion import PromotionOptions, TrustProvider
+    from airflow_mlops.core.registry import Champion
     from airflow_mlops.core.storage import Storage
     from airflow_mlops.core.suite import SuiteDefinition
     from airflow_mlops.core.training_job import TrainingJob
@@ -186,9 +187,10 @@ def run_segment(
     started = time.perf_counter()
     own = segment_context(context, spec.segment)
     steps = _Steps(settings.mask)
+    seen: dict[str, Any] = {}  # the champion detect_changes read, for the evaluation
     steps.run(
         "detect_changes",
-        lambda: _detect_changes(spec, settings, client, filesystem, window_end),
+        lambda: _detect_changes(spec, settings, client, filesystem, window_end, seen),
     )
     if settings.suite is not None:
         steps.run(
@@ -199,14 +201,30 @@ def run_segment(
         "train",
         lambda: _train(spec, settings, own, client, storage, filesystem, window_end, should_stop),
     )
-    evaluation = steps.run("evaluate", lambda: _evaluate(spec, settings, client, storage, training))
-    registration = steps.run("register", lambda: _register(spec, settings, own, client, evaluation))
-    steps.run(
-        "promote",
-        lambda: _promote(
-            settings, own, client, storage, evaluation, registration, steps.results.get("validate")
-        ),
+    evaluation = steps.run(
+        "evaluate",
+        lambda: _evaluate(spec, settings, client, storage, training, seen.get("champion")),
     )
+    # One promotion-lock cycle for both alias moves (they re-enter it): taken by register,
+    # released by promote, or by register itself when it fails.
+    lock = contextlib.ExitStack()
+    with lock:
+        registration = steps.run(
+            "register", lambda: _register(spec, settings, own, client, evaluation, lock)
+        )
+        steps.run(
+            "promote",
+            lambda: _promote(
+                settings,
+                own,
+                client,
+                storage,
+                evaluation,
+                registration,
+                steps.results.get("validate"),
+                lock,
+            ),
+        )
     summary = summarize_run(spec.model_name, steps.states, steps.results, steps.errors).to_dict()
     promotion = steps.results.get("promote") or {}
     record = {
@@ -247,8 +265,10 @@ def _detect_changes(
     client: MlflowClient,
     fs: AbstractFileSystem,
     window_end: str | None,
+    seen: dict[str, Any],
 ) -> dict[str, Any]:
-    """The chain's ``detect_changes`` for one segment: only a scheduled run compares data."""
+    """The chain's ``detect_changes`` for one segment: only a scheduled run compares data.
+    The champion it read goes in ``seen["champion"]``."""
     from airflow_mlops.core.changes import (
         ALWAYS_TRAIN_RUN_TYPES,
         compare_with_hash,
@@ -258,7 +278,7 @@ def _detect_changes(
     from airflow_mlops.core.lineage import TAG_DATA_SHA256
     from airflow_mlops.core.registry import resolve_champion
 
-    champion = resolve_champion(client, spec.model_name)
+    champion = seen["champion"] = resolve_champion(client, spec.model_name)
     always = settings.run_type in ALWAYS_TRAIN_RUN_TYPES
     tags = None
     if champion is not None:
@@ -365,6 +385,10 @@ def _train(
     from airflow_mlops.core.segments import segment_folder
     from airflow_mlops.core.training import train_model
 
+    if settings.promotion.serving is not None:
+        from airflow_mlops.core.serving import launch_serving_checker
+
+        launch_serving_checker()  # a chunk's checker starts while its first model trains
     update: dict[str, Any] = {
         "train_uri": spec.train_uri,
         "model_name": spec.model_name,
@@ -394,7 +418,10 @@ def _evaluate(
     client: MlflowClient,
     storage: Storage,
     training: Mapping[str, Any],
+    champion: Champion | None,
 ) -> dict[str, Any]:
+    """``champion``: the one detect_changes read seconds ago (no second read); promotion's
+    compare-and-set re-checks it under the lock."""
     from airflow_mlops.core import evaluation as ev
     from airflow_mlops.core.policy import DEFAULT_MIN_ROWS, default_policy
 
@@ -404,6 +431,7 @@ def _evaluate(
         storage,
         challenger,
         model_name=spec.model_name,
+        champion=champion,
         policy=settings.policy or default_policy(challenger.task),
         slices=settings.slices,
         trust=settings.trust(),
@@ -421,10 +449,28 @@ def _register(
     context: RunContext,
     client: MlflowClient,
     evaluation: Mapping[str, Any],
+    lock: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    """Register once and point ``@challenger`` at it (what ``RegisterModelOperator`` does)."""
+    """Register once and point ``@challenger`` at it (what ``RegisterModelOperator`` does),
+    taking the segment's promotion lock into ``lock`` for the promote step (released here
+    if this step fails)."""
+    try:
+        return _register_locked(spec, settings, context, client, evaluation, lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _register_locked(
+    spec: SegmentSpec,
+    settings: BatchSettings,
+    context: RunContext,
+    client: MlflowClient,
+    evaluation: Mapping[str, Any],
+    lock: contextlib.ExitStack,
+) -> dict[str, Any]:
     from airflow_mlops.core.alias_history import Actor
-    from airflow_mlops.core.alias_moves import set_challenger
+    from airflow_mlops.core.alias_moves import promotion_lock, set_challenger
     from airflow_mlops.core.registry import register_version
 
     challenger = evaluation["challenger"]
@@ -436,11 +482,10 @@ def _register(
         run_id=challenger["run_id"],
         ready_timeout_seconds=settings.ready_timeout_seconds,
     )
+    actor = Actor(reason=f"registered from training run {challenger['run_id']}", context=context)
+    lock.enter_context(promotion_lock(client, spec.model_name, actor, settings.lock_options))
     move = None
     if settings.challenger_alias:
-        actor = Actor(
-            reason=f"registered from training run {challenger['run_id']}", context=context
-        )
         move = set_challenger(
             client,
             spec.model_name,
@@ -464,22 +509,25 @@ def _promote(
     evaluation: Mapping[str, Any],
     registration: Mapping[str, Any],
     validation: Mapping[str, Any] | None,
+    lock: contextlib.ExitStack,
 ) -> dict[str, Any]:
+    """Gate and move ``@champion`` in the lock register took; the lock is released here."""
     from airflow_mlops.core.promotion import promote_challenger
 
     options = settings.promotion
     if validation is not None:  # the segment's own validation, for its promotion record
         options = dataclasses.replace(options, validation=validation)
-    return promote_challenger(
-        client,
-        storage,
-        evaluation,
-        registration,
-        approval=None,  # batched mode refuses every approval but "auto" (factories/config.py)
-        context=context,
-        trust=settings.trust,
-        options=options,
-    ).result
+    with lock:
+        return promote_challenger(
+            client,
+            storage,
+            evaluation,
+            registration,
+            approval=None,  # batched mode refuses every approval but "auto" (factories/config.py)
+            context=context,
+            trust=settings.trust,
+            options=options,
+        ).result
 
 
 def _record_last_ct(

@@ -51,6 +51,7 @@ __all__ = [
     "START_TIMEOUT_SECONDS",
     "CheckerError",
     "checker_starts",
+    "launch_serving_checker",
     "serving_check",
     "serving_sample",
     "stop_serving_checker",
@@ -164,6 +165,7 @@ class _Checker:
         self._workdir: Path | None = None
         self._stderr_path: Path | None = None
         self._lock = threading.Lock()
+        self._ready = False  # its "ready" line was read
         self.started_count = 0
         self.warm_up = False  # see warm_serving_checker()
 
@@ -184,9 +186,22 @@ class _Checker:
         with self._lock:
             self._stop_locked()
 
+    def launch(self) -> None:
+        """Start the checker without waiting for it to be ready (no-op when it runs)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._launch_locked()
+
     def _ensure_started(self) -> subprocess.Popen[str]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
+        if self._proc is None or self._proc.poll() is not None:
+            self._launch_locked()
+        if not self._ready:
+            self._read_reply(START_TIMEOUT_SECONDS)
+            self._ready = True
+        assert self._proc is not None
+        return self._proc
+
+    def _launch_locked(self) -> None:
         self._stop_locked()
         workdir = self._workdir = Path(tempfile.mkdtemp(prefix="mlops-serving-checker-"))
         self._stderr_path = workdir / "checker.log"
@@ -204,8 +219,6 @@ class _Checker:
                 start_new_session=True,  # a Ctrl-C in the parent must not kill it mid-check
             )
         self.started_count += 1
-        self._read_reply(START_TIMEOUT_SECONDS)
-        return self._proc
 
     def _read_reply(self, timeout_seconds: float) -> dict[str, Any]:
         assert self._proc is not None and self._proc.stdout is not None
@@ -226,7 +239,7 @@ class _Checker:
         return CheckerError(f"the serving checker process failed: {what}. Its log: {tail}")
 
     def _stop_locked(self) -> None:
-        proc, self._proc = self._proc, None
+        proc, self._proc, self._ready = self._proc, None, False
         workdir, self._workdir = self._workdir, None
         if proc is not None:
             if proc.stdin is not None:
@@ -267,6 +280,15 @@ def warm_serving_checker() -> Iterator[None]:
     finally:
         _CHECKER.warm_up = previous
         _CHECKER.stop()
+
+
+def launch_serving_checker() -> None:
+    """Inside :func:`warm_serving_checker`, start the checker now without waiting: its
+    start-up (an interpreter and the libraries' imports, seconds of CPU) overlaps the
+    caller's work, e.g. a chunk's first training, instead of delaying the first check.
+    Outside that block it does nothing: a lone check starts its checker when it needs it."""
+    if _CHECKER.warm_up:
+        _CHECKER.launch()
 
 
 def stop_serving_checker() -> None:
