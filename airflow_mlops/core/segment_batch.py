@@ -453,22 +453,7 @@ def _register(
 ) -> dict[str, Any]:
     """Register once and point ``@challenger`` at it (what ``RegisterModelOperator`` does),
     taking the segment's promotion lock into ``lock`` for the promote step (released here
-    if this step fails)."""
-    try:
-        return _register_locked(spec, settings, context, client, evaluation, lock)
-    except BaseException:
-        lock.close()
-        raise
-
-
-def _register_locked(
-    spec: SegmentSpec,
-    settings: BatchSettings,
-    context: RunContext,
-    client: MlflowClient,
-    evaluation: Mapping[str, Any],
-    lock: contextlib.ExitStack,
-) -> dict[str, Any]:
+    if the move fails)."""
     from airflow_mlops.core.alias_history import Actor
     from airflow_mlops.core.alias_moves import promotion_lock, set_challenger
     from airflow_mlops.core.registry import register_version
@@ -486,14 +471,18 @@ def _register_locked(
     lock.enter_context(promotion_lock(client, spec.model_name, actor, settings.lock_options))
     move = None
     if settings.challenger_alias:
-        move = set_challenger(
-            client,
-            spec.model_name,
-            registration.version,
-            actor,
-            alias=settings.challenger_alias,
-            lock_options=settings.lock_options,
-        )
+        try:
+            move = set_challenger(
+                client,
+                spec.model_name,
+                registration.version,
+                actor,
+                alias=settings.challenger_alias,
+                lock_options=settings.lock_options,
+            )
+        except BaseException:
+            lock.close()  # promote will not run: nobody else releases it
+            raise
     return {
         **registration.to_dict(),
         "challenger_alias": settings.challenger_alias,
