@@ -72,6 +72,8 @@ from _airflow import (
 )
 from _common import report
 
+from airflow_mlops.core.segments import default_batch_size
+
 N_FEATURES = 5
 GOAL_MODELS = 1000
 GOAL_S = 15 * 60
@@ -111,7 +113,7 @@ def pipeline_raw(
     """The benchmarked pipeline's configuration (what a user writes in YAML)."""
     seg = {"column": "seg", "values": [f"s{i:04d}" for i in range(segments)]}
     if mode == "batched":
-        seg.update(batch_size=batch_size or 25, workers=workers)
+        seg.update(batch_size=batch_size or default_batch_size(segments), workers=workers)
     return {
         "name": f"bench_seg_{mode}_{segments}_w{workers}",
         "data": {"train_uri": data_uri, "target": "y", "exclude": ["seg"]},
@@ -233,6 +235,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_by_server(stack) -> dict[str, dict[str, float]]:
+    """Per Airflow server: CPU seconds of its own process and of its descendants (task
+    processes below the scheduler, reaped ones included through their parents)."""
+    import psutil
+
+    shares = {}
+    for server in stack.servers:
+        try:
+            times = psutil.Process(server.process.pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        whole = cpu_seconds([server.process.pid])
+        own = times.user + times.system
+        shares[server.name] = {"own": own, "descendants": whole - own}
+    return shares
+
+
 def run_size(
     segments: int,
     rows: int,
@@ -284,7 +303,7 @@ def run_size(
     result = {
         "segments": segments,
         "mode": mode,
-        "batch_size": batch_size if mode == "batched" else None,
+        "batch_size": (batch_size or default_batch_size(segments)) if mode == "batched" else None,
         "workers": workers if mode == "batched" else 1,
         "serving_check": serving,
         "state": str(dag_run.state),
@@ -494,7 +513,7 @@ def wait_run_end(stack, api, dag_id: str, run_id: str, chunks: int) -> dict:
 def run_size_local(
     segments: int,
     rows: int,
-    batch_size: int,
+    batch_size: int | None,
     workers: int,
     stack,
     server_pid: int,
@@ -512,10 +531,12 @@ def run_size_local(
     dag_id = build_dag_id(raw)
     api = stack.api("admin")
     api.wait_for_dag(dag_id, timeout_seconds=300)
+    batch_size = raw["segments"]["batch_size"]
     chunks = -(-segments // batch_size)
     stack_pids = [server.process.pid for server in stack.servers]
     scheduler = next(s for s in stack.servers if s.name == "scheduler")
     cpu_before = cpu_seconds(stack_pids), cpu_seconds([server_pid])
+    servers_before = cpu_by_server(stack)
     with PeakSampler(scheduler.process.pid) as peaks:
         triggered = time.time()
         path = f"/api/v2/dags/{quote(dag_id)}/dagRuns"
@@ -523,6 +544,7 @@ def run_size_local(
         run = wait_run_end(stack, api, dag_id, run_id, chunks)
         observed = time.time() - triggered
     cpu_after = cpu_seconds(stack_pids), cpu_seconds([server_pid])
+    servers_after = cpu_by_server(stack)
     seconds = _when(run["end_date"]) - triggered if run.get("end_date") else observed
     run_s = _when(run["end_date"]) - _when(run["start_date"])
     tis = _task_instances(stack, dag_id, run_id)
@@ -593,6 +615,13 @@ def run_size_local(
         "cpu_orphans_s": peaks.orphan_cpu_s,
         "orphans_not_from_the_stack": peaks.other_orphans,
         "cpu_mlflow_s": cpu_after[1] - cpu_before[1],
+        "cpu_by_server_s": {
+            name: {
+                part: servers_after[name][part] - servers_before.get(name, {}).get(part, 0.0)
+                for part in ("own", "descendants")
+            }
+            for name in servers_after
+        },
         "tasks": tasks,
         "chunk_task_s": {
             "count": len(durations),
@@ -675,7 +704,13 @@ def _dagtest_peaks(r: dict) -> list[tuple[str, str]]:
 
 def _local_lines(r: dict) -> list[tuple[str, str]]:
     chunk, first = r["chunk_task_s"], r["first_segment_s"]
+    by_server = ", ".join(
+        f"{name} {cpu['own'] / r['segments']:.3f}"
+        + (f" (+ below it {cpu['descendants'] / r['segments']:.3f})" if cpu["descendants"] else "")
+        for name, cpu in r.get("cpu_by_server_s", {}).items()
+    )
     return [
+        ("CPU per model by server", f"{by_server} s; checkers of exited tasks apart"),
         (
             "chunk tasks",
             f"{chunk['count']} x median {chunk['median']:.1f} s, max {chunk['max']:.1f} s; at "
@@ -803,7 +838,13 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=200, help="rows per segment")
     parser.add_argument("--mode", choices=("batched", "chain"), default="batched")
-    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="segments.batch_size (default: the pipeline's own default for the count, "
+        "core.segments.default_batch_size)",
+    )
     parser.add_argument(
         "--workers",
         default=None,

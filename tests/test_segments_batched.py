@@ -25,10 +25,13 @@ from conftest import stored_xcom, task_states
 
 from airflow_mlops.core.errors import ConfigError
 from airflow_mlops.core.segments import (
+    MAX_MAPPED,
     MAX_XCOM_NAMES,
     batch_summary,
+    chunk_count,
     chunk_of,
     chunk_xcom,
+    default_batch_size,
     read_manifest,
     write_manifest,
 )
@@ -324,10 +327,28 @@ def test_payloads_stay_small_at_1000_segments(tmp_path):
     assert len(json.dumps(summary)) < XCOM_LIMIT
 
 
+@pytest.mark.parametrize(
+    ("segments", "size", "chunks"),
+    [
+        (101, 25, 5),
+        (500, 25, 20),
+        (600, 30, 20),
+        (1000, 50, 20),
+        (5000, 50, 100),
+        (60000, 59, 1017),
+    ],
+)
+def test_the_default_chunk_grows_to_50_while_20_chunks_remain_and_never_exceeds_the_map_limit(
+    segments, size, chunks
+):
+    assert default_batch_size(segments) == size
+    assert chunk_count(segments, size) == chunks <= MAX_MAPPED
+
+
 def test_batched_mode_is_the_default_above_100_segments_and_refuses_what_it_cannot_do(tmp_path):
     values = [f"s{i}" for i in range(1000)]
     many = batched_config(tmp_path, values=values, batch_size=None)
-    assert many.segments.effective_batch_size == 25
+    assert many.segments.effective_batch_size == 50  # 20 chunks: fewer task start-ups
     few = batched_config(tmp_path, batch_size=None)
     assert few.segments.effective_batch_size is None  # today's per-segment chain
     with pytest.raises(ConfigError, match="batch_size"):

@@ -2,7 +2,7 @@
 
 A pipeline with ``segments.batch_size`` (or more segments than a per-segment chain allows)
 runs :func:`run_segment_batch` once per chunk instead of one mapped chain of tasks per
-segment: 1,000 segments in chunks of 25 are 40 tasks, not 7,000. Each segment still goes
+segment: 1,000 segments in chunks of 50 are 20 tasks, not 7,000. Each segment still goes
 through the steps of the single-model chain, with the same core functions:
 
 ``detect_changes`` (:mod:`~airflow_mlops.core.changes`) → ``validate`` (when the pipeline has

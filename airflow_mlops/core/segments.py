@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MIN_CHUNKS",
+    "MAX_DEFAULT_BATCH_SIZE",
     "MAX_MAPPED",
     "MAX_XCOM_NAMES",
     "PER_SEGMENT_CHAIN_MAX",
@@ -33,6 +35,7 @@ __all__ = [
     "chunk_count",
     "chunk_of",
     "chunk_xcom",
+    "default_batch_size",
     "read_manifest",
     "segment_folder",
     "segment_model_name",
@@ -136,8 +139,12 @@ def split_segments(
 
 # -- batched mode: the manifest of segment specs, chunks, small XCom payloads ---------------
 
-#: Chunk size when ``segments.batch_size`` is unset and the pipeline is batched.
+#: Smallest and largest chunk when ``segments.batch_size`` is unset (see
+#: :func:`default_batch_size`).
 DEFAULT_BATCH_SIZE = 25
+MAX_DEFAULT_BATCH_SIZE = 50
+#: An unset ``batch_size`` keeps at least this many chunks to spread over executor slots.
+DEFAULT_MIN_CHUNKS = 20
 #: Up to this many segments, an unset ``batch_size`` keeps one mapped chain per segment.
 PER_SEGMENT_CHAIN_MAX = 100
 #: Airflow's default ``[core] max_map_length``: more mapped instances are refused.
@@ -175,6 +182,19 @@ def chunk_count(segments: int, batch_size: int) -> int:
     if batch_size < 1:
         raise ConfigError(f"segments.batch_size must be at least 1, got {batch_size}")
     return math.ceil(segments / batch_size)
+
+
+def default_batch_size(segments: int) -> int:
+    """The chunk size of a batched pipeline whose ``batch_size`` is unset.
+
+    Each chunk task pays a fixed start (its process, the serving checker's interpreter and
+    imports: several CPU seconds, a few segments' worth), so chunks grow from 25 to 50 segments
+    as long as at least 20 chunks remain to spread over the executor's slots; beyond that the
+    count grows, and past 1,024 chunks (Airflow's map limit) the size does.
+    """
+    spread = math.ceil(segments / DEFAULT_MIN_CHUNKS)
+    size = min(max(spread, DEFAULT_BATCH_SIZE), MAX_DEFAULT_BATCH_SIZE)
+    return max(size, math.ceil(segments / MAX_MAPPED))
 
 
 def chunk_of(specs: Sequence[SegmentSpec], chunk: int, batch_size: int) -> list[SegmentSpec]:

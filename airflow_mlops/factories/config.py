@@ -317,7 +317,8 @@ class SegmentsConfig(_Section):
         ge=1,
         description="Segments trained, gated and promoted per task (batched mode, "
         "core/segment_batch.py). Unset: one mapped chain of tasks per segment up to 100 "
-        "segments, chunks of 25 above.",
+        "segments; above, chunks of 25 to 50 keeping at least 20 chunks (1,000 segments: 20 "
+        "chunks of 50).",
     )
     workers: int = Field(
         1,
@@ -330,11 +331,12 @@ class SegmentsConfig(_Section):
     @property
     def effective_batch_size(self) -> int | None:
         """The chunk size in use, or None for one mapped chain per segment."""
-        from airflow_mlops.core.segments import DEFAULT_BATCH_SIZE, PER_SEGMENT_CHAIN_MAX
+        from airflow_mlops.core.segments import PER_SEGMENT_CHAIN_MAX, default_batch_size
 
         if self.batch_size is not None:
             return self.batch_size
-        return DEFAULT_BATCH_SIZE if len(self.values) > PER_SEGMENT_CHAIN_MAX else None
+        count = len(self.values)
+        return default_batch_size(count) if count > PER_SEGMENT_CHAIN_MAX else None
 
     @model_validator(mode="after")
     def _chunks_fit_one_mapped_task(self) -> SegmentsConfig:
