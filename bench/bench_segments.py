@@ -2,7 +2,8 @@
 
 The factory's segmented CT DAG in **batched** mode (``segments.batch_size``, see
 ``core/segment_batch.py``): ``split_segments`` writes one manifest, ``segment_batch`` is
-mapped over chunks of ``--batch-size`` segments and runs detect changes → train → evaluate →
+mapped over chunks of ``--batch-size`` segments (default: the pipeline's own,
+``core.segments.default_batch_size``: 50 at 1,000 segments) and runs detect changes → train → evaluate →
 register → promote (serving check on) for each segment of its chunk; ``summary`` reads the
 chunks' results. ``--mode chain`` runs the per-segment mapped chain instead (one TaskGroup
 map index per segment, at most 1,024 segments).
@@ -22,7 +23,8 @@ adds a cProfile of the run (cumulative seconds per model in MLflow's ``log_model
 registration, the alias moves and lock, the serving check, evaluation) and the HTTP requests
 to MLflow per model by endpoint. Goal: 1,000 models in <= 15 min on 2 cores.
 
-    .venv/bin/python bench/bench_segments.py --segments 1000            # the goal figure
+    .venv/bin/python bench/bench_segments.py --executor local --segments 1000 \
+        --mlflow-workers 2 --parallelism 2                                  # the goal figure
     .venv/bin/python bench/bench_segments.py --segments 50,100 --workers 1,2 --profile
 
 ``--workers`` is ``segments.workers`` (segments of a chunk run at once in threads; default 2
@@ -40,7 +42,8 @@ run's end (and the run's own start -> end), seconds per model over the chunk pha
 chunk start -> last chunk end; the rest is once per run), CPU seconds per model of the
 whole stack (every process and descendant, exited task processes included through their
 parents' reaped-children times, and the serving checkers the task processes leave behind,
-reaped here as a child subreaper) and of the MLflow server, chunk task durations, the
+reaped here as a child subreaper), split by Airflow server (its own process, and what runs
+below it), and of the MLflow server, chunk task durations, the
 first segment of each chunk against the median (a task process's own set-up, by step),
 peak RSS (VmHWM sampled every 2 s) of a chunk task process, of its serving checker, of the
 scheduler, the per-step medians and the largest XCom, as above.
