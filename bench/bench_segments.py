@@ -3,9 +3,9 @@
 The factory's segmented CT DAG in **batched** mode (``segments.batch_size``, see
 ``core/segment_batch.py``): ``split_segments`` writes one manifest, ``segment_batch`` is
 mapped over chunks of ``--batch-size`` segments (default: the pipeline's own,
-``core.segments.default_batch_size``: 50 at 1,000 segments) and runs detect changes → train → evaluate →
-register → promote (serving check on) for each segment of its chunk; ``summary`` reads the
-chunks' results. ``--mode chain`` runs the per-segment mapped chain instead (one TaskGroup
+``core.segments.default_batch_size``: 50 at 1,000 segments) and runs detect changes → train
+→ evaluate → register → promote (serving check on) for each segment of its chunk;
+``summary`` reads the chunks' results. ``--mode chain`` runs the per-segment mapped chain instead (one TaskGroup
 map index per segment, at most 1,024 segments).
 
 Each size is one ``dag.test()`` run against a real ``mlflow server``: tasks run in this
