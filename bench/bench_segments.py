@@ -5,8 +5,8 @@ The factory's segmented CT DAG in **batched** mode (``segments.batch_size``, see
 mapped over chunks of ``--batch-size`` segments (default: the pipeline's own,
 ``core.segments.default_batch_size``: 50 at 1,000 segments) and runs detect changes → train
 → evaluate → register → promote (serving check on) for each segment of its chunk;
-``summary`` reads the chunks' results. ``--mode chain`` runs the per-segment mapped chain instead (one TaskGroup
-map index per segment, at most 1,024 segments).
+``summary`` reads the chunks' results. ``--mode chain`` runs the per-segment mapped chain
+instead (one TaskGroup map index per segment, at most 1,024 segments).
 
 Each size is one ``dag.test()`` run against a real ``mlflow server``: tasks run in this
 process, one after another, so imports are paid once (as in a worker that pre-imports them,
@@ -129,13 +129,10 @@ def pipeline_raw(
     }
 
 
-def build_dag(
-    segments: int, data_uri: str, mode: str, batch_size: int | None, workers: int, serving: bool
-):
+def build_dag(raw: dict):
     from airflow_mlops.factories import continuous_training_dag
     from airflow_mlops.factories.config import parse_config
 
-    raw = pipeline_raw(segments, data_uri, mode, batch_size, workers, serving)
     return continuous_training_dag(parse_config(raw, source=raw["name"], base_dir=str(WORKDIR)))
 
 
@@ -267,7 +264,8 @@ def run_size(
 ) -> dict:
     data = WORKDIR / f"seg_{mode}_{segments}_w{workers}.parquet"
     make_data(segments, rows, data)
-    dag = build_dag(segments, str(data), mode, batch_size, workers, serving)
+    raw = pipeline_raw(segments, str(data), mode, batch_size, workers, serving)
+    dag = build_dag(raw)
     profiler = None
     requests_made = count_requests() if profile else {}
     if profile:
@@ -306,7 +304,7 @@ def run_size(
     result = {
         "segments": segments,
         "mode": mode,
-        "batch_size": (batch_size or default_batch_size(segments)) if mode == "batched" else None,
+        "batch_size": raw["segments"].get("batch_size"),
         "workers": workers if mode == "batched" else 1,
         "serving_check": serving,
         "state": str(dag_run.state),
