@@ -34,6 +34,7 @@ __all__ = [
     "http_ok",
     "port_is_free",
     "run",
+    "sqlite_metadata_url",
     "start_logged",
     "start_ticks",
     "stop_group",
@@ -42,6 +43,20 @@ __all__ = [
 
 class StackError(RuntimeError):
     """A stack step failed; the message says which and where its log is."""
+
+
+# -- Airflow's metadata database ----------------------------------------------------------
+
+#: Seconds a SQLite connection waits for the write lock. SQLite has one writer at a time and
+#: sqlite3 waits 5 s by default: on a loaded machine a writer can hold the lock longer, and
+#: the waiting API request then fails with a 500 (an approval answered through the REST API).
+SQLITE_LOCK_WAIT_SECONDS = 60
+
+
+def sqlite_metadata_url(path: Path) -> str:
+    """``[database] sql_alchemy_conn`` for a SQLite file; SQLAlchemy hands ``timeout`` to
+    ``sqlite3.connect`` (sync and aiosqlite)."""
+    return f"sqlite:///{path}?timeout={SQLITE_LOCK_WAIT_SECONDS}"
 
 
 # -- ports ---------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from devkit import (
     http_ok,
     port_is_free,
     run,
+    sqlite_metadata_url,
     start_logged,
     start_ticks,
     stop_group,
@@ -402,9 +403,7 @@ def airflow_env(state: State) -> dict[str, str]:
     else:
         env["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
         env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(state.ports["worker_logs"])
-        # SQLite has one writer at a time and sqlite3 waits 5 s for it by default: on a loaded
-        # laptop a request waiting longer fails with a 500. Wait up to a minute instead.
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}?timeout=60"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sqlite_metadata_url(home / "airflow.db")
     # Log servers listen on fixed default ports otherwise (8793/8794): keep them per stack.
     env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(state.ports["triggerer_logs"])
     return env

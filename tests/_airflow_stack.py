@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from _servers import BIN, Server
-from devkit import AirflowApi, free_port
+from devkit import AirflowApi, free_port, sqlite_metadata_url
 
 __all__ = ["AirflowStack"]
 
@@ -85,10 +85,7 @@ class AirflowStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # SQLite has one writer at a time; on two loaded cores a writer can hold the lock
-            # longer than sqlite3's 5 s default wait, which fails the waiting request (a 500
-            # from the API). 60 s outlasts such stalls.
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=60",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlite_metadata_url(self.home / "airflow.db"),
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
